@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine (as root), then run it:
+# the whole suite with the compiled kernels required, then the kernel tests again on the
+# pure-Python twins. This is the README's test command; .ci/run calls it and nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v getscu >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk
+    else
+        echo "warning: DCMTK (getscu, storescu) is missing and we are not root; its tests will skip" >&2
+    fi
+fi
+
+python3 -m pip install -q --upgrade pip
+python3 -m pip install -q ".[test]"
+
+# Run from a directory where ./src is not importable, so the installed package (with its
+# compiled extensions) is what the tests exercise.
+export PYTHONDONTWRITEBYTECODE=1
+DICOMACCEL_REQUIRE_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests "$@"
+DICOMACCEL_NO_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests/kernels "$@"
