@@ -1,0 +1,276 @@
+"""Native (uncompressed) Pixel Data frames, compiled. The specification is ``_frames_py``:
+same names, results, exception types and messages."""
+
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.memoryview cimport PyMemoryView_GET_BUFFER
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memset
+
+import operator
+
+from dicomaccel.errors import ParseError
+
+cdef extern from "Python.h":
+    # Declared here because cpython.number types `exc` as object; with exc == NULL an int too
+    # large for Py_ssize_t is clipped instead of raising OverflowError, so a huge index falls
+    # through to the IndexError the twin raises.
+    Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
+
+__all__ = ["frame_bits", "NativeFrames"]
+
+# Below this many bytes, dropping and re-taking the GIL costs more than the copy it frees.
+cdef Py_ssize_t NOGIL_MIN = 1 << 16
+
+
+def frame_bits(rows, columns, samples_per_pixel, bits_allocated, photometric_interpretation=""):
+    """Number of bits in one native frame (PS3.5 §8.1.1; YBR_FULL_422 per PS3.3 C.7.6.3.1.2).
+    See ``_frames_py.frame_bits``."""
+    # Python ints on purpose: the product is unbounded and this is not a hot path.
+    rows = operator.index(rows)
+    columns = operator.index(columns)
+    samples_per_pixel = operator.index(samples_per_pixel)
+    bits_allocated = operator.index(bits_allocated)
+    if rows < 1:
+        raise ValueError(f"Rows must be >= 1, got {rows}")
+    if columns < 1:
+        raise ValueError(f"Columns must be >= 1, got {columns}")
+    if samples_per_pixel not in (1, 3, 4):
+        raise ValueError(f"Samples per Pixel must be 1, 3 or 4, got {samples_per_pixel}")
+    if bits_allocated != 1 and (bits_allocated % 8 or not 8 <= bits_allocated <= 64):
+        raise ValueError(
+            f"Bits Allocated must be 1 or a multiple of 8 up to 64, got {bits_allocated}"
+        )
+    if not isinstance(photometric_interpretation, str):
+        raise TypeError(
+            "photometric_interpretation must be str, not "
+            f"{type(photometric_interpretation).__name__}"
+        )
+    if photometric_interpretation.strip(" ") == "YBR_FULL_422":
+        if samples_per_pixel != 3:
+            raise ValueError(
+                f"YBR_FULL_422 needs Samples per Pixel 3, got {samples_per_pixel}"
+            )
+        return rows * columns * 2 * bits_allocated
+    return rows * columns * samples_per_pixel * bits_allocated
+
+
+cdef inline uint64_t _load_le64(const unsigned char* p) noexcept nogil:
+    # Byte by byte so the result is host-endian independent; GCC and Clang fuse it to one load.
+    return (<uint64_t>p[0] | <uint64_t>p[1] << 8 | <uint64_t>p[2] << 16 | <uint64_t>p[3] << 24
+            | <uint64_t>p[4] << 32 | <uint64_t>p[5] << 40 | <uint64_t>p[6] << 48
+            | <uint64_t>p[7] << 56)
+
+
+cdef inline void _store_le64(unsigned char* p, uint64_t w) noexcept nogil:
+    cdef int k
+    for k in range(8):
+        p[k] = <unsigned char>(w >> (8 * k))
+
+
+cdef void _bitcopy(unsigned char* dst, uint64_t dbit, const unsigned char* src, uint64_t sbit,
+                   uint64_t nbits) noexcept nogil:
+    # ORs `nbits` bits from bit `sbit` of src into bit `dbit` of a zeroed dst. Bits are numbered
+    # LSB-first within each byte (PS3.5 §8.1.1), i.e. as in a little-endian integer. Reads stay
+    # within the bytes those bits touch: a further source byte is read only when the bits
+    # taken continue into it.
+    cdef unsigned int doff, soff, take, v
+    cdef const unsigned char* s
+    cdef uint64_t w
+    while nbits:
+        doff = <unsigned int>(dbit & 7)
+        soff = <unsigned int>(sbit & 7)
+        s = src + (sbit >> 3)
+        if doff == 0 and nbits >= 64:
+            # dst is on a byte boundary: whole 8-byte words, each fully written by these bits.
+            w = _load_le64(s)
+            if soff:
+                w = (w >> soff) | (<uint64_t>s[8] << (64 - soff))
+            _store_le64(dst + (dbit >> 3), w)
+            dbit += 64
+            sbit += 64
+            nbits -= 64
+            continue
+        take = 8 - doff
+        if take > nbits:
+            take = <unsigned int>nbits
+        v = s[0] >> soff
+        if soff + take > 8:
+            v |= (<unsigned int>s[1]) << (8 - soff)
+        v &= (1u << take) - 1
+        dst[dbit >> 3] |= <unsigned char>(v << doff)
+        dbit += take
+        sbit += take
+        nbits -= take
+
+
+cdef void _gather_bytes(unsigned char* dst, const unsigned char* src, const Py_ssize_t* idx,
+                        Py_ssize_t n, Py_ssize_t flen) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        memcpy(dst + k * flen, src + idx[k] * flen, <size_t>flen)
+
+
+cdef void _gather_bits(unsigned char* dst, const unsigned char* src, const Py_ssize_t* idx,
+                       Py_ssize_t n, uint64_t bits) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        _bitcopy(dst, <uint64_t>k * bits, src, <uint64_t>idx[k] * bits, bits)
+
+
+@cython.final
+cdef class NativeFrames:
+    """The frames of one native Pixel Data value inside a larger buffer.
+    See ``_frames_py.NativeFrames``."""
+
+    cdef object _view                  # read-only 1-D "B" memoryview of the whole buffer
+    cdef const unsigned char* _data    # start of the Pixel Data value; _view keeps it alive
+    cdef uint64_t _bits
+    cdef readonly object frame_bits
+    cdef readonly Py_ssize_t frame_length
+    cdef readonly bint byte_aligned
+    cdef readonly Py_ssize_t number_of_frames
+    cdef readonly Py_ssize_t offset
+    cdef readonly Py_ssize_t length
+
+    def __init__(self, buffer, *, rows, columns, samples_per_pixel=1, bits_allocated,
+                 number_of_frames=1, photometric_interpretation="", offset=0, length=-1):
+        # Geometry and _data are read between index checks and GIL-free copies; letting a
+        # second __init__ swap them underneath would turn validated indices into wild reads.
+        if self._view is not None:
+            raise TypeError("NativeFrames is already initialised")
+        view = memoryview(buffer)
+        if not view.c_contiguous:
+            raise TypeError("buffer must be C-contiguous")
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        view = view.toreadonly()
+        bits = frame_bits(rows, columns, samples_per_pixel, bits_allocated,
+                          photometric_interpretation)
+        number_of_frames = operator.index(number_of_frames)
+        offset = operator.index(offset)
+        length = operator.index(length)
+        if number_of_frames < 1:
+            raise ValueError(f"Number of Frames must be >= 1, got {number_of_frames}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if length < -1:
+            raise ValueError(
+                f"length must be >= 0, or -1 for the rest of the buffer, got {length}"
+            )
+        size = len(view)
+        # Compared as Python ints: offset and length are untrusted and may exceed Py_ssize_t.
+        if offset > size:
+            raise ParseError(
+                f"Pixel Data offset {offset} is past the end of the {size}-byte buffer", offset
+            )
+        if length == -1:
+            length = size - offset
+        elif length > size - offset:
+            raise ParseError(
+                f"Pixel Data value of {length} bytes runs past the end of the {size}-byte "
+                f"buffer ({size - offset} bytes available)",
+                offset,
+            )
+        # PS3.5 §8.1.1: frames are concatenated bit by bit, so only the last byte is partial.
+        needed = (bits * number_of_frames + 7) // 8
+        if needed > length:
+            raise ParseError(
+                f"native Pixel Data too short: {number_of_frames} frame(s) of {bits} bits "
+                f"need {needed} bytes, the value has {length}",
+                offset,
+            )
+        # From here every quantity is bounded by the buffer size. Bit positions reach
+        # 8 * length, which fits 64 bits because address spaces are far below 2**61 bytes.
+        self._view = view
+        self._data = <const unsigned char*>PyMemoryView_GET_BUFFER(view).buf + <Py_ssize_t>offset
+        self._bits = <uint64_t>bits
+        self.frame_bits = bits
+        self.frame_length = (bits + 7) // 8
+        self.byte_aligned = bits % 8 == 0
+        self.number_of_frames = number_of_frames
+        self.offset = offset
+        self.length = length
+
+    cdef Py_ssize_t _index(self, object index) except -1:
+        cdef Py_ssize_t i = PyNumber_AsSsize_t(index, NULL)
+        if i < 0 or i >= self.number_of_frames:
+            raise IndexError(
+                f"frame index {operator.index(index)} out of range for "
+                f"{self.number_of_frames} frame(s)"
+            )
+        return i
+
+    def frame_range(self, index):
+        """Absolute ``(start, end)`` byte offsets of frame `index` in the buffer.
+        See ``_frames_py.NativeFrames.frame_range``."""
+        cdef Py_ssize_t i = self._index(index)
+        cdef Py_ssize_t start
+        cdef uint64_t first
+        if self.byte_aligned:
+            start = self.offset + i * self.frame_length
+            return start, start + self.frame_length
+        first = <uint64_t>i * self._bits
+        return (self.offset + <Py_ssize_t>(first >> 3),
+                self.offset + <Py_ssize_t>((first + self._bits + 7) >> 3))
+
+    def frame(self, index):
+        """Frame `index`: a read-only memoryview when byte-aligned, else re-packed ``bytes``.
+        See ``_frames_py.NativeFrames.frame``."""
+        cdef Py_ssize_t i = self._index(index)
+        cdef Py_ssize_t start
+        cdef unsigned char* dst
+        if self.byte_aligned:
+            start = self.offset + i * self.frame_length
+            return self._view[start:start + self.frame_length]
+        out = PyBytes_FromStringAndSize(NULL, self.frame_length)
+        dst = <unsigned char*>PyBytes_AS_STRING(out)
+        memset(dst, 0, <size_t>self.frame_length)
+        if self.frame_length >= NOGIL_MIN:
+            with nogil:
+                _bitcopy(dst, 0, self._data, <uint64_t>i * self._bits, self._bits)
+        else:
+            _bitcopy(dst, 0, self._data, <uint64_t>i * self._bits, self._bits)
+        return out
+
+    def gather(self, indices):
+        """The listed frames concatenated into a new, even-length Pixel Data value.
+        See ``_frames_py.NativeFrames.gather``."""
+        cdef list items = list(indices)
+        cdef Py_ssize_t n = len(items)
+        cdef Py_ssize_t k, total
+        cdef unsigned char* dst
+        # A list never holds more than PY_SSIZE_T_MAX / sizeof(PyObject*) items, so this
+        # size cannot overflow; the + 1 keeps an empty request from being a NULL allocation.
+        cdef Py_ssize_t* idx = <Py_ssize_t*>PyMem_Malloc(<size_t>n * sizeof(Py_ssize_t) + 1)
+        if idx == NULL:
+            raise MemoryError()
+        try:
+            for k in range(n):
+                idx[k] = self._index(items[k])
+            # Python ints: n * frame_bits is unbounded until the allocation succeeds.
+            size = (n * self.frame_bits + 7) // 8
+            out = PyByteArray_FromStringAndSize(NULL, size + (size & 1))
+            total = len(out)
+            dst = <unsigned char*>PyByteArray_AS_STRING(out)
+            if self.byte_aligned:
+                if total > size:
+                    dst[total - 1] = 0   # PS3.5 §7.1.1 pad byte
+                if total >= NOGIL_MIN:
+                    with nogil:
+                        _gather_bytes(dst, self._data, idx, n, self.frame_length)
+                else:
+                    _gather_bytes(dst, self._data, idx, n, self.frame_length)
+            else:
+                memset(dst, 0, <size_t>total)
+                if total >= NOGIL_MIN:
+                    with nogil:
+                        _gather_bits(dst, self._data, idx, n, self._bits)
+                else:
+                    _gather_bits(dst, self._data, idx, n, self._bits)
+            return out
+        finally:
+            PyMem_Free(idx)
