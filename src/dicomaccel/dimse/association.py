@@ -1,0 +1,989 @@
+"""The acceptor: an ``asyncio.Protocol`` running the PS3.8 state machine, and the service API.
+
+:class:`DIMSEProtocol` frames PDUs out of the byte stream (a chunk list, joined only when a
+PDU spans chunks), reassembles PDV fragments into DIMSE messages (fragment views, joined once
+per message) and drives :data:`~dicomaccel.dimse.fsm.TRANSITIONS`; each PS3.8 action is a
+method named after it (``_AE_6``, ``_DT_2``, ``_AA_8``, ...).
+
+:class:`Association` is what services see: the negotiated contexts, ``send_c_store``,
+``send_response``/``respond``, ``release`` and ``abort``. Requests are served one at a time
+by a worker task per association (we grant an asynchronous operations window of 1/1);
+C-CANCEL-RQs and responses to our own requests are handled as they arrive, so they reach a
+running handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from dicomaccel.errors import ParseError
+from dicomaccel.status import Status, status_category
+
+from . import fsm, messages, pdu
+from .config import (
+    MAX_ASSOCIATE_RQ_LENGTH,
+    MAX_COMMAND_SET_LENGTH,
+    MAX_QUEUED_REQUESTS,
+    PDU_LENGTH_SLACK,
+    ServerConfig,
+)
+from .negotiation import Acceptance, PresentationContext, Rejection, check_provider, negotiate
+
+logger = logging.getLogger("dicomaccel.dimse")
+
+# CVE-2024-12254: CPython 3.12 before 3.12.9 and 3.13 before 3.13.2 have a selector-transport
+# writelines() that can exhaust memory; join the batch there instead (aiohttp does the same).
+# uvloop's own transport is unaffected, but the protocol also runs on the stdlib loop.
+_WRITELINES_SAFE = not (
+    (3, 12) <= sys.version_info[:3] < (3, 12, 9) or (3, 13) <= sys.version_info[:3] < (3, 13, 2)
+)
+# Bytes handed to the transport per writelines() call before flow control is consulted; a
+# few hundred KiB amortise the call while the write buffer limits bound memory.
+_WRITE_BATCH = 256 * 1024
+_WRITE_HIGH_WATER = 1024 * 1024
+_WRITE_LOW_WATER = 256 * 1024
+
+_STATE_CLOSING = ("Sta1", "Sta13")
+_LOCAL_EVENTS = ("Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15")
+_PDU_EVENTS = {
+    pdu.A_ASSOCIATE_AC: "Evt3",
+    pdu.A_ASSOCIATE_RJ: "Evt4",
+    pdu.A_ASSOCIATE_RQ: "Evt6",
+    pdu.P_DATA_TF: "Evt10",
+    pdu.A_RELEASE_RQ: "Evt12",
+    pdu.A_RELEASE_RP: "Evt13",
+    pdu.A_ABORT: "Evt16",
+}
+
+
+class AssociationClosedError(ConnectionError):
+    """The association is gone (released, aborted, or the peer vanished) or not yet up."""
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A DIMSE request received from the peer.
+
+    Attributes
+    ----------
+    context : PresentationContext
+        The context it arrived on; ``context.transfer_syntax`` is the data set's encoding.
+    command : dict
+        The decoded command set (keyword -> value, see :mod:`dicomaccel.dimse.messages`).
+    dataset : bytes or None
+        The data set (C-GET Identifier, ...) exactly as received, or ``None``.
+    message_id : int
+        Message ID (0000,0110).
+    cancelled : asyncio.Event
+        Set when a C-CANCEL-RQ for this Message ID arrives (PS3.7 §9.3.2.3).
+    responded : bool
+        True once a final (non-Pending) response has been sent.
+    duplicate : bool
+        Its Message ID was already outstanding; answered 0x0210 without calling a handler.
+    """
+
+    context: PresentationContext
+    command: dict
+    dataset: bytes | None
+    message_id: int
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    responded: bool = False
+    duplicate: bool = False
+
+    @property
+    def command_field(self) -> int:
+        return self.command["CommandField"]
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.context.transfer_syntax
+
+
+class Association:
+    """One established association, as seen by services.
+
+    Created by the protocol when it sends A-ASSOCIATE-AC. Handlers receive it as their
+    first argument.
+
+    Attributes
+    ----------
+    calling_ae, called_ae : str
+        AE titles from the A-ASSOCIATE-RQ, without padding.
+    peer_max_pdu : int
+        The peer's Maximum Length (0: no limit); what we send honours it.
+    contexts : dict of int to PresentationContext
+        Every proposed context by ID, accepted or not.
+    implementation_class_uid, implementation_version_name : str or None
+        The peer's, from the A-ASSOCIATE-RQ.
+    """
+
+    __slots__ = (
+        "calling_ae",
+        "called_ae",
+        "peer_max_pdu",
+        "contexts",
+        "implementation_class_uid",
+        "implementation_version_name",
+        "_protocol",
+        "_pending",
+        "_message_ids",
+        "_send_lock",
+        "_current",
+        "_requests",
+    )
+
+    def __init__(self, protocol: DIMSEProtocol, rq: pdu.AssociateRQ, acceptance: Acceptance) -> None:
+        self.calling_ae = rq.calling_ae
+        self.called_ae = rq.called_ae
+        self.peer_max_pdu = acceptance.peer_max_pdu
+        self.contexts = acceptance.contexts
+        self.implementation_class_uid = rq.implementation_class_uid
+        self.implementation_version_name = rq.implementation_version_name
+        self._protocol = protocol
+        self._pending: dict[int, asyncio.Future] = {}
+        self._message_ids = itertools.cycle(range(1, 0x10000))
+        self._send_lock = asyncio.Lock()
+        self._current: Request | None = None
+        self._requests: dict[int, Request] = {}
+
+    @property
+    def is_established(self) -> bool:
+        """True while requests and responses can still be sent."""
+        return self._protocol._state in ("Sta6", "Sta8")
+
+    @property
+    def peer_address(self) -> tuple | None:
+        transport = self._protocol._transport
+        return transport.get_extra_info("peername") if transport is not None else None
+
+    def storage_contexts(self, sop_class_uid: str) -> list[PresentationContext]:
+        """Accepted contexts for ``sop_class_uid`` on which the peer accepted the SCP role.
+
+        These are the only contexts :meth:`send_c_store` may use (PS3.4 C.5.3); one per
+        transfer syntax the peer proposed in separate contexts.
+        """
+        return [
+            c
+            for c in self.contexts.values()
+            if c.accepted and c.scp_role and c.abstract_syntax == sop_class_uid
+        ]
+
+    def next_message_id(self) -> int:
+        """A Message ID not used by any of our outstanding requests (PS3.7 §9.1.1.1.1)."""
+        for mid in self._message_ids:
+            if mid not in self._pending:
+                return mid
+        raise AssertionError("unreachable: itertools.cycle never ends")
+
+    async def send_c_store(
+        self,
+        context: PresentationContext,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        dataset: bytes | memoryview | Iterable[Any],
+        priority: int = messages.PRIORITY_MEDIUM,
+        message_id: int | None = None,
+        move_originator: tuple[str, int] | None = None,
+    ) -> dict:
+        """Send a C-STORE-RQ and wait for its C-STORE-RSP (PS3.7 §9.1.1, §9.3.1).
+
+        Parameters
+        ----------
+        context : PresentationContext
+            One of :meth:`storage_contexts`; the data set must already be encoded in its
+            ``transfer_syntax``.
+        sop_class_uid, sop_instance_uid : str
+            Affected SOP Class / Instance UID.
+        dataset : buffer or iterable of buffers
+            The data set without File Meta Information. Sent as PDV fragments that are
+            memoryview slices of these buffers (no copy); the transport may hold the views
+            until they are written, so keep the buffers open until this returns.
+        priority : int
+            (0000,0700): 0 medium, 1 high, 2 low.
+        message_id : int, optional
+            Defaults to :meth:`next_message_id`.
+        move_originator : (AE title, message ID), optional
+            Only for C-MOVE sub-operations (PS3.7 §9.3.1.1); C-GET leaves it out.
+
+        Returns
+        -------
+        dict
+            The C-STORE-RSP command set (``"Status"``, ...).
+
+        Raises
+        ------
+        ValueError
+            ``context`` is not accepted with the peer in the SCP role.
+        AssociationClosedError
+            The association ended before the response arrived.
+        """
+        if context.result != pdu.PC_ACCEPTANCE or not context.scp_role:
+            raise ValueError(f"presentation context {context.id} does not allow sending C-STORE-RQ to the peer")
+        if message_id is None:
+            message_id = self.next_message_id()
+        command = {
+            "AffectedSOPClassUID": sop_class_uid,
+            "CommandField": messages.C_STORE_RQ,
+            "MessageID": message_id,
+            "Priority": priority,
+            "CommandDataSetType": messages.DATASET_PRESENT,
+            "AffectedSOPInstanceUID": sop_instance_uid,
+        }
+        if move_originator is not None:
+            command["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
+            command["MoveOriginatorMessageID"] = move_originator[1]
+        future = asyncio.get_running_loop().create_future()
+        self._pending[message_id] = future
+        try:
+            await self._protocol.send_message(context.id, messages.encode_command(command), dataset)
+            response = await future
+        finally:
+            if self._pending.get(message_id) is future:
+                del self._pending[message_id]
+        if response is None:  # the association ended first (see DIMSEProtocol._teardown)
+            raise AssociationClosedError("association ended before the C-STORE-RSP")
+        return response
+
+    async def send_response(self, context: PresentationContext, command: dict, dataset: Any = None) -> None:
+        """Send a response (or any message) on ``context``.
+
+        ``command`` is a command set dict without (0000,0800): Command Data Set Type is set
+        from whether ``dataset`` (a buffer or iterable of buffers, as for
+        :meth:`send_c_store`) is given. A non-Pending response to the request being served
+        marks it answered.
+        """
+        command = dict(command)
+        command["CommandDataSetType"] = messages.NO_DATASET if dataset is None else messages.DATASET_PRESENT
+        await self._protocol.send_message(context.id, messages.encode_command(command), dataset)
+        current = self._current
+        if (
+            current is not None
+            and command.get("MessageIDBeingRespondedTo") == current.message_id
+            and status_category(command.get("Status", 0)) != "pending"
+        ):
+            current.responded = True
+
+    async def respond(self, request: Request, status: int, dataset: Any = None, **fields: Any) -> None:
+        """Answer ``request`` with ``status`` (plus any command ``fields`` by keyword).
+
+        Builds the response command set of PS3.7 §9.3: Command Field with bit 15 set,
+        Affected SOP Class UID and Message ID Being Responded To from the request.
+        """
+        command = {
+            "AffectedSOPClassUID": request.command.get("AffectedSOPClassUID"),
+            "CommandField": request.command_field | 0x8000,
+            "MessageIDBeingRespondedTo": request.message_id,
+            "Status": int(status),
+        }
+        command.update(fields)
+        if "ErrorComment" in command and command["ErrorComment"] is not None:
+            command["ErrorComment"] = command["ErrorComment"][: messages.ERROR_COMMENT_MAX]
+        await self.send_response(request.context, command, dataset)
+
+    async def release(self, timeout: float | None = None) -> None:
+        """Release the association (PS3.8 AR-1) and wait for the peer's A-RELEASE-RP.
+
+        Waits at most ``timeout`` seconds (default: the ARTIM timeout), then aborts and
+        raises ``TimeoutError``.
+        """
+        protocol = self._protocol
+        protocol._event("Evt11")
+        waiter = protocol._release_waiter = asyncio.get_running_loop().create_future()
+        try:
+            released = await asyncio.wait_for(asyncio.shield(waiter), timeout or protocol._config.artim_timeout)
+        except asyncio.TimeoutError:
+            self.abort()
+            raise
+        if not released:
+            raise AssociationClosedError("association ended before the A-RELEASE-RP")
+
+    def abort(self) -> None:
+        """Abort the association: A-ABORT with source 0 (service-user), PS3.8 AA-1."""
+        self._protocol.abort()
+
+
+class DIMSEProtocol(asyncio.Protocol):
+    """The upper layer of one TCP connection, as association acceptor."""
+
+    __slots__ = (
+        "_server",
+        "_config",
+        "_loop",
+        "_transport",
+        "_state",
+        "_chunks",
+        "_buffered",
+        "_need",
+        "_stream_pos",
+        "_discard",
+        "_artim",
+        "_idle",
+        "_last_activity",
+        "_rq",
+        "assoc",
+        "_accepted_ids",
+        "_msg_pcid",
+        "_msg_command",
+        "_frags",
+        "_frag_size",
+        "_write_paused",
+        "_drain_waiter",
+        "_queue",
+        "_worker",
+        "_worker_waiter",
+        "_release_waiter",
+        "_pdu_offset",
+        "_send_cap",
+    )
+
+    def __init__(self, server: Any, config: ServerConfig) -> None:
+        self._server = server
+        self._config = config
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._state = "Sta1"
+        self._chunks: list = []
+        self._buffered = 0
+        self._need = 0
+        self._stream_pos = 0
+        self._discard = False
+        self._artim: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._rq: pdu.AssociateRQ | None = None
+        self.assoc: Association | None = None
+        self._accepted_ids: frozenset[int] = frozenset()
+        self._msg_pcid = 0
+        self._msg_command: dict | None = None
+        self._frags: list = []
+        self._frag_size = 0
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        self._queue: deque[Request] = deque()
+        self._worker: asyncio.Task | None = None
+        self._worker_waiter: asyncio.Future | None = None
+        self._pdu_offset = 0
+        self._release_waiter: asyncio.Future | None = None
+        self._send_cap = config.max_pdu
+
+    # ----------------------------------------------------------------- transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                # Small PDUs (C-STORE-RSP, C-GET-RSP pending) must not wait for Nagle.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        self._server._connection_made(self)
+        self._event("Evt5")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._event("Evt17")
+        self._teardown("connection closed")
+        self._stop_artim()
+        # _drain re-checks the transport when woken and raises there.
+        self.resume_writing()
+        self._server._connection_lost(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discard:
+            return
+        self._last_activity = self._loop.time()
+        if self._buffered:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered < self._need:
+                return
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+        try:
+            self._parse(data)
+        except Exception:
+            # A bug must not leave the peer waiting on a half-dead association.
+            logger.exception("internal error on the connection from %s", self._peer())
+            self._discard = True
+            self._teardown("internal error")
+            self._transport.abort()
+
+    # ----------------------------------------------------------------- framing (PS3.8 §9.3)
+
+    def _parse(self, data: bytes) -> None:
+        view = memoryview(data)
+        end = len(data)
+        pos = 0
+        header = pdu.PDU_HEADER
+        while end - pos >= 6:
+            pdu_type, length = header.unpack_from(data, pos)
+            offset = self._pdu_offset = self._stream_pos + pos
+            event = _PDU_EVENTS.get(pdu_type)
+            if event is None:
+                self._invalid(pdu.PDUParameterError(f"unrecognized PDU type 0x{pdu_type:02X}", offset, pdu.ABORT_UNRECOGNIZED_PDU))
+                return
+            limit = self._length_limit(pdu_type)
+            if length > limit or (limit == pdu.FIXED_PDU_LENGTH and length != limit):
+                self._invalid(
+                    pdu.PDUParameterError(f"PDU type 0x{pdu_type:02X} length {length} (limit {limit})", offset)
+                )
+                return
+            if self._early_dispatch(pdu_type):
+                # The table answers this PDU in this state without looking at it (abort or
+                # ignore), so do not wait for a body the peer may never send.
+                self._event(event, None)
+                self._after_event()
+                return
+            if length > end - pos - 6:
+                self._need = length + 6
+                break
+            body = view[pos + 6 : pos + 6 + length]
+            pos += 6 + length
+            try:
+                if pdu_type == pdu.A_ASSOCIATE_RQ:
+                    self._event(event, pdu.decode_associate_rq(body, offset + 6))
+                else:
+                    self._event(event, body)
+            except pdu.PDUParameterError as exc:
+                self._invalid(exc)
+                return
+            if self._after_event():
+                return
+        else:
+            self._need = 6
+        self._stream_pos += pos
+        if pos < end:
+            self._chunks.append(view[pos:])
+            self._buffered = end - pos
+
+    def _length_limit(self, pdu_type: int) -> int:
+        if pdu_type == pdu.P_DATA_TF:
+            # PS3.8 D.1: the peer shall not exceed our Maximum Length.
+            return self._config.max_pdu + PDU_LENGTH_SLACK
+        if pdu_type in (pdu.A_ASSOCIATE_RQ, pdu.A_ASSOCIATE_AC):
+            return MAX_ASSOCIATE_RQ_LENGTH
+        return pdu.FIXED_PDU_LENGTH
+
+    def _early_dispatch(self, pdu_type: int) -> bool:
+        state = self._state
+        if pdu_type == pdu.P_DATA_TF:
+            return state not in ("Sta6", "Sta7")
+        if pdu_type == pdu.A_ASSOCIATE_RQ:
+            return state != "Sta2"
+        return pdu_type in (pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ)
+
+    def _invalid(self, exc: pdu.PDUParameterError) -> None:
+        logger.warning("invalid PDU from %s: %s", self._peer(), exc)
+        # After a framing error the stream cannot be resynchronised: drop the rest.
+        self._discard = True
+        if ("Evt19", self._state) in fsm.TRANSITIONS:
+            self._event("Evt19", exc)
+
+    def _after_event(self) -> bool:
+        """Stop reading once the state machine is closing; True if it is."""
+        if self._state in _STATE_CLOSING:
+            self._discard = True
+            self._chunks.clear()
+            self._buffered = 0
+            return True
+        return False
+
+    # ----------------------------------------------------------------- state machine
+
+    def _event(self, event: str, arg: Any = None) -> None:
+        action = fsm.TRANSITIONS.get((event, self._state))
+        if action is None:
+            if event in _LOCAL_EVENTS:
+                raise AssociationClosedError(f"{fsm.EVENTS[event]} is not possible in {self._state}")
+            return
+        next_state = _ACTIONS[action](self, event, arg)
+        self._state = next_state or fsm.ACTIONS[action].next_state
+        # The service-user answers A-ASSOCIATE and A-RELEASE indications at once.
+        if self._state == "Sta3":
+            self._answer_associate()
+        elif self._state in ("Sta8", "Sta12"):
+            self._event("Evt14")
+
+    def _AE_5(self, event: str, arg: Any) -> None:
+        self._start_artim()
+
+    def _AE_6(self, event: str, rq: pdu.AssociateRQ) -> str:
+        self._stop_artim()
+        self._rq = rq
+        rejection = check_provider(rq, self._server.active_associations, self._config)
+        if rejection is not None:
+            self._reject(rejection)
+            return "Sta13"
+        return "Sta3"
+
+    def _answer_associate(self) -> None:
+        answer = negotiate(self._rq, self._config)
+        self._event("Evt8" if isinstance(answer, Rejection) else "Evt7", answer)
+
+    def _AE_7(self, event: str, acceptance: Acceptance) -> None:
+        self.assoc = Association(self, self._rq, acceptance)
+        self._accepted_ids = frozenset(i for i, c in acceptance.contexts.items() if c.result == pdu.PC_ACCEPTANCE)
+        if acceptance.peer_max_pdu:
+            self._send_cap = acceptance.peer_max_pdu
+        self._server._associated(self)
+        self._transport.write(acceptance.pdu)
+        logger.info(
+            "association accepted: %s -> %s from %s, %d/%d contexts",
+            self.assoc.calling_ae,
+            self.assoc.called_ae,
+            self._peer(),
+            len(self._accepted_ids),
+            len(acceptance.contexts),
+        )
+        self._worker = self._loop.create_task(self._serve())
+        if self._config.idle_timeout:
+            self._idle = self._loop.call_later(self._config.idle_timeout, self._idle_check)
+
+    def _AE_8(self, event: str, rejection: Rejection) -> None:
+        self._reject(rejection)
+
+    def _reject(self, rejection: Rejection) -> None:
+        logger.info("association rejected from %s: %s", self._peer(), rejection)
+        self._transport.write(pdu.encode_associate_rj(rejection.result, rejection.source, rejection.reason))
+        self._start_artim()
+
+    def _DT_1(self, event: str, parts: list) -> None:
+        if self._transport.is_closing():
+            # The transport lost the connection; connection_lost (Evt17) is on its way.
+            raise AssociationClosedError("connection closed")
+        self._last_activity = self._loop.time()
+        if _WRITELINES_SAFE:
+            self._transport.writelines(parts)
+        else:
+            self._transport.write(b"".join(parts))
+
+    _AR_7 = _DT_1
+
+    def _DT_2(self, event: str, body: memoryview) -> None:
+        self._on_p_data(body)
+
+    _AR_6 = _DT_2
+
+    def _AR_1(self, event: str, arg: Any) -> None:
+        self._transport.write(pdu.A_RELEASE_RQ_BYTES)
+
+    def _AR_2(self, event: str, arg: Any) -> None:
+        # A-RELEASE indication; the service-user answers at once (Evt14), abandoning any
+        # operation still running: a requestor releases only when none is outstanding
+        # (PS3.7 §D.3.3.3 and §7.2), so what runs now has no one waiting for it.
+        self._teardown("released by the peer")
+
+    def _AR_3(self, event: str, arg: Any) -> None:
+        self._confirm_release()
+        self._teardown("released")
+        self._transport.close()
+
+    def _AR_4(self, event: str, arg: Any) -> None:
+        self._transport.write(pdu.A_RELEASE_RP_BYTES)
+        self._start_artim()
+
+    def _AR_5(self, event: str, arg: Any) -> None:
+        self._stop_artim()
+
+    def _AR_8(self, event: str, arg: Any) -> str:
+        # Release collision; we are never the association-requestor.
+        return "Sta10"
+
+    def _AR_10(self, event: str, arg: Any) -> None:
+        self._confirm_release()
+        self._teardown("released")
+
+    def _confirm_release(self) -> None:
+        waiter = self._release_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def _abort_values(self, event: str, arg: Any) -> tuple[int, int]:
+        if event == "Evt15":
+            return pdu.ABORT_SOURCE_USER, pdu.ABORT_REASON_NOT_SPECIFIED
+        if event == "Evt19":
+            return pdu.ABORT_SOURCE_PROVIDER, arg.reason
+        return pdu.ABORT_SOURCE_PROVIDER, pdu.ABORT_UNEXPECTED_PDU
+
+    def _AA_1(self, event: str, arg: Any) -> None:
+        # PS3.8 calls AA-1's A-ABORT "service-user source"; when it answers a PDU received in
+        # Sta2 the provider detected the error, so we send source 2 with the reason of
+        # PS3.8 Table 9-26 (unexpected PDU, or the parse error's reason), as AA-8 does.
+        self._send_abort(*self._abort_values(event, arg))
+        self._teardown("aborted")
+        self._start_artim()
+
+    def _AA_2(self, event: str, arg: Any) -> None:
+        self._stop_artim()
+        self._transport.abort()
+
+    def _AA_3(self, event: str, body: memoryview | None) -> None:
+        if body is not None:
+            logger.info("A-ABORT from %s: source %d reason %d", self._peer(), body[2], body[3])
+        self._teardown("aborted by the peer")
+        self._transport.abort()
+
+    def _AA_4(self, event: str, arg: Any) -> None:
+        self._teardown("connection closed by the peer")
+
+    def _AA_5(self, event: str, arg: Any) -> None:
+        self._stop_artim()
+
+    def _AA_6(self, event: str, arg: Any) -> None:
+        pass
+
+    def _AA_7(self, event: str, arg: Any) -> None:
+        self._send_abort(*self._abort_values(event, arg))
+
+    def _AA_8(self, event: str, arg: Any) -> None:
+        source, reason = self._abort_values(event, arg)
+        logger.warning("aborting association with %s: reason %d (%s)", self._peer(), reason, fsm.EVENTS[event])
+        self._send_abort(source, reason)
+        self._teardown("aborted: protocol error")
+        self._start_artim()
+
+    def _requestor_only(self, event: str, arg: Any) -> None:
+        raise AssertionError(f"{event} in {self._state}: requestor-only transition")
+
+    def _send_abort(self, source: int, reason: int) -> None:
+        self._transport.write(pdu.encode_abort(source, reason))
+
+    # ----------------------------------------------------------------- timers
+
+    def _start_artim(self) -> None:
+        self._stop_artim()
+        self._artim = self._loop.call_later(self._config.artim_timeout, self._artim_expired)
+
+    def _stop_artim(self) -> None:
+        if self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        logger.info("ARTIM expired in %s for %s", self._state, self._peer())
+        self._event("Evt18")
+
+    def _idle_check(self) -> None:
+        self._idle = None
+        if self._state != "Sta6":
+            return
+        timeout = self._config.idle_timeout
+        now = self._loop.time()
+        assoc = self.assoc
+        if assoc._current is not None or assoc._pending or self._queue:
+            self._idle = self._loop.call_later(timeout, self._idle_check)
+            return
+        due = self._last_activity + timeout
+        if now < due:
+            self._idle = self._loop.call_at(due, self._idle_check)
+            return
+        logger.info("association with %s idle for %.0f s: aborting", self._peer(), timeout)
+        self._event("Evt15")
+
+    # ----------------------------------------------------------------- P-DATA (PS3.8 §9.3.5, Annex E)
+
+    def _on_p_data(self, body: memoryview) -> None:
+        end = len(body)
+        pos = 0
+        pdv = pdu.PDV_HEADER
+        accepted = self._accepted_ids
+        while pos < end:
+            offset = self._pdu_offset + 6 + pos
+            if end - pos < 6:
+                raise pdu.PDUParameterError(f"truncated PDV header ({end - pos} bytes left)", offset)
+            item_length, pcid, control = pdv.unpack_from(body, pos)
+            if item_length < 2 or item_length - 2 > end - pos - 6:
+                raise pdu.PDUParameterError(f"PDV item length {item_length} does not fit the PDU", offset)
+            if pcid not in accepted:
+                raise pdu.PDUParameterError(
+                    f"PDV on presentation context {pcid}, which is not accepted",
+                    offset + 4,
+                    pdu.ABORT_UNRECOGNIZED_PDU_PARAMETER,
+                )
+            fragment = body[pos + 6 : pos + 4 + item_length]
+            pos += 4 + item_length
+            if self._frags or self._msg_command is not None:
+                if pcid != self._msg_pcid:
+                    # PS3.8 Annex E.2: all fragments of a message use one context, and
+                    # messages are not interleaved.
+                    raise pdu.PDUParameterError(
+                        f"PDV on context {pcid} inside a message on context {self._msg_pcid}", offset + 4
+                    )
+            else:
+                self._msg_pcid = pcid
+            is_command = control & 1
+            if is_command:
+                if self._msg_command is not None:
+                    raise pdu.PDUParameterError(
+                        "command fragment while the data set was expected",
+                        offset + 5,
+                        pdu.ABORT_UNEXPECTED_PDU_PARAMETER,
+                    )
+                limit = MAX_COMMAND_SET_LENGTH
+            else:
+                if self._msg_command is None:
+                    raise pdu.PDUParameterError(
+                        "data set fragment before its command", offset + 5, pdu.ABORT_UNEXPECTED_PDU_PARAMETER
+                    )
+                limit = self._config.max_dataset_size
+            self._frag_size += len(fragment)
+            if self._frag_size > limit:
+                raise pdu.PDUParameterError(
+                    f"{'command set' if is_command else 'data set'} exceeds {limit} bytes", offset
+                )
+            self._frags.append(fragment)
+            if control & 2:
+                payload = self._frags[0] if len(self._frags) == 1 else b"".join(self._frags)
+                self._frags = []
+                self._frag_size = 0
+                if is_command:
+                    try:
+                        command = messages.decode_command(payload)
+                    except ParseError as exc:
+                        raise pdu.PDUParameterError(f"malformed command set: {exc.message}", offset) from None
+                    if messages.has_dataset(command):
+                        self._msg_command = command
+                    else:
+                        self._deliver(command, None, offset)
+                else:
+                    command = self._msg_command
+                    self._msg_command = None
+                    self._deliver(command, bytes(payload), offset)
+
+    def _deliver(self, command: dict, dataset: bytes | None, offset: int) -> None:
+        assoc = self.assoc
+        field_ = command.get("CommandField")
+        if field_ is None:
+            raise pdu.PDUParameterError("command set without Command Field (0000,0100)", offset)
+        context = assoc.contexts[self._msg_pcid]
+        if field_ == messages.C_CANCEL_RQ:
+            request = assoc._requests.get(command.get("MessageIDBeingRespondedTo"))
+            if request is not None:
+                request.cancelled.set()
+            return
+        if not messages.is_request(field_):
+            future = assoc._pending.get(command.get("MessageIDBeingRespondedTo"))
+            if future is not None and not future.done():
+                future.set_result(command)
+            else:
+                logger.warning("unexpected response 0x%04X from %s", field_, self._peer())
+            return
+        message_id = command.get("MessageID")
+        if message_id is None:
+            raise pdu.PDUParameterError("request without Message ID (0000,0110)", offset)
+        if len(self._queue) >= MAX_QUEUED_REQUESTS:
+            raise pdu.PDUParameterError(
+                f"more than {MAX_QUEUED_REQUESTS} requests outstanding (window is 1)",
+                offset,
+                pdu.ABORT_REASON_NOT_SPECIFIED,
+            )
+        request = Request(context, command, dataset, message_id)
+        if message_id in assoc._requests:
+            request.duplicate = True
+        else:
+            assoc._requests[message_id] = request
+        self._queue.append(request)
+        self._wake_worker()
+
+    # ----------------------------------------------------------------- service worker
+
+    def _wake_worker(self) -> None:
+        waiter = self._worker_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _serve(self) -> None:
+        assoc = self.assoc
+        queue = self._queue
+        # A cancellation can be swallowed by what a handler awaits (wait_for returns a
+        # result that raced the cancel), so the loop also stops once torn down.
+        while self._worker is not None:
+            if not queue:
+                self._worker_waiter = self._loop.create_future()
+                await self._worker_waiter
+                self._worker_waiter = None
+                continue
+            request = queue.popleft()
+            assoc._current = request
+            try:
+                await self._run_handler(request)
+            except AssociationClosedError:
+                return
+            finally:
+                assoc._current = None
+                if assoc._requests.get(request.message_id) is request:
+                    del assoc._requests[request.message_id]
+
+    async def _run_handler(self, request: Request) -> None:
+        assoc = self.assoc
+        if request.duplicate:
+            await self._answer(request, Status.DUPLICATE_INVOCATION, None)
+            return
+        handler = self._config.handlers.get(request.command_field)
+        if handler is None and request.command_field == messages.C_ECHO_RQ:
+            handler = _echo
+        if handler is None or not request.context.scu_role:
+            await self._answer(request, Status.UNRECOGNIZED_OPERATION, None)
+            return
+        try:
+            result = await handler(assoc, request)
+        except (asyncio.CancelledError, AssociationClosedError):
+            raise
+        except Exception as exc:
+            logger.exception("handler for 0x%04X failed", request.command_field)
+            if not request.responded:
+                await self._answer(request, Status.PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+            return
+        if not request.responded:
+            if isinstance(result, int):
+                await self._answer(request, result, None)
+            else:
+                logger.error("handler for 0x%04X returned without a final response", request.command_field)
+                await self._answer(request, Status.PROCESSING_FAILURE, "no response from the service")
+
+    async def _answer(self, request: Request, status: int, comment: str | None) -> None:
+        try:
+            await self.assoc.respond(request, status, ErrorComment=comment)
+        except AssociationClosedError:
+            pass
+
+    # ----------------------------------------------------------------- sending
+
+    async def send_message(self, pcid: int, command: bytes, dataset: Any) -> None:
+        """Send one DIMSE message as P-DATA-TF PDUs, one PDV each (PS3.8 Annex E)."""
+        assoc = self.assoc
+        async with assoc._send_lock:
+            await self._send_fragments(pcid, (command,), 0x01)
+            if dataset is not None:
+                buffers = (dataset,) if isinstance(dataset, (bytes, bytearray, memoryview)) else dataset
+                await self._send_fragments(pcid, buffers, 0x00)
+
+    async def _send_fragments(self, pcid: int, buffers: Iterable[Any], control: int) -> None:
+        # PS3.8 D.1: a PDU may not exceed the peer's Maximum Length; one PDV per PDU leaves
+        # max - 6 bytes of fragment, kept even (PS3.8 Annex E.2 wants even fragments).
+        max_fragment = max(2, (self._send_cap - 6) & ~1)
+        views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
+        remaining = sum(len(v) for v in views)
+        pack = pdu.PDATA_ONE_PDV_HEADER.pack
+        parts: list = []
+        batched = 0
+        index = 0
+        pos = 0
+        if not remaining:
+            # An empty message still needs its last fragment.
+            parts.append(pack(pdu.P_DATA_TF, 6, 2, pcid, control | 0x02))
+        while remaining:
+            n = max_fragment if remaining > max_fragment else remaining
+            remaining -= n
+            parts.append(pack(pdu.P_DATA_TF, n + 6, n + 2, pcid, control if remaining else control | 0x02))
+            need = n
+            while need:
+                view = views[index]
+                take = len(view) - pos
+                if take > need:
+                    take = need
+                parts.append(view[pos : pos + take])
+                pos += take
+                need -= take
+                if pos == len(view):
+                    index += 1
+                    pos = 0
+            batched += n
+            if batched >= _WRITE_BATCH:
+                self._event("Evt9", parts)
+                parts = []
+                batched = 0
+                if self._write_paused:
+                    await self._drain()
+        if parts:
+            self._event("Evt9", parts)
+            if self._write_paused:
+                await self._drain()
+
+    async def _drain(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise AssociationClosedError("connection closed")
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self._loop.create_future()
+        await waiter
+        if self._transport.is_closing():
+            raise AssociationClosedError("connection closed")
+
+    # ----------------------------------------------------------------- teardown
+
+    def abort(self, close: bool = False) -> None:
+        """Local A-ABORT (Evt15); closes at once if the association is not up.
+
+        With ``close``, the transport is closed after the A-ABORT is written instead of
+        waiting for the peer to close it (server shutdown).
+        """
+        if ("Evt15", self._state) in fsm.TRANSITIONS:
+            self._event("Evt15")
+            self._after_event()
+            if close:
+                self._stop_artim()
+                self._transport.close()
+        elif self._transport is not None and not self._transport.is_closing():
+            self._transport.abort()
+
+    def _teardown(self, reason: str) -> None:
+        """Stop serving: cancel the worker, wake what waits on the peer. Idempotent.
+
+        Waiters get a result (``None`` / ``False``) rather than an exception, so nothing is
+        logged as "never retrieved" when their awaiting task was cancelled first; the
+        awaiting methods turn it into AssociationClosedError.
+        """
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._worker is not None:
+            logger.debug("association with %s ends: %s", self._peer(), reason)
+            self._worker.cancel()
+            self._worker = None
+        if self._worker_waiter is not None and not self._worker_waiter.done():
+            self._worker_waiter.cancel()
+        self._queue.clear()
+        assoc = self.assoc
+        if assoc is not None:
+            for future in assoc._pending.values():
+                if not future.done():
+                    future.set_result(None)
+        waiter = self._release_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
+        self._server._disassociated(self)
+
+    def _peer(self) -> Any:
+        return self._transport.get_extra_info("peername") if self._transport is not None else None
+
+
+async def _echo(assoc: Association, request: Request) -> int:
+    """Built-in Verification SCP (PS3.4 Annex A): C-ECHO-RSP Success."""
+    return Status.SUCCESS
+
+
+_ACTIONS = {
+    name: getattr(DIMSEProtocol, "_" + name.replace("-", "_"), DIMSEProtocol._requestor_only)
+    for name in fsm.ACTIONS
+}

@@ -1,0 +1,58 @@
+"""Server configuration and the constants that identify dicomaccel on the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Mapping
+
+from dicomaccel import __version__
+
+# Our UID root: a UUID-derived UID (PS3.5 §B.2, "2.25." + the UUID as one decimal integer),
+# generated once for dicomaccel. Every UID dicomaccel mints hangs below it.
+DICOMACCEL_UID_ROOT = "2.25.294668801731823321037626927530289830545"
+IMPLEMENTATION_CLASS_UID = DICOMACCEL_UID_ROOT + ".1"
+# PS3.7 D.3.3.2.3: 1-16 characters of the default repertoire.
+IMPLEMENTATION_VERSION_NAME = ("DICOMACCEL_" + __version__.replace(".", ""))[:16]
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+# Our Maximum Length (PS3.8 D.1) bounds the P-DATA-TF PDUs the peer sends us. An SCP mostly
+# receives small messages (C-GET-RQ identifiers, C-STORE-RSPs), so the value costs nothing
+# in the common case; 1 MiB keeps large incoming data sets to few PDUs while bounding what
+# one PDU can make us buffer (max_associations x max_pdu in the worst case).
+DEFAULT_MAX_PDU = 1 << 20
+# Hard cap on an A-ASSOCIATE-RQ: 128 presentation contexts with a dozen transfer syntaxes
+# each, role selection and extended negotiation for all of them stay well below this.
+MAX_ASSOCIATE_RQ_LENGTH = 256 * 1024
+# A command set is a few hundred bytes (PS3.7 Annex E); anything larger is hostile.
+MAX_COMMAND_SET_LENGTH = 64 * 1024
+# Peers that count the 6-byte PDV header into the Maximum Length send PDUs up to 6 bytes
+# longer than negotiated; tolerate that, abort beyond it.
+PDU_LENGTH_SLACK = 6
+# Requests queued behind the running one. The window we grant is 1/1 (PS3.7 D.3.3.3), so a
+# conforming peer never has more than one outstanding; this only stops a flood.
+MAX_QUEUED_REQUESTS = 32
+
+Handler = Callable[..., Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything that decides how an association is negotiated and served.
+
+    See :func:`dicomaccel.dimse.start_dimse_server` for the meaning of each field.
+    """
+
+    ae_title: str = "DICOMACCEL"
+    handlers: Mapping[int, Handler] = field(default_factory=dict)
+    supported_abstract_syntaxes: frozenset[str] = frozenset()
+    transfer_syntaxes: tuple[str, ...] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+    storage_transfer_syntaxes: tuple[str, ...] | None = None
+    max_associations: int = 64
+    max_pdu: int = DEFAULT_MAX_PDU
+    artim_timeout: float = 30.0
+    idle_timeout: float | None = 300.0
+    require_called_ae: bool = False
+    calling_ae_allow: frozenset[str] | None = None
+    max_dataset_size: int = 1 << 28

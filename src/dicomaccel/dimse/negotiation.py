@@ -1,0 +1,164 @@
+"""Association negotiation as acceptor: A-ASSOCIATE-RQ in, A-ASSOCIATE-AC or -RJ out.
+
+Pure functions of the decoded request and the :class:`~dicomaccel.dimse.config.ServerConfig`;
+the protocol decides *when* (PS3.8 AE-6/AE-7/AE-8), this module decides *what*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import pdu
+from .config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ServerConfig
+from .messages import VERIFICATION_SOP_CLASS
+
+
+@dataclass(slots=True)
+class PresentationContext:
+    """A presentation context as negotiated.
+
+    Attributes
+    ----------
+    id : int
+        Presentation context ID (odd, 1-255).
+    abstract_syntax : str
+        The SOP Class UID proposed for it.
+    transfer_syntax : str or None
+        The transfer syntax we accepted; ``None`` if the context was rejected.
+    result : int
+        PS3.8 Table 9-18: 0 acceptance, 3 abstract syntax not supported, 4 transfer
+        syntaxes not supported.
+    scu_role : bool
+        The peer may invoke operations on this context (send us requests).
+    scp_role : bool
+        The peer accepted to act as SCP on this context, so we may send it requests: the
+        C-STORE sub-operations of a C-GET (PS3.4 C.5.3, PS3.7 D.3.3.4).
+    proposed_transfer_syntaxes : tuple of str
+        What the peer proposed, in its order.
+    """
+
+    id: int
+    abstract_syntax: str
+    transfer_syntax: str | None
+    result: int
+    scu_role: bool = True
+    scp_role: bool = False
+    proposed_transfer_syntaxes: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.result == pdu.PC_ACCEPTANCE
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ to send (PS3.8 Table 9-21)."""
+
+    result: int
+    source: int
+    reason: int
+
+
+@dataclass(slots=True)
+class Acceptance:
+    """An A-ASSOCIATE-AC to send and what it established."""
+
+    pdu: bytes
+    contexts: dict[int, PresentationContext]
+    peer_max_pdu: int
+
+
+def check_provider(rq: pdu.AssociateRQ, active_associations: int, config: ServerConfig) -> Rejection | None:
+    """The service-provider's checks of AE-6 (PS3.8 §9.2.2): protocol version and capacity."""
+    # PS3.8 Table 9-11: bit 0 set means version 1; the other bits are not tested.
+    if not rq.protocol_version & 1:
+        return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_ACSE, pdu.RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED)
+    if active_associations >= config.max_associations:
+        return Rejection(
+            pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED
+        )
+    return None
+
+
+def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptance:
+    """The service-user's answer to an A-ASSOCIATE indication.
+
+    Rejects (source 1) an unknown application context (reason 2), a wrong called AE title
+    when ``require_called_ae`` is set (reason 7) and a calling AE title outside
+    ``calling_ae_allow`` (reason 3). Otherwise accepts, answering every proposed context:
+
+    - an abstract syntax in ``supported_abstract_syntaxes`` (Verification always is) gets
+      the first of *our* ``transfer_syntaxes`` the peer proposed;
+    - any other abstract syntax the peer proposed the SCP role for (a 54H item with SCP-role
+      1: a storage SOP class for C-GET sub-operations) gets the first transfer syntax *the
+      peer* proposed that ``storage_transfer_syntaxes`` allows (any, if that is ``None``),
+      since the peer is the one that decodes what we send;
+    - anything else is result 3; no common transfer syntax is result 4.
+
+    Role selection answers (PS3.7 D.3.3.4) accept a proposed SCP role for accepted
+    contexts, accept a proposed SCU role only for supported abstract syntaxes, and never
+    return 1 for a role that was not proposed. SOP Class Extended Negotiation is answered
+    with zeros (relational retrieval and the other options declined), one byte per byte
+    offered, for accepted abstract syntaxes only. The Asynchronous Operations Window is
+    answered 1/1 when proposed.
+    """
+    if rq.application_context != pdu.DICOM_APPLICATION_CONTEXT:
+        return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED)
+    if config.require_called_ae and rq.called_ae != config.ae_title:
+        return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLED_AE_NOT_RECOGNIZED)
+    if config.calling_ae_allow is not None and rq.calling_ae not in config.calling_ae_allow:
+        return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED)
+
+    contexts: dict[int, PresentationContext] = {}
+    results: list[tuple[int, int, str | None]] = []
+    accepted_syntaxes: set[str] = set()
+    for pc in rq.contexts:
+        proposed = tuple(pc.transfer_syntaxes)
+        role = rq.roles.get(pc.abstract_syntax)
+        supported = pc.abstract_syntax == VERIFICATION_SOP_CLASS or pc.abstract_syntax in config.supported_abstract_syntaxes
+        ts: str | None = None
+        if supported:
+            ts = next((t for t in config.transfer_syntaxes if t in proposed), None)
+        elif role is not None and role[1]:
+            allowed = config.storage_transfer_syntaxes
+            ts = next((t for t in proposed if allowed is None or t in allowed), None)
+        else:
+            contexts[pc.id] = PresentationContext(
+                pc.id, pc.abstract_syntax, None, pdu.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, False, False, proposed
+            )
+            results.append((pc.id, pdu.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, proposed[0]))
+            continue
+        if ts is None:
+            contexts[pc.id] = PresentationContext(
+                pc.id, pc.abstract_syntax, None, pdu.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, False, False, proposed
+            )
+            results.append((pc.id, pdu.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, proposed[0]))
+            continue
+        if role is None:
+            # PS3.7 D.3.3.4: without a role item the requestor is SCU, the acceptor SCP.
+            scu, scp = True, False
+        else:
+            scu, scp = bool(role[0]) and supported, bool(role[1])
+        contexts[pc.id] = PresentationContext(pc.id, pc.abstract_syntax, ts, pdu.PC_ACCEPTANCE, scu, scp, proposed)
+        results.append((pc.id, pdu.PC_ACCEPTANCE, ts))
+        accepted_syntaxes.add(pc.abstract_syntax)
+
+    user_info = [
+        pdu.sub_maximum_length(config.max_pdu),
+        pdu.sub_uid(pdu.SUB_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_CLASS_UID),
+    ]
+    if rq.async_window is not None:
+        user_info.append(pdu.sub_async_window(1, 1))
+    for uid, (scu_role, scp_role) in rq.roles.items():
+        if uid in accepted_syntaxes:
+            supported = uid == VERIFICATION_SOP_CLASS or uid in config.supported_abstract_syntaxes
+            user_info.append(pdu.sub_role_selection(uid, 1 if scu_role and supported else 0, 1 if scp_role else 0))
+    user_info.append(pdu.sub_uid(pdu.SUB_IMPLEMENTATION_VERSION_NAME, IMPLEMENTATION_VERSION_NAME))
+    for uid, info in rq.extended.items():
+        if uid in accepted_syntaxes:
+            user_info.append(pdu.sub_extended_negotiation(uid, bytes(len(info))))
+    return Acceptance(
+        pdu.encode_associate_ac(rq, results, user_info),
+        contexts,
+        rq.max_length or 0,
+    )

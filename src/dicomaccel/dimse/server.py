@@ -1,0 +1,174 @@
+"""``start_dimse_server``: listen for associations and serve them on the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable, Mapping
+
+from .association import DIMSEProtocol
+from .config import (
+    DEFAULT_MAX_PDU,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    Handler,
+    ServerConfig,
+)
+
+# PS3.8 D.1 sets no minimum Maximum Length; below this an A-ASSOCIATE-RQ with many contexts
+# would not even fit in what we ask peers to respect, so refuse such a configuration.
+MIN_MAX_PDU = 1024
+
+
+class DIMSEServer:
+    """A listening DIMSE acceptor; returned by :func:`start_dimse_server`.
+
+    Use it as an async context manager, or call :meth:`close` then :meth:`wait_closed`.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[DIMSEProtocol] = set()
+        self._associations: set[DIMSEProtocol] = set()
+
+    @property
+    def sockets(self) -> tuple:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful after binding port 0)."""
+        return self.sockets[0].getsockname()[1]
+
+    @property
+    def active_associations(self) -> int:
+        """Associations accepted and not yet released, aborted or closed."""
+        return len(self._associations)
+
+    @property
+    def connections(self) -> int:
+        """Open TCP connections, associated or not."""
+        return len(self._connections)
+
+    def close(self) -> None:
+        """Stop listening and abort every association (A-ABORT, source 0)."""
+        if self._server is not None:
+            self._server.close()
+        for protocol in list(self._connections):
+            protocol.abort(close=True)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> DIMSEServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # Called by the protocol.
+    def _connection_made(self, protocol: DIMSEProtocol) -> None:
+        self._connections.add(protocol)
+
+    def _connection_lost(self, protocol: DIMSEProtocol) -> None:
+        self._connections.discard(protocol)
+        self._associations.discard(protocol)
+
+    def _associated(self, protocol: DIMSEProtocol) -> None:
+        self._associations.add(protocol)
+
+    def _disassociated(self, protocol: DIMSEProtocol) -> None:
+        self._associations.discard(protocol)
+
+
+async def start_dimse_server(
+    host: str | None = "127.0.0.1",
+    port: int = 11112,
+    *,
+    ae_title: str = "DICOMACCEL",
+    handlers: Mapping[int, Handler] | None = None,
+    supported_abstract_syntaxes: Iterable[str] = (),
+    transfer_syntaxes: Iterable[str] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN),
+    storage_transfer_syntaxes: Iterable[str] | None = None,
+    max_associations: int = 64,
+    max_pdu: int = DEFAULT_MAX_PDU,
+    artim_timeout: float = 30.0,
+    idle_timeout: float | None = 300.0,
+    require_called_ae: bool = False,
+    calling_ae_allow: Iterable[str] | None = None,
+    max_dataset_size: int = 1 << 28,
+    backlog: int = 128,
+    reuse_port: bool | None = None,
+) -> DIMSEServer:
+    """Listen for DICOM associations on the running event loop (run it on uvloop).
+
+    Parameters
+    ----------
+    host, port : str, int
+        Where to listen; port 0 picks a free port (see :attr:`DIMSEServer.port`).
+    ae_title : str
+        Our AE title, checked against the Called AE Title when ``require_called_ae``.
+    handlers : mapping of int to async callable
+        Command Field of a request (e.g. ``messages.C_GET_RQ``) -> ``async def
+        handler(assoc, request)``. C-ECHO-RQ is answered built-in unless overridden.
+    supported_abstract_syntaxes : iterable of str
+        SOP Classes we serve as SCP (Verification is always included).
+    transfer_syntaxes : iterable of str
+        For those contexts, in our order of preference.
+    storage_transfer_syntaxes : iterable of str, optional
+        Transfer syntaxes we accept on contexts the peer proposes the SCP role for (storage
+        SOP classes for C-GET sub-operations); ``None`` accepts the peer's first proposal.
+    max_associations : int
+        Beyond this many concurrent associations, A-ASSOCIATE-RJ (2, 3, 2): transient,
+        presentation-layer source, local limit exceeded.
+    max_pdu : int
+        Our Maximum Length (PS3.8 D.1), default 1 MiB. A P-DATA-TF longer than this (plus
+        6 bytes of tolerance) is answered with A-ABORT (2, 6).
+    artim_timeout : float
+        PS3.8 §9.1.5 ARTIM, seconds: how long a connection may wait for its
+        A-ASSOCIATE-RQ, and how long we wait for the peer to close after RJ, RP or ABORT.
+    idle_timeout : float or None
+        An established association with no traffic and no operation in progress for this
+        long is aborted (A-ABORT, source 0). ``None`` disables it.
+    require_called_ae : bool
+        Reject (1, 1, 7) an A-ASSOCIATE-RQ whose Called AE Title is not ``ae_title``.
+    calling_ae_allow : iterable of str, optional
+        If given, reject (1, 1, 3) Calling AE Titles not in it.
+    max_dataset_size : int
+        Largest data set we reassemble from the peer; beyond it, A-ABORT (2, 6).
+    backlog, reuse_port
+        Passed to ``loop.create_server``.
+
+    Returns
+    -------
+    DIMSEServer
+    """
+    if max_pdu < MIN_MAX_PDU or max_pdu > 0xFFFFFFFF - 6:
+        raise ValueError(f"max_pdu must be between {MIN_MAX_PDU} and {0xFFFFFFFF - 6}")
+    if len(ae_title) > 16:
+        raise ValueError("an AE title has at most 16 characters (PS3.5 Table 6.2-1)")
+    config = ServerConfig(
+        ae_title=ae_title.strip(),
+        handlers=dict(handlers or {}),
+        supported_abstract_syntaxes=frozenset(supported_abstract_syntaxes),
+        transfer_syntaxes=tuple(transfer_syntaxes),
+        storage_transfer_syntaxes=None if storage_transfer_syntaxes is None else tuple(storage_transfer_syntaxes),
+        max_associations=max_associations,
+        max_pdu=max_pdu,
+        artim_timeout=artim_timeout,
+        idle_timeout=idle_timeout,
+        require_called_ae=require_called_ae,
+        calling_ae_allow=None if calling_ae_allow is None else frozenset(a.strip() for a in calling_ae_allow),
+        max_dataset_size=max_dataset_size,
+    )
+    server = DIMSEServer(config)
+    loop = asyncio.get_running_loop()
+    server._server = await loop.create_server(
+        lambda: DIMSEProtocol(server, config), host, port, backlog=backlog, reuse_port=reuse_port
+    )
+    return server
+
+
+__all__ = ["DIMSEServer", "start_dimse_server"]
