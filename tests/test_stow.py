@@ -1,0 +1,444 @@
+"""STOW-RS over real HTTP against a real `dicomaccel serve` process."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+
+import dicomgen
+from dicomaccel.archive import Archive
+
+JSON = "application/dicom+json"
+REAL_FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "SC_rgb_rle_2frame.dcm",
+              "JPEG2000.dcm", "JPEG-lossy.dcm", "liver.dcm"]
+
+
+def multipart(parts: list[bytes], boundary: str = "BOUNDARY", part_headers: bytes = b"Content-Type: application/dicom\r\n",
+              preamble: bytes = b"", epilogue: bytes = b"\r\n", padding: bytes = b"") -> bytes:
+    out = [preamble]
+    for p in parts:
+        out.append(b"\r\n--" + boundary.encode() + padding + b"\r\n" + part_headers + b"\r\n" + p)
+    out.append(b"\r\n--" + boundary.encode() + b"--" + epilogue)
+    body = b"".join(out)
+    return body if preamble else body[2:]
+
+
+def post(server, body: bytes, content_type: str = 'multipart/related; type="application/dicom"; boundary=BOUNDARY',
+         path: str = "/dicomweb/studies", headers: dict | None = None, chunked: bool = False):
+    url = urlsplit(server.http_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    hdrs = {"Content-Type": content_type, **(headers or {})}
+    if chunked:
+        def gen():
+            for i in range(0, len(body), 7919):
+                yield body[i:i + 7919]
+        conn.request("POST", path, body=gen(), headers=hdrs, encode_chunked=True)
+    else:
+        conn.request("POST", path, body=body, headers=hdrs)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), data
+
+
+def reasons(body: bytes) -> dict:
+    doc = json.loads(body)
+    failed = [(i["00081155"].get("Value", [None])[0], i["00081197"]["Value"][0])
+              for i in doc.get("00081198", {}).get("Value", [])]
+    stored = [i["00081155"]["Value"][0] for i in doc.get("00081199", {}).get("Value", [])]
+    other = [i["00081197"]["Value"][0] for i in doc.get("0008119A", {}).get("Value", [])]
+    return {"failed": failed, "stored": stored, "other": other, "doc": doc}
+
+
+def sop_uid(data: bytes) -> str:
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+
+
+def test_dicomweb_client_stores_and_archive_holds_identical_files(server_factory, tmp_path):
+    server = server_factory()
+    client = DICOMwebClient(url=server.stow_url)
+    study, series = dicomgen.ct_series(10)
+    instances = list(series)
+    instances.append(dicomgen.multiframe_instance(12, 128, 128))
+    instances.append(dicomgen.multiframe_instance(6, 64, 64, transfer_syntax=JPEG2000Lossless))
+    instances.append(dicomgen.multiframe_instance(5, 32, 32, transfer_syntax=RLELossless))
+    real = [Path(get_testdata_file(name)).read_bytes() for name in REAL_FILES]
+    datasets = [pydicom.dcmread(io.BytesIO(b)) for b in instances + real]
+    client.store_instances(datasets=datasets[:10])
+    for ds in datasets[10:]:
+        client.store_instances(datasets=[ds])
+    server.stop()
+
+    archive = Archive(server.data)
+    try:
+        for ds in datasets:
+            record = archive.get(ds.SOPInstanceUID)
+            assert record is not None, ds.SOPInstanceUID
+            assert record.study_uid == ds.StudyInstanceUID
+            assert record.series_uid == ds.SeriesInstanceUID
+            assert record.sop_class_uid == ds.SOPClassUID
+            assert record.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+            assert record.number_of_frames == int(getattr(ds, "NumberOfFrames", 1) or 1)
+            stored = pydicom.dcmread(record.path)
+            assert stored.SOPInstanceUID == ds.SOPInstanceUID
+            if "PixelData" in ds:
+                assert record.frame_index is not None
+        # What dicomweb-client sent is pydicom's re-encoding; raw bytes are checked in test_bytes_identical.
+        assert len(archive.find(study_uids=[study])) == 10
+    finally:
+        archive.close()
+
+
+def test_bytes_identical_and_response_module(server_factory):
+    server = server_factory()
+    study, series = dicomgen.ct_series(3, 64, 64)
+    status, headers, body = post(server, multipart(series))
+    assert status == 200, body
+    assert headers["content-type"].startswith(JSON)
+    r = reasons(body)
+    assert r["stored"] == [sop_uid(b) for b in series]
+    assert "00081198" not in r["doc"], "no empty Failed SOP Sequence"
+    assert r["doc"]["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{study}")
+    item = r["doc"]["00081199"]["Value"][0]
+    assert "/series/" in item["00081190"]["Value"][0] and item["00081150"]["Value"][0] == "1.2.840.10008.5.1.4.1.1.2"
+    server.stop()
+    archive = Archive(server.data)
+    try:
+        for data in series:
+            assert Path(archive.get(sop_uid(data)).path).read_bytes() == data
+    finally:
+        archive.close()
+
+
+@pytest.mark.parametrize("content_type", [
+    'multipart/related; type="application/dicom"; boundary=BOUNDARY',
+    "multipart/related; type=application/dicom; boundary=BOUNDARY",
+    'multipart/related; boundary="BOUNDARY"; type="application/dicom"',
+    'Multipart/Related; BOUNDARY=BOUNDARY; Type="Application/DICOM"',
+    'multipart/related;type="application/dicom";boundary=BOUNDARY',
+    "multipart/related; boundary=BOUNDARY",
+])
+def test_content_type_variants(shared_server, content_type):
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    status, _, body = post(shared_server, multipart([data]), content_type=content_type)
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("variant", ["part-ts", "padding", "no-final-crlf", "preamble-epilogue", "chunked"])
+def test_lenient_framing(shared_server, variant):
+    data = [dicomgen.ct_instance(generate_uid(), generate_uid(), i, 16, 16) for i in (1, 2)]
+    kwargs = {}
+    if variant == "part-ts":
+        kwargs["part_headers"] = b"Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1\r\n"
+    elif variant == "padding":
+        kwargs["padding"] = b" \t "
+    elif variant == "no-final-crlf":
+        kwargs["epilogue"] = b""
+    elif variant == "preamble-epilogue":
+        kwargs["preamble"] = b"This is a preamble.\r\n"
+        kwargs["epilogue"] = b"\r\nepilogue text"
+    body = multipart(data, **kwargs)
+    status, _, resp = post(shared_server, body, chunked=variant == "chunked")
+    assert status == 200, resp
+    assert reasons(resp)["stored"] == [sop_uid(d) for d in data]
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json",
+    "application/dicom",
+    'multipart/related; type="application/dicom+json"; boundary=BOUNDARY',
+    'multipart/related; type="application/octet-stream"; boundary=BOUNDARY',
+])
+def test_unsupported_media_type_415(shared_server, content_type):
+    status, headers, body = post(shared_server, b"--BOUNDARY--", content_type=content_type)
+    assert status == 415
+    assert b"application/dicom" in body
+
+
+def test_content_encoding_415(shared_server):
+    status, _, body = post(shared_server, b"--BOUNDARY--", headers={"Content-Encoding": "gzip"})
+    assert status == 415 and b"Content-Encoding" in body
+
+
+@pytest.mark.parametrize("body,content_type", [
+    (b"--BOUNDARY\r\nContent-Type: application/dicom\r\n\r\nabc", None),  # no close delimiter
+    (b"no boundary anywhere", None),
+    (b"--BOUNDARY--", "multipart/related; type=\"application/dicom\""),  # no boundary parameter
+    (b"--BOUNDARY\r\nbad header line\r\n\r\nx\r\n--BOUNDARY--", None),
+    (b"--BOUNDARY--", 'multipart/related; boundary="unterminated'),
+])
+def test_malformed_400(shared_server, body, content_type):
+    kwargs = {"content_type": content_type} if content_type else {}
+    status, _, resp = post(shared_server, body, **kwargs)
+    assert status == 400, resp
+    assert resp.strip()
+
+
+def test_unparsable_instances_409_with_reasons(shared_server):
+    status, _, body = post(shared_server, multipart([b"not dicom at all", b"\0" * 132]))
+    assert status == 409
+    r = reasons(body)
+    assert [code for _, code in r["failed"]] == [0xC000, 0xC000]
+    assert not r["stored"]
+
+
+def test_study_uid_mismatch(shared_server):
+    other_study = generate_uid()
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    status, _, body = post(shared_server, multipart([data]), path=f"/dicomweb/studies/{other_study}")
+    assert status == 409
+    assert reasons(body)["failed"] == [(sop_uid(data), 0xC409)]
+    study = generate_uid()
+    good = dicomgen.ct_instance(study, generate_uid(), 1, 16, 16)
+    status, _, body = post(shared_server, multipart([good, data]), path=f"/dicomweb/studies/{study}")
+    assert status == 202
+    r = reasons(body)
+    assert r["stored"] == [sop_uid(good)] and r["failed"] == [(sop_uid(data), 0xC409)]
+    assert r["doc"]["00081190"]["Value"][0].endswith(f"/studies/{study}")
+
+
+def test_mixed_batch_202(shared_server):
+    good = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    truncated = dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 16, 16)[:-100]
+    status, _, body = post(shared_server, multipart([good, truncated, b"garbage"]))
+    assert status == 202, body
+    r = reasons(body)
+    assert r["stored"] == [sop_uid(good)]
+    assert [code for _, code in r["failed"]] == [0xC000, 0xC000]
+
+
+def test_duplicates(shared_server):
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    assert post(shared_server, multipart([data]))[0] == 200
+    assert post(shared_server, multipart([data]))[0] == 200  # identical bytes: idempotent
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientName = "Other^Name"
+    changed = dicomgen.to_bytes(ds)
+    status, _, body = post(shared_server, multipart([changed]))
+    assert status == 409
+    assert reasons(body)["failed"] == [(ds.SOPInstanceUID, 0x0111)]
+
+
+def test_xml_response(shared_server):
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    status, headers, body = post(shared_server, multipart([data, b"junk"]),
+                                 headers={"Accept": "application/dicom+json;q=0.5, application/dicom+xml"})
+    assert status == 202
+    assert headers["content-type"].startswith("application/dicom+xml")
+    root = ET.fromstring(body)
+    ns = {"n": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    tags = [a.get("tag") for a in root.findall("n:DicomAttribute", ns)]
+    assert tags == ["00081190", "00081198", "00081199"]
+    reason = root.find("n:DicomAttribute[@tag='00081198']/n:Item/n:DicomAttribute[@tag='00081197']/n:Value", ns)
+    assert reason.text == str(0xC000)
+
+
+def test_not_acceptable_and_routes(shared_server):
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    assert post(shared_server, multipart([data]), headers={"Accept": "text/html"})[0] == 406
+    assert post(shared_server, multipart([data]), path="/dicomweb/other")[0] == 404
+    assert post(shared_server, multipart([data]), path="/dicomweb/studies/../../etc")[0] in (400, 404)
+    url = urlsplit(shared_server.http_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", "/dicomweb/studies")
+    assert conn.getresponse().status == 405
+
+
+def _raw_connection(server) -> socket.socket:
+    url = urlsplit(server.http_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, rest
+
+
+def _request_head(server, length: int, boundary: str = "BOUNDARY") -> bytes:
+    host = urlsplit(server.http_url).netloc
+    return (f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}\r\n"
+            f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}\r\n'
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def test_boundary_split_across_network_writes(shared_server):
+    data = [dicomgen.ct_instance(generate_uid(), generate_uid(), i, 16, 16) for i in (1, 2)]
+    body = multipart(data)
+    sock = _raw_connection(shared_server)
+    sock.sendall(_request_head(shared_server, len(body)))
+    cut = body.index(b"\r\n--BOUNDARY\r\n", 10)
+    for piece in (body[:cut + 3], body[cut + 3:cut + 7], body[cut + 7:cut + 9], body[cut + 9:]):
+        sock.sendall(piece)
+        time.sleep(0.05)
+    status, resp = _read_response(sock)
+    sock.close()
+    assert status == 200, resp
+    assert reasons(resp)["stored"] == [sop_uid(d) for d in data]
+
+
+def _tmp_files(server) -> list[Path]:
+    return [p for p in server.data.rglob("*") if p.is_file() and "tmp" in p.relative_to(server.data).parts]
+
+
+def test_client_disconnect_mid_upload(server_factory):
+    server = server_factory()
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1)
+    body = multipart([data])
+    sock = _raw_connection(server)
+    sock.sendall(_request_head(server, len(body)) + body[: len(body) // 2])
+    time.sleep(0.3)
+    sock.close()
+    for _ in range(100):
+        if not _tmp_files(server):
+            break
+        time.sleep(0.05)
+    assert not _tmp_files(server), "temp file leaked after disconnect"
+    ok = dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 16, 16)
+    assert post(server, multipart([ok]))[0] == 200  # still serving
+    server.stop()
+    archive = Archive(server.data)
+    try:
+        assert archive.get(sop_uid(data)) is None
+        assert archive.get(sop_uid(ok)) is not None
+    finally:
+        archive.close()
+
+
+def test_low_free_space_503(server_factory):
+    server = server_factory("--min-free-space", "1000T")
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    status, headers, body = post(server, multipart([data]))
+    assert status == 503
+    assert "retry-after" in {k.lower() for k in headers}
+
+
+def test_size_limits_413(server_factory):
+    server = server_factory("--max-request-size", "100k", "--max-instance-size", "60k")
+    big = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 256, 256)  # ~131 kB
+    assert post(server, multipart([big]))[0] == 413
+    mid = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 192, 192)  # ~74 kB instance
+    status, _, body = post(server, multipart([mid]), chunked=True)
+    assert status == 413, body
+    small = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 64, 64)
+    assert post(server, multipart([small]))[0] == 200
+    assert not _tmp_files(server)
+
+
+def test_queue_limit_and_fifo(server_factory):
+    server = server_factory("--max-concurrent-stores", "1", "--store-queue-limit", "1", "--store-queue-wait", "2")
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 64, 64)
+    body = multipart([data])
+    holder = _raw_connection(server)
+    holder.sendall(_request_head(server, len(body)) + body[:100])  # holds the only slot
+    time.sleep(0.3)
+    results = {}
+
+    def queued():
+        results["queued"] = post(server, multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 16, 16)]))
+
+    t = threading.Thread(target=queued)
+    t.start()
+    time.sleep(0.3)
+    status, headers, _ = post(server, multipart([data]))  # queue full
+    assert status == 503 and "retry-after" in {k.lower() for k in headers}
+    t.join(10)
+    assert results["queued"][0] == 503  # waited past the limit
+    holder.sendall(body[100:])
+    status, resp = _read_response(holder)
+    holder.close()
+    assert status == 200, resp
+
+    # Within the wait limit a queued request is served once the slot frees.
+    holder = _raw_connection(server)
+    holder.sendall(_request_head(server, len(body)) + body[:100])
+    time.sleep(0.3)
+    t = threading.Thread(target=queued)
+    t.start()
+    time.sleep(0.5)
+    holder.sendall(body[100:])
+    assert _read_response(holder)[0] == 200
+    holder.close()
+    t.join(10)
+    assert results["queued"][0] == 200
+
+
+def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_path):
+    import signal as sig
+
+    data_dir = tmp_path / "crash"
+    server = server_factory(data=data_dir)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def uploader(seed: int):
+        i = 0
+        while not stop.is_set() and i < 200:
+            i += 1
+            inst = dicomgen.ct_instance(generate_uid(), generate_uid(), seed * 1000 + i, 128, 128)
+            try:
+                status, _, body = post(server, multipart([inst]))
+            except (OSError, http.client.HTTPException):
+                return
+            if status == 200:
+                with lock:
+                    acknowledged.extend(reasons(body)["stored"])
+
+    threads = [threading.Thread(target=uploader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    server.stop(sig.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert acknowledged, "no upload completed before the crash"
+
+    restarted = server_factory(data=data_dir)
+    restarted.stop()
+    archive = Archive(data_dir)
+    try:
+        for uid in acknowledged:
+            assert archive.get(uid) is not None, f"acknowledged {uid} lost"
+        for record in archive.find():
+            stored = Path(record.path).read_bytes()
+            assert len(stored) == record.size
+            ds = pydicom.dcmread(io.BytesIO(stored))
+            assert ds.SOPInstanceUID == record.sop_instance_uid
+            assert len(ds.PixelData) == 128 * 128 * 2
+    finally:
+        archive.close()
+    assert not _tmp_files(restarted)
