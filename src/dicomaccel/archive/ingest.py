@@ -1,0 +1,834 @@
+"""Ingest: scan a PS3.10 file's header, validate it and build its frame index.
+
+The scanner walks the File Meta group and the top-level data set element by element with
+``struct.unpack_from`` on the caller's buffer (bytes or an mmap). It never builds a data set:
+values it does not need are jumped over, sequences are skipped (a defined length is one jump;
+an undefined length is walked item by item without materialising anything), and it stops at
+the Pixel Data header. The pixel value is then handed to the kernels (``dicomaccel.frames``,
+``dicomaccel.encaps``), which return offsets, so retrieval never re-parses the data set.
+
+Every failure is a :class:`StoreFailure` carrying the STOW-RS Failure Reason
+(PS3.18 Annex I.2) and a comment that is safe to send to the peer.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from array import array
+from dataclasses import dataclass, field
+
+from ..status import FailureReason
+
+__all__ = [
+    "StoreFailure",
+    "FrameIndex",
+    "Header",
+    "scan",
+    "build_frame_index",
+    "is_valid_uid",
+    "ENCAPSULATED_SYNTAXES",
+    "NATIVE_SYNTAXES",
+    "DEFLATED_SYNTAXES",
+]
+
+
+class StoreFailure(Exception):
+    """An instance was not stored.
+
+    Parameters
+    ----------
+    status : int
+        A :class:`~dicomaccel.status.FailureReason` value.
+    comment : str
+        Human-readable reason, safe to send to the peer (no paths, no host details).
+    sop_class_uid, sop_instance_uid : str or None
+        The instance's UIDs when they were read (and are syntactically valid UIDs).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        comment: str,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> None:
+        super().__init__(f"{status:04X}: {comment}")
+        self.status = int(status)
+        self.comment = comment
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+
+
+class _Truncated(StoreFailure):
+    """The buffer ended inside an element; a deflated scan inflates more and retries."""
+
+
+# --- Transfer syntaxes (PS3.5 §10, Annex A; SPEC.md §8.3) -------------------------------
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE})
+# Whole data set deflated (RFC 1951) after the File Meta group: Deflated Explicit VR LE and the
+# two JPIP Referenced Deflate syntaxes (PS3.5 A.5, A.6).
+DEFLATED_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
+)
+# Each frame is in its own fragment(s), so frames are addressable (PS3.5 A.4 per-TS rules).
+_FRAME_ADDRESSABLE = frozenset(
+    ["1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")]
+    + ["1.2.840.10008.1.2.4." + s for s in ("110", "111", "112", "201", "202", "203")]
+    + ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.1.98"]
+)
+# Encapsulated, but fragments are not aligned to frames: JPEG 2000 Part 2 multi-component
+# (component collections span frames) and MPEG-2/H.264/HEVC (one bitstream for all frames).
+_NOT_FRAME_ADDRESSABLE = frozenset(
+    ["1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.107",
+     "1.2.840.10008.1.2.4.108", "1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.204"]
+    + ["1.2.840.10008.1.2.4." + s for s in ("100", "101", "102", "103", "104", "105", "106")]
+    + ["1.2.840.10008.1.2.4." + s + ".1" for s in ("100", "101", "102", "103", "104", "105", "106")]
+)
+ENCAPSULATED_SYNTAXES = _FRAME_ADDRESSABLE | _NOT_FRAME_ADDRESSABLE
+# SMPTE ST 2110 (1.2.840.10008.1.2.7.x) is deliberately absent: its layout is unverified
+# (SPEC.md §8.3), so such instances are refused with C122 rather than stored unindexed.
+_KNOWN_SYNTAXES = NATIVE_SYNTAXES | DEFLATED_SYNTAXES | ENCAPSULATED_SYNTAXES
+
+# --- Encoding constants (PS3.5 §7.1.2, §7.5) ----------------------------------------------
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_DELIM = 0xFFFEE00D
+_SEQ_DELIM = 0xFFFEE0DD
+# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_SHORT_VRS = frozenset(
+    (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
+)
+# Nested sequences deeper than this are refused: real IODs nest a handful of levels, and a
+# bound keeps hostile input from exhausting the stack.
+MAX_SEQUENCE_DEPTH = 64
+# A deflated data set (PS3.5 A.5) inflating beyond this is refused as a decompression bomb.
+# The header scan keeps the inflated prefix up to the Pixel Data header in memory (for a
+# data set without Pixel Data, all of it), so this also bounds that memory.
+MAX_INFLATED_SIZE = 1 << 30
+
+_PIXEL_DATA = 0x7FE00010
+_FLOAT_PIXEL_DATA = 0x7FE00008
+_DOUBLE_PIXEL_DATA = 0x7FE00009
+_PIXEL_TAGS = frozenset((_PIXEL_DATA, _FLOAT_PIXEL_DATA, _DOUBLE_PIXEL_DATA))
+_EOT = 0x7FE00001
+_EOT_LENGTHS = 0x7FE00002
+
+# The data set attributes the index and the frame index need.
+_WANTED = frozenset((
+    0x00080005,  # Specific Character Set
+    0x00080016, 0x00080018,  # SOP Class / Instance UID
+    0x00100010, 0x00100020,  # Patient's Name, Patient ID
+    0x0020000D, 0x0020000E, 0x00200013,  # Study / Series UID, Instance Number
+    0x00280002, 0x00280004, 0x00280006, 0x00280008,  # SPP, Photometric, Planar, Frames
+    0x00280010, 0x00280011, 0x00280100,  # Rows, Columns, Bits Allocated
+    _EOT, _EOT_LENGTHS,
+))
+
+_S_EXPL_LE = struct.Struct("<HH2sH")
+_S_EXPL_BE = struct.Struct(">HH2sH")
+_S_IMPL_LE = struct.Struct("<HHI")
+_S_IMPL_BE = struct.Struct(">HHI")
+_S_U32LE = struct.Struct("<I")
+_S_U32BE = struct.Struct(">I")
+_S_U16LE = struct.Struct("<H")
+_S_U16BE = struct.Struct(">H")
+
+_UID_RE = re.compile(r"(?:0|[0-9]+)(?:\.[0-9]+)*\Z")
+
+
+def is_valid_uid(uid: str | None) -> bool:
+    """True if ``uid`` is a syntactically valid UID (PS3.5 §9.1), leniently.
+
+    At most 64 characters of digits and dots with no empty component. A leading zero in a
+    multi-digit component is tolerated (common in the wild). Stored file names are built only
+    from UIDs that pass this check, so no path separator or ``..`` can reach the file system.
+    """
+    return bool(uid) and len(uid) <= 64 and _UID_RE.match(uid) is not None
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Where every frame of an instance lies in its stored file (absolute byte offsets).
+
+    Native Pixel Data keeps the geometry and the pixel value's position; frame ``k`` spans
+    bits ``[k * frame_bits, (k + 1) * frame_bits)`` of the value (PS3.5 §8.1.1: frames are
+    concatenated with no padding, bit-packed when Bits Allocated is 1). Encapsulated Pixel
+    Data keeps every fragment's value range and, per frame, the slice of fragments that
+    belongs to it (PS3.5 A.4), plus whether the file carried a Basic / Extended Offset Table.
+    The arrays are ``array('q')``; :meth:`to_blob` stores them compactly.
+    """
+
+    encapsulated: bool
+    number_of_frames: int
+    pixel_value_offset: int
+    pixel_length: int  # -1 for undefined length (encapsulated)
+    # Native geometry (zero / "" when encapsulated).
+    rows: int = 0
+    columns: int = 0
+    samples_per_pixel: int = 0
+    bits_allocated: int = 0
+    photometric_interpretation: str = ""
+    frame_bits: int = 0
+    # Encapsulated: fragment value ranges, and frame k -> fragments frame_fragments[k:k+2].
+    fragment_offsets: array = field(default_factory=lambda: array("q"), hash=False)
+    fragment_lengths: array = field(default_factory=lambda: array("q"), hash=False)
+    frame_fragments: array = field(default_factory=lambda: array("q"), hash=False)
+    has_basic_offset_table: bool = False
+    has_extended_offset_table: bool = False
+
+    @property
+    def byte_aligned(self) -> bool:
+        """True if every frame starts on a byte boundary (always, unless Bits Allocated is 1)."""
+        return self.encapsulated or self.frame_bits % 8 == 0
+
+    def frame_ranges(self, k: int) -> list[tuple[int, int]]:
+        """Absolute ``(start, end)`` byte ranges in the file that hold frame ``k`` (0-based).
+
+        Native: one range. When frames are not byte aligned (Bits Allocated 1), the range is
+        the bytes covering the frame's bits; the first bit is ``(k * frame_bits) % 8`` and the
+        reader shifts (``native_frames(buffer).frame(k)`` does it). Encapsulated: the value
+        ranges of the frame's fragments, in order; concatenated they are the frame's
+        codestream (including any trailing pad byte of the last fragment).
+        """
+        n = self.number_of_frames
+        if not 0 <= k < n:
+            raise IndexError(f"frame {k} out of range (0..{n - 1})")
+        if self.encapsulated:
+            offs, lens = self.fragment_offsets, self.fragment_lengths
+            return [
+                (offs[i], offs[i] + lens[i])
+                for i in range(self.frame_fragments[k], self.frame_fragments[k + 1])
+            ]
+        start_bit = k * self.frame_bits
+        end_bit = start_bit + self.frame_bits
+        base = self.pixel_value_offset
+        return [(base + start_bit // 8, base + (end_bit + 7) // 8)]
+
+    def native_frames(self, buffer):
+        """A :class:`dicomaccel.frames.NativeFrames` over ``buffer`` (the whole stored file)."""
+        if self.encapsulated:
+            raise TypeError("encapsulated Pixel Data has no native frame geometry")
+        from .. import frames
+
+        return frames.NativeFrames(
+            buffer,
+            rows=self.rows,
+            columns=self.columns,
+            samples_per_pixel=self.samples_per_pixel,
+            bits_allocated=self.bits_allocated,
+            number_of_frames=self.number_of_frames,
+            photometric_interpretation=self.photometric_interpretation,
+            offset=self.pixel_value_offset,
+            length=self.pixel_length,
+        )
+
+    # Blob layout (little endian): magic "DAFI", version, kind, flags, photometric length,
+    # then 8 int64 fields, the photometric bytes, and for encapsulated the three arrays.
+    _HEAD = struct.Struct("<4sBBBB8q")
+
+    def to_blob(self) -> bytes:
+        """Serialise for the index (one BLOB column)."""
+        pi = self.photometric_interpretation.encode("ascii")
+        flags = self.has_basic_offset_table | (self.has_extended_offset_table << 1)
+        head = self._HEAD.pack(
+            b"DAFI", 1, 2 if self.encapsulated else 1, flags, len(pi),
+            self.number_of_frames, self.pixel_value_offset, self.pixel_length, self.rows,
+            self.columns, self.samples_per_pixel, self.bits_allocated, self.frame_bits,
+        )
+        parts = [head, pi]
+        if self.encapsulated:
+            parts.append(_le_bytes(array("q", [len(self.fragment_offsets)])))
+            for arr in (self.fragment_offsets, self.fragment_lengths, self.frame_fragments):
+                parts.append(_le_bytes(arr))
+        return b"".join(parts)
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> "FrameIndex":
+        """Inverse of :meth:`to_blob`."""
+        h = cls._HEAD
+        magic, version, kind, flags, pil, nf, pvo, plen, rows, cols, spp, ba, fbits = (
+            h.unpack_from(blob, 0)
+        )
+        if magic != b"DAFI" or version != 1 or kind not in (1, 2):
+            raise ValueError("not a dicomaccel frame index blob")
+        pos = h.size
+        pi = bytes(blob[pos:pos + pil]).decode("ascii")
+        pos += pil
+        extra = {}
+        if kind == 2:
+            nfrag = _le_array(blob, pos, 1)[0]
+            pos += 8
+            for name, count in (
+                ("fragment_offsets", nfrag), ("fragment_lengths", nfrag),
+                ("frame_fragments", nf + 1),
+            ):
+                extra[name] = _le_array(blob, pos, count)
+                pos += 8 * count
+        return cls(
+            encapsulated=kind == 2, number_of_frames=nf, pixel_value_offset=pvo,
+            pixel_length=plen, rows=rows, columns=cols, samples_per_pixel=spp,
+            bits_allocated=ba, photometric_interpretation=pi, frame_bits=fbits,
+            has_basic_offset_table=bool(flags & 1), has_extended_offset_table=bool(flags & 2),
+            **extra,
+        )
+
+
+def _le_bytes(arr: array) -> bytes:
+    if struct.pack("=H", 1) == b"\x01\x00":
+        return arr.tobytes()
+    swapped = array("q", arr)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _le_array(blob, pos: int, count: int) -> array:
+    arr = array("q")
+    arr.frombytes(bytes(blob[pos:pos + 8 * count]))
+    if struct.pack("=H", 1) != b"\x01\x00":
+        arr.byteswap()
+    return arr
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the scan of one PS3.10 file found. Offsets are absolute in the scanned buffer.
+
+    For the deflated transfer syntaxes the data set offsets refer to the inflated stream, so
+    ``pixel_offset`` and ``pixel_value_offset`` are -1 (not addressable in the stored file)
+    while ``pixel_tag`` and ``pixel_length`` still say what the Pixel Data was.
+    """
+
+    media_sop_class_uid: str
+    media_sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    patient_id: str
+    patient_name: str
+    study_uid: str | None
+    series_uid: str | None
+    instance_number: int | None
+    samples_per_pixel: int
+    photometric_interpretation: str
+    planar_configuration: int
+    number_of_frames: int
+    rows: int | None
+    columns: int | None
+    bits_allocated: int | None
+    pixel_tag: int  # 0 if no Pixel Data
+    pixel_offset: int
+    pixel_value_offset: int
+    pixel_length: int
+    extended_offsets: tuple[int, int] | None  # (value offset, length) of (7FE0,0001)
+    extended_lengths: tuple[int, int] | None  # (value offset, length) of (7FE0,0002)
+
+
+class _Scan:
+    """One scan's state: the buffer, its end and the UIDs seen so far (for failure reports)."""
+
+    __slots__ = ("buf", "end", "media_class", "media_instance", "sop_class", "sop_instance")
+
+    def __init__(self, buf, end: int) -> None:
+        self.buf = buf
+        self.end = end
+        self.media_class = self.media_instance = self.sop_class = self.sop_instance = None
+
+    def failure(self, status: int, comment: str, cls=StoreFailure) -> StoreFailure:
+        sop_class = self.sop_class or self.media_class
+        sop_instance = self.sop_instance or self.media_instance
+        return cls(
+            status,
+            comment,
+            sop_class if is_valid_uid(sop_class) else None,
+            sop_instance if is_valid_uid(sop_instance) else None,
+        )
+
+    def truncated(self, what: str, offset: int) -> StoreFailure:
+        return self.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"truncated: {what} at byte {offset} runs past the end of the data ({self.end} bytes)",
+            _Truncated,
+        )
+
+    def header(self, pos: int, explicit: bool, little: bool) -> tuple[int, bytes | None, int, int]:
+        """Read one element header at ``pos``: (tag, VR or None, length, value offset)."""
+        buf, end = self.buf, self.end
+        if end - pos < 8:
+            raise self.truncated("element header", pos)
+        if explicit:
+            g, e, vr, ln = (_S_EXPL_LE if little else _S_EXPL_BE).unpack_from(buf, pos)
+            tag = g << 16 | e
+            if g == 0xFFFE:  # item / delimiter tags have no VR (PS3.5 §7.5)
+                u32 = _S_U32LE if little else _S_U32BE
+                return tag, None, u32.unpack_from(buf, pos + 4)[0], pos + 8
+            if vr in _LONG_VRS:
+                if end - pos < 12:
+                    raise self.truncated("element header", pos)
+                u32 = _S_U32LE if little else _S_U32BE
+                return tag, vr, u32.unpack_from(buf, pos + 8)[0], pos + 12
+            if vr in _SHORT_VRS:
+                return tag, vr, ln, pos + 8
+            raise self.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"unknown VR {vr!r} in element ({g:04X},{e:04X}) at byte {pos}",
+            )
+        g, e, ln = _S_IMPL_LE.unpack_from(buf, pos)
+        return g << 16 | e, None, ln, pos + 8
+
+    def skip_value(self, tag: int, vr, ln: int, vpos: int, explicit: bool, little: bool,
+                   depth: int) -> int:
+        """Return the offset after the value of the element whose header was just read."""
+        if ln != _UNDEFINED:
+            if ln > self.end - vpos:
+                raise self.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
+            return vpos + ln
+        if vr == b"UN":
+            # UN with undefined length holds an Implicit VR LE sequence (PS3.5 §6.2.2).
+            return self.skip_sequence(vpos, False, True, depth + 1)
+        if vr is not None and vr != b"SQ":
+            raise self.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"undefined length on VR {vr.decode('ascii', 'replace')} element "
+                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {vpos - 12}",
+            )
+        return self.skip_sequence(vpos, explicit, little, depth + 1)
+
+    def skip_sequence(self, pos: int, explicit: bool, little: bool, depth: int) -> int:
+        """Walk an undefined-length sequence's items to just past its delimiter (PS3.5 §7.5)."""
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise self.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels at byte {pos}",
+            )
+        fmt = _S_IMPL_LE if little else _S_IMPL_BE
+        end = self.end
+        while True:
+            if end - pos < 8:
+                raise self.truncated("sequence item", pos)
+            g, e, ln = fmt.unpack_from(self.buf, pos)
+            tag = g << 16 | e
+            pos += 8
+            if tag == _SEQ_DELIM:
+                return pos
+            if tag != _ITEM:
+                raise self.failure(
+                    FailureReason.CANNOT_UNDERSTAND,
+                    f"expected an item tag (FFFE,E000) in a sequence at byte {pos - 8}, "
+                    f"found ({g:04X},{e:04X})",
+                )
+            if ln != _UNDEFINED:
+                if ln > end - pos:
+                    raise self.truncated("sequence item", pos - 8)
+                pos += ln
+                continue
+            # Undefined-length item: its elements until the Item Delimitation Item.
+            while True:
+                tag, vr, ln, vpos = self.header(pos, explicit, little)
+                if tag == _ITEM_DELIM:
+                    pos = vpos
+                    break
+                if tag >> 16 == 0xFFFE:
+                    raise self.failure(
+                        FailureReason.CANNOT_UNDERSTAND,
+                        f"unexpected ({tag >> 16:04X},{tag & 0xFFFF:04X}) inside an item at "
+                        f"byte {pos}",
+                    )
+                pos = self.skip_value(tag, vr, ln, vpos, explicit, little, depth)
+
+
+def _text(raw) -> str:
+    return bytes(raw).decode("latin-1")
+
+
+def _uid(raw) -> str:
+    # UI values are padded with a trailing NUL (PS3.5 §6.2); some writers pad with a space.
+    return bytes(raw).rstrip(b"\x00 ").decode("latin-1")
+
+
+def _decode_pn_lo(raw, charsets: list[str] | None, is_pn: bool) -> str:
+    raw = bytes(raw).rstrip(b"\x00 ")
+    if not charsets or charsets in (["ISO_IR 100"], ["ISO_IR 6"], [""]):
+        return raw.decode("latin-1")
+    if charsets == ["ISO_IR 192"]:
+        return raw.decode("utf-8", "replace")
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    # PN components reset ISO 2022 escapes at '^' and '=' (PS3.5 §6.1.2.5.3).
+    return decode_bytes(raw, convert_encodings(charsets), {0x5E, 0x3D} if is_pn else set())
+
+
+def _scan_meta(s: _Scan) -> tuple[dict, int]:
+    """File Meta Information: always Explicit VR Little Endian (PS3.10 §7.1)."""
+    buf, end = s.buf, s.end
+    if end < 132:
+        raise s.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"not a PS3.10 file: {end} bytes is shorter than preamble and prefix (132)",
+        )
+    if bytes(buf[128:132]) != b"DICM":
+        raise s.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            "not a PS3.10 file: no 'DICM' prefix at byte 128",
+        )
+    pos = 132
+    meta: dict[int, str] = {}
+    while end - pos >= 4 and _S_U16LE.unpack_from(buf, pos)[0] == 0x0002:
+        tag, vr, ln, vpos = s.header(pos, True, True)
+        if ln == _UNDEFINED or ln > end - vpos:
+            raise s.truncated(f"File Meta element ({tag >> 16:04X},{tag & 0xFFFF:04X})", pos)
+        if tag in (0x00020002, 0x00020003, 0x00020010):
+            meta[tag] = _uid(buf[vpos:vpos + ln])
+        pos = vpos + ln
+    if pos == 132:
+        raise s.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            "not a PS3.10 file: no File Meta Information (group 0002) after 'DICM'",
+        )
+    s.media_class = meta.get(0x00020002)
+    s.media_instance = meta.get(0x00020003)
+    for tag, name in (
+        (0x00020010, "Transfer Syntax UID"),
+        (0x00020002, "Media Storage SOP Class UID"),
+        (0x00020003, "Media Storage SOP Instance UID"),
+    ):
+        if not meta.get(tag):
+            raise s.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"File Meta Information lacks ({tag >> 16:04X},{tag & 0xFFFF:04X}) {name}",
+            )
+    return meta, pos
+
+
+def _scan_dataset(s: _Scan, pos: int, explicit: bool, little: bool) -> tuple[dict, tuple]:
+    """Walk the top-level data set to the Pixel Data header; collect ``_WANTED`` values."""
+    found: dict[int, tuple[int, int]] = {}
+    end = s.end
+    wanted = _WANTED
+    pixel = (0, -1, -1, -1)
+    while pos < end:
+        tag, vr, ln, vpos = s.header(pos, explicit, little)
+        if tag in _PIXEL_TAGS:
+            pixel = (tag, pos, vpos, -1 if ln == _UNDEFINED else ln)
+            break
+        if tag in wanted:
+            if ln == _UNDEFINED or ln > end - vpos:
+                raise s.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
+            found[tag] = (vpos, ln)
+            if tag == 0x00080016:
+                s.sop_class = _uid(s.buf[vpos:vpos + ln])
+            elif tag == 0x00080018:
+                s.sop_instance = _uid(s.buf[vpos:vpos + ln])
+            pos = vpos + ln
+        elif tag >> 16 == 0xFFFE:
+            raise s.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"unexpected ({tag >> 16:04X},{tag & 0xFFFF:04X}) in the top-level data set "
+                f"at byte {pos}",
+            )
+        else:
+            pos = s.skip_value(tag, vr, ln, vpos, explicit, little, 0)
+    return found, pixel
+
+
+def scan(buffer, size: int | None = None) -> Header:
+    """Scan a PS3.10 file held in ``buffer`` (bytes-like or mmap) and validate its structure.
+
+    Parameters
+    ----------
+    buffer : bytes-like
+        The whole file.
+    size : int, optional
+        Number of valid bytes in ``buffer`` (default: ``len(buffer)``).
+
+    Returns
+    -------
+    Header
+
+    Raises
+    ------
+    StoreFailure
+        C000 if the file is not PS3.10, is truncated or cannot be parsed up to and including
+        the Pixel Data header (or a Pixel Data value runs past the end of the file);
+        C122 if the Transfer Syntax UID is not one we support.
+    """
+    end = len(buffer) if size is None else size
+    s = _Scan(buffer, end)
+    meta, ds_pos = _scan_meta(s)
+    ts = meta[0x00020010]
+    if ts not in _KNOWN_SYNTAXES:
+        raise s.failure(
+            FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED,
+            f"transfer syntax {ts[:64]!r} is not supported",
+        )
+    if ts in DEFLATED_SYNTAXES:
+        return _scan_deflated(s, meta, ds_pos)
+    explicit = ts != IMPLICIT_VR_LE
+    little = ts != EXPLICIT_VR_BE
+    found, pixel = _scan_dataset(s, ds_pos, explicit, little)
+    tag, ppos, vpos, plen = pixel
+    if tag:
+        if plen == -1:
+            if ts not in ENCAPSULATED_SYNTAXES or not explicit:
+                raise s.failure(
+                    FailureReason.CANNOT_UNDERSTAND,
+                    f"Pixel Data at byte {ppos} has undefined length but transfer syntax "
+                    f"{ts} is not encapsulated",
+                )
+        elif ts in ENCAPSULATED_SYNTAXES:
+            raise s.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"Pixel Data at byte {ppos} has a defined length but transfer syntax {ts} "
+                "requires encapsulation (PS3.5 A.4)",
+            )
+        elif plen > end - vpos:
+            raise s.truncated("Pixel Data value", vpos)
+    return _make_header(s, meta, ds_pos, found, pixel, little)
+
+
+def _scan_deflated(s: _Scan, meta: dict, ds_pos: int) -> Header:
+    """Inflate just enough of a deflated data set to scan its header (PS3.5 A.5).
+
+    The inflated data set is scanned from a growing prefix (doubling), so memory is bounded
+    by the header plus one step, not by the pixel data; the rest is inflated and discarded
+    only to check that the Pixel Data value fits and that the deflate stream is intact.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending = memoryview(s.buf)[ds_pos:s.end]
+    inflated = bytearray()
+    step = 1 << 16
+    try:
+        while True:
+            inflated += inflater.decompress(pending, step)
+            pending = inflater.unconsumed_tail
+            # After the end of the deflate stream, trailing bytes go to unused_data and are
+            # ignored; unconsumed_tail may still be set, so check eof too.
+            finished = not pending or inflater.eof
+            if finished:
+                inflated += inflater.flush()
+            sub = _Scan(inflated, len(inflated))
+            sub.media_class, sub.media_instance = s.media_class, s.media_instance
+            try:
+                found, pixel = _scan_dataset(sub, 0, True, True)
+            except _Truncated:
+                if finished:
+                    raise
+            else:
+                if pixel[0] or finished:
+                    break
+            _check_inflated(s, len(inflated))
+            step *= 2
+        total = len(inflated)
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+            _check_inflated(s, total)
+        total += len(inflater.flush())
+    except zlib.error as exc:
+        raise s.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"deflated data set starting at byte {ds_pos} does not inflate: {exc}",
+        ) from None
+    tag, _, vpos, plen = pixel
+    if tag and (plen == -1 or plen > total - vpos):
+        raise sub.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            "Pixel Data value in the deflated data set runs past its end",
+        )
+    return _make_header(sub, meta, ds_pos, found, (tag, -1, -1, plen), True)
+
+
+def _check_inflated(s: _Scan, size: int) -> None:
+    if size > MAX_INFLATED_SIZE:
+        raise s.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"deflated data set inflates to more than {MAX_INFLATED_SIZE} bytes",
+        )
+
+
+def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
+    buf = s.buf
+    u16 = _S_U16LE if little else _S_U16BE
+
+    def raw(tag):
+        vpos, ln = found[tag]
+        return buf[vpos:vpos + ln]
+
+    def us(tag):
+        if tag not in found or found[tag][1] < 2:
+            return None
+        return u16.unpack_from(buf, found[tag][0])[0]
+
+    def text(tag):
+        return _text(raw(tag)).strip(" \x00") if tag in found else ""
+
+    charsets = None
+    if 0x00080005 in found:
+        charsets = [c.strip() for c in _text(raw(0x00080005)).split("\\")]
+    try:
+        patient_name = (
+            _decode_pn_lo(raw(0x00100010), charsets, True) if 0x00100010 in found else ""
+        )
+        patient_id = _decode_pn_lo(raw(0x00100020), charsets, False).strip() \
+            if 0x00100020 in found else ""
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise s.failure(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"Patient's Name / Patient ID cannot be decoded with Specific Character Set "
+            f"{charsets}: {exc.__class__.__name__}",
+        ) from None
+
+    def integer_string(tag, name):
+        value = text(tag)
+        if not value:
+            return None
+        try:
+            return int(value.split("\\")[0])
+        except ValueError:
+            raise s.failure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not an integer: {value[:16]!r}",
+            ) from None
+
+    frames = integer_string(0x00280008, "Number of Frames")
+    tag, ppos, vpos, plen = pixel
+    return Header(
+        media_sop_class_uid=meta[0x00020002],
+        media_sop_instance_uid=meta[0x00020003],
+        transfer_syntax_uid=meta[0x00020010],
+        dataset_offset=ds_pos,
+        sop_class_uid=_uid(raw(0x00080016)) if 0x00080016 in found else None,
+        sop_instance_uid=_uid(raw(0x00080018)) if 0x00080018 in found else None,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        study_uid=_uid(raw(0x0020000D)) if 0x0020000D in found else None,
+        series_uid=_uid(raw(0x0020000E)) if 0x0020000E in found else None,
+        instance_number=integer_string(0x00200013, "Instance Number"),
+        samples_per_pixel=us(0x00280002) or 1,
+        photometric_interpretation=text(0x00280004),
+        planar_configuration=us(0x00280006) or 0,
+        number_of_frames=1 if frames is None else frames,
+        rows=us(0x00280010),
+        columns=us(0x00280011),
+        bits_allocated=us(0x00280100),
+        pixel_tag=tag,
+        pixel_offset=ppos,
+        pixel_value_offset=vpos,
+        pixel_length=plen,
+        extended_offsets=found.get(_EOT),
+        extended_lengths=found.get(_EOT_LENGTHS),
+    )
+
+
+def build_frame_index(buffer, header: Header) -> FrameIndex | None:
+    """Compute the frame index of a scanned file with the kernels.
+
+    Returns None when there is no Pixel Data, when the data set is deflated (the file's
+    bytes are compressed, so no frame lies at a fixed file offset) or when the transfer
+    syntax does not align fragments to frames (video, JPEG 2000 Part 2) — the encapsulation
+    structure of the latter is still validated.
+
+    Raises
+    ------
+    StoreFailure
+        A900 if native Pixel Data lacks its geometry (Rows, Columns, Bits Allocated);
+        C000 if the Pixel Data does not fit its geometry or its encapsulation is malformed.
+    """
+    if not header.pixel_tag or header.transfer_syntax_uid in DEFLATED_SYNTAXES:
+        return None
+    nframes = header.number_of_frames
+    uids = (header.sop_class_uid, header.sop_instance_uid)
+    uids = tuple(u if is_valid_uid(u) else None for u in uids)
+    if nframes < 1:
+        raise StoreFailure(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"Number of Frames is {nframes}; Pixel Data needs at least one frame", *uids,
+        )
+    try:
+        if header.pixel_length != -1:
+            return _native_index(buffer, header, uids)
+        return _encapsulated_index(buffer, header)
+    except ValueError as exc:  # ParseError, or geometry the kernels reject (PS3.5 §8.1.1)
+        problem = str(exc)
+    # Raised outside the handler so the kernel's traceback (which holds views of the buffer,
+    # possibly an mmap the caller wants to close) is already gone.
+    raise StoreFailure(
+        FailureReason.CANNOT_UNDERSTAND, f"Pixel Data at byte {header.pixel_offset}: {problem}",
+        *uids,
+    )
+
+
+def _encapsulated_index(buffer, header: Header) -> FrameIndex | None:
+    from .. import encaps
+
+    indexable = header.transfer_syntax_uid in _FRAME_ADDRESSABLE
+    eot = eotl = None
+    if indexable and header.extended_offsets and header.extended_lengths:
+        (o, n), (lo, ln) = header.extended_offsets, header.extended_lengths
+        eot, eotl = bytes(buffer[o:o + n]), bytes(buffer[lo:lo + ln])
+    # Not frame-addressable syntaxes are still walked as one frame, to validate the items.
+    ef = encaps.EncapsulatedFrames(
+        buffer, header.number_of_frames if indexable else 1, offset=header.pixel_value_offset,
+        extended_offsets=eot, extended_lengths=eotl,
+    )
+    if not indexable:
+        return None
+    return FrameIndex(
+        encapsulated=True,
+        number_of_frames=header.number_of_frames,
+        pixel_value_offset=header.pixel_value_offset,
+        pixel_length=-1,
+        fragment_offsets=array("q", ef.fragment_offsets),
+        fragment_lengths=array("q", ef.fragment_lengths),
+        frame_fragments=array("q", ef.frame_fragments),
+        has_basic_offset_table=len(ef.basic_offsets) > 0,
+        has_extended_offset_table=eot is not None,
+    )
+
+
+def _native_index(buffer, header: Header, uids) -> FrameIndex:
+    from .. import frames
+
+    rows, cols, ba = header.rows, header.columns, header.bits_allocated
+    if header.pixel_tag == _FLOAT_PIXEL_DATA:
+        ba = ba or 32  # Float Pixel Data is always 32-bit (PS3.3 C.7.6.24)
+    elif header.pixel_tag == _DOUBLE_PIXEL_DATA:
+        ba = ba or 64
+    if not rows or not cols or not ba:
+        raise StoreFailure(
+            FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "Pixel Data present but Rows, Columns or Bits Allocated is missing or zero "
+            "(Image Pixel Module, PS3.3 C.7.6.3)", *uids,
+        )
+    nf = frames.NativeFrames(
+        buffer,
+        rows=rows,
+        columns=cols,
+        samples_per_pixel=header.samples_per_pixel,
+        bits_allocated=ba,
+        number_of_frames=header.number_of_frames,
+        photometric_interpretation=header.photometric_interpretation,
+        offset=header.pixel_value_offset,
+        length=header.pixel_length,
+    )
+    return FrameIndex(
+        encapsulated=False,
+        number_of_frames=header.number_of_frames,
+        pixel_value_offset=header.pixel_value_offset,
+        pixel_length=header.pixel_length,
+        rows=rows,
+        columns=cols,
+        samples_per_pixel=header.samples_per_pixel,
+        bits_allocated=ba,
+        photometric_interpretation=header.photometric_interpretation,
+        frame_bits=nf.frame_bits,
+    )

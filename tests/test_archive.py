@@ -1,0 +1,457 @@
+"""The archive (dicomaccel.archive): files + SQLite index on a real disk, real threads."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+
+from dicomaccel.archive import Archive, FrameIndex, InstanceRecord, StoreFailure
+from dicomaccel.archive import store as store_module
+from dicomaccel.status import FailureReason
+from test_ingest import (
+    assert_matches_pydicom,
+    base_dataset,
+    compressed_file,
+    ct_file,
+    image_dataset,
+    reencapsulated_file,
+    to_file,
+)
+
+
+@pytest.fixture
+def archive(tmp_path):
+    a = Archive(tmp_path / "data", fsync=True)
+    yield a
+    a.close()
+
+
+def stored_files(root) -> list[str]:
+    out = []
+    for d, _, names in os.walk(os.path.join(root, "instances")):
+        out += [os.path.join(d, n) for n in names]
+    return sorted(out)
+
+
+def tmp_files(root) -> list[str]:
+    return sorted(os.listdir(os.path.join(root, "tmp")))
+
+
+def expect_failure(archive, data, status, **kw) -> StoreFailure:
+    before = stored_files(archive.root)
+    with pytest.raises(StoreFailure) as err:
+        archive.store_bytes(data, **kw)
+    assert err.value.status == status, err.value.comment
+    # Nothing published, nothing left behind.
+    assert stored_files(archive.root) == before
+    assert tmp_files(archive.root) == []
+    return err.value
+
+
+# --- layout, index rows, stored bytes ------------------------------------------------------
+def test_layout_and_wal(archive):
+    root = archive.root
+    assert {"index.sqlite3", "instances", "tmp"} <= set(os.listdir(root))
+    conn = sqlite3.connect(os.path.join(root, "index.sqlite3"))
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_store_ct_row_and_bytes(archive):
+    data = ct_file()
+    outcome = archive.store_bytes(data)
+    rec = outcome.record
+    assert not outcome.already_stored and outcome.warning is None
+    h, fi, ds = assert_matches_pydicom(data)
+    assert (rec.patient_id, rec.patient_name) == ("PID-1", "Müller^Jörg")
+    assert (rec.study_uid, rec.series_uid, rec.sop_instance_uid, rec.sop_class_uid) == (
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID)
+    assert rec.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert (rec.number_of_frames, rec.rows, rec.columns, rec.bits_allocated) == (1, 512, 512, 16)
+    assert (rec.instance_number, rec.photometric_interpretation) == (7, "MONOCHROME2")
+    assert (rec.size, rec.dataset_offset) == (len(data), h.dataset_offset)
+    assert (rec.pixel_offset, rec.pixel_value_offset, rec.pixel_length) == (
+        h.pixel_offset, h.pixel_value_offset, 512 * 512 * 2)
+    assert rec.pixel_tag == 0x7FE00010 and rec.frame_index == fi
+    # Stored as received, under instances/<study>/<series>/, named from validated UIDs only.
+    assert os.path.isabs(rec.path)
+    with open(rec.path, "rb") as f:
+        assert f.read() == data
+    rel = os.path.relpath(rec.path, archive.root).split(os.sep)
+    assert rel[:3] == ["instances", rec.study_uid, rec.series_uid]
+    assert rel[3].startswith(rec.sop_instance_uid + ".") and rel[3].endswith(".dcm")
+    assert archive.get(rec.sop_instance_uid) == rec
+    assert archive.get("1.2.3.4") is None
+    assert tmp_files(archive.root) == []
+
+
+def test_index_survives_reopen(tmp_path):
+    data = compressed_file(RLELossless)
+    with Archive(tmp_path / "a", fsync=False) as a:
+        rec = a.store_bytes(data).record
+    with Archive(tmp_path / "a") as b:
+        again = b.get(rec.sop_instance_uid)
+        assert again == rec and isinstance(again.frame_index, FrameIndex)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ct_file(frames=4, rows=16, columns=8),
+    lambda: ct_file(frames=3, rows=5, columns=3, bits=1),
+    lambda: ct_file(frames=2, rows=6, columns=5, samples=3, bits=8),
+    lambda: compressed_file(RLELossless, frames=3),
+    lambda: compressed_file(JPEG2000Lossless, frames=2),
+    lambda: reencapsulated_file([b"ab" * 5, b"cd" * 7, b"ef" * 9], eot=True),
+    lambda: reencapsulated_file([b"ab" * 5, b"cd" * 7], bot=True, fragments_per_frame=2),
+], ids=["native", "1bit", "rgb", "rle", "j2k", "eot", "bot-fragments"])
+def test_frame_index_reads_frames_from_the_stored_file(archive, make):
+    data = make()
+    rec = archive.store_bytes(data).record
+    _, _, ds = assert_matches_pydicom(data)  # frame_ranges vs pydicom, on the input bytes
+    fi = archive.get(rec.sop_instance_uid).frame_index
+    assert fi.number_of_frames == rec.number_of_frames == int(ds.get("NumberOfFrames", 1))
+    with open(rec.path, "rb") as f:
+        stored = f.read()
+    for k in range(fi.number_of_frames):
+        got = b"".join(stored[a:b] for a, b in fi.frame_ranges(k))
+        want = b"".join(data[a:b] for a, b in fi.frame_ranges(k))
+        assert got == want and got
+        if fi.encapsulated or fi.byte_aligned:
+            assert fi.frame_ranges(k)[0][0] >= rec.pixel_value_offset
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "emri_small_RLE.dcm",
+                                  "SC_rgb_rle_2frame.dcm", "image_dfl.dcm"])
+def test_pydicom_files(archive, name):
+    with open(get_testdata_file(name), "rb") as f:
+        data = f.read()
+    rec = archive.store_bytes(data).record
+    h, fi, ds = assert_matches_pydicom(data)
+    assert rec.frame_index == fi
+    with open(rec.path, "rb") as f:
+        assert f.read() == data
+
+
+def test_instance_without_pixel_data(archive):
+    ds = base_dataset("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    rec = archive.store_bytes(to_file(ds)).record
+    assert (rec.number_of_frames, rec.pixel_tag, rec.frame_index) == (0, 0, None)
+    assert (rec.pixel_offset, rec.pixel_value_offset, rec.pixel_length) == (-1, -1, -1)
+
+
+def test_deflated_stored_without_frame_index(archive):
+    data = to_file(image_dataset(rows=16, columns=16), DeflatedExplicitVRLittleEndian)
+    rec = archive.store_bytes(data).record
+    assert rec.frame_index is None and rec.pixel_tag == 0x7FE00010
+    assert (rec.pixel_offset, rec.pixel_value_offset) == (-1, -1)
+
+
+# --- find ------------------------------------------------------------------------------------
+def test_find(archive):
+    study_a, study_b, series_a1, series_a2 = (generate_uid() for _ in range(4))
+    recs = {}
+    for n, (study, series) in enumerate([(study_a, series_a1)] * 3 + [(study_a, series_a2),
+                                                                      (study_b, generate_uid())]):
+        ds = image_dataset(rows=2, columns=2, study=study, series=series)
+        ds.InstanceNumber = 10 - n
+        if n == 4:
+            ds.PatientID = "OTHER"
+        recs[n] = archive.store_bytes(to_file(ds)).record
+    uids = lambda rs: [r.sop_instance_uid for r in rs]  # noqa: E731
+    # Ordered by study, series, instance number (10, 9, 8 -> reversed insertion).
+    expected_a1 = uids(sorted((recs[0], recs[1], recs[2]), key=lambda r: r.instance_number))
+    assert uids(archive.find(series_uids=[series_a1])) == expected_a1
+    assert len(archive.find()) == 5
+    assert len(archive.find(study_uids=[study_a])) == 4
+    assert len(archive.find(study_uids=[study_a, study_b])) == 5
+    assert len(archive.find(patient_id="PID-1")) == 4
+    assert uids(archive.find(patient_id="OTHER")) == [recs[4].sop_instance_uid]
+    assert archive.find(patient_id="OTHER", study_uids=[study_a]) == []  # AND
+    assert archive.find(study_uids=[]) == []
+    picked = archive.find(study_uids=[study_a], sop_instance_uids=[recs[3].sop_instance_uid,
+                                                                   recs[4].sop_instance_uid])
+    assert uids(picked) == [recs[3].sop_instance_uid]
+    many = [generate_uid() for _ in range(40000)] + [recs[0].sop_instance_uid]
+    assert uids(archive.find(sop_instance_uids=many)) == [recs[0].sop_instance_uid]
+
+
+# --- failure reasons ---------------------------------------------------------------------------
+def test_cannot_understand(archive):
+    err = expect_failure(archive, b"\0" * 200, FailureReason.CANNOT_UNDERSTAND)
+    assert "DICM" in err.comment
+    data = ct_file(rows=4, columns=4)
+    expect_failure(archive, data[:-10], FailureReason.CANNOT_UNDERSTAND)
+    expect_failure(archive, b"", FailureReason.CANNOT_UNDERSTAND)
+
+
+def test_transfer_syntax_not_supported(archive):
+    data = ct_file(rows=4, columns=4).replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.9.9.9\0", 1)
+    expect_failure(archive, data, FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED)
+
+
+def patch_meta(data: bytes, old: str, new: str) -> bytes:
+    """Replace a UID in the File Meta group only (same length keeps every offset valid)."""
+    assert len(old) == len(new)
+    end = assert_matches_pydicom(data)[0].dataset_offset
+    assert old.encode() in data[:end]
+    return data[:end].replace(old.encode(), new.encode(), 1) + data[end:]
+
+
+def test_dataset_does_not_match_sop_class(archive):
+    ds = image_dataset(rows=4, columns=4)
+    data = patch_meta(to_file(ds), ds.SOPClassUID, ds.SOPClassUID[:-1] + "4")
+    err = expect_failure(archive, data, FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    assert "(0002,0002)" in err.comment and err.sop_instance_uid == ds.SOPInstanceUID
+    uid = ds.SOPInstanceUID
+    data = patch_meta(to_file(ds), uid, uid[:-1] + ("1" if uid[-1] != "1" else "2"))
+    assert "(0002,0003)" in expect_failure(
+        archive, data, FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS).comment
+    # pydicom's rtplan.dcm is a real file whose (0002,0003) differs from (0008,0018).
+    with open(get_testdata_file("rtplan.dcm"), "rb") as f:
+        expect_failure(archive, f.read(), FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    ds = image_dataset(rows=4, columns=4)
+    data = to_file(ds)
+    # Rename (0008,0016) to a private tag: the data set no longer has a SOP Class UID.
+    sop_class_el = b"\x08\x00\x16\x00UI"
+    assert data.count(sop_class_el) == 1
+    err = expect_failure(archive, data.replace(sop_class_el, b"\x08\x00\x17\x00UI"),
+                         FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    assert "SOP Class UID (0008,0016) is missing" in err.comment
+    assert err.sop_class_uid == ds.SOPClassUID  # taken from the File Meta
+    del ds.SeriesInstanceUID
+    expect_failure(archive, to_file(ds), FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_sop_class_not_supported(tmp_path):
+    data = ct_file(rows=4, columns=4)
+    with Archive(tmp_path / "a", allowed_sop_classes=frozenset({"1.2.840.10008.5.1.4.1.1.4"})) as a:
+        err = expect_failure(a, data, FailureReason.SOP_CLASS_NOT_SUPPORTED)
+        assert err.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+    with Archive(tmp_path / "b", allowed_sop_classes=frozenset({"1.2.840.10008.5.1.4.1.1.2"})) as b:
+        assert b.store_bytes(data).record.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+    with Archive(tmp_path / "c") as c:  # default: any valid UID, but not garbage
+        ds = image_dataset(rows=4, columns=4)
+        ds.SOPClassUID = "CT"
+        data = to_file(ds)
+        expect_failure(c, data, FailureReason.SOP_CLASS_NOT_SUPPORTED)
+
+
+def test_study_uid_mismatch(archive):
+    data = ct_file(rows=4, columns=4)
+    err = expect_failure(archive, data, FailureReason.STUDY_UID_MISMATCH,
+                         expected_study_uid="1.2.3")
+    assert err.sop_instance_uid is not None
+    study = archive.store_bytes(data).record.study_uid
+    assert archive.store_bytes(data, expected_study_uid=study).already_stored
+
+
+def test_out_of_storage(tmp_path):
+    huge = 1 << 62
+    with Archive(tmp_path / "a", min_free_bytes=huge) as a:
+        assert not a.writable()
+        expect_failure(a, ct_file(rows=4, columns=4), FailureReason.OUT_OF_STORAGE)
+        with pytest.raises(StoreFailure) as err:
+            a.begin()
+        assert err.value.status == FailureReason.OUT_OF_STORAGE
+    # Free space runs out while receiving: the temp file is removed at once.
+    with Archive(tmp_path / "b", min_free_bytes=0) as b:
+        assert b.writable()
+        incoming = b.begin()
+        incoming.write(b"\0" * 1000)
+        assert len(tmp_files(b.root)) == 1
+        b.min_free_bytes = huge
+        with pytest.raises(StoreFailure) as err:
+            incoming.write(bytearray(2 << 20))
+        assert err.value.status == FailureReason.OUT_OF_STORAGE
+        assert tmp_files(b.root) == [] and stored_files(b.root) == []
+        with pytest.raises(RuntimeError):
+            incoming.commit()
+
+
+def test_processing_failure_on_io_error(archive):
+    ds = image_dataset(rows=4, columns=4)
+    # A plain file where the study directory must go: publishing fails with an OSError.
+    os.makedirs(os.path.join(archive.root, "instances"), exist_ok=True)
+    with open(os.path.join(archive.root, "instances", ds.StudyInstanceUID), "w") as f:
+        f.write("in the way")
+    err = expect_failure(archive, to_file(ds), FailureReason.PROCESSING_FAILURE)
+    assert archive.get(ds.SOPInstanceUID) is None
+    assert "in the way" not in err.comment and archive.root not in err.comment
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
+@pytest.mark.parametrize("field,value", [
+    ("SOPInstanceUID", "../../../../etc/passwd"),
+    ("SOPInstanceUID", "1.2/../../x"),
+    ("StudyInstanceUID", ".."),
+    ("SeriesInstanceUID", "1.2.3\\..\\x"),
+    ("SOPInstanceUID", "1." + "2" * 70),
+])
+def test_path_traversal_uids_rejected(archive, field, value):
+    ds = image_dataset(rows=4, columns=4)
+    setattr(ds, field, value)
+    err = expect_failure(archive, to_file(ds), FailureReason.CANNOT_UNDERSTAND)
+    assert "not a valid UID" in err.comment
+    assert not os.path.exists(os.path.join(archive.root, "..", "x"))
+
+
+# --- duplicates, overwrite, concurrency ----------------------------------------------------------
+def test_idempotent_and_duplicate(archive):
+    ds = image_dataset(rows=8, columns=8)
+    data = to_file(ds)
+    first = archive.store_bytes(data)
+    again = archive.store_bytes(data)
+    assert again.already_stored and again.record == first.record
+    ds.PatientID = "CHANGED"
+    err = expect_failure(archive, to_file(ds), FailureReason.DUPLICATE_SOP_INSTANCE)
+    assert err.sop_instance_uid == ds.SOPInstanceUID
+    assert archive.get(ds.SOPInstanceUID).patient_id == "PID-1"
+    assert stored_files(archive.root) == [first.record.path]
+
+
+def test_overwrite_policy(tmp_path):
+    with Archive(tmp_path / "a", overwrite=True) as a:
+        ds = image_dataset(rows=8, columns=8)
+        old = a.store_bytes(to_file(ds)).record
+        ds.PatientID = "NEW"
+        ds.SeriesInstanceUID = generate_uid()  # moves to another directory too
+        new_data = to_file(ds)
+        out = a.store_bytes(new_data)
+        assert not out.already_stored and out.record.patient_id == "NEW"
+        assert a.get(ds.SOPInstanceUID) == out.record
+        assert stored_files(a.root) == [out.record.path] and out.record.path != old.path
+        assert tmp_files(a.root) == []
+        with open(out.record.path, "rb") as f:
+            assert f.read() == new_data
+
+
+@pytest.mark.parametrize("identical", [True, False], ids=["identical", "different"])
+def test_concurrent_stores_of_one_uid(archive, identical):
+    ds = image_dataset(rows=64, columns=64)
+    payloads = []
+    for n in range(8):
+        if not identical:
+            ds.PatientID = f"P{n}"
+        payloads.append(to_file(ds))
+    barrier = threading.Barrier(len(payloads))
+
+    def store(data):
+        incoming = archive.begin()
+        for pos in range(0, len(data), 4096):
+            incoming.write(memoryview(data)[pos:pos + 4096])
+        barrier.wait()
+        try:
+            return incoming.commit()
+        except StoreFailure as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        results = list(pool.map(store, payloads))
+    won = [r for r in results if not isinstance(r, StoreFailure) and not r.already_stored]
+    assert len(won) == 1
+    rest = [r for r in results if r is not won[0]]
+    if identical:
+        assert all(r.already_stored and r.record == won[0].record for r in rest)
+    else:
+        assert all(r.status == FailureReason.DUPLICATE_SOP_INSTANCE for r in rest)
+    assert stored_files(archive.root) == [won[0].record.path]
+    assert tmp_files(archive.root) == []
+    with open(won[0].record.path, "rb") as f:
+        assert f.read() == payloads[results.index(won[0])]
+
+
+def test_concurrent_stores_of_many_uids(archive):
+    payloads = [ct_file(rows=32, columns=32, seed=n) for n in range(24)]
+
+    def store(data):
+        incoming = archive.begin()
+        incoming.write(data)
+        return incoming.commit().record
+
+    with ThreadPoolExecutor(6) as pool:
+        records = list(pool.map(store, payloads))
+        # Readers in other threads while writes go on.
+        found = list(pool.map(lambda r: archive.get(r.sop_instance_uid), records))
+    assert found == records
+    assert len(archive.find()) == 24
+
+
+def test_streamed_write_and_abort(archive):
+    data = compressed_file(RLELossless)
+    incoming = archive.begin()
+    for pos in range(0, len(data), 1000):
+        incoming.write(bytearray(data[pos:pos + 1000]))
+    assert incoming.bytes_written == len(data)
+    rec = incoming.commit().record
+    with open(rec.path, "rb") as f:
+        assert f.read() == data
+    with pytest.raises(RuntimeError):
+        incoming.write(b"more")
+    aborted = archive.begin()
+    aborted.write(b"partial")
+    aborted.abort()
+    aborted.abort()
+    assert tmp_files(archive.root) == []
+
+
+# --- crash recovery ----------------------------------------------------------------------------
+def test_start_up_cleans_leftovers(tmp_path):
+    root = tmp_path / "data"
+    kept_data, lost_data, replaced_data = (ct_file(rows=4, columns=4, seed=n) for n in range(3))
+    a = Archive(root)
+    kept = a.store_bytes(kept_data).record
+    replaced = a.store_bytes(replaced_data).record
+    a.close()
+
+    files = store_module.LocalFileStore(str(root))
+    # 1. A temp file still being received when the process died.
+    fd, part = files.create_temp()
+    os.write(fd, lost_data[:100])
+    os.close(fd)
+    # 2. Crash after the file was linked into place but before the index commit.
+    fd, temp = files.create_temp()
+    os.write(fd, lost_data)
+    os.close(fd)
+    h_lost = assert_matches_pydicom(lost_data)[0]
+    orphan = files.publish(temp, h_lost.study_uid, h_lost.series_uid, h_lost.sop_instance_uid)
+    # 3. Crash after an overwrite's index commit, before the old file was removed: the
+    #    obsolete marker names a file no row points to any more.
+    obsolete_copy = os.path.join(os.path.dirname(replaced.path), "1.2.3.0123456789abcdef.dcm")
+    os.link(replaced.path, obsolete_copy)
+    stale_marker = files.retire(obsolete_copy)
+    # 4. Crash before an overwrite's commit: the marker names a file the index still uses.
+    live_marker = files.retire(kept.path)
+    # 5. A file we know nothing about (no marker): not ours to delete.
+    foreign = os.path.join(root, "instances", "foreign.dcm")
+    with open(foreign, "wb") as f:
+        f.write(b"x")
+    assert len(tmp_files(root)) == 4
+
+    b = Archive(root)
+    try:
+        assert tmp_files(root) == []
+        assert not os.path.exists(part) and not os.path.exists(orphan.path)
+        assert not os.path.exists(obsolete_copy)
+        assert os.path.exists(kept.path) and os.path.exists(replaced.path)
+        assert os.path.exists(foreign)
+        assert not os.path.exists(stale_marker) and not os.path.exists(live_marker)
+        assert b.get(h_lost.sop_instance_uid) is None
+        assert b.get(kept.sop_instance_uid) == kept
+        # The interrupted instance can be stored again.
+        assert not b.store_bytes(lost_data).already_stored
+    finally:
+        b.close()
+
+
+def test_no_index_row_without_its_complete_file(archive):
+    records = [archive.store_bytes(ct_file(rows=8, columns=8, seed=n)).record for n in range(5)]
+    for rec in archive.find():
+        assert os.path.getsize(rec.path) == rec.size
+    assert {r.sop_instance_uid for r in records} == {r.sop_instance_uid for r in archive.find()}
+    assert isinstance(records[0], InstanceRecord)
