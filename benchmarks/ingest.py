@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import dicomgen  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
 BOUNDARY = "dicomaccel-bench-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -111,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"generating {args.ct} CT instances and {args.multiframe} multi-frame instances ...", flush=True)
-    ct = [dicomgen.ct_instance(generate_uid(), generate_uid(), i + 1) for i in range(args.ct)]
+    _, ct = dicomgen.ct_series(args.ct)
     frames = [325, 350, 400, 500][: args.multiframe]  # 512x512x16 bit: 85-131 MB
     big = [dicomgen.multiframe_instance(n, 512, 512) for n in frames]
     workloads = [

@@ -1,0 +1,437 @@
+"""Start, load, measure and stop the C-GET servers that the benchmarks compare.
+
+Three peers, one interface (:class:`Peer`):
+
+- :class:`DicomaccelPeer`: ``dicomaccel serve`` with its C-GET SCP on an ephemeral port, loaded
+  over STOW-RS (it has no C-STORE SCP).
+- :class:`DcmqrscpPeer`: DCMTK's ``dcmqrscp`` from a generated ``dcmqrscp.cfg``, loaded with DCMTK's
+  ``storescu``. Both run with ``TCP_NODELAY=1`` in their environment: DCMTK only disables Nagle's
+  algorithm when that variable is set, and Debian's build leaves it on otherwise.
+- :class:`PynetdicomPeer`: the baseline SCP in :mod:`benchmarks.pynetdicom_scp`, which indexes its
+  directory at start-up; its directory holds hard links to the corpus files.
+
+Every process started here is registered by PID and stopped by PID on :func:`stop_all`, which
+runs at exit; :func:`install_signal_handlers` turns SIGTERM and SIGHUP into ``SystemExit`` so
+``finally`` blocks run for them as they do for Ctrl-C. All peers are reached on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+
+_LIVE: dict[int, subprocess.Popen] = {}
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer cannot run here (program or package missing, or the server does not start)."""
+
+
+def spawn(cmd: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``cmd`` with stdout piped (text) and stderr appended to ``log``; register it for cleanup."""
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, text=True)
+    _LIVE[proc.pid] = proc
+    return proc
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM ``proc``, SIGKILL it after ``timeout`` seconds, reap it, forget it."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+    finally:
+        _LIVE.pop(proc.pid, None)
+
+
+def stop_all() -> None:
+    """Stop every process this module started that is still registered (runs at exit)."""
+    for proc in list(_LIVE.values()):
+        stop_process(proc)
+
+
+def _raise_exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C, so ``finally`` blocks stop the peers."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_exit)
+
+
+atexit.register(stop_all)
+
+
+def dcmtk_program(name: str) -> str | None:
+    """Path of DCMTK's ``name``, or None. pynetdicom installs same-named Python apps (``getscu``,
+    ``storescu``) on PATH, so /usr/bin comes first and the candidate must say it is DCMTK."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            try:
+                out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if "$dcmtk:" in out.stdout + out.stderr:
+                return candidate
+    return None
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Environment for DCMTK programs: TCP_NODELAY=1 makes dcmnet set TCP_NODELAY on its sockets."""
+    return dict(os.environ, TCP_NODELAY="1")
+
+
+def free_port() -> int:
+    """An unused 127.0.0.1 TCP port, for servers that cannot bind port 0 and report it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether some socket on this host listens on TCP ``port`` (any address, IPv4 or IPv6)."""
+    # /proc/net/tcp{,6}: local address as hex "ADDR:PORT", state 0A is LISTEN. Reading it does
+    # not open a connection, which a DICOM server would log as a failed association.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (dcmqrscp forks one per association)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """VmHWM (peak resident set) of ``pid`` in KiB; 0 once the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Peer:
+    """One C-GET SCP under test: ``start(files)`` runs it holding ``files``; then C-GET it at
+    ``127.0.0.1:port`` with AE title ``ae_title``; ``stop()`` ends it."""
+
+    name = ""
+    ae_title = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir / self.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = self.workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this peer cannot run here, or None if it can."""
+        return None
+
+    def start(self, files: list[Path]) -> None:
+        """Run the server with ``files`` (PS3.10) stored in its archive; raise :class:`PeerUnavailable`
+        if it does not start."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            for child in children(self.proc.pid):
+                # Children of the server (dcmqrscp's per-association processes), by PID.
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            stop_process(self.proc)
+            self.proc = None
+
+    def pids(self) -> list[int]:
+        """The server process and its children: the processes whose memory we report."""
+        if self.proc is None:
+            return []
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _Lines:
+    """Reads a child's stdout on a thread (so the pipe never fills) and hands lines to a waiter."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._log = log
+        threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        with open(self._log, "a") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                self._queue.put(line)
+        self._queue.put(None)
+
+    def until(self, done: str, timeout: float) -> Iterator[str]:
+        """Yield lines until one starts with ``done``; stop early at EOF or after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                return
+            if line is None or line.startswith(done):
+                return
+            yield line
+
+
+class DicomaccelPeer(Peer):
+    """``dicomaccel serve`` (this checkout) with STOW-RS and the C-GET SCP on ephemeral ports."""
+
+    name = "dicomaccel"
+    ae_title = "DICOMACCEL"
+    _listen = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on \S+://[^:/]+:(\d+)")
+
+    def start(self, files: list[Path]) -> None:
+        # --fsync never: durability of the load does not change what C-GET reads, only how long
+        # loading takes.
+        cmd = [sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(self.workdir / "data"),
+               "--host", "127.0.0.1", "--http-port", "0", "--dimse-port", "0", "--ae-title", self.ae_title,
+               "--fsync", "never", "--log-level", "warning"]
+        self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.http_port = None
+        for line in _Lines(self.proc, self.log).until("dicomaccel: ready", 60):
+            m = self._listen.search(line)
+            if m and m.group(1) == "STOW-RS":
+                self.http_port = int(m.group(2))
+            elif m:
+                self.port = int(m.group(2))
+        if self.http_port is None or self.port is None:
+            self.stop()
+            raise PeerUnavailable(f"dicomaccel serve printed no 'C-GET SCP on' and 'STOW-RS on' lines "
+                                  f"(C-GET SCP not wired into serve yet?): {self.log_tail(600)}")
+        stow(self.http_port, files)
+
+
+BOUNDARY = "dicomaccel-cget-bench"
+
+
+def _batches(files: list[Path], max_count: int = 50, max_bytes: int = 256 << 20) -> Iterator[list[Path]]:
+    batch: list[Path] = []
+    size = 0
+    for path in files:
+        n = path.stat().st_size
+        if batch and (len(batch) == max_count or size + n > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += n
+    if batch:
+        yield batch
+
+
+def stow(port: int, files: list[Path]) -> None:
+    """POST ``files`` to ``/dicomweb/studies`` on 127.0.0.1:``port`` as multipart/related
+    (PS3.18 §10.5), streamed from disk, several instances per request; raise unless each is 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        for batch in _batches(files):
+            head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            tail = f"--{BOUNDARY}--\r\n".encode()
+            length = sum(len(head) + p.stat().st_size + 2 for p in batch) + len(tail)
+
+            def body(batch: list[Path] = batch) -> Iterable[bytes]:
+                for path in batch:
+                    yield head
+                    with open(path, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            yield chunk
+                    yield b"\r\n"
+                yield tail
+
+            conn.request("POST", "/dicomweb/studies", body=body(), headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+                "Content-Length": str(length), "Accept": "application/dicom+json"})
+            resp = conn.getresponse()
+            text = resp.read()[:500]
+            if resp.status != 200:
+                raise RuntimeError(f"STOW-RS load failed: HTTP {resp.status} {text!r}")
+    finally:
+        conn.close()
+
+
+class DcmqrscpPeer(Peer):
+    """DCMTK's ``dcmqrscp``, forking one child per association (its default mode).
+
+    Single-process mode (``-s``) would keep all work in one PID, but DCMTK 3.6.7 as packaged by
+    Debian crashes (SIGSEGV) in that mode after releasing an association that ran a C-GET; the
+    forked child ends after its association anyway, so fork mode serves the same bytes the same
+    way. Memory is therefore read from the parent and its children (see :class:`RssSampler`).
+    """
+
+    name = "dcmqrscp"
+    ae_title = "DCMQRSCP"
+    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM"}
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        missing = [p for p in ("dcmqrscp", "storescu") if dcmtk_program(p) is None]
+        return f"DCMTK {', '.join(missing)} not installed (Debian package dcmtk)" if missing else None
+
+    def _write_config(self, quota_mb: int) -> Path:
+        storage = self.workdir / "db"
+        storage.mkdir(exist_ok=True)
+        # Host table: only C-MOVE destinations need real ports; we list the SCUs so the table
+        # names every AE that talks to this archive. Quota: (max studies, max bytes per study).
+        hosts = "\n".join(f"{entry} = ({title}, 127.0.0.1, 0)" for entry, title in self.client_titles.items())
+        cfg = self.workdir / "dcmqrscp.cfg"
+        cfg.write_text(
+            f"NetworkTCPPort = {self.port}\nMaxPDUSize = 131072\nMaxAssociations = 16\n\n"
+            f"HostTable BEGIN\n{hosts}\nHostTable END\n\n"
+            "VendorTable BEGIN\nVendorTable END\n\n"
+            f"AETable BEGIN\n{self.ae_title} {storage} RW (200, {quota_mb}mb) ANY\nAETable END\n"
+        )
+        return cfg
+
+    def start(self, files: list[Path]) -> None:
+        self.port = free_port()
+        # dcmqrscp deletes the oldest images of a study that outgrows its quota: keep the usual
+        # 1024 MB unless the corpus is bigger.
+        cfg = self._write_config(max(1024, 2 * sum(p.stat().st_size for p in files) >> 20))
+        self.proc = spawn([dcmtk_program("dcmqrscp"), "-c", str(cfg), str(self.port)], log=self.log,
+                          env=dcmtk_env(), cwd=self.workdir)
+        deadline = time.monotonic() + 30
+        while not listening(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise PeerUnavailable(f"dcmqrscp did not listen on {self.port}: {self.log_tail(600)}")
+            time.sleep(0.02)
+        done = subprocess.run(
+            [dcmtk_program("storescu"), "-aet", self.client_titles["storescu"], "-aec", self.ae_title,
+             "127.0.0.1", str(self.port), *map(str, files)],
+            env=dcmtk_env(), capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0 or "E: " in done.stderr:
+            raise RuntimeError(f"storescu into dcmqrscp failed ({done.returncode}): {done.stderr[-1000:]}")
+
+
+class PynetdicomPeer(Peer):
+    """The baseline pynetdicom C-GET SCP (:mod:`benchmarks.pynetdicom_scp`) on its own directory."""
+
+    name = "pynetdicom"
+    ae_title = "PYNETDICOM_SCP"
+
+    def start(self, files: list[Path]) -> None:
+        # The SCP indexes its directory at start-up, so the files go in first (hard links).
+        target = self.workdir / "files"
+        target.mkdir(exist_ok=True)
+        for i, path in enumerate(files):
+            dest = target / f"{i:06d}-{path.name}"
+            try:
+                os.link(path, dest)
+            except OSError:
+                shutil.copyfile(path, dest)
+        cmd = [sys.executable, "-m", "benchmarks.pynetdicom_scp", "--dir", str(self.workdir / "files"),
+               "--port", "0", "--ae-title", self.ae_title]
+        self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
+        for line in _Lines(self.proc, self.log).until("pynetdicom-scp: ready", 60):
+            if m := re.search(r"C-GET SCP on dicom://[\d.]+:(\d+)", line):
+                self.port = int(m.group(1))
+        if self.port is None:
+            self.stop()
+            raise PeerUnavailable(f"pynetdicom SCP did not start: {self.log_tail(600)}")
+
+
+PEERS: dict[str, type[Peer]] = {p.name: p for p in (DicomaccelPeer, DcmqrscpPeer, PynetdicomPeer)}
+
+
+class RssSampler:
+    """Peak resident set of a peer's processes over a ``with`` block, in MiB.
+
+    On entry, writes 5 to each process's ``clear_refs``, which resets VmHWM to the current RSS
+    (proc(5)); during the block, samples VmHWM of the server and its children every
+    ``interval`` seconds; on exit, samples once more. Sampling matters for dcmqrscp, whose
+    per-association child is gone (with its VmHWM) when the C-GET ends; its last sample is at
+    most ``interval`` old. The same sampler runs for every peer so its small CPU cost is shared.
+    """
+
+    def __init__(self, peer: Peer, interval: float = 0.005) -> None:
+        self.peer = peer
+        self.interval = interval
+        self.peak_kib: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for pid in self.peer.pids():
+            self.peak_kib[pid] = max(self.peak_kib.get(pid, 0), vm_hwm_kib(pid))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    @property
+    def peak_mib(self) -> float:
+        """The largest VmHWM of any one process (the server, or the child that ran the C-GET)."""
+        return max(self.peak_kib.values(), default=0) / 1024
+
+    def __enter__(self) -> RssSampler:
+        for pid in self.peer.pids():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
