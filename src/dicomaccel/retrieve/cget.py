@@ -3,7 +3,8 @@
 For each matching instance we pick a presentation context whose abstract syntax is the
 instance's SOP Class and on which the SCU accepted the SCP role (PS3.4 C.5.3). The stored
 transfer syntax is sent as stored: the PDVs are memoryview slices of an mmap of the file.
-Only when the SCU accepted no context for it is the instance transcoded (transcode.py).
+Only when the SCU accepted no context for it is the instance transcoded (transcode.py), in a
+worker thread, so one association's decoding never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import mmap
-from concurrent.futures import Executor
+import os
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian
 
 from ..archive import Archive, InstanceRecord
+from ..archive.ingest import DEFLATED_SYNTAXES
 from ..dimse.association import Association, AssociationClosedError, Request
+from ..dimse.negotiation import PresentationContext
 from ..status import Status, status_category
 from .bulkdata import strip_bulk_data
 from .identifier import (
@@ -29,15 +36,40 @@ from .identifier import (
 )
 from .transcode import TARGETS, TranscodeError, encode_dataset, transcode
 
+__all__ = ["CGetSCP", "SubOperations", "alternate_groups", "MAX_SUBOPERATIONS"]
+
 log = logging.getLogger("dicomaccel.retrieve")
 
 # Sub-operation counters are US (PS3.7 E.1): a request matching more cannot be reported.
 MAX_SUBOPERATIONS = 0xFFFF
 
+# Alternate Representation Sequence (PS3.3 C.6.1.1.5.1), as its tag bytes appear in a file.
+_ALTERNATE_REPRESENTATION = 0x00083001
+_ALTERNATE_TAG_LE = b"\x08\x00\x01\x30"
+_ALTERNATE_TAG_BE = b"\x00\x08\x30\x01"
+
+# Transfer syntaxes that never lose information (PS3.5 §10 and Annex A): among alternate
+# encodings of one image, these are preferred over the possibly-lossy rest.
+_LOSSLESS = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.5",  # RLE
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG lossless
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",  # JPEG-LS / JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",  # HTJ2K lossless
+})
+
 
 @dataclass
 class SubOperations:
-    """The PS3.4 C.4.3.1.5 counters of one C-GET."""
+    """The PS3.4 C.4.3.1.5 counters of one C-GET.
+
+    Attributes
+    ----------
+    remaining, completed, failed, warning : int
+        Number of Remaining / Completed / Failed / Warning Sub-operations.
+    failed_uids : list of str
+        Failed SOP Instance UID List (0008,0058).
+    """
 
     remaining: int
     completed: int = 0
@@ -46,6 +78,7 @@ class SubOperations:
     failed_uids: list[str] = field(default_factory=list)
 
     def record(self, category: str, sop_instance_uid: str) -> None:
+        """Count one finished sub-operation of PS3.7 status ``category``."""
         self.remaining -= 1
         if category == "success":
             self.completed += 1
@@ -56,6 +89,7 @@ class SubOperations:
             self.failed_uids.append(sop_instance_uid)
 
     def fields(self, *, with_remaining: bool) -> dict:
+        """The counters as C-GET-RSP command fields."""
         out = {
             "NumberOfCompletedSuboperations": self.completed,
             "NumberOfFailedSuboperations": self.failed,
@@ -67,18 +101,43 @@ class SubOperations:
 
 
 class CGetSCP:
-    """The handler for C-GET-RQ: ``await scp(assoc, request)``."""
+    """The handler for C-GET-RQ: ``await scp(assoc, request)``.
+
+    Serves Patient Root and Study Root (PATIENT / STUDY / SERIES / IMAGE), Composite
+    Instance Root (IMAGE; FRAME answers AA02 for now) and Composite Instance Retrieve
+    Without Bulk Data (IMAGE) from ``archive``.
+
+    Parameters
+    ----------
+    archive : dicomaccel.archive.Archive
+        Where the instances come from.
+    executor : concurrent.futures.Executor, optional
+        Runs transcoding and bulk-data removal (CPU-heavy). Default: a pool of
+        ``os.cpu_count()`` threads shared by all associations, created on first use; index
+        look-ups use the event loop's default executor, so they never queue behind decoding.
+    """
 
     def __init__(self, archive: Archive, executor: Executor | None = None) -> None:
         self.archive = archive
-        self.executor = executor
+        self._executor = executor
+        self._executor_lock = threading.Lock()
+
+    @property
+    def executor(self) -> Executor:
+        """The executor transcoding runs in."""
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(os.cpu_count() or 2,
+                                                        thread_name_prefix="dicomaccel-transcode")
+        return self._executor
 
     async def __call__(self, assoc: Association, request: Request) -> None:
         loop = asyncio.get_running_loop()
         sop_class = request.command.get("AffectedSOPClassUID", "")
         try:
             identifier = await loop.run_in_executor(
-                self.executor, decode_identifier, request.dataset, request.transfer_syntax
+                None, decode_identifier, request.dataset, request.transfer_syntax
             )
             query = parse_identifier(sop_class, identifier)
             if query.level == "FRAME":
@@ -91,21 +150,34 @@ class CGetSCP:
             await assoc.respond(request, err.status, **fields)
             return
 
-        records = await loop.run_in_executor(self.executor, lambda: self.archive.find(**query.match_keys()))
+        records, groups = await loop.run_in_executor(None, self._match, query)
+        if groups:
+            records = _one_per_image(assoc, records, groups)
         if len(records) > MAX_SUBOPERATIONS:
             await assoc.respond(request, Status.OUT_OF_RESOURCES_SUBOPERATIONS,
                                 ErrorComment=f"{len(records)} matches exceed 65535 sub-operations")
             return
         await self.run_suboperations(assoc, request, query, records)
 
+    def _match(self, query: RetrieveRequest) -> tuple[list[InstanceRecord], list[list[int]]]:
+        records = self.archive.find(**query.match_keys())
+        # SPEC §6.4 item 9: one encoding per image for PATIENT/STUDY/SERIES; an IMAGE-level
+        # request names its instances, so each named one is sent.
+        groups = alternate_groups(records) if query.level != "IMAGE" else []
+        return records, groups
+
     async def run_suboperations(self, assoc: Association, request: Request, query: RetrieveRequest,
                                 records: list[InstanceRecord]) -> None:
+        """Send ``records`` as C-STORE sub-operations, then the final C-GET-RSP."""
         counters = SubOperations(remaining=len(records))
         priority = request.command.get("Priority", 0)
+        without_bulk = query.sop_class_uid == COMPOSITE_INSTANCE_WITHOUT_BULK_DATA_GET
         for record in records:
+            # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
+            # flight has finished by the time we get here.
             if request.cancelled.is_set():
                 break
-            category = await self.store(assoc, record, priority, query)
+            category = await self.store(assoc, record, priority, without_bulk)
             counters.record(category, record.sop_instance_uid)
             if counters.remaining and not request.cancelled.is_set():
                 await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
@@ -133,23 +205,45 @@ class CGetSCP:
         await assoc.respond(request, status, dataset, **fields)
 
     async def store(self, assoc: Association, record: InstanceRecord, priority: int,
-                    query: RetrieveRequest) -> str:
-        """One C-STORE sub-operation; returns its PS3.7 status category."""
+                    without_bulk: bool = False) -> str:
+        """One C-STORE sub-operation of ``record``.
+
+        Parameters
+        ----------
+        assoc : Association
+            The C-GET's association; the SCU is the Storage SCP on it.
+        record : InstanceRecord
+            The instance to send.
+        priority : int
+            The C-GET's Priority, used for the C-STORE-RQ (PS3.4 C.4.3.2).
+        without_bulk : bool
+            Send it without bulk data (PS3.4 Annex Z).
+
+        Returns
+        -------
+        str
+            The PS3.7 category of the outcome: ``"success"``, ``"warning"`` or
+            ``"failure"`` (no usable context, cannot transcode or read, or the SCU's
+            C-STORE-RSP said so).
+
+        Raises
+        ------
+        AssociationClosedError
+            The association ended; the C-GET cannot be answered any more.
+        """
         contexts = assoc.storage_contexts(record.sop_class_uid)
         if not contexts:
+            # PS3.4 C.4.3.3.1: no suitable presentation context -> this sub-operation fails.
             log.info("no accepted Storage SCP context for %s (%s)", record.sop_instance_uid, record.sop_class_uid)
             return "failure"
-        context = next((c for c in contexts if c.transfer_syntax == record.transfer_syntax_uid), None)
-        without_bulk = query.sop_class_uid == COMPOSITE_INSTANCE_WITHOUT_BULK_DATA_GET
+        context = _pick_context(contexts, record.transfer_syntax_uid, without_bulk)
+        if context is None:
+            log.info("SCU accepted no transfer syntax we can produce for %s", record.sop_instance_uid)
+            return "failure"
         try:
-            if context is not None and not without_bulk:
+            if context.transfer_syntax == record.transfer_syntax_uid and not without_bulk:
                 rsp = await self._send_stored(assoc, context, record, priority)
             else:
-                if context is None:
-                    context = next((c for t in TARGETS for c in contexts if c.transfer_syntax == t), None)
-                    if context is None:
-                        log.info("SCU accepted no transfer syntax we can produce for %s", record.sop_instance_uid)
-                        return "failure"
                 data = await asyncio.get_running_loop().run_in_executor(
                     self.executor, _prepare, record, context.transfer_syntax, without_bulk
                 )
@@ -157,16 +251,17 @@ class CGetSCP:
                                                sop_instance_uid=record.sop_instance_uid, dataset=data,
                                                priority=priority)
         except TranscodeError as exc:
-            log.warning("cannot transcode %s: %s", record.sop_instance_uid, exc)
+            log.warning("cannot send %s in %s: %s", record.sop_instance_uid, context.transfer_syntax, exc)
             return "failure"
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             if isinstance(exc, AssociationClosedError):
                 raise
             log.error("cannot read %s: %s", record.path, exc)
             return "failure"
         return status_category(rsp.get("Status", 0xC000))
 
-    async def _send_stored(self, assoc: Association, context, record: InstanceRecord, priority: int) -> dict:
+    async def _send_stored(self, assoc: Association, context: PresentationContext, record: InstanceRecord,
+                           priority: int) -> dict:
         with open(record.path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(mm)[record.dataset_offset:]
@@ -182,9 +277,109 @@ class CGetSCP:
                 pass  # the transport still holds a slice; the mapping goes with the last view
 
 
+def _pick_context(contexts: list[PresentationContext], stored: str,
+                  without_bulk: bool) -> PresentationContext | None:
+    by_syntax: dict[str, PresentationContext] = {}
+    for c in contexts:
+        by_syntax.setdefault(c.transfer_syntax, c)
+    if without_bulk:
+        # No Pixel Data left, so nothing to compress: an uncompressed context reads best;
+        # any other syntax is still encodable (encode_dataset).
+        order = (*TARGETS, stored)
+    else:
+        order = (stored, *TARGETS)
+    for syntax in order:
+        if syntax in by_syntax:
+            return by_syntax[syntax]
+    return contexts[0] if without_bulk else None
+
+
 def _prepare(record: InstanceRecord, target: str, without_bulk: bool) -> bytes:
     with open(record.path, "rb") as f:
         data = f.read()
     if without_bulk:
         return strip_bulk_data(data, target)
     return transcode(data, target)
+
+
+# ---------------------------------------------------------------- alternate encodings
+
+
+def alternate_groups(records: list[InstanceRecord]) -> list[list[int]]:
+    """Which of ``records`` are alternate encodings of one image (PS3.3 C.6.1.1.5.1).
+
+    Two instances are alternates when either lists the other in its top-level Alternate
+    Representation Sequence (0008,3001); the relation is closed transitively. The archive
+    does not index that sequence, so each file's header (up to its Pixel Data) is searched
+    for the sequence's tag bytes, a memchr-speed scan of an mmap; only the rare file that
+    holds those bytes is parsed with pydicom to read the references.
+
+    Parameters
+    ----------
+    records : list of InstanceRecord
+
+    Returns
+    -------
+    list of list of int
+        Index lists into ``records``, one per image stored in more than one encoding, each
+        in ``records`` order.
+    """
+    position = {r.sop_instance_uid: i for i, r in enumerate(records)}
+    parent = list(range(len(records)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, record in enumerate(records):
+        for uid in _alternate_references(record):
+            j = position.get(uid)
+            if j is not None:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(records)):
+        groups.setdefault(root(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _alternate_references(record: InstanceRecord) -> list[str]:
+    try:
+        if record.transfer_syntax_uid not in DEFLATED_SYNTAXES:
+            end = record.pixel_offset if record.pixel_offset > 0 else record.size
+            pattern = _ALTERNATE_TAG_BE if record.transfer_syntax_uid == ExplicitVRBigEndian else _ALTERNATE_TAG_LE
+            with open(record.path, "rb") as f, mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) as mm:
+                if mm.find(pattern, record.dataset_offset, end) < 0:
+                    return []
+        # The tag bytes may sit inside some value; pydicom says whether the element is there.
+        ds = dcmread(record.path, stop_before_pixels=True, specific_tags=[_ALTERNATE_REPRESENTATION])
+        items = ds[_ALTERNATE_REPRESENTATION].value if _ALTERNATE_REPRESENTATION in ds else []
+        return [str(item.ReferencedSOPInstanceUID) for item in items if "ReferencedSOPInstanceUID" in item]
+    except Exception as exc:  # unreadable here means unreadable when sent: that reports it
+        log.warning("cannot read the Alternate Representation Sequence of %s: %s", record.sop_instance_uid, exc)
+        return []
+
+
+def _one_per_image(assoc: Association, records: list[InstanceRecord],
+                   groups: list[list[int]]) -> list[InstanceRecord]:
+    # PS3.4 C.4.3.3.1 lets the SCP pick by the negotiated transfer syntaxes: prefer the
+    # encoding that goes out as stored, then one we can transcode, then a lossless one.
+    def cost(i: int) -> tuple[int, bool, int]:
+        record = records[i]
+        syntaxes = {c.transfer_syntax for c in assoc.storage_contexts(record.sop_class_uid)}
+        if record.transfer_syntax_uid in syntaxes:
+            rank = 0
+        elif syntaxes.intersection(TARGETS):
+            rank = 1
+        else:
+            rank = 2
+        return rank, record.transfer_syntax_uid not in _LOSSLESS, i
+
+    dropped: set[int] = set()
+    for group in groups:
+        keep = min(group, key=cost)
+        dropped.update(i for i in group if i != keep)
+        log.debug("alternate encodings %s: sending %s",
+                  [records[i].sop_instance_uid for i in group], records[keep].sop_instance_uid)
+    return [r for i, r in enumerate(records) if i not in dropped]

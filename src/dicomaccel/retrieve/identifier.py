@@ -39,6 +39,7 @@ _LEVELS = {
 }
 FRAME_RANGE_KEYS = ("SimpleFrameList", "CalculatedFrameList", "TimeRange")
 _QR_LEVEL_TAG = 0x00080052
+_QR_VIEW_TAG = 0x00080053
 
 
 class IdentifierError(Exception):
@@ -76,6 +77,24 @@ class RetrieveRequest:
 
 
 def decode_identifier(data: bytes | None, transfer_syntax: str | None) -> Dataset:
+    """Decode a C-GET-RQ Identifier received in ``transfer_syntax``.
+
+    Parameters
+    ----------
+    data : bytes or None
+        The data set bytes as received.
+    transfer_syntax : str or None
+        The transfer syntax of the C-GET presentation context.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+
+    Raises
+    ------
+    IdentifierError
+        No Identifier (A900), or one that cannot be decoded (C000).
+    """
     if not data:
         raise IdentifierError("the C-GET-RQ carries no Identifier")
     try:
@@ -97,7 +116,26 @@ def _read(data: bytes, transfer_syntax: str | None) -> Dataset:
 
 
 def parse_identifier(sop_class_uid: str, ds: Dataset) -> RetrieveRequest:
-    """Validate ``ds`` as a C-GET Identifier for ``sop_class_uid`` and say what it names."""
+    """Validate ``ds`` as a C-GET Identifier for ``sop_class_uid`` and say what it names.
+
+    Parameters
+    ----------
+    sop_class_uid : str
+        Affected SOP Class UID of the C-GET-RQ (one of :data:`GET_SOP_CLASSES`).
+    ds : pydicom.dataset.Dataset
+        The decoded Identifier.
+
+    Returns
+    -------
+    RetrieveRequest
+
+    Raises
+    ------
+    IdentifierError
+        With the status to answer: A900 and the offending element for a missing, empty or
+        misplaced key or level; 0122 for an unknown SOP Class; AA04 for a malformed FRAME
+        request (PS3.4 Table Y.4-2).
+    """
     levels = _LEVELS.get(sop_class_uid)
     if levels is None:
         raise IdentifierError(f"{sop_class_uid} is not a supported C-GET SOP Class", Status.SOP_CLASS_NOT_SUPPORTED)
@@ -106,6 +144,10 @@ def parse_identifier(sop_class_uid: str, ds: Dataset) -> RetrieveRequest:
     level = str(ds.QueryRetrieveLevel).strip().upper()
     if level not in levels:
         raise IdentifierError(f"level {level[:16]!r} is not valid for this SOP Class", offending=_QR_LEVEL_TAG)
+    if _QR_VIEW_TAG in ds:
+        # PS3.4 C.4.3.1.3.1: only with Enhanced Multi-Frame Image Conversion, which we
+        # decline in extended negotiation.
+        raise IdentifierError("Query/Retrieve View (0008,0053) was not negotiated", offending=_QR_VIEW_TAG)
     if level == "FRAME":
         return _frame_request(sop_class_uid, ds)
 

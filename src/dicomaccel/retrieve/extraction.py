@@ -1,0 +1,769 @@
+"""The new composite instance of a FRAME-level retrieve (PS3.4 Y.3.3, PS3.17 Annex MM).
+
+:func:`extract_frames` builds, from a stored PS3.10 file and a Frame Range Key, the instance
+a C-GET/C-MOVE at FRAME level sends. It reads the source header (everything before Pixel
+Data) and the selected frames' bytes, and never decodes pixels: native frames are sliced
+(bit-shifted when Bits Allocated is 1), encapsulated frames keep their fragments byte for
+byte behind a new Basic Offset Table.
+
+Transformations applied (copy to docs/conformance.md)
+-----------------------------------------------------
+Y.3.3 rules:
+
+* Same SOP Class; a new SOP Instance UID under the dicomaccel UID root (data set, returned
+  object and File Meta agree). Patient, Study, Series and all other attributes keep the
+  source values unless listed here. A source without Number of Frames (0028,0008) is not a
+  multi-frame instance and is refused with AA01.
+* Number of Frames = number of frames extracted; the frames are the Frame List, in source
+  order.
+* Frame Extraction Sequence (0008,1164): the source's items plus one with Multi-frame Source
+  SOP Instance UID (0008,1167) and the Frame Range Key exactly as requested.
+* Contributing Equipment Sequence (0018,A001): the source's items plus one with Manufacturer
+  "dicomaccel", Manufacturer's Model Name, Software Versions, Contribution DateTime and
+  Purpose of Reference (109105, DCM, "Frame Extracting Equipment").
+* Instance Creation Date/Time (0008,0012)/(0008,0013) are set to the time of extraction.
+* Removed: Pixel Data Provider URL (0028,7FE0); the Concatenation attributes (0020,9161),
+  (0020,9162), (0020,9163), (0020,9228), (0020,0242); at every nesting level, private
+  attributes (odd groups, PS3.17 MM.7), Digital Signatures Sequence (FFFA,FFFA) and MAC
+  Parameters Sequence (4FFE,0001) (they sign bytes that changed).
+
+Frame-dependent attributes (PS3.17 MM.2, MM.3):
+
+* Per-Frame Functional Groups Sequence (5200,9230): the selected items, in order; Shared
+  Functional Groups unchanged; values inside the items (Dimension Index Values, In-Stack
+  Position, Temporal Position Index, ...) are kept as they are. A per-frame sequence whose
+  length differs from Number of Frames is AA01.
+* Per-frame vectors with one value per frame are subset in lock step: every attribute the
+  Frame Increment Pointer (0028,0009) names, and always the NM vectors (0054,0010),
+  (0054,0020), (0054,0030), (0054,0050), (0054,0060), (0054,0070), (0054,0080), (0054,0090),
+  (0054,0100), Page Number / Frame Label / Frame Primary and Secondary Angle / Slice
+  Location Vectors (0018,2001)-(0018,2005). A Frame Increment Pointer target without one
+  value per frame is AA01. NM counts (Number of Slices etc.) are kept: the vectors still
+  index the source's definitions.
+* Incremental vectors (Positioner Primary/Secondary Angle Increment (0018,1520)/(0018,1521),
+  Table Vertical/Lateral/Longitudinal Increment (0018,1135)-(0018,1137)) cannot be re-based
+  without knowing their origin convention for sure: a selection other than all frames of
+  such an instance is AA01.
+* Frame Time Vector (0018,1065): new first value 0, then T(f_i) - T(f_i-1). Frame Time
+  (0018,1063): kept for contiguous frames, multiplied by the stride for a uniform stride,
+  otherwise replaced by a Frame Time Vector (and the Frame Increment Pointer updated). When
+  frame times change, Cine Rate (0018,0040) and Recommended Display Frame Rate (0008,2144)
+  are removed; for any proper subset Effective Duration (0018,0072) is removed.
+* When frame 1 is not extracted and the source has frame timing (see
+  :mod:`.framelist`), Content Date/Time, Acquisition Date/Time, Acquisition DateTime and
+  Image Trigger Delay (0018,1067) move forward by T(first extracted frame) (MM.2.2). A date
+  present next to the time rolls over at midnight; a time without its date wraps modulo 24 h.
+* Frame numbers are renumbered to positions in the new instance: Representative Frame
+  Number (removed if its frame is not extracted); Frame Numbers of Interest with their
+  Description and Type (entries of frames not extracted dropped); Start/Stop Trim (clamped
+  to extracted frames, removed if none remains); Mask Subtraction Sequence items (an item
+  whose mask frames are not all extracted, or whose Applicable Frame Range holds no
+  extracted frame, or a TID item of a proper subset, is removed; with no item left the
+  sequence and Recommended Viewing Mode go).
+
+Pixel Data:
+
+* Native (Pixel Data, Float and Double Float Pixel Data): the frames are gathered and padded
+  to even length; OW when Bits Allocated > 8, else OB.
+* Encapsulated, frame-addressable transfer syntaxes (JPEG family, JPEG-LS, JPEG 2000 Part 1,
+  HTJ2K, JPEG XL, RLE, Deflated Image Frame, Encapsulated Uncompressed): the fragments of
+  the selected frames are copied unchanged behind a new Basic Offset Table; when the source
+  had an Extended Offset Table it is recomputed (Basic Offset Table empty).
+* Video (MPEG-2, H.264, HEVC) and JPEG 2000 Part 2 multi-component: frames cannot be cut
+  without re-encoding, so only a request for all frames is served (the value copied as is);
+  any other selection is AA02.
+
+Limitations: Deflated Explicit VR Little Endian, Explicit VR Big Endian (retired) and JPIP
+Referenced sources are refused with AA02.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, DT, TM, format_number_as_ds
+
+from .. import __version__, encaps, frames
+from ..archive.index import InstanceRecord
+from ..dimse.config import (
+    DICOMACCEL_UID_ROOT,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+)
+from ..errors import ParseError
+from ..status import Status
+from .framelist import (
+    FRAME_TIME,
+    FRAME_TIME_VECTOR,
+    FrameExtractionError,
+    FrameTiming,
+    as_list,
+    build_frame_list,
+    frame_timing,
+)
+
+__all__ = ["ExtractedInstance", "FrameExtractionError", "extract_frames"]
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
+# Each frame in its own fragment(s) (PS3.5 A.4 per-transfer-syntax rules, SPEC.md §8.2).
+FRAME_ADDRESSABLE_SYNTAXES = frozenset(
+    ["1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")]
+    + ["1.2.840.10008.1.2.4." + s for s in ("110", "111", "112", "201", "202", "203")]
+    + ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.1.98"]
+)
+# One bitstream for all frames (video) or component collections spanning frames (JPEG 2000
+# Part 2): frames cannot be cut without re-encoding.
+WHOLE_STREAM_SYNTAXES = frozenset(
+    ["1.2.840.10008.1.2.4." + s for s in ("92", "93", "107", "108")]
+    + ["1.2.840.10008.1.2.4." + s for s in ("100", "101", "102", "103", "104", "105", "106")]
+    + ["1.2.840.10008.1.2.4." + s + ".1" for s in ("100", "101", "102", "103", "104", "105", "106")]
+)
+
+PIXEL_DATA = 0x7FE00010
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_PIXEL_DATA = 0x7FE00009
+PIXEL_TAGS = (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA)
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+UNDEFINED_LENGTH = 0xFFFFFFFF
+MAX_VALUE_LENGTH = 0xFFFFFFFE
+# Explicit VR elements with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR",
+                       b"UT", b"SV", b"UV"})
+
+# Y.3.3: the new instance is not part of a Concatenation; the provider URL names the source.
+REMOVED_TAGS = (
+    0x00287FE0,  # Pixel Data Provider URL
+    0x00209161,  # Concatenation UID
+    0x00209162,  # In-concatenation Number
+    0x00209163,  # In-concatenation Total Number
+    0x00209228,  # Concatenation Frame Offset Number
+    0x00200242,  # SOP Instance UID of Concatenation Source
+    EXTENDED_OFFSET_TABLE,
+    EXTENDED_OFFSET_TABLE_LENGTHS,
+) + PIXEL_TAGS
+# Signatures over bytes we change become false (PS3.15 C.1); removed at every level.
+SIGNATURE_TAGS = frozenset({0xFFFAFFFA, 0x4FFE0001})
+# Per-frame vectors whose value k belongs to frame k (PS3.3 C.8.4.8 NM Multi-frame, C.8.6.3
+# Multi-frame SC Image); any other Frame Increment Pointer target is handled alike.
+LOCKSTEP_VECTORS = (
+    0x00540010, 0x00540020, 0x00540030, 0x00540050, 0x00540060, 0x00540070, 0x00540080,
+    0x00540090, 0x00540100,
+    0x00182001, 0x00182002, 0x00182003, 0x00182004, 0x00182005,
+)
+# Increments whose origin convention we do not re-base (see the module docstring).
+INCREMENT_VECTORS = (0x00181520, 0x00181521, 0x00181135, 0x00181136, 0x00181137)
+CINE_RATE = 0x00180040
+RECOMMENDED_DISPLAY_FRAME_RATE = 0x00082144
+EFFECTIVE_DURATION = 0x00180072
+IMAGE_TRIGGER_DELAY = 0x00181067
+
+_PURPOSE = ("109105", "DCM", "Frame Extracting Equipment")  # PS3.16 CID 7005
+
+
+@dataclass
+class ExtractedInstance:
+    """A new instance made of frames of a source instance.
+
+    Attributes
+    ----------
+    sop_class_uid : str
+        The source's SOP Class UID (Y.3.3).
+    sop_instance_uid : str
+        The new SOP Instance UID; use it as the C-STORE Affected SOP Instance UID.
+    transfer_syntax_uid : str
+        The source's transfer syntax, in which ``dataset`` is encoded.
+    source_sop_instance_uid : str
+        The instance the frames were taken from.
+    frames : list of int
+        The Frame List: 1-based source frame numbers, in order.
+    dataset : list of bytes-like
+        Buffers whose concatenation is the data set without File Meta, as a C-STORE sends
+        it: the encoded header, the Pixel Data element header, the Pixel Data value.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    source_sop_instance_uid: str
+    frames: list[int]
+    dataset: list
+
+    @property
+    def nbytes(self) -> int:
+        """Length of the encoded data set."""
+        return sum(memoryview(b).nbytes for b in self.dataset)
+
+    def file_meta_bytes(self) -> bytes:
+        """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1)."""
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = self.sop_class_uid
+        meta.MediaStorageSOPInstanceUID = self.sop_instance_uid
+        meta.TransferSyntaxUID = self.transfer_syntax_uid
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        buf = DicomBytesIO()
+        buf.is_little_endian = True
+        buf.is_implicit_VR = False
+        buf.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(buf, meta, enforce_standard=True)
+        return buf.getvalue()
+
+    def to_file_bytes(self) -> bytes:
+        """The whole PS3.10 file in memory (tests, embedders)."""
+        return b"".join([self.file_meta_bytes(), *self.dataset])
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the PS3.10 file to `path` without joining the buffers."""
+        with open(path, "wb") as f:
+            f.write(self.file_meta_bytes())
+            for part in self.dataset:
+                f.write(part)
+
+
+def extract_frames(
+    source: str | os.PathLike | InstanceRecord,
+    keyword: str,
+    values: Sequence,
+    *,
+    sop_instance_uid: str | None = None,
+    now: datetime | None = None,
+) -> ExtractedInstance:
+    """Build the new instance of a FRAME-level retrieve (PS3.4 Y.3.3).
+
+    Parameters
+    ----------
+    source : str, os.PathLike or InstanceRecord
+        The stored PS3.10 file, or its archive record. A record with a frame index is
+        served from its offsets (header bytes before ``pixel_offset``, frames from
+        ``frame_index``); otherwise the header is parsed up to Pixel Data and the frames
+        located with the kernels.
+    keyword : str
+        The Frame Range Key: ``"SimpleFrameList"``, ``"CalculatedFrameList"`` or
+        ``"TimeRange"``.
+    values : sequence
+        Its values, as in the request Identifier.
+    sop_instance_uid : str, optional
+        The new SOP Instance UID; by default a fresh UID under the dicomaccel root.
+    now : datetime.datetime, optional
+        Time of extraction for Contribution DateTime and Instance Creation Date/Time;
+        default: the current local time.
+
+    Returns
+    -------
+    ExtractedInstance
+
+    Raises
+    ------
+    FrameExtractionError
+        With AA00-AA04 (PS3.4 Table Y.4-2); see :mod:`.framelist` and the module docstring.
+    OSError
+        If the file cannot be read.
+    """
+    record = source if isinstance(source, InstanceRecord) else None
+    path = record.path if record is not None else os.fspath(source)
+    if record is not None and record.frame_index is None:
+        record = None  # deflated, video or no Pixel Data: nothing indexed to use
+    now = now or datetime.now().astimezone()
+    # The transfer syntax first: a deflated data set would be inflated whole to be read.
+    ts = record.transfer_syntax_uid if record is not None else _transfer_syntax(path)
+    if ts not in NATIVE_SYNTAXES | FRAME_ADDRESSABLE_SYNTAXES | WHOLE_STREAM_SYNTAXES:
+        raise FrameExtractionError(
+            Status.CANNOT_EXTRACT_FRAMES, f"transfer syntax {ts} not supported"
+        )
+    with open(path, "rb") as f:
+        ds, pixel_offset = _read_header(f, record)
+        n = _number_of_frames(ds)
+        timing = frame_timing(ds, n)
+        frame_list = build_frame_list(keyword, values, n, timing)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        pixel = _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list)
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a traceback still holds a view; the map goes with it
+            pass
+    source_uid = str(ds.SOPInstanceUID)
+    new_uid = sop_instance_uid or generate_uid(prefix=DICOMACCEL_UID_ROOT + ".")
+    _edit(ds, frame_list, n, timing, keyword, values, new_uid, now)
+    if pixel.extended is not None:
+        ds[EXTENDED_OFFSET_TABLE] = _ov(EXTENDED_OFFSET_TABLE, pixel.extended[0])
+        ds[EXTENDED_OFFSET_TABLE_LENGTHS] = _ov(EXTENDED_OFFSET_TABLE_LENGTHS, pixel.extended[1])
+    header = _encode(ds, ts)
+    return ExtractedInstance(
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=new_uid,
+        transfer_syntax_uid=ts,
+        source_sop_instance_uid=source_uid,
+        frames=frame_list,
+        dataset=[header, _pixel_header(pixel, ts), pixel.value],
+    )
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _transfer_syntax(path: str) -> str:
+    try:
+        meta = read_file_meta_info(path)
+    except OSError:
+        raise
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise FrameExtractionError(
+            Status.CANNOT_CREATE_NEW_OBJECT, f"source File Meta unreadable: {exc}"
+        ) from exc
+    return str(meta.get("TransferSyntaxUID", ""))
+
+
+def _read_header(f, record: InstanceRecord | None) -> tuple[Dataset, int]:
+    """The source data set up to Pixel Data, and the file offset of the Pixel Data element."""
+    try:
+        if record is not None:
+            head = f.read(record.pixel_offset)
+            return dcmread(BytesIO(head)), record.pixel_offset
+        ds = dcmread(f, stop_before_pixels=True)
+        return ds, f.tell()
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise FrameExtractionError(
+            Status.CANNOT_CREATE_NEW_OBJECT, f"source header unreadable: {exc}"
+        ) from exc
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    # Y.3.3 keeps the SOP Class; only multi-frame IODs have Number of Frames and the Frame
+    # Extraction Module (PS3.3 C.12.3).
+    value = ds.get("NumberOfFrames")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise FrameExtractionError(
+            Status.CANNOT_CREATE_NEW_OBJECT, "source is not a multi-frame instance"
+        ) from None
+    if n < 1:
+        raise FrameExtractionError(Status.CANNOT_CREATE_NEW_OBJECT, f"Number of Frames is {n}")
+    return n
+
+
+@dataclass
+class _Pixel:
+    tag: int
+    value: object  # bytes-like
+    encapsulated: bool
+    vr: bytes
+    extended: tuple[bytes, bytes] | None = None
+
+
+def _pixel_element(mm, ts: str, pos: int) -> tuple[int, int, int]:
+    """Tag, value offset and value length (-1: undefined) of the element at ``pos``."""
+    size = len(mm)
+    implicit = ts == IMPLICIT_VR_LE
+    if pos < 0 or 8 > size - pos:
+        raise FrameExtractionError(Status.CANNOT_EXTRACT_FRAMES, "source has no Pixel Data")
+    group, element = struct.unpack_from("<HH", mm, pos)
+    tag = group << 16 | element
+    if tag not in PIXEL_TAGS:
+        raise FrameExtractionError(Status.CANNOT_EXTRACT_FRAMES, "source has no Pixel Data")
+    if implicit:
+        (length,) = struct.unpack_from("<I", mm, pos + 4)
+        start = pos + 8
+    else:
+        vr = bytes(mm[pos + 4 : pos + 6])
+        if vr not in _LONG_VRS or 12 > size - pos:
+            raise FrameExtractionError(
+                Status.CANNOT_EXTRACT_FRAMES, "malformed Pixel Data element header"
+            )
+        (length,) = struct.unpack_from("<I", mm, pos + 8)
+        start = pos + 12
+    if length == UNDEFINED_LENGTH:
+        return tag, start, -1
+    if length > size - start:
+        raise FrameExtractionError(
+            Status.CANNOT_EXTRACT_FRAMES, "Pixel Data runs past the end of the file"
+        )
+    return tag, start, length
+
+
+def _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list) -> _Pixel:
+    if record is not None:
+        fi = record.frame_index
+        tag, start, length = record.pixel_tag, fi.pixel_value_offset, fi.pixel_length
+    else:
+        tag, start, length = _pixel_element(mm, ts, pixel_offset)
+    indices = [f - 1 for f in frame_list]
+    try:
+        if length != -1:
+            return _native(mm, ds, tag, start, length, n, indices, record)
+        if ts in NATIVE_SYNTAXES:
+            raise FrameExtractionError(
+                Status.CANNOT_EXTRACT_FRAMES, "undefined-length native Pixel Data"
+            )
+        if ts in WHOLE_STREAM_SYNTAXES:
+            if indices != list(range(n)):
+                raise FrameExtractionError(
+                    Status.CANNOT_EXTRACT_FRAMES, "frames of this transfer syntax not separable"
+                )
+            end = encaps.EncapsulatedFrames(mm, 1, offset=start).end_offset
+            return _Pixel(tag, bytes(mm[start:end]), True, b"OB")
+        return _encapsulated(mm, ds, tag, start, n, indices, record)
+    except ParseError as exc:
+        raise FrameExtractionError(
+            Status.CANNOT_EXTRACT_FRAMES, f"Pixel Data malformed at byte {exc.offset}"
+        ) from exc
+    except ValueError as exc:  # geometry the kernels reject
+        raise FrameExtractionError(
+            Status.CANNOT_EXTRACT_FRAMES, f"Pixel Data: {exc}"
+        ) from exc
+
+
+def _native(mm, ds, tag, start, length, n, indices, record) -> _Pixel:
+    if tag == PIXEL_DATA:
+        ba = int(ds.get("BitsAllocated") or 0)
+    else:  # Float / Double Float Pixel Data are 32 / 64 bits (PS3.3 C.7.6.24)
+        ba = int(ds.get("BitsAllocated") or (32 if tag == FLOAT_PIXEL_DATA else 64))
+    if record is not None:
+        native = record.frame_index.native_frames(mm)
+    else:
+        native = frames.NativeFrames(
+            mm,
+            rows=int(ds.get("Rows") or 0),
+            columns=int(ds.get("Columns") or 0),
+            samples_per_pixel=int(ds.get("SamplesPerPixel") or 1),
+            bits_allocated=ba,
+            number_of_frames=n,
+            photometric_interpretation=str(ds.get("PhotometricInterpretation", "")),
+            offset=start,
+            length=length,
+        )
+    value = native.gather(indices)
+    del native  # release the view of the map before it closes
+    if len(value) > MAX_VALUE_LENGTH:
+        raise FrameExtractionError(Status.CANNOT_EXTRACT_FRAMES, "new Pixel Data exceeds 4 GiB")
+    vr = {PIXEL_DATA: b"OW" if ba > 8 else b"OB", FLOAT_PIXEL_DATA: b"OF",
+          DOUBLE_PIXEL_DATA: b"OD"}[tag]
+    return _Pixel(tag, value, False, vr)
+
+
+def _encapsulated(mm, ds, tag, start, n, indices, record) -> _Pixel:
+    if record is not None:
+        fi = record.frame_index
+        ranges = [fi.frame_ranges(i) for i in indices]
+        extended = fi.has_extended_offset_table
+    else:
+        eot = ds.get(EXTENDED_OFFSET_TABLE)
+        eotl = ds.get(EXTENDED_OFFSET_TABLE_LENGTHS)
+        extended = eot is not None and eotl is not None and bool(eot.value)
+        ef = encaps.EncapsulatedFrames(
+            mm, n, offset=start,
+            extended_offsets=eot.value if extended else None,
+            extended_lengths=eotl.value if extended else None,
+        )
+        ranges = [ef.fragment_ranges(i) for i in indices]
+        del ef
+    view = memoryview(mm)
+    try:
+        fragments = [[view[s:e] for s, e in frame] for frame in ranges]
+        try:
+            result = encaps.encapsulate(fragments, extended=extended)
+        finally:
+            for frame in fragments:
+                for fragment in frame:
+                    fragment.release()
+    finally:
+        view.release()
+    if extended:
+        value, offsets, lengths = result
+        return _Pixel(tag, value, True, b"OB", (offsets, lengths))
+    return _Pixel(tag, result, True, b"OB")
+
+
+# --- the new header ----------------------------------------------------------------------
+
+
+def _strip(ds: Dataset) -> None:
+    # PS3.17 MM.7 (private data is not understood, so not kept) and signatures (PS3.15 C.1).
+    for tag in list(ds.keys()):
+        if tag.group % 2 or tag in SIGNATURE_TAGS:
+            del ds[tag]
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _strip(item)
+
+
+def _ds_value(x: float) -> str:
+    return format_number_as_ds(float(x))
+
+
+def _edit(ds: Dataset, frame_list: list[int], n: int, timing: FrameTiming | None,
+          keyword: str, values: Sequence, new_uid: str, now: datetime) -> None:
+    # Subset first: the items of frames left out are then never decoded by _strip.
+    _subset_functional_groups(ds, frame_list, n)
+    _strip(ds)
+    for tag in REMOVED_TAGS:
+        ds.pop(tag, None)
+    all_frames = frame_list == list(range(1, n + 1))
+    source_uid = str(ds.SOPInstanceUID)
+    ds.SOPInstanceUID = new_uid
+    ds.NumberOfFrames = len(frame_list)
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
+    _subset_vectors(ds, frame_list, n, all_frames)
+    _frame_times(ds, frame_list, n, all_frames)
+    _renumber(ds, frame_list, all_frames)
+    if frame_list[0] != 1 and timing is not None:
+        _shift_start(ds, timing.offsets_ms[frame_list[0] - 1])
+    _add_frame_extraction_item(ds, source_uid, keyword, values)
+    _add_contributing_equipment(ds, now)
+
+
+def _subset_functional_groups(ds: Dataset, frame_list: list[int], n: int) -> None:
+    items = ds.get("PerFrameFunctionalGroupsSequence")
+    if items is None:
+        return
+    if len(items) != n:
+        raise FrameExtractionError(
+            Status.CANNOT_CREATE_NEW_OBJECT,
+            f"{len(items)} per-frame functional groups for {n} frames",
+        )
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence([items[f - 1] for f in frame_list])
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _subset_vectors(ds: Dataset, frame_list: list[int], n: int, all_frames: bool) -> None:
+    pointers = [int(t) for t in as_list(ds.get("FrameIncrementPointer"))]
+    for tag in dict.fromkeys([*LOCKSTEP_VECTORS, *pointers]):
+        if tag in (FRAME_TIME, FRAME_TIME_VECTOR) or tag not in ds:
+            continue  # frame times: _frame_times; a missing target has nothing to fix
+        vals = as_list(ds[tag].value)
+        if len(vals) == n:
+            if tag in INCREMENT_VECTORS and not all_frames:
+                raise FrameExtractionError(
+                    Status.CANNOT_CREATE_NEW_OBJECT,
+                    f"cannot re-base increments {_tag_text(tag)}",
+                )
+            ds[tag].value = [vals[f - 1] for f in frame_list]
+        elif tag in pointers:
+            raise FrameExtractionError(
+                Status.CANNOT_CREATE_NEW_OBJECT,
+                f"{_tag_text(tag)} lacks one value per frame",
+            )
+    if not all_frames:
+        for tag in INCREMENT_VECTORS:
+            if tag in ds and tag not in pointers and len(as_list(ds[tag].value)) == n:
+                raise FrameExtractionError(
+                    Status.CANNOT_CREATE_NEW_OBJECT,
+                    f"cannot re-base increments {_tag_text(tag)}",
+                )
+
+
+def _frame_times(ds: Dataset, frame_list: list[int], n: int, all_frames: bool) -> None:
+    # PS3.17 MM.2.3: frame timing must describe the frames actually present.
+    if all_frames:
+        return
+    ds.pop(EFFECTIVE_DURATION, None)
+    gaps = {b - a for a, b in zip(frame_list, frame_list[1:])}
+    changed = bool(gaps - {1})
+    if FRAME_TIME_VECTOR in ds:
+        source = as_list(ds[FRAME_TIME_VECTOR].value)
+        if len(source) != n:
+            raise FrameExtractionError(
+                Status.CANNOT_CREATE_NEW_OBJECT, "Frame Time Vector lacks one value per frame"
+            )
+        times = [0.0]
+        for v in source[1:]:
+            times.append(times[-1] + float(v))
+        new = [_ds_value(0)]
+        for a, b in zip(frame_list, frame_list[1:]):
+            new.append(source[b - 1] if b == a + 1 else _ds_value(times[b - 1] - times[a - 1]))
+        ds[FRAME_TIME_VECTOR].value = new
+        changed = True
+        ds.pop(FRAME_TIME, None)  # the vector is authoritative once frames are dropped
+    elif FRAME_TIME in ds and changed:
+        ft = float(ds[FRAME_TIME].value)
+        if len(gaps) == 1:
+            ds[FRAME_TIME].value = _ds_value(ft * gaps.pop())
+        else:
+            ds.FrameTimeVector = [_ds_value(0)] + [
+                _ds_value((b - a) * ft) for a, b in zip(frame_list, frame_list[1:])
+            ]
+            del ds[FRAME_TIME]
+            pointers = [int(t) for t in as_list(ds.get("FrameIncrementPointer"))]
+            if FRAME_TIME in pointers:
+                ds.FrameIncrementPointer = [
+                    Tag(FRAME_TIME_VECTOR if t == FRAME_TIME else t) for t in pointers
+                ]
+    if changed:
+        ds.pop(CINE_RATE, None)
+        ds.pop(RECOMMENDED_DISPLAY_FRAME_RATE, None)
+
+
+def _renumber(ds: Dataset, frame_list: list[int], all_frames: bool) -> None:
+    # PS3.17 MM.3: frame numbers are indexes into the instance, so they follow the subset.
+    if all_frames:
+        return
+    pos = {f: i + 1 for i, f in enumerate(frame_list)}
+    rep = ds.get("RepresentativeFrameNumber")
+    if rep is not None:
+        if int(rep) in pos:
+            ds.RepresentativeFrameNumber = pos[int(rep)]
+        else:
+            del ds.RepresentativeFrameNumber
+    if "FrameNumbersOfInterest" in ds:
+        keep = [i for i, f in enumerate(as_list(ds.FrameNumbersOfInterest)) if int(f) in pos]
+        for kw in ("FrameNumbersOfInterest", "FrameOfInterestDescription", "FrameOfInterestType"):
+            if kw in ds:
+                vals = as_list(ds[kw].value)
+                kept = [vals[i] for i in keep if i < len(vals)]
+                if kw == "FrameNumbersOfInterest":
+                    kept = [pos[int(v)] for v in kept]
+                if kept:
+                    setattr(ds, kw, kept)
+                else:
+                    delattr(ds, kw)
+    _renumber_trim(ds, frame_list, pos)
+    if "MaskSubtractionSequence" in ds:
+        items = [it for it in ds.MaskSubtractionSequence if _renumber_mask(it, frame_list, pos)]
+        if items:
+            ds.MaskSubtractionSequence = DicomSequence(items)
+        else:
+            del ds.MaskSubtractionSequence
+            ds.pop("RecommendedViewingMode", None)
+
+
+def _renumber_trim(ds: Dataset, frame_list: list[int], pos: dict[int, int]) -> None:
+    if "StartTrim" not in ds and "StopTrim" not in ds:
+        return
+    start = int(ds.get("StartTrim") or 1)
+    stop = int(ds.get("StopTrim") or frame_list[-1])
+    inside = [f for f in frame_list if start <= f <= stop]
+    for kw in ("StartTrim", "StopTrim"):
+        ds.pop(kw, None)
+    if inside:
+        ds.StartTrim = pos[inside[0]]
+        ds.StopTrim = pos[inside[-1]]
+
+
+def _renumber_mask(item: Dataset, frame_list: list[int], pos: dict[int, int]) -> bool:
+    """Renumber one Mask Subtraction item in place; False if it must be dropped."""
+    if str(item.get("MaskOperation", "")).strip() == "TID":
+        return False  # TID Offset counts frames of the source sequence
+    masks = [int(f) for f in as_list(item.get("MaskFrameNumbers"))]
+    if any(f not in pos for f in masks):
+        return False
+    if masks:
+        item.MaskFrameNumbers = [pos[f] for f in masks]
+    if "ApplicableFrameRange" in item:
+        bounds = [int(v) for v in as_list(item.ApplicableFrameRange)]
+        ranges = []
+        for a, b in zip(bounds[::2], bounds[1::2]):
+            inside = [f for f in frame_list if a <= f <= b]
+            if inside:
+                ranges += [pos[inside[0]], pos[inside[-1]]]
+        if not ranges:
+            return False
+        item.ApplicableFrameRange = ranges
+    return True
+
+
+def _format_time(value: datetime, fractional: bool) -> str:
+    return value.strftime("%H%M%S.%f" if fractional else "%H%M%S")
+
+
+def _shift_start(ds: Dataset, delta_ms: float) -> None:
+    # PS3.17 MM.2.2: the new first frame starts T(f1) after the old one.
+    delta = timedelta(milliseconds=delta_ms)
+    fractional_delta = bool(delta.microseconds)
+    for date_kw, time_kw in (("ContentDate", "ContentTime"),
+                             ("AcquisitionDate", "AcquisitionTime")):
+        if not ds.get(time_kw):
+            continue
+        text = str(ds[time_kw].value)
+        t = TM(text)
+        day = DA(ds[date_kw].value) if ds.get(date_kw) else None
+        moved = datetime.combine(day or date(2000, 1, 1), t) + delta
+        setattr(ds, time_kw, _format_time(moved, "." in text or fractional_delta))
+        if day is not None:
+            setattr(ds, date_kw, moved.strftime("%Y%m%d"))
+    if ds.get("AcquisitionDateTime"):
+        text = str(ds.AcquisitionDateTime)
+        moved = DT(text) + delta
+        stamp = moved.strftime("%Y%m%d%H%M%S")
+        if "." in text or fractional_delta:
+            stamp += moved.strftime(".%f")
+        if moved.tzinfo is not None:
+            stamp += moved.strftime("%z")
+        ds.AcquisitionDateTime = stamp
+    trigger = ds.get(IMAGE_TRIGGER_DELAY)
+    if trigger is not None and trigger.value not in (None, ""):
+        trigger.value = _ds_value(float(trigger.value) + delta_ms)
+
+
+def _add_frame_extraction_item(ds: Dataset, source_uid: str, keyword: str,
+                               values: Sequence) -> None:
+    # PS3.3 C.12.3: source items are kept, one item describes this extraction.
+    item = Dataset()
+    item.MultiFrameSourceSOPInstanceUID = source_uid
+    vals = as_list(values)
+    setattr(item, keyword, [float(v) for v in vals] if keyword == "TimeRange"
+            else [int(v) for v in vals])
+    seq = list(ds.get("FrameExtractionSequence") or [])
+    ds.FrameExtractionSequence = DicomSequence(seq + [item])
+
+
+def _add_contributing_equipment(ds: Dataset, now: datetime) -> None:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = _PURPOSE
+    item = Dataset()
+    item.Manufacturer = "dicomaccel"
+    item.ManufacturerModelName = "dicomaccel"
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
+    item.ContributionDescription = "Frames extracted (PS3.4 Annex Y)"
+    item.PurposeOfReferenceCodeSequence = DicomSequence([code])
+    seq = list(ds.get("ContributingEquipmentSequence") or [])
+    ds.ContributingEquipmentSequence = DicomSequence(seq + [item])
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def _ov(tag: int, value: bytes) -> DataElement:
+    return DataElement(tag, "OV", value)
+
+
+def _encode(ds: Dataset, ts: str) -> bytes:
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = ts == IMPLICIT_VR_LE
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def _pixel_header(pixel: _Pixel, ts: str) -> bytes:
+    group, element = pixel.tag >> 16, pixel.tag & 0xFFFF
+    length = UNDEFINED_LENGTH if pixel.encapsulated else len(pixel.value)
+    if ts == IMPLICIT_VR_LE:
+        return struct.pack("<HHI", group, element, length)
+    return struct.pack("<HH2sHI", group, element, pixel.vr, 0, length)
