@@ -370,3 +370,12 @@ def test_fsm_table_matches_ps3_8():
         for state in acceptor_states:
             assert (event, state) in t, (event, state)
     assert {a.next_state for a in fsm.ACTIONS.values()} - {None} <= set(fsm.STATES)
+
+
+def test_storage_context_prefers_explicit_over_implicit_vr():
+    rq, answer = _negotiate(
+        [build_context(CT, [IMPLICIT, EXPLICIT]), build_context(MR, [IMPLICIT])],
+        extra=[build_role(CT, scp_role=True), build_role(MR, scp_role=True)],
+    )
+    chosen = {c.abstract_syntax: c.transfer_syntax for c in answer.contexts.values()}
+    assert chosen == {CT: EXPLICIT, MR: IMPLICIT}

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import pdu
-from .config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ServerConfig
+from .config import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    ServerConfig,
+)
 from .messages import VERIFICATION_SOP_CLASS
 
 
@@ -92,7 +98,9 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
     - any other abstract syntax the peer proposed the SCP role for (a 54H item with SCP-role
       1: a storage SOP class for C-GET sub-operations) gets the first transfer syntax *the
       peer* proposed that ``storage_transfer_syntaxes`` allows (any, if that is ``None``),
-      since the peer is the one that decodes what we send;
+      since the peer is the one that decodes what we send — except that Explicit VR Little
+      Endian beats an Implicit VR Little Endian first choice (stored DICOMweb instances then
+      need no transcoding);
     - anything else is result 3; no common transfer syntax is result 4.
 
     Role selection answers (PS3.7 D.3.3.4) accept a proposed SCP role for accepted
@@ -120,8 +128,13 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
         if supported:
             ts = next((t for t in config.transfer_syntaxes if t in proposed), None)
         elif role is not None and role[1]:
-            allowed = config.storage_transfer_syntaxes
-            ts = next((t for t in proposed if allowed is None or t in allowed), None)
+            allowed = [t for t in proposed if config.storage_transfer_syntaxes is None
+                       or t in config.storage_transfer_syntaxes]
+            ts = next(iter(allowed), None)
+            # Explicit rather than Implicit VR Little Endian when both are offered: DICOMweb
+            # stores Explicit (PS3.18 §8.7.3 forbids Implicit), so instances go out untranscoded.
+            if ts == IMPLICIT_VR_LITTLE_ENDIAN and EXPLICIT_VR_LITTLE_ENDIAN in allowed:
+                ts = EXPLICIT_VR_LITTLE_ENDIAN
         else:
             contexts[pc.id] = PresentationContext(
                 pc.id, pc.abstract_syntax, None, pdu.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, False, False, proposed
