@@ -12,6 +12,7 @@ import abc
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -81,6 +82,27 @@ class Index(abc.ABC):
         transaction; returns it with ``stored_at`` set."""
 
     @abc.abstractmethod
+    def _commit(self, batch: list["_Ticket"]) -> None:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT, [t.row for t in batch])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except Exception:
+            if len(batch) == 1:
+                batch[0].error = sys.exc_info()[1]
+            else:
+                # One bad row must not fail the others: commit them one by one.
+                for ticket in batch:
+                    self._commit([ticket])
+        finally:
+            for ticket in batch:
+                ticket.done = True
+
     def has_path(self, rel_path: str) -> bool:
         """True if a row names this file (path relative to the archive root, '/'-separated)."""
 
@@ -165,6 +187,8 @@ class SQLiteIndex(Index):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
         self._closed = False
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
@@ -255,16 +279,40 @@ class SQLiteIndex(Index):
             record.pixel_value_offset, record.pixel_length,
             None if fi is None else fi.to_blob(), stored_at,
         )
+        ticket = _Ticket(row)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        # Group commit: whoever holds the writer lock commits every row queued so far in one
+        # transaction, so concurrent stores share one WAL fsync instead of paying one each.
         with self._write_lock:
-            conn = self._writer
+            if not ticket.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if ticket.error is not None:
+            raise ticket.error
+        return replace(record, stored_at=stored_at)
+
+    def _commit(self, batch: list["_Ticket"]) -> None:
+        conn = self._writer
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(_INSERT, row)
+                conn.executemany(_INSERT, [t.row for t in batch])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return replace(record, stored_at=stored_at)
+        except Exception:
+            if len(batch) == 1:
+                batch[0].error = sys.exc_info()[1]
+            else:
+                # One bad row must not fail the others: commit them one by one.
+                for ticket in batch:
+                    self._commit([ticket])
+        finally:
+            for ticket in batch:
+                ticket.done = True
 
     def has_path(self, rel_path: str) -> bool:
         return self._reader().execute(
@@ -278,3 +326,13 @@ class SQLiteIndex(Index):
         for conn in conns:
             conn.close()
 
+
+class _Ticket:
+    """One row waiting for the group commit in :meth:`SQLiteIndex.put`."""
+
+    __slots__ = ("row", "done", "error")
+
+    def __init__(self, row: tuple) -> None:
+        self.row = row
+        self.done = False
+        self.error: BaseException | None = None

@@ -125,7 +125,8 @@ class LocalFileStore(FileStore):
 
     def sync(self, fd: int) -> None:
         if self.fsync:
-            os.fsync(fd)
+            # fdatasync skips timestamps but still flushes the size a reader needs (fdatasync(2)).
+            getattr(os, "fdatasync", os.fsync)(fd)
 
     def _sync_dir(self, path: str) -> None:
         # A rename or link is durable only once its directory is fsynced (POSIX fsync(2)).
