@@ -111,7 +111,7 @@ def main() -> None:
 
     print(f"generating {args.ct} CT instances and {args.multiframe} multi-frame instances ...", flush=True)
     _, ct = dicomgen.ct_series(args.ct)
-    frames = [325, 350, 400, 500][: args.multiframe]  # 512x512x16 bit: 85-131 MB
+    frames = [170, 200, 225, 250][: args.multiframe]  # 512x512x16 bit: 89-131 MB
     big = [dicomgen.multiframe_instance(n, 512, 512) for n in frames]
     workloads = [
         ("CT, 1 per request, 1 client", [multipart([c]) for c in ct], 1, len(ct)),
