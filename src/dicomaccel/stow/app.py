@@ -245,7 +245,10 @@ class StowApp:
                     other.append(FailedInstance(FailureReason.CANNOT_UNDERSTAND,
                                                 comment=f"part of type {kind[:40]!r} is not application/dicom"))
                     return
-            incoming = self.archive.begin()
+            try:
+                incoming = self.archive.begin()
+            except StoreFailure as failure:  # e.g. A710: the reserve was reached meanwhile
+                order.append(_failed(failure))
 
         try:
             while True:
