@@ -82,27 +82,6 @@ class Index(abc.ABC):
         transaction; returns it with ``stored_at`` set."""
 
     @abc.abstractmethod
-    def _commit(self, batch: list["_Ticket"]) -> None:
-        conn = self._writer
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT, [t.row for t in batch])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except Exception:
-            if len(batch) == 1:
-                batch[0].error = sys.exc_info()[1]
-            else:
-                # One bad row must not fail the others: commit them one by one.
-                for ticket in batch:
-                    self._commit([ticket])
-        finally:
-            for ticket in batch:
-                ticket.done = True
-
     def has_path(self, rel_path: str) -> bool:
         """True if a row names this file (path relative to the archive root, '/'-separated)."""
 
