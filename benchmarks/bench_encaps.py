@@ -10,13 +10,13 @@ smallest legal items (PS3.5 A.4), as the adversarial case for the item walk.
 
 from __future__ import annotations
 
-import importlib
 from io import BytesIO
 
 import pytest
 from pydicom.encaps import encapsulate as pd_encapsulate
 from pydicom.encaps import generate_frames, get_frame
 
+from benchmarks._timing import implementations
 from benchmarks.ratios_encaps import FRAMES, INDEX, pydicom_fragments, workload
 
 _ITEM = b"\xfe\xff\x00\xe0"
@@ -25,16 +25,7 @@ MARKER_FRAMES = 20_000
 TINY_FRAGMENTS = 200_000
 
 
-def _implementations() -> list:
-    params = [pytest.param(importlib.import_module("dicomaccel._encaps_py"), id="py")]
-    try:
-        params.append(pytest.param(importlib.import_module("dicomaccel._encaps_c"), id="c"))
-    except ImportError:
-        pass
-    return params
-
-
-@pytest.fixture(params=_implementations())
+@pytest.fixture(params=implementations("encaps"), ids=lambda m: m.__name__.rsplit("_", 1)[1])
 def impl(request):
     return request.param
 

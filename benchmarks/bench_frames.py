@@ -9,27 +9,24 @@ re-packing paths.
 
 from __future__ import annotations
 
-import importlib
 import random
 
 import pytest
 from pydicom.pixels import pixel_array
 
+from benchmarks._timing import implementations
 from benchmarks.ratios_frames import (
-    COLUMNS, FRAMES, GATHER, INDEX, ROWS, open_frames, write_instance,
+    COLUMNS,
+    FRAMES,
+    GATHER,
+    INDEX,
+    ROWS,
+    open_frames,
+    write_instance,
 )
 
 
-def _implementations() -> list:
-    params = [pytest.param(importlib.import_module("dicomaccel._frames_py"), id="py")]
-    try:
-        params.append(pytest.param(importlib.import_module("dicomaccel._frames_c"), id="c"))
-    except ImportError:
-        pass
-    return params
-
-
-@pytest.fixture(params=_implementations())
+@pytest.fixture(params=implementations("frames"), ids=lambda m: m.__name__.rsplit("_", 1)[1])
 def impl(request):
     return request.param
 

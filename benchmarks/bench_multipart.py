@@ -9,26 +9,26 @@ from inside a part, fed again and again.
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
+from benchmarks._timing import implementations
 from benchmarks.ratios_multipart import (
-    BOUNDARY, SMALL_PART_BYTES, SMALL_PARTS, adversarial_body, build_body, chunked,
-    find_loop, mid_part_feed, mid_part_write, python_multipart, scan, small_parts_body,
+    BOUNDARY,
+    SMALL_PART_BYTES,
+    SMALL_PARTS,
+    adversarial_body,
+    build_body,
+    chunked,
+    find_loop,
+    mid_part_feed,
+    mid_part_write,
+    python_multipart,
+    scan,
+    small_parts_body,
 )
 
 
-def _implementations() -> list:
-    params = [pytest.param(importlib.import_module("dicomaccel._multipart_py"), id="py")]
-    try:
-        params.append(pytest.param(importlib.import_module("dicomaccel._multipart_c"), id="c"))
-    except ImportError:
-        pass
-    return params
-
-
-@pytest.fixture(params=_implementations())
+@pytest.fixture(params=implementations("multipart"), ids=lambda m: m.__name__.rsplit("_", 1)[1])
 def impl(request):
     return request.param
 

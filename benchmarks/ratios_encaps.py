@@ -13,14 +13,12 @@ Timings are best-of-N with time.perf_counter.
 
 from __future__ import annotations
 
-import gc
-import importlib
 import struct
-import time
-from collections.abc import Callable
 from io import BytesIO
 
 from pydicom.encaps import generate_fragments, get_frame, parse_basic_offsets
+
+from benchmarks._timing import best, implementations
 
 FRAMES = 100_000
 FRAGMENT_SIZE = 100
@@ -50,29 +48,6 @@ def pydicom_fragments(value: bytes) -> list[bytes]:
     return list(generate_fragments(fp))
 
 
-def best(fn: Callable[[], object], *, number: int, repeat: int) -> float:
-    """Best-of-`repeat` mean seconds per call over `number` calls."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        gc.collect()
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return min(times)
-
-
-def implementations() -> list:
-    mods = []
-    for name in ("dicomaccel._encaps_c", "dicomaccel._encaps_py"):
-        try:
-            mods.append(importlib.import_module(name))
-        except ImportError:
-            pass
-    return mods
-
-
 def measure() -> list[dict]:
     """Return one row per (benchmark, layout, implementation); ratio = baseline_s / ours_s."""
     rows = []
@@ -86,7 +61,7 @@ def measure() -> list[dict]:
             lambda: get_frame(value, INDEX, number_of_frames=FRAMES), number=1, repeat=5
         )
         reference = get_frame(value, INDEX, number_of_frames=FRAMES)
-        for module in implementations():
+        for module in implementations("encaps"):
             impl = module.__name__.rsplit("_", 1)[-1]
             slow = impl == "py"
             ef = module.EncapsulatedFrames(value, FRAMES)

@@ -12,11 +12,9 @@ geometry in its index) and takes a zero-copy view, or copies it out with ``bytes
 from __future__ import annotations
 
 import gc
-import importlib
 import mmap
 import struct
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from benchmarks._timing import best, implementations
 
 ROWS = COLUMNS = 512
 FRAMES = 250  # 512 * 512 * 2 bytes * 250 = 131 072 000 bytes
@@ -83,28 +83,6 @@ def open_frames(module, path: Path, offset: int):
     return mm, nf
 
 
-def best(fn: Callable[[], object], *, number: int, repeat: int) -> float:
-    """Best-of-`repeat` mean seconds per call over `number` calls."""
-    fn()  # warm: page faults on the mapping, imports, caches
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return min(times)
-
-
-def _implementations() -> list:
-    mods = []
-    for name in ("dicomaccel._frames_c", "dicomaccel._frames_py"):
-        try:
-            mods.append(importlib.import_module(name))
-        except ImportError:
-            pass
-    return mods
-
-
 def measure() -> list[dict]:
     """Return one row per (benchmark, implementation): ours vs pydicom, ratio = baseline/ours."""
     rows = []
@@ -120,7 +98,7 @@ def measure() -> list[dict]:
         )
         baseline = "pydicom.pixels.pixel_array(path, index=N).tobytes()"
 
-        for module in _implementations():
+        for module in implementations("frames"):
             impl = module.__name__.rsplit("_", 1)[-1]
             mm, nf = open_frames(module, path, offset)
             assert bytes(nf.frame(INDEX)) == pixel_array(path, index=INDEX).tobytes()

@@ -15,12 +15,12 @@ time.perf_counter.
 from __future__ import annotations
 
 import gc
-import importlib
 import struct
-import time
 from collections.abc import Callable
 
 import numpy as np
+
+from benchmarks._timing import best, implementations
 
 BOUNDARY = b"8f14e45fceea167a5a36dedd4bea2543"  # uuid4().hex, as DICOMweb clients send
 PARTS = 200
@@ -145,28 +145,6 @@ def python_multipart(chunks: list) -> int:
     return total
 
 
-def best(fn: Callable[[], object], *, repeat: int, number: int = 1) -> float:
-    """Best-of-`repeat` mean seconds per call over `number` calls (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return min(times)
-
-
-def implementations() -> list:
-    mods = []
-    for name in ("dicomaccel._multipart_c", "dicomaccel._multipart_py"):
-        try:
-            mods.append(importlib.import_module(name))
-        except ImportError:
-            pass
-    return mods
-
-
 PART_HEAD = b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n"
 
 
@@ -209,7 +187,7 @@ def measure() -> list[dict]:
     t_pm_mid = best(mid_part_write(mid), repeat=7, number=2000)
 
     rows = []
-    for module in implementations():
+    for module in implementations("multipart"):
         impl = module.__name__.rsplit("_", 1)[-1]
         assert scan(module, chunks) == sum(sizes)
         ours = best(lambda: scan(module, chunks), repeat=15 if impl == "c" else 5)
