@@ -441,13 +441,6 @@ def test_bad_identifier_is_a900_with_error_comment(shared_server, corpus, case):
     assert result.received == []
 
 
-def test_frame_level_is_a_clear_failure_not_a_crash(shared_server, corpus):
-    ident = identifier("FRAME", SOPInstanceUID=corpus.uids["C"][0], SimpleFrameList=[1])
-    result = c_get(shared_server.dimse_port, INSTANCE_ROOT, ident, storage=[(MULTIFRAME, EXPLICIT_ONLY)])
-    assert [s.Status for s, _ in result.responses] == [0xAA02]
-    assert result.final.ErrorComment
-
-
 def test_without_bulk_data(shared_server, corpus):
     uids = corpus.uids["W"] + corpus.uids["C"][:1]
     result = c_get(shared_server.dimse_port, WITHOUT_BULK, identifier("IMAGE", SOPInstanceUID=uids),

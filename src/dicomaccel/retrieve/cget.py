@@ -5,6 +5,15 @@ instance's SOP Class and on which the SCU accepted the SCP role (PS3.4 C.5.3). T
 transfer syntax is sent as stored: the PDVs are memoryview slices of an mmap of the file.
 Only when the SCU accepted no context for it is the instance transcoded (transcode.py), in a
 worker thread, so one association's decoding never stalls the event loop.
+
+FRAME level (Composite Instance Root, PS3.4 Annex Y) makes exactly one sub-operation: the
+named source instance is looked up in the index, the new instance is built from its header
+and the selected frames' byte ranges (:func:`.extraction.extract_frames`, in the worker
+pool) and sent with its own SOP Instance UID; it is transcoded only when the SCU accepted no
+context in the source's transfer syntax. Every failure is final: the status says why (AAxx
+from extraction, C000 for an unknown or unreadable source, A702 when the sub-operation
+itself fails), the one sub-operation is counted as failed and the Failed SOP Instance UID
+List names the source instance (the new UID means nothing to the SCU that asked).
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.negotiation import PresentationContext
 from ..status import Status, status_category
 from .bulkdata import strip_bulk_data
+from .extraction import ExtractedInstance, extract_frames
+from .framelist import FrameExtractionError
 from .identifier import (
     COMPOSITE_INSTANCE_WITHOUT_BULK_DATA_GET,
     IdentifierError,
@@ -104,15 +115,15 @@ class CGetSCP:
     """The handler for C-GET-RQ: ``await scp(assoc, request)``.
 
     Serves Patient Root and Study Root (PATIENT / STUDY / SERIES / IMAGE), Composite
-    Instance Root (IMAGE; FRAME answers AA02 for now) and Composite Instance Retrieve
-    Without Bulk Data (IMAGE) from ``archive``.
+    Instance Root (IMAGE and FRAME) and Composite Instance Retrieve Without Bulk Data
+    (IMAGE) from ``archive``.
 
     Parameters
     ----------
     archive : dicomaccel.archive.Archive
         Where the instances come from.
     executor : concurrent.futures.Executor, optional
-        Runs transcoding and bulk-data removal (CPU-heavy). Default: a pool of
+        Runs transcoding, bulk-data removal and frame extraction (CPU-heavy). Default: a pool of
         ``os.cpu_count()`` threads shared by all associations, created on first use; index
         look-ups use the event loop's default executor, so they never queue behind decoding.
     """
@@ -140,14 +151,14 @@ class CGetSCP:
                 None, decode_identifier, request.dataset, request.transfer_syntax
             )
             query = parse_identifier(sop_class, identifier)
-            if query.level == "FRAME":
-                # Built by the FRAME-level service (PS3.4 Annex Y); until it exists we say so.
-                raise IdentifierError("FRAME level retrieve is not supported yet", Status.CANNOT_EXTRACT_FRAMES)
         except IdentifierError as err:
             fields = {"ErrorComment": err.comment}
             if err.offending is not None:
                 fields["OffendingElement"] = [err.offending]
             await assoc.respond(request, err.status, **fields)
+            return
+        if query.level == "FRAME":
+            await self.retrieve_frames(assoc, request, query)
             return
 
         records, groups = await loop.run_in_executor(None, self._match, query)
@@ -203,6 +214,82 @@ class CGetSCP:
         if status == Status.OUT_OF_RESOURCES_SUBOPERATIONS:
             fields["ErrorComment"] = "every sub-operation failed"
         await assoc.respond(request, status, dataset, **fields)
+
+    # ------------------------------------------------------------ FRAME level (Annex Y)
+
+    async def retrieve_frames(self, assoc: Association, request: Request, query: RetrieveRequest) -> None:
+        """Serve a FRAME-level C-GET: one new instance, one C-STORE sub-operation (PS3.4 Y.4.2.3).
+
+        Parameters
+        ----------
+        assoc : Association
+            The C-GET's association.
+        request : Request
+            The C-GET-RQ; its final response is sent here.
+        query : RetrieveRequest
+            A FRAME-level request from :func:`.identifier.parse_identifier` (one SOP
+            Instance UID, one Frame Range Key).
+        """
+        loop = asyncio.get_running_loop()
+        (source_uid,) = query.sop_instance_uids
+        keyword, values = query.frame_key
+        counters = SubOperations(remaining=1)
+        record = await loop.run_in_executor(None, self.archive.get, source_uid)
+        if record is None:
+            # The standard has no status for an unknown source; a Success with zero
+            # sub-operations would hide the error, so it is a failure (C000, IMPL).
+            await self._frame_failure(assoc, request, counters, source_uid, Status.UNABLE_TO_PROCESS,
+                                      "source SOP Instance UID not found")
+            return
+        # Y.3.3: the new instance keeps the source's SOP Class and transfer syntax.
+        context = _pick_context(assoc.storage_contexts(record.sop_class_uid), record.transfer_syntax_uid, False)
+        if context is None:
+            # PS3.4 C.4.3.3.1: no usable presentation context -> the sub-operation fails,
+            # found out before any work is done.
+            await self._frame_failure(assoc, request, counters, source_uid, Status.OUT_OF_RESOURCES_SUBOPERATIONS,
+                                      "no accepted Storage SCP context for the source SOP Class")
+            return
+        # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ the sub-operation is not started (checked
+        # again once the new instance exists: extraction may take a while).
+        if request.cancelled.is_set():
+            await self._final(assoc, request, counters)
+            return
+        try:
+            instance, data = await loop.run_in_executor(
+                self.executor, _extract, record, keyword, values, context.transfer_syntax
+            )
+        except FrameExtractionError as exc:
+            await self._frame_failure(assoc, request, counters, source_uid, exc.status, exc.comment)
+            return
+        except TranscodeError as exc:
+            log.warning("cannot send frames of %s in %s: %s", source_uid, context.transfer_syntax, exc)
+            await self._frame_failure(assoc, request, counters, source_uid, Status.OUT_OF_RESOURCES_SUBOPERATIONS,
+                                      "cannot produce an accepted transfer syntax")
+            return
+        except OSError as exc:
+            log.error("cannot read %s: %s", record.path, exc)
+            await self._frame_failure(assoc, request, counters, source_uid, Status.UNABLE_TO_PROCESS,
+                                      "cannot read the source instance")
+            return
+        if request.cancelled.is_set():
+            await self._final(assoc, request, counters)
+            return
+        priority = request.command.get("Priority", 0)
+        rsp = await assoc.send_c_store(context, sop_class_uid=instance.sop_class_uid,
+                                       sop_instance_uid=instance.sop_instance_uid, dataset=data,
+                                       priority=priority)
+        counters.record(status_category(rsp.get("Status", 0xC000)), source_uid)
+        await self._final(assoc, request, counters)
+
+    async def _frame_failure(self, assoc: Association, request: Request, counters: SubOperations,
+                             source_uid: str, status: int, comment: str) -> None:
+        # PS3.4 Y.4.2.3.1: the new instance could not be made, so its one sub-operation
+        # failed; the final status says why (Table Y.4-2) and the Identifier lists the source.
+        counters.record("failure", source_uid)
+        ds = Dataset()
+        ds.FailedSOPInstanceUIDList = counters.failed_uids
+        await assoc.respond(request, status, encode_dataset(ds, request.transfer_syntax),
+                            ErrorComment=comment, **counters.fields(with_remaining=False))
 
     async def store(self, assoc: Association, record: InstanceRecord, priority: int,
                     without_bulk: bool = False) -> str:
@@ -292,6 +379,16 @@ def _pick_context(contexts: list[PresentationContext], stored: str,
         if syntax in by_syntax:
             return by_syntax[syntax]
     return contexts[0] if without_bulk else None
+
+
+def _extract(record: InstanceRecord, keyword: str, values: tuple,
+             target: str) -> tuple[ExtractedInstance, list | bytes]:
+    """The new instance of a FRAME retrieve and the data set to send in ``target``."""
+    instance = extract_frames(record, keyword, values)
+    if target == instance.transfer_syntax_uid:
+        return instance, instance.dataset
+    # Extract first, then transcode only the new instance's bytes (fewer frames to decode).
+    return instance, transcode(instance.to_file_bytes(), target)
 
 
 def _prepare(record: InstanceRecord, target: str, without_bulk: bool) -> bytes:
