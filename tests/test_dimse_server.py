@@ -641,3 +641,39 @@ def test_byte_at_a_time_and_pdv_packing(serve):
         assert struct.pack("<HHLH", 0, 0x0900, 2, 0) in body and struct.pack("<HHLH", 0, 0x0120, 2, 9) in body
     assert got["dataset"] == identifier
     assert got["command"]["MessageID"] == 9 and got["command"]["Priority"] == 2
+
+
+def test_idle_timeout_spares_our_own_work_but_not_a_silent_peer(serve):
+    outcome = {}
+
+    async def slow_then_store(assoc, request):
+        await asyncio.sleep(0.8)  # our own work, longer than the idle timeout: no abort
+        outcome["after_work"] = assoc.is_established
+        (context,) = assoc.storage_contexts(CTImageStorage)
+        small = ct_instance(64)
+        start = time.monotonic()
+        try:
+            await assoc.send_c_store(context, sop_class_uid=CTImageStorage,
+                                     sop_instance_uid=small.SOPInstanceUID, dataset=dataset_bytes(small))
+        finally:
+            # Ended by the abort, not by the peer's answer 5 s later.
+            outcome["store_seconds"] = time.monotonic() - start
+
+    server = serve(handlers={messages.C_GET_RQ: slow_then_store}, idle_timeout=0.3)
+
+    def on_store(event):
+        time.sleep(5)  # a peer that never answers in time
+        return 0x0000
+
+    ae = scu(contexts=())
+    ae.add_requested_context(GET)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", server.port, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    list(assoc.send_c_get(_get_identifier(), GET))
+    assert wait_until(lambda: assoc.is_aborted)
+    assert outcome["after_work"] is True
+    assert wait_until(lambda: "store_seconds" in outcome)
+    assert outcome["store_seconds"] < 4.0  # the idle timeout is 0.3 s, the peer answers after 5 s
+    assert wait_until(lambda: server.active_associations == 0)

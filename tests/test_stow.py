@@ -442,3 +442,16 @@ def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_pat
     finally:
         archive.close()
     assert not _tmp_files(restarted)
+
+
+def test_stalled_upload_gets_408_and_frees_its_slot(server_factory):
+    server = server_factory("--max-concurrent-stores", "1", "--body-timeout", "1")
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 64, 64)
+    body = multipart([data])
+    staller = _raw_connection(server)
+    staller.sendall(_request_head(server, len(body)) + body[:1000])  # then nothing
+    status, resp = _read_response(staller)
+    staller.close()
+    assert status == 408, resp
+    assert not _tmp_files(server)
+    assert post(server, multipart([data]))[0] == 200  # the slot is free again

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest STOW-RS request body, e.g. 4G (default: unlimited)")
     serve.add_argument("--max-instance-size", type=_size, default=None,
                        help="largest single instance, e.g. 2G (default: unlimited)")
+    serve.add_argument("--body-timeout", type=float, default=60.0,
+                       help="seconds a STOW-RS upload may send nothing before 408 (default: 60)")
     serve.add_argument("--min-free-space", type=_size, default=256 * 2**20,
                        help="free disk space kept in reserve; below it stores fail with A710 (default: 256M)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             store_queue_wait=args.store_queue_wait,
             max_request_bytes=args.max_request_size,
             max_instance_bytes=args.max_instance_size,
+            body_timeout=args.body_timeout,
             min_free_bytes=args.min_free_space,
             log_level=args.log_level,
         )

@@ -17,6 +17,8 @@ from .stow import create_app
 
 log = logging.getLogger("dicomaccel")
 
+MAX_IDENTIFIER_SIZE = 1 << 20
+
 
 @dataclass
 class ServeConfig:
@@ -36,6 +38,7 @@ class ServeConfig:
     store_queue_wait: float = 30.0
     max_request_bytes: int | None = None
     max_instance_bytes: int | None = None
+    body_timeout: float = 60.0
     min_free_bytes: int = 256 * 2**20
     log_level: str = "info"
 
@@ -50,6 +53,7 @@ async def serve(config: ServeConfig) -> None:
         queue_wait=config.store_queue_wait,
         max_request_bytes=config.max_request_bytes,
         max_instance_bytes=config.max_instance_bytes,
+        body_timeout=config.body_timeout,
     )
     http = uvicorn.Server(
         uvicorn.Config(
@@ -75,6 +79,8 @@ async def serve(config: ServeConfig) -> None:
         calling_ae_allow=config.calling_ae_allow,
         artim_timeout=config.artim_timeout,
         idle_timeout=config.idle_timeout,
+        # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
+        max_dataset_size=MAX_IDENTIFIER_SIZE,
     )
     task = asyncio.create_task(http.serve())
     try:

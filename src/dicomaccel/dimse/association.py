@@ -402,6 +402,8 @@ class DIMSEProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        # The peer is reading what we send: that is progress for the idle timer too.
+        self._last_activity = self._loop.time()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -690,14 +692,19 @@ class DIMSEProtocol(asyncio.Protocol):
         timeout = self._config.idle_timeout
         now = self._loop.time()
         assoc = self.assoc
-        if assoc._current is not None or assoc._pending or self._queue:
+        # Our own work (extraction, transcoding) may take long; a peer that neither answers
+        # our C-STORE-RQ nor reads what we write may not: it would hold the association and
+        # its mmaps forever.
+        waiting_on_peer = bool(assoc._pending) or self._write_paused
+        if (assoc._current is not None or self._queue) and not waiting_on_peer:
             self._idle = self._loop.call_later(timeout, self._idle_check)
             return
         due = self._last_activity + timeout
         if now < due:
             self._idle = self._loop.call_at(due, self._idle_check)
             return
-        logger.info("association with %s idle for %.0f s: aborting", self._peer(), timeout)
+        logger.info("association with %s idle for %.0f s%s: aborting", self._peer(), timeout,
+                    " while we wait on it" if waiting_on_peer else "")
         self._event("Evt15")
 
     # ----------------------------------------------------------------- P-DATA (PS3.8 §9.3.5, Annex E)

@@ -130,8 +130,9 @@ async def start_dimse_server(
         PS3.8 §9.1.5 ARTIM, seconds: how long a connection may wait for its
         A-ASSOCIATE-RQ, and how long we wait for the peer to close after RJ, RP or ABORT.
     idle_timeout : float or None
-        An established association with no traffic and no operation in progress for this
-        long is aborted (A-ABORT, source 0). ``None`` disables it.
+        An established association with no traffic for this long is aborted (A-ABORT,
+        source 0): when no operation is in progress, or while we wait on the peer (for a
+        C-STORE-RSP, or for it to read what we write). ``None`` disables it.
     require_called_ae : bool
         Reject (1, 1, 7) an A-ASSOCIATE-RQ whose Called AE Title is not ``ae_title``.
     calling_ae_allow : iterable of str, optional

@@ -41,6 +41,10 @@ class _RequestTooLarge(Exception):
     pass
 
 
+class _BodyStalled(Exception):
+    pass
+
+
 def create_app(
     archive: Archive,
     *,
@@ -52,6 +56,7 @@ def create_app(
     max_instance_bytes: int | None = None,
     max_parts: int = 10000,
     commits_in_flight: int = 4,
+    body_timeout: float | None = 60.0,
     executor: ThreadPoolExecutor | None = None,
 ) -> "StowApp":
     """Build the STOW-RS ASGI application over ``archive``.
@@ -72,6 +77,9 @@ def create_app(
         Most parts accepted in one request.
     commits_in_flight : int
         Parts of one request being committed in worker threads while the body keeps streaming.
+    body_timeout : float, optional
+        Seconds a request may go without sending body data before it is answered 408 and
+        its store slot freed (a stalled client must not hold a slot); ``None``: no limit.
     """
     return StowApp(
         archive,
@@ -85,6 +93,7 @@ def create_app(
         max_instance_bytes=max_instance_bytes,
         max_parts=max_parts,
         commits_in_flight=commits_in_flight,
+        body_timeout=body_timeout,
         executor=executor,
     )
 
@@ -100,6 +109,7 @@ class StowApp:
         max_instance_bytes: int | None,
         max_parts: int,
         commits_in_flight: int,
+        body_timeout: float | None,
         executor: ThreadPoolExecutor | None,
     ) -> None:
         self.archive = archive
@@ -109,6 +119,7 @@ class StowApp:
         self.max_instance_bytes = max_instance_bytes
         self.max_parts = max_parts
         self.commits_in_flight = max(1, commits_in_flight)
+        self.body_timeout = body_timeout
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(
             max_workers=max(4, gate.limit * self.commits_in_flight), thread_name_prefix="stow-commit"
@@ -252,7 +263,10 @@ class StowApp:
 
         try:
             while True:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                except asyncio.TimeoutError:
+                    raise _BodyStalled(f"no body data for {self.body_timeout:g} s") from None
                 if message["type"] == "http.disconnect":
                     raise _ClientGone
                 chunk = message.get("body", b"")
@@ -293,6 +307,8 @@ class StowApp:
             error = (400, f"Malformed multipart body: {exc}")
         except _RequestTooLarge as exc:
             error = (413, str(exc).capitalize())
+        except _BodyStalled as exc:
+            error = (408, f"Request timeout: {exc}")
         finally:
             if incoming is not None:
                 incoming.abort()
