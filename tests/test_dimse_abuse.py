@@ -1,0 +1,105 @@
+"""Protocol abuse against a real `dicomaccel serve`: it answers as PS3.8 says, keeps serving
+others, and its memory returns to where it was."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+import dicomgen
+from test_dimse_server import associate_rq, command_set, dataset_bytes, p_data, recv_pdu
+from test_stow import multipart, post
+
+STUDY_GET = b"1.2.840.10008.5.1.4.1.2.2.3"
+MULTIFRAME = dicomgen.MULTIFRAME_CLASS.encode()
+
+
+def vm_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def echo(port: int) -> bool:
+    ae = AE(ae_title="ECHO")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMACCEL")
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().Status == 0
+    assoc.release()
+    return ok
+
+
+def answer(port: int, payload: bytes) -> int | None:
+    """Send ``payload`` on a new connection; the type of the PDU we get back (None: closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        try:
+            return recv_pdu(sock)[0]
+        except (ConnectionError, OSError):
+            return None
+
+
+def vanish_mid_c_get(port: int, study_uid: str) -> None:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = study_uid
+    get_cmd = command_set((0x0002, STUDY_GET + b"\x00"), (0x0100, b"\x10\x00"), (0x0110, b"\x01\x00"),
+                          (0x0700, b"\x00\x00"), (0x0800, b"\x01\x00"))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(associate_rq(contexts=((1, STUDY_GET, (b"1.2.840.10008.1.2",)),
+                                        (3, MULTIFRAME, (b"1.2.840.10008.1.2.1",))),
+                              roles=((MULTIFRAME, 0, 1),)))
+    assert recv_pdu(sock)[0] == 0x02
+    sock.sendall(p_data(1, 0x03, get_cmd) + p_data(1, 0x02, dataset_bytes(ident, implicit=True)))
+    assert recv_pdu(sock)[0] == 0x04  # the sub-operation has started
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # reset, no release, no abort
+
+
+def test_abuse_is_answered_and_memory_returns(server_factory):
+    server = server_factory("--max-associations", "64")
+    port = server.dimse_port
+    study = generate_uid()
+    big = dicomgen.multiframe_instance(64, 512, 512, study_uid=study)  # 33 MB, many PDUs
+    assert post(server, multipart([big]))[0] == 200
+
+    vanish_mid_c_get(port, study)
+    assert echo(port)
+    time.sleep(0.5)
+    baseline = vm_rss_mib(server.process.pid)
+
+    for _ in range(10):
+        assert answer(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(64)) in (0x07, None)  # garbage
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(associate_rq()[:20])  # a truncated PDU, then the peer is gone
+        assert answer(port, p_data(1, 0x03, b"\0" * 16)) == 0x07  # P-DATA before association
+        assert answer(port, struct.pack(">BxL", 0x01, 0xFFFFFFF0)) == 0x07  # absurd length
+        vanish_mid_c_get(port, study)
+
+    results = []
+
+    def one():
+        results.append(echo(port))
+
+    threads = [threading.Thread(target=one) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results.count(True) == 64
+
+    assert echo(port)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and vm_rss_mib(server.process.pid) > baseline + 24:
+        time.sleep(0.2)
+    assert vm_rss_mib(server.process.pid) <= baseline + 24, (baseline, vm_rss_mib(server.process.pid))
