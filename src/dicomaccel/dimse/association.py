@@ -275,10 +275,11 @@ class Association:
         """Answer ``request`` with ``status`` (plus any command ``fields`` by keyword).
 
         Builds the response command set of PS3.7 §9.3: Command Field with bit 15 set,
-        Affected SOP Class UID and Message ID Being Responded To from the request.
+        Message ID Being Responded To from the request, and the Affected SOP Class UID of the
+        context it came on (the peer's own value may be anything, even non-ASCII).
         """
         command = {
-            "AffectedSOPClassUID": request.command.get("AffectedSOPClassUID"),
+            "AffectedSOPClassUID": request.context.abstract_syntax,
             "CommandField": request.command_field | 0x8000,
             "MessageIDBeingRespondedTo": request.message_id,
             "Status": int(status),
@@ -836,6 +837,12 @@ class DIMSEProtocol(asyncio.Protocol):
                 await self._run_handler(request)
             except AssociationClosedError:
                 return
+            except Exception:
+                # Even the fallback answer failed: the association cannot be trusted to make
+                # progress, and a dead worker would leave it hanging. Abort (PS3.8 AA-1).
+                logger.exception("cannot answer request 0x%04X", request.command_field)
+                self.abort()
+                return
             finally:
                 assoc._current = None
                 if assoc._requests.get(request.message_id) is request:
@@ -859,7 +866,8 @@ class DIMSEProtocol(asyncio.Protocol):
         except Exception as exc:
             logger.exception("handler for 0x%04X failed", request.command_field)
             if not request.responded:
-                await self._answer(request, Status.PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+                # The cause is in the log; internals (paths, SQL, library messages) stay here.
+                await self._answer(request, Status.PROCESSING_FAILURE, "internal error in the service")
             return
         if not request.responded:
             if isinstance(result, int):

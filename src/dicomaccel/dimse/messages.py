@@ -82,7 +82,9 @@ def _encode_value(vr: str, value: Any) -> bytes:
     if vr == "AT":
         tags = [value] if isinstance(value, int) else list(value)
         return b"".join(_AT.pack(t >> 16, t & 0xFFFF) for t in tags)
-    raw = value.encode("ascii")
+    # Command text is the default repertoire (PS3.7 §6.3.1); anything else becomes "?"
+    # rather than an exception while answering.
+    raw = value.encode("ascii", "replace")
     if len(raw) & 1:
         # PS3.5 §6.2: UI pads with NUL, the text VRs with a space, to an even length.
         raw += b"\x00" if vr == "UI" else b" "
