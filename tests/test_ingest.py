@@ -536,3 +536,25 @@ def test_deflate_bomb_is_refused(monkeypatch):
     assert "inflates to more than" in failure(meta + stream).comment
     monkeypatch.setattr(ingest, "MAX_INFLATED_SIZE", 1 << 30)
     assert "truncated: value of (FFFC,FFFC)" in failure(meta + stream).comment
+
+
+@pytest.mark.parametrize("raw", [b"99999999999999999999", b"1_0", b"+2147483648"])
+def test_instance_number_outside_is_is_c000(raw):
+    ds = image_dataset(rows=4, columns=4)
+    ds.InstanceNumber = "7"
+    data = to_file(ds)
+    # (0020,0013) IS, length 2: "7 " -> the raw value, keeping the length field honest.
+    element = b"\x20\x00\x13\x00IS" + struct.pack("<H", 2) + b"7 "
+    padded = raw + (b" " if len(raw) % 2 else b"")
+    data = data.replace(element, b"\x20\x00\x13\x00IS" + struct.pack("<H", len(padded)) + padded)
+    err = failure(data)
+    assert err.status == FailureReason.CANNOT_UNDERSTAND and "Instance Number" in err.comment
+
+
+def test_photometric_interpretation_not_a_code_string_is_c000():
+    ds = image_dataset(rows=4, columns=4)
+    data = to_file(ds)
+    pi = ds.PhotometricInterpretation.encode()
+    data = data.replace(pi, b"MONOCHROM\xc92"[: len(pi)])
+    err = failure(data)
+    assert err.status == FailureReason.CANNOT_UNDERSTAND and "Photometric" in err.comment

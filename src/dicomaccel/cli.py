@@ -18,9 +18,27 @@ def _size(text: str) -> int:
             value = value[: -len(suffix)]
             break
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    if value and value[-1] in units:
-        return int(float(value[:-1]) * units[value[-1]])
-    return int(value)
+    try:
+        size = int(float(value[:-1]) * units[value[-1]]) if value and value[-1] in units else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return size
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,25 +57,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="reject associations whose Called AE Title is not ours (default: accept any)")
     serve.add_argument("--calling-ae", action="append", default=None, metavar="AE",
                        help="accept associations only from this Calling AE Title (repeatable; default: any)")
-    serve.add_argument("--max-associations", type=int, default=64,
+    serve.add_argument("--max-associations", type=_positive, default=64,
                        help="concurrent DICOM associations; beyond it A-ASSOCIATE-RJ (default: 64)")
-    serve.add_argument("--artim-timeout", type=float, default=30.0,
+    serve.add_argument("--artim-timeout", type=_seconds, default=30.0,
                        help="PS3.8 ARTIM timer in seconds (default: 30)")
-    serve.add_argument("--idle-timeout", type=float, default=300.0,
+    serve.add_argument("--idle-timeout", type=_seconds, default=300.0,
                        help="abort an association idle this many seconds (default: 300)")
     serve.add_argument("--fsync", choices=("always", "never"), default="always",
                        help="fsync each instance before acknowledging it (default: always)")
-    serve.add_argument("--max-concurrent-stores", type=int, default=None,
+    serve.add_argument("--max-concurrent-stores", type=_positive, default=None,
                        help="STOW-RS requests storing at once; more wait in a FIFO queue (default: 2 x CPUs)")
-    serve.add_argument("--store-queue-limit", type=int, default=64,
+    serve.add_argument("--store-queue-limit", type=_positive, default=64,
                        help="requests allowed to wait for a store slot before 503 (default: 64)")
-    serve.add_argument("--store-queue-wait", type=float, default=30.0,
+    serve.add_argument("--store-queue-wait", type=_seconds, default=30.0,
                        help="seconds a request may wait for a store slot before 503 (default: 30)")
     serve.add_argument("--max-request-size", type=_size, default=None,
                        help="largest STOW-RS request body, e.g. 4G (default: unlimited)")
     serve.add_argument("--max-instance-size", type=_size, default=None,
                        help="largest single instance, e.g. 2G (default: unlimited)")
-    serve.add_argument("--body-timeout", type=float, default=60.0,
+    serve.add_argument("--body-timeout", type=_seconds, default=60.0,
                        help="seconds a STOW-RS upload may send nothing before 408 (default: 60)")
     serve.add_argument("--min-free-space", type=_size, default=256 * 2**20,
                        help="free disk space kept in reserve; below it stores fail with A710 (default: 256M)")
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             uvloop.run(serve(config))
         except KeyboardInterrupt:
             pass
+        except OSError as exc:  # a port in use, an unwritable --data directory
+            print(f"dicomaccel: {exc}", file=sys.stderr)
+            return 1
         return 0
     return 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,11 @@ class ServeConfig:
 
 
 async def serve(config: ServeConfig) -> None:
-    """Run until SIGINT/SIGTERM; in-flight stores finish before the archive closes."""
+    """Run until SIGINT/SIGTERM.
+
+    In-flight stores get uvicorn's graceful-shutdown window (30 s) to finish; parts whose
+    bytes all arrived are committed before the archive closes, the rest are discarded.
+    """
     archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes)
     app = create_app(
         archive,
@@ -68,33 +73,37 @@ async def serve(config: ServeConfig) -> None:
             timeout_graceful_shutdown=30,
         )
     )
-    dimse = await start_dimse_server(
-        config.host,
-        config.dimse_port,
-        ae_title=config.ae_title,
-        handlers={C_GET_RQ: CGetSCP(archive)},
-        supported_abstract_syntaxes=GET_SOP_CLASSES,
-        max_associations=config.max_associations,
-        require_called_ae=config.require_called_ae,
-        calling_ae_allow=config.calling_ae_allow,
-        artim_timeout=config.artim_timeout,
-        idle_timeout=config.idle_timeout,
-        # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
-        max_dataset_size=MAX_IDENTIFIER_SIZE,
-    )
-    task = asyncio.create_task(http.serve())
     try:
-        while not http.started and not task.done():
-            await asyncio.sleep(0.01)
-        if http.started:
-            host, port = http.servers[0].sockets[0].getsockname()[:2]
+        dimse = await start_dimse_server(
+            config.host,
+            config.dimse_port,
+            ae_title=config.ae_title,
+            handlers={C_GET_RQ: CGetSCP(archive)},
+            supported_abstract_syntaxes=GET_SOP_CLASSES,
+            max_associations=config.max_associations,
+            require_called_ae=config.require_called_ae,
+            calling_ae_allow=config.calling_ae_allow,
+            artim_timeout=config.artim_timeout,
+            idle_timeout=config.idle_timeout,
+            # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
+            max_dataset_size=MAX_IDENTIFIER_SIZE,
+        )
+        try:
+            # Bound here, not by uvicorn, so a busy port is an OSError we report plainly.
+            listener = socket.create_server((config.host, config.http_port))
+            task = asyncio.create_task(http.serve(sockets=[listener]))
+            while not http.started and not task.done():
+                await asyncio.sleep(0.01)
+            host, port = listener.getsockname()[:2]
             print(f"dicomaccel: STOW-RS on http://{host}:{port}/dicomweb/studies", flush=True)
             print(f"dicomaccel: C-GET SCP on dicom://{config.host}:{dimse.port} (AE {config.ae_title})", flush=True)
             print(f"dicomaccel: archive in {Path(config.data).resolve()}", flush=True)
             print("dicomaccel: ready", flush=True)
-        # uvicorn owns SIGINT/SIGTERM: when it returns, stop the DIMSE side too.
-        await task
+            # uvicorn owns SIGINT/SIGTERM: when it returns, stop the DIMSE side too.
+            await task
+        finally:
+            dimse.close()
+            await dimse.wait_closed()
     finally:
-        dimse.close()
-        await dimse.wait_closed()
+        app.close()
         archive.close()

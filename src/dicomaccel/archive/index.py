@@ -289,6 +289,12 @@ class SQLiteIndex(Index):
                 # One bad row must not fail the others: commit them one by one.
                 for ticket in batch:
                     self._commit([ticket])
+        except BaseException as exc:
+            # Interrupted mid-batch: no row of it may be reported stored.
+            for ticket in batch:
+                if not ticket.done:
+                    ticket.error = RuntimeError(f"index commit interrupted: {exc!r}")
+            raise
         finally:
             for ticket in batch:
                 ticket.done = True

@@ -95,6 +95,8 @@ ENCAPSULATED_SYNTAXES = _FRAME_ADDRESSABLE | _NOT_FRAME_ADDRESSABLE
 _KNOWN_SYNTAXES = NATIVE_SYNTAXES | DEFLATED_SYNTAXES | ENCAPSULATED_SYNTAXES
 
 # --- Encoding constants (PS3.5 §7.1.2, §7.5) ----------------------------------------------
+_IS_VALUE = re.compile(r"[+-]?[0-9]{1,12}")
+_CS_VALUE = re.compile(r"[A-Z0-9 _]{0,16}")
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
@@ -691,13 +693,21 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
         value = text(tag)
         if not value:
             return None
-        try:
-            return int(value.split("\\")[0])
-        except ValueError:
+        first = value.split("\\")[0].strip(" ")
+        # IS (PS3.5 Table 6.2-1): at most 12 characters of an optional sign and digits, in
+        # the range -2^31 .. 2^31-1. int() alone would also take "1_0" or 10**40.
+        if not _IS_VALUE.fullmatch(first) or not -(2**31) <= int(first) < 2**31:
             raise s.failure(
                 FailureReason.CANNOT_UNDERSTAND,
                 f"{name} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not an integer: {value[:16]!r}",
-            ) from None
+            )
+        return int(first)
+
+    photometric = text(0x00280004)
+    # CS: at most 16 characters of upper case, digits, space and underscore (PS3.5 6.2).
+    if not _CS_VALUE.fullmatch(photometric):
+        raise s.failure(FailureReason.CANNOT_UNDERSTAND,
+                        f"Photometric Interpretation (0028,0004) is not a code string: {photometric[:16]!r}")
 
     frames = integer_string(0x00280008, "Number of Frames")
     tag, ppos, vpos, plen = pixel
@@ -714,7 +724,7 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
         series_uid=_uid(raw(0x0020000E)) if 0x0020000E in found else None,
         instance_number=integer_string(0x00200013, "Instance Number"),
         samples_per_pixel=us(0x00280002) or 1,
-        photometric_interpretation=text(0x00280004),
+        photometric_interpretation=photometric,
         planar_configuration=us(0x00280006) or 0,
         number_of_frames=1 if frames is None else frames,
         rows=us(0x00280010),

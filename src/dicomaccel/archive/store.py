@@ -158,6 +158,10 @@ class LocalFileStore(FileStore):
         os.rename(temp_path, marker)
         linked = False
         try:
+            # The marker must be durable before the link it announces: otherwise a crash
+            # could keep the link but turn the marker back into a *.part that recover()
+            # deletes, leaving a file no marker or row accounts for.
+            self._sync_dir(self.tmp_dir)
             self._make_dirs(os.path.dirname(final))
             os.link(marker, final)
             linked = True
@@ -173,6 +177,7 @@ class LocalFileStore(FileStore):
         rel = os.path.relpath(path, self.root).replace(os.sep, "!")
         marker = os.path.join(self.tmp_dir, f"{secrets.token_hex(8)}.obsolete!{rel}")
         os.link(path, marker)
+        self._sync_dir(self.tmp_dir)  # durable before the index stops naming the file
         return marker
 
     def finish(self, marker: str) -> None:

@@ -16,7 +16,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
-from ..archive import Archive, StoreFailure, StoreOutcome
+from ..archive import Archive, StoreFailure, StoreOutcome, is_valid_uid
 from ..errors import ParseError
 from ..multipart import CLOSE, PART_BEGIN, PART_DATA, PART_END, MultipartScanner, parse_content_type
 from ..status import FailureReason
@@ -30,7 +30,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ACCEPTED_REQUEST_TYPE = 'multipart/related; type="application/dicom"; boundary=...'
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class _ClientGone(Exception):
@@ -85,7 +84,7 @@ def create_app(
         archive,
         base_path=base_path,
         gate=StoreGate(
-            max_concurrent_stores or 2 * (os.cpu_count() or 1),
+            2 * (os.cpu_count() or 1) if max_concurrent_stores is None else max_concurrent_stores,
             queue_limit=queue_limit,
             wait_timeout=queue_wait,
         ),
@@ -164,7 +163,7 @@ class StowApp:
             await _plain(send, 405, "Method not allowed: STOW-RS accepts POST", [(b"allow", b"POST")])
             return
         study_uid = match.group(1)
-        if study_uid is not None and (len(study_uid) > 64 or not _UID.match(study_uid)):
+        if study_uid is not None and not is_valid_uid(study_uid):
             await _plain(send, 400, f"Invalid Study Instance UID in the request path: {study_uid[:80]!r}")
             return
 
@@ -193,7 +192,7 @@ class StowApp:
                 await _plain(send, 503, "The archive cannot accept writes (storage space below the reserve)",
                              [(b"retry-after", b"60")])
                 return
-            result = await self._store(scope, receive, boundary, study_uid)
+            result = await self._store(receive, boundary, study_uid, _base_url(scope, headers))
         finally:
             self.gate.release()
 
@@ -205,7 +204,8 @@ class StowApp:
             body = json.dumps(result.to_json(), separators=(",", ":")).encode()
         else:
             body = result.to_xml().encode()
-        await _respond(send, status, media, body)
+        # PS3.18 §8.5 / RFC 9110 §10.2.3: a 503 says when to come back.
+        await _respond(send, status, media, body, [(b"retry-after", b"60")] if status == 503 else ())
 
     def _check_request_type(self, headers: dict[str, str]) -> str | tuple:
         raw = headers.get("content-type")
@@ -228,13 +228,13 @@ class StowApp:
             return (400, "multipart/related Content-Type without a boundary parameter")
         return boundary
 
-    async def _store(self, scope: Scope, receive: Receive, boundary: str, study_uid: str | None):
+    async def _store(self, receive: Receive, boundary: str, study_uid: str | None, base_url: str):
         try:
             scanner = MultipartScanner(boundary, max_parts=self.max_parts)
         except ValueError as exc:
             return (400, f"Invalid multipart boundary: {exc}")
         loop = asyncio.get_running_loop()
-        base_url = _base_url(scope) + self.base_path
+        base_url += self.base_path
         commits: list[asyncio.Future] = []
         order: list[FailedInstance | asyncio.Future] = []
         incoming = None
@@ -380,8 +380,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-def _base_url(scope: Scope) -> str:
-    headers = _headers(scope)
+def _base_url(scope: Scope, headers: dict[str, str]) -> str:
     host = headers.get("host")
     if not host:
         server = scope.get("server") or ("localhost", None)
