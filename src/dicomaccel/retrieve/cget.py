@@ -54,6 +54,11 @@ log = logging.getLogger("dicomaccel.retrieve")
 # Sub-operation counters are US (PS3.7 E.1): a request matching more cannot be reported.
 MAX_SUBOPERATIONS = 0xFFFF
 
+# Identifiers up to this size are decoded on the event loop: a few elements decode in less
+# time than a hop to a worker thread and back costs; bigger ones (up to the 1 MiB cap) go to
+# a worker so the loop never stalls on one.
+_INLINE_IDENTIFIER = 4096
+
 # Alternate Representation Sequence (PS3.3 C.6.1.1.5.1), as its tag bytes appear in a file.
 _ALTERNATE_REPRESENTATION = 0x00083001
 _ALTERNATE_TAG_LE = b"\x08\x00\x01\x30"
@@ -111,6 +116,12 @@ class SubOperations:
         return out
 
 
+@dataclass(frozen=True)
+class _FrameFailure:
+    status: int
+    comment: str
+
+
 class CGetSCP:
     """The handler for C-GET-RQ: ``await scp(assoc, request)``.
 
@@ -125,7 +136,8 @@ class CGetSCP:
     executor : concurrent.futures.Executor, optional
         Runs transcoding, bulk-data removal and frame extraction (CPU-heavy). Default: a pool of
         ``os.cpu_count()`` threads shared by all associations, created on first use; index
-        look-ups use the event loop's default executor, so they never queue behind decoding.
+        look-ups use the event loop's default executor, so they never queue behind decoding
+        (except a FRAME retrieve's, made in the same worker call as its extraction).
     """
 
     def __init__(self, archive: Archive, executor: Executor | None = None) -> None:
@@ -147,9 +159,12 @@ class CGetSCP:
         loop = asyncio.get_running_loop()
         sop_class = request.command.get("AffectedSOPClassUID", "")
         try:
-            identifier = await loop.run_in_executor(
-                None, decode_identifier, request.dataset, request.transfer_syntax
-            )
+            if len(request.dataset or b"") <= _INLINE_IDENTIFIER:
+                identifier = decode_identifier(request.dataset, request.transfer_syntax)
+            else:
+                identifier = await loop.run_in_executor(
+                    None, decode_identifier, request.dataset, request.transfer_syntax
+                )
             query = parse_identifier(sop_class, identifier)
         except IdentifierError as err:
             fields = {"ErrorComment": err.comment}
@@ -230,47 +245,22 @@ class CGetSCP:
             A FRAME-level request from :func:`.identifier.parse_identifier` (one SOP
             Instance UID, one Frame Range Key).
         """
-        loop = asyncio.get_running_loop()
         (source_uid,) = query.sop_instance_uids
         keyword, values = query.frame_key
         counters = SubOperations(remaining=1)
-        record = await loop.run_in_executor(None, self.archive.get, source_uid)
-        if record is None:
-            # The standard has no status for an unknown source; a Success with zero
-            # sub-operations would hide the error, so it is a failure (C000, IMPL).
-            await self._frame_failure(assoc, request, counters, source_uid, Status.UNABLE_TO_PROCESS,
-                                      "source SOP Instance UID not found")
-            return
-        # Y.3.3: the new instance keeps the source's SOP Class and transfer syntax.
-        context = _pick_context(assoc.storage_contexts(record.sop_class_uid), record.transfer_syntax_uid, False)
-        if context is None:
-            # PS3.4 C.4.3.3.1: no usable presentation context -> the sub-operation fails,
-            # found out before any work is done.
-            await self._frame_failure(assoc, request, counters, source_uid, Status.OUT_OF_RESOURCES_SUBOPERATIONS,
-                                      "no accepted Storage SCP context for the source SOP Class")
-            return
-        # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ the sub-operation is not started (checked
-        # again once the new instance exists: extraction may take a while).
-        if request.cancelled.is_set():
+        # One hop to a worker for the index look-up, the context choice and the extraction:
+        # each hop costs a thread wake-up and an event-loop turn, more than the look-up.
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._frame_instance, assoc, request, source_uid, keyword, values
+        )
+        if outcome is None:  # cancelled before the sub-operation started
             await self._final(assoc, request, counters)
             return
-        try:
-            instance, data = await loop.run_in_executor(
-                self.executor, _extract, record, keyword, values, context.transfer_syntax
-            )
-        except FrameExtractionError as exc:
-            await self._frame_failure(assoc, request, counters, source_uid, exc.status, exc.comment)
+        if isinstance(outcome, _FrameFailure):
+            await self._frame_failure(assoc, request, counters, source_uid, outcome.status,
+                                      outcome.comment)
             return
-        except TranscodeError as exc:
-            log.warning("cannot send frames of %s in %s: %s", source_uid, context.transfer_syntax, exc)
-            await self._frame_failure(assoc, request, counters, source_uid, Status.OUT_OF_RESOURCES_SUBOPERATIONS,
-                                      "cannot produce an accepted transfer syntax")
-            return
-        except OSError as exc:
-            log.error("cannot read %s: %s", record.path, exc)
-            await self._frame_failure(assoc, request, counters, source_uid, Status.UNABLE_TO_PROCESS,
-                                      "cannot read the source instance")
-            return
+        context, instance, data = outcome
         if request.cancelled.is_set():
             await self._final(assoc, request, counters)
             return
@@ -280,6 +270,39 @@ class CGetSCP:
                                        priority=priority)
         counters.record(status_category(rsp.get("Status", 0xC000)), source_uid)
         await self._final(assoc, request, counters)
+
+    def _frame_instance(self, assoc: Association, request: Request, source_uid: str, keyword: str,
+                        values: tuple) -> tuple | _FrameFailure | None:
+        """In a worker: the context and new instance of a FRAME retrieve, a failure, or None
+        if the C-GET was cancelled first."""
+        record = self.archive.get(source_uid)
+        if record is None:
+            # The standard has no status for an unknown source; a Success with zero
+            # sub-operations would hide the error, so it is a failure (C000, IMPL).
+            return _FrameFailure(Status.UNABLE_TO_PROCESS, "source SOP Instance UID not found")
+        # Y.3.3: the new instance keeps the source's SOP Class and transfer syntax. The
+        # negotiated contexts no longer change, so reading them here is safe.
+        context = _pick_context(assoc.storage_contexts(record.sop_class_uid), record.transfer_syntax_uid, False)
+        if context is None:
+            # PS3.4 C.4.3.3.1: no usable presentation context -> the sub-operation fails,
+            # found out before any work is done.
+            return _FrameFailure(Status.OUT_OF_RESOURCES_SUBOPERATIONS,
+                                 "no accepted Storage SCP context for the source SOP Class")
+        # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ the sub-operation is not started (checked
+        # again once the new instance exists: extraction may take a while).
+        if request.cancelled.is_set():
+            return None
+        try:
+            instance, data = _extract(record, keyword, values, context.transfer_syntax)
+        except FrameExtractionError as exc:
+            return _FrameFailure(exc.status, exc.comment)
+        except TranscodeError as exc:
+            log.warning("cannot send frames of %s in %s: %s", source_uid, context.transfer_syntax, exc)
+            return _FrameFailure(Status.OUT_OF_RESOURCES_SUBOPERATIONS, "cannot produce an accepted transfer syntax")
+        except OSError as exc:
+            log.error("cannot read %s: %s", record.path, exc)
+            return _FrameFailure(Status.UNABLE_TO_PROCESS, "cannot read the source instance")
+        return context, instance, data
 
     async def _frame_failure(self, assoc: Association, request: Request, counters: SubOperations,
                              source_uid: str, status: int, comment: str) -> None:

@@ -4,7 +4,9 @@
 a C-GET/C-MOVE at FRAME level sends. It reads the source header (everything before Pixel
 Data) and the selected frames' bytes, and never decodes pixels: native frames are sliced
 (bit-shifted when Bits Allocated is 1), encapsulated frames keep their fragments byte for
-byte behind a new Basic Offset Table.
+byte behind a new Basic Offset Table. With an archive record the header is read from the
+stored offsets; only the elements the rules below change or read are decoded, and the
+new header is written with every other element's bytes copied from the source.
 
 Transformations applied (copy to docs/conformance.md)
 -----------------------------------------------------
@@ -12,7 +14,8 @@ Y.3.3 rules:
 
 * Same SOP Class; a new SOP Instance UID under the dicomaccel UID root (data set, returned
   object and File Meta agree). Patient, Study, Series and all other attributes keep the
-  source values unless listed here. A source without Number of Frames (0028,0008) is not a
+  source values unless listed here; top-level elements outside sequences keep their encoded
+  bytes (VR and value as stored), sequences are re-encoded by pydicom. A source without Number of Frames (0028,0008) is not a
   multi-frame instance and is refused with AA01.
 * Number of Frames = number of frames extracted; the frames are the Frame List, in source
   order.
@@ -79,6 +82,7 @@ Referenced sources are refused with AA02.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
@@ -88,11 +92,17 @@ from datetime import date, datetime, timedelta
 from io import BytesIO
 
 from pydicom import dcmread
-from pydicom.filereader import read_file_meta_info
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filewriter import (
+    write_data_element,
+    write_file_meta_info,
+    write_sequence_item,
+)
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
@@ -174,6 +184,9 @@ CINE_RATE = 0x00180040
 RECOMMENDED_DISPLAY_FRAME_RATE = 0x00082144
 EFFECTIVE_DURATION = 0x00180072
 IMAGE_TRIGGER_DELAY = 0x00181067
+CONTENT_DATE, CONTENT_TIME = 0x00080023, 0x00080033
+ACQUISITION_DATE, ACQUISITION_TIME, ACQUISITION_DATETIME = 0x00080022, 0x00080032, 0x0008002A
+SIMPLE_FRAME_LIST, CALCULATED_FRAME_LIST, TIME_RANGE = 0x00081161, 0x00081162, 0x00081163
 
 _PURPOSE = ("109105", "DCM", "Frame Extracting Equipment")  # PS3.16 CID 7005
 
@@ -337,8 +350,11 @@ def _read_header(f, record: InstanceRecord | None) -> tuple[Dataset, int]:
     """The source data set up to Pixel Data, and the file offset of the Pixel Data element."""
     try:
         if record is not None:
-            head = f.read(record.pixel_offset)
-            return dcmread(BytesIO(head)), record.pixel_offset
+            # The index already validated preamble and File Meta: read the data set only.
+            f.seek(record.dataset_offset)
+            head = f.read(record.pixel_offset - record.dataset_offset)
+            implicit = record.transfer_syntax_uid == IMPLICIT_VR_LE
+            return read_dataset(BytesIO(head), implicit, True), record.pixel_offset
         ds = dcmread(f, stop_before_pixels=True)
         return ds, f.tell()
     except Exception as exc:  # pydicom raises many types for malformed input
@@ -502,11 +518,26 @@ def _strip(ds: Dataset) -> None:
     for tag in list(ds.keys()):
         if tag.group % 2 or tag in SIGNATURE_TAGS:
             del ds[tag]
-            continue
-        elem = ds[tag]
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _strip(item)
+        elif _may_be_sequence(ds.get_item(tag)):
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    _strip(item)
+
+
+def _may_be_sequence(elem) -> bool:
+    # Only a sequence can hold what _strip removes; every other element stays undecoded
+    # (pydicom then writes its source bytes unchanged). A raw element's VR is None in
+    # Implicit VR and may be UN in Explicit VR (PS3.5 6.2.2): the dictionary decides then.
+    vr = elem.VR
+    if vr == "SQ":
+        return True
+    if not elem.is_raw or vr not in (None, "UN"):
+        return False
+    try:
+        return dictionary_VR(elem.tag) == "SQ"
+    except KeyError:
+        return False
 
 
 def _ds_value(x: float) -> str:
@@ -522,10 +553,12 @@ def _edit(ds: Dataset, frame_list: list[int], n: int, timing: FrameTiming | None
         ds.pop(tag, None)
     all_frames = frame_list == list(range(1, n + 1))
     source_uid = str(ds.SOPInstanceUID)
-    ds.SOPInstanceUID = new_uid
-    ds.NumberOfFrames = len(frame_list)
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
+    # Values set here are stored already encoded (_put): pydicom's attribute setters and
+    # writer would cost more than the rest of the extraction.
+    _put(ds, 0x00080018, b"UI", new_uid)  # SOP Instance UID
+    _put(ds, 0x00280008, b"IS", str(len(frame_list)))  # Number of Frames
+    _put(ds, 0x00080012, b"DA", now.strftime("%Y%m%d"))  # Instance Creation Date
+    _put(ds, 0x00080013, b"TM", now.strftime("%H%M%S.%f"))  # Instance Creation Time
     _subset_vectors(ds, frame_list, n, all_frames)
     _frame_times(ds, frame_list, n, all_frames)
     _renumber(ds, frame_list, all_frames)
@@ -695,55 +728,77 @@ def _shift_start(ds: Dataset, delta_ms: float) -> None:
     # PS3.17 MM.2.2: the new first frame starts T(f1) after the old one.
     delta = timedelta(milliseconds=delta_ms)
     fractional_delta = bool(delta.microseconds)
-    for date_kw, time_kw in (("ContentDate", "ContentTime"),
-                             ("AcquisitionDate", "AcquisitionTime")):
-        if not ds.get(time_kw):
+    for date_tag, time_tag in ((CONTENT_DATE, CONTENT_TIME), (ACQUISITION_DATE, ACQUISITION_TIME)):
+        text = _string(ds, time_tag)
+        if not text:
             continue
-        text = str(ds[time_kw].value)
-        t = TM(text)
-        day = DA(ds[date_kw].value) if ds.get(date_kw) else None
-        moved = datetime.combine(day or date(2000, 1, 1), t) + delta
-        setattr(ds, time_kw, _format_time(moved, "." in text or fractional_delta))
+        day_text = _string(ds, date_tag)
+        day = DA(day_text) if day_text else None
+        moved = datetime.combine(day or date(2000, 1, 1), TM(text)) + delta
+        _put(ds, time_tag, b"TM", _format_time(moved, "." in text or fractional_delta))
         if day is not None:
-            setattr(ds, date_kw, moved.strftime("%Y%m%d"))
-    if ds.get("AcquisitionDateTime"):
-        text = str(ds.AcquisitionDateTime)
+            _put(ds, date_tag, b"DA", moved.strftime("%Y%m%d"))
+    text = _string(ds, ACQUISITION_DATETIME)
+    if text:
         moved = DT(text) + delta
         stamp = moved.strftime("%Y%m%d%H%M%S")
         if "." in text or fractional_delta:
             stamp += moved.strftime(".%f")
         if moved.tzinfo is not None:
             stamp += moved.strftime("%z")
-        ds.AcquisitionDateTime = stamp
-    trigger = ds.get(IMAGE_TRIGGER_DELAY)
-    if trigger is not None and trigger.value not in (None, ""):
-        trigger.value = _ds_value(float(trigger.value) + delta_ms)
+        _put(ds, ACQUISITION_DATETIME, b"DT", stamp)
+    text = _string(ds, IMAGE_TRIGGER_DELAY)
+    if text:
+        _put(ds, IMAGE_TRIGGER_DELAY, b"DS", _ds_value(float(text) + delta_ms))
+
+
+def _string(ds: Dataset, tag: int) -> str:
+    """The text of a DA, TM, DT or DS element ("" if absent or empty), left undecoded."""
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return ""
+    if elem.is_raw:  # these VRs hold ASCII only (PS3.5 6.2)
+        return elem.value.decode("ascii", "replace").strip(" \0")
+    return str(elem.value).strip()
 
 
 def _add_frame_extraction_item(ds: Dataset, source_uid: str, keyword: str,
                                values: Sequence) -> None:
     # PS3.3 C.12.3: source items are kept, one item describes this extraction.
-    item = Dataset()
-    item.MultiFrameSourceSOPInstanceUID = source_uid
+    implicit = ds.original_encoding[0]
     vals = as_list(values)
-    setattr(item, keyword, [float(v) for v in vals] if keyword == "TimeRange"
-            else [int(v) for v in vals])
-    seq = list(ds.get("FrameExtractionSequence") or [])
-    ds.FrameExtractionSequence = DicomSequence(seq + [item])
+    if keyword == "TimeRange":
+        key = _element(TIME_RANGE, b"FD", struct.pack(f"<{len(vals)}d", *map(float, vals)), implicit)
+    else:  # build_frame_list has checked that the values are ULs
+        tag = SIMPLE_FRAME_LIST if keyword == "SimpleFrameList" else CALCULATED_FRAME_LIST
+        key = _element(tag, b"UL", struct.pack(f"<{len(vals)}I", *map(int, vals)), implicit)
+    uid = _element(0x00081167, b"UI", _text(source_uid, b"UI"), implicit)
+    _append_item(ds, 0x00081164, key + uid)  # Multi-frame Source SOP Instance UID
+
+
+@functools.cache
+def _equipment_parts(implicit: bool) -> tuple[bytes, bytes]:
+    """The constant elements of our Contributing Equipment item: those before Contribution
+    DateTime, and those after it (Purpose of Reference is PS3.16 CID 7005)."""
+    def elements(*specs):
+        return b"".join(_element(tag, vr, _text(value, vr), implicit) for tag, vr, value in specs)
+
+    code = elements((0x00080100, b"SH", _PURPOSE[0]), (0x00080102, b"SH", _PURPOSE[1]),
+                    (0x00080104, b"LO", _PURPOSE[2]))
+    before = elements((0x00080070, b"LO", "dicomaccel"),  # Manufacturer
+                      (0x00081090, b"LO", "dicomaccel"),  # Manufacturer's Model Name
+                      (0x00181020, b"LO", __version__))  # Software Versions
+    after = elements((0x0018A003, b"ST", "Frames extracted (PS3.4 Annex Y)"))
+    after += _element(0x0040A170, b"SQ", _item(code), implicit)  # Purpose of Reference Code Seq.
+    return before, after
 
 
 def _add_contributing_equipment(ds: Dataset, now: datetime) -> None:
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = _PURPOSE
-    item = Dataset()
-    item.Manufacturer = "dicomaccel"
-    item.ManufacturerModelName = "dicomaccel"
-    item.SoftwareVersions = __version__
-    item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
-    item.ContributionDescription = "Frames extracted (PS3.4 Annex Y)"
-    item.PurposeOfReferenceCodeSequence = DicomSequence([code])
-    seq = list(ds.get("ContributingEquipmentSequence") or [])
-    ds.ContributingEquipmentSequence = DicomSequence(seq + [item])
+    implicit = ds.original_encoding[0]
+    before, after = _equipment_parts(implicit)
+    stamp = now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
+    _append_item(ds, 0x0018A001, before + _element(0x0018A002, b"DT", _text(stamp, b"DT"), implicit)
+                 + after)
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -753,12 +808,88 @@ def _ov(tag: int, value: bytes) -> DataElement:
     return DataElement(tag, "OV", value)
 
 
+def _text(value: str, vr: bytes) -> bytes:
+    # PS3.5 6.2: even length, UI padded with NUL, other string VRs with a space. Our values
+    # are ASCII, which every Specific Character Set keeps as is (PS3.5 6.1.2.5.3).
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += b"\0" if vr == b"UI" else b" "
+    return raw
+
+
+def _element(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
+    """One encoded element with a defined length (PS3.5 7.1.2, 7.1.3)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HHI", group, element, len(value)) + value
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def _item(content: bytes) -> bytes:
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(content)) + content  # PS3.5 7.5
+
+
+def _put(ds: Dataset, tag: int, vr: bytes, value: str | bytes) -> None:
+    """Set ``tag`` to ``value`` (text, or bytes already encoded), stored as a raw element:
+    _encode copies it, pydicom decodes it only if it is read."""
+    implicit = ds.original_encoding[0]
+    if isinstance(value, str):
+        value = _text(value, vr)
+    ds[tag] = RawDataElement(Tag(tag), None if implicit else vr.decode(), len(value), value, 0,
+                             implicit, True)
+
+
+def _append_item(ds: Dataset, tag: int, item: bytes) -> None:
+    """Set sequence ``tag`` to its source items (if any) followed by ``item`` (encoded)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = ds.original_encoding[0]
+    if tag in ds:  # decoded by _strip
+        encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding))
+        for source_item in ds[tag].value or ():
+            write_sequence_item(fp, source_item, encodings)
+    _put(ds, tag, b"SQ", fp.getvalue() + _item(item))
+
+
 def _encode(ds: Dataset, ts: str) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = ts == IMPLICIT_VR_LE
-    write_dataset(buf, ds)
-    return buf.getvalue()
+    """The data set in ``ts`` (little endian), in tag order (PS3.5 7.1).
+
+    A raw element (never decoded, or set by _put) is its bytes behind a header built here,
+    as pydicom's writer would do minus its per-element cost; the elements that were
+    decoded go through pydicom's writer.
+    """
+    implicit = ts == IMPLICIT_VR_LE
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit
+    write = fp.write
+    charset = None
+    # Dataset.items() gives the elements as stored, raw ones not decoded.
+    for tag, elem in sorted(ds.items()):
+        if tag & 0xFFFF == 0 and tag > 0x0006FFFF:
+            continue  # Group Length is retired (PS3.5 7.2) and would no longer be right
+        value = elem.value
+        if elem.is_raw and type(value) is bytes and elem.length != UNDEFINED_LENGTH:
+            if implicit:
+                write(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)))
+                write(value)
+                continue
+            vr = elem.VR.encode()
+            if vr in _LONG_VRS:
+                write(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)))
+                write(value)
+                continue
+            if len(value) <= 0xFFFF:
+                write(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)))
+                write(value)
+                continue
+            # else too long for a 16-bit length: pydicom re-encodes it as UN (PS3.5 6.2.2)
+        if charset is None:
+            charset = ds.get("SpecificCharacterSet", default_encoding)
+        write_data_element(fp, elem, charset)
+    return fp.getvalue()
 
 
 def _pixel_header(pixel: _Pixel, ts: str) -> bytes:
