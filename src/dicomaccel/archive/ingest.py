@@ -20,6 +20,21 @@ from array import array
 from dataclasses import dataclass, field
 
 from ..status import FailureReason
+from ..syntaxes import (
+    DEFLATED,
+    DOUBLE_PIXEL_DATA,
+    ENCAPSULATED,
+    EXPLICIT_VR_BE,
+    EXTENDED_OFFSET_TABLE,
+    EXTENDED_OFFSET_TABLE_LENGTHS,
+    FLOAT_PIXEL_DATA,
+    FRAME_ADDRESSABLE,
+    IMPLICIT_VR_LE,
+    LONG_VRS,
+    NATIVE,
+    PIXEL_TAGS,
+    UNDEFINED_LENGTH,
+)
 
 __all__ = [
     "StoreFailure",
@@ -28,9 +43,6 @@ __all__ = [
     "scan",
     "build_frame_index",
     "is_valid_uid",
-    "ENCAPSULATED_SYNTAXES",
-    "NATIVE_SYNTAXES",
-    "DEFLATED_SYNTAXES",
 ]
 
 
@@ -66,45 +78,16 @@ class _Truncated(StoreFailure):
 
 
 # --- Transfer syntaxes (PS3.5 §10, Annex A; SPEC.md §8.3) -------------------------------
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE})
-# Whole data set deflated (RFC 1951) after the File Meta group: Deflated Explicit VR LE and the
-# two JPIP Referenced Deflate syntaxes (PS3.5 A.5, A.6).
-DEFLATED_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
-)
-# Each frame is in its own fragment(s), so frames are addressable (PS3.5 A.4 per-TS rules).
-_FRAME_ADDRESSABLE = frozenset(
-    ["1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")]
-    + ["1.2.840.10008.1.2.4." + s for s in ("110", "111", "112", "201", "202", "203")]
-    + ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.1.98"]
-)
-# Encapsulated, but fragments are not aligned to frames: JPEG 2000 Part 2 multi-component
-# (component collections span frames) and MPEG-2/H.264/HEVC (one bitstream for all frames).
-_NOT_FRAME_ADDRESSABLE = frozenset(
-    ["1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.107",
-     "1.2.840.10008.1.2.4.108", "1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.204"]
-    + ["1.2.840.10008.1.2.4." + s for s in ("100", "101", "102", "103", "104", "105", "106")]
-    + ["1.2.840.10008.1.2.4." + s + ".1" for s in ("100", "101", "102", "103", "104", "105", "106")]
-)
-ENCAPSULATED_SYNTAXES = _FRAME_ADDRESSABLE | _NOT_FRAME_ADDRESSABLE
 # SMPTE ST 2110 (1.2.840.10008.1.2.7.x) is deliberately absent: its layout is unverified
 # (SPEC.md §8.3), so such instances are refused with C122 rather than stored unindexed.
-_KNOWN_SYNTAXES = NATIVE_SYNTAXES | DEFLATED_SYNTAXES | ENCAPSULATED_SYNTAXES
+_KNOWN_SYNTAXES = NATIVE | DEFLATED | ENCAPSULATED
 
 # --- Encoding constants (PS3.5 §7.1.2, §7.5) ----------------------------------------------
 _IS_VALUE = re.compile(r"[+-]?[0-9]{1,12}")
 _CS_VALUE = re.compile(r"[A-Z0-9 _]{0,16}")
-_UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD
-# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
 _SHORT_VRS = frozenset(
     (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
      b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
@@ -117,12 +100,6 @@ MAX_SEQUENCE_DEPTH = 64
 # data set without Pixel Data, all of it), so this also bounds that memory.
 MAX_INFLATED_SIZE = 1 << 30
 
-_PIXEL_DATA = 0x7FE00010
-_FLOAT_PIXEL_DATA = 0x7FE00008
-_DOUBLE_PIXEL_DATA = 0x7FE00009
-_PIXEL_TAGS = frozenset((_PIXEL_DATA, _FLOAT_PIXEL_DATA, _DOUBLE_PIXEL_DATA))
-_EOT = 0x7FE00001
-_EOT_LENGTHS = 0x7FE00002
 
 # The data set attributes the index and the frame index need.
 _WANTED = frozenset((
@@ -132,7 +109,7 @@ _WANTED = frozenset((
     0x0020000D, 0x0020000E, 0x00200013,  # Study / Series UID, Instance Number
     0x00280002, 0x00280004, 0x00280006, 0x00280008,  # SPP, Photometric, Planar, Frames
     0x00280010, 0x00280011, 0x00280100,  # Rows, Columns, Bits Allocated
-    _EOT, _EOT_LENGTHS,
+    EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS,
 ))
 
 _S_EXPL_LE = struct.Struct("<HH2sH")
@@ -373,7 +350,7 @@ class _Scan:
             if g == 0xFFFE:  # item / delimiter tags have no VR (PS3.5 §7.5)
                 u32 = _S_U32LE if little else _S_U32BE
                 return tag, None, u32.unpack_from(buf, pos + 4)[0], pos + 8
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if end - pos < 12:
                     raise self.truncated("element header", pos)
                 u32 = _S_U32LE if little else _S_U32BE
@@ -390,7 +367,7 @@ class _Scan:
     def skip_value(self, tag: int, vr, ln: int, vpos: int, explicit: bool, little: bool,
                    depth: int) -> int:
         """Return the offset after the value of the element whose header was just read."""
-        if ln != _UNDEFINED:
+        if ln != UNDEFINED_LENGTH:
             if ln > self.end - vpos:
                 raise self.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
             return vpos + ln
@@ -428,7 +405,7 @@ class _Scan:
                     f"expected an item tag (FFFE,E000) in a sequence at byte {pos - 8}, "
                     f"found ({g:04X},{e:04X})",
                 )
-            if ln != _UNDEFINED:
+            if ln != UNDEFINED_LENGTH:
                 if ln > end - pos:
                     raise self.truncated("sequence item", pos - 8)
                 pos += ln
@@ -486,7 +463,7 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
     meta: dict[int, str] = {}
     while end - pos >= 4 and _S_U16LE.unpack_from(buf, pos)[0] == 0x0002:
         tag, vr, ln, vpos = s.header(pos, True, True)
-        if ln == _UNDEFINED or ln > end - vpos:
+        if ln == UNDEFINED_LENGTH or ln > end - vpos:
             raise s.truncated(f"File Meta element ({tag >> 16:04X},{tag & 0xFFFF:04X})", pos)
         if tag in (0x00020002, 0x00020003, 0x00020010):
             meta[tag] = _uid(buf[vpos:vpos + ln])
@@ -519,11 +496,11 @@ def _scan_dataset(s: _Scan, pos: int, explicit: bool, little: bool) -> tuple[dic
     pixel = (0, -1, -1, -1)
     while pos < end:
         tag, vr, ln, vpos = s.header(pos, explicit, little)
-        if tag in _PIXEL_TAGS:
-            pixel = (tag, pos, vpos, -1 if ln == _UNDEFINED else ln)
+        if tag in PIXEL_TAGS:
+            pixel = (tag, pos, vpos, -1 if ln == UNDEFINED_LENGTH else ln)
             break
         if tag in wanted:
-            if ln == _UNDEFINED or ln > end - vpos:
+            if ln == UNDEFINED_LENGTH or ln > end - vpos:
                 raise s.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
             found[tag] = (vpos, ln)
             if tag == 0x00080016:
@@ -572,7 +549,7 @@ def scan(buffer, size: int | None = None) -> Header:
             FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED,
             f"transfer syntax {ts[:64]!r} is not supported",
         )
-    if ts in DEFLATED_SYNTAXES:
+    if ts in DEFLATED:
         return _scan_deflated(s, meta, ds_pos)
     explicit = ts != IMPLICIT_VR_LE
     little = ts != EXPLICIT_VR_BE
@@ -580,13 +557,13 @@ def scan(buffer, size: int | None = None) -> Header:
     tag, ppos, vpos, plen = pixel
     if tag:
         if plen == -1:
-            if ts not in ENCAPSULATED_SYNTAXES or not explicit:
+            if ts not in ENCAPSULATED or not explicit:
                 raise s.failure(
                     FailureReason.CANNOT_UNDERSTAND,
                     f"Pixel Data at byte {ppos} has undefined length but transfer syntax "
                     f"{ts} is not encapsulated",
                 )
-        elif ts in ENCAPSULATED_SYNTAXES:
+        elif ts in ENCAPSULATED:
             raise s.failure(
                 FailureReason.CANNOT_UNDERSTAND,
                 f"Pixel Data at byte {ppos} has a defined length but transfer syntax {ts} "
@@ -734,8 +711,8 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
         pixel_offset=ppos,
         pixel_value_offset=vpos,
         pixel_length=plen,
-        extended_offsets=found.get(_EOT),
-        extended_lengths=found.get(_EOT_LENGTHS),
+        extended_offsets=found.get(EXTENDED_OFFSET_TABLE),
+        extended_lengths=found.get(EXTENDED_OFFSET_TABLE_LENGTHS),
     )
 
 
@@ -753,7 +730,7 @@ def build_frame_index(buffer, header: Header) -> FrameIndex | None:
         A900 if native Pixel Data lacks its geometry (Rows, Columns, Bits Allocated);
         C000 if the Pixel Data does not fit its geometry or its encapsulation is malformed.
     """
-    if not header.pixel_tag or header.transfer_syntax_uid in DEFLATED_SYNTAXES:
+    if not header.pixel_tag or header.transfer_syntax_uid in DEFLATED:
         return None
     nframes = header.number_of_frames
     uids = (header.sop_class_uid, header.sop_instance_uid)
@@ -780,7 +757,7 @@ def build_frame_index(buffer, header: Header) -> FrameIndex | None:
 def _encapsulated_index(buffer, header: Header) -> FrameIndex | None:
     from .. import encaps
 
-    indexable = header.transfer_syntax_uid in _FRAME_ADDRESSABLE
+    indexable = header.transfer_syntax_uid in FRAME_ADDRESSABLE
     eot = eotl = None
     if indexable and header.extended_offsets and header.extended_lengths:
         (o, n), (lo, ln) = header.extended_offsets, header.extended_lengths
@@ -809,9 +786,9 @@ def _native_index(buffer, header: Header, uids) -> FrameIndex:
     from .. import frames
 
     rows, cols, ba = header.rows, header.columns, header.bits_allocated
-    if header.pixel_tag == _FLOAT_PIXEL_DATA:
+    if header.pixel_tag == FLOAT_PIXEL_DATA:
         ba = ba or 32  # Float Pixel Data is always 32-bit (PS3.3 C.7.6.24)
-    elif header.pixel_tag == _DOUBLE_PIXEL_DATA:
+    elif header.pixel_tag == DOUBLE_PIXEL_DATA:
         ba = ba or 64
     if not rows or not cols or not ba:
         raise StoreFailure(

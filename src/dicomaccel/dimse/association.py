@@ -863,7 +863,7 @@ class DIMSEProtocol(asyncio.Protocol):
             result = await handler(assoc, request)
         except (asyncio.CancelledError, AssociationClosedError):
             raise
-        except Exception as exc:
+        except Exception:
             logger.exception("handler for 0x%04X failed", request.command_field)
             if not request.responded:
                 # The cause is in the log; internals (paths, SQL, library messages) stay here.

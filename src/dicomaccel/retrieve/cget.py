@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian
 
 from ..archive import Archive, InstanceRecord
-from ..archive.ingest import DEFLATED_SYNTAXES
+from ..syntaxes import DEFLATED
 from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.negotiation import PresentationContext
 from ..status import Status, status_category
@@ -466,7 +466,7 @@ def alternate_groups(records: list[InstanceRecord]) -> list[list[int]]:
 
 def _alternate_references(record: InstanceRecord) -> list[str]:
     try:
-        if record.transfer_syntax_uid not in DEFLATED_SYNTAXES:
+        if record.transfer_syntax_uid not in DEFLATED:
             end = record.pixel_offset if record.pixel_offset > 0 else record.size
             pattern = _ALTERNATE_TAG_BE if record.transfer_syntax_uid == ExplicitVRBigEndian else _ALTERNATE_TAG_LE
             with open(record.path, "rb") as f, mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) as mm:

@@ -117,6 +117,20 @@ from ..dimse.config import (
 )
 from ..errors import ParseError
 from ..status import Status
+from ..syntaxes import (
+    DOUBLE_PIXEL_DATA,
+    EXPLICIT_VR_LE,
+    EXTENDED_OFFSET_TABLE,
+    EXTENDED_OFFSET_TABLE_LENGTHS,
+    FLOAT_PIXEL_DATA,
+    FRAME_ADDRESSABLE,
+    IMPLICIT_VR_LE,
+    LONG_VRS,
+    PIXEL_DATA,
+    PIXEL_TAGS,
+    UNDEFINED_LENGTH,
+    WHOLE_STREAM,
+)
 from .framelist import (
     FRAME_TIME,
     FRAME_TIME_VECTOR,
@@ -129,34 +143,9 @@ from .framelist import (
 
 __all__ = ["ExtractedInstance", "FrameExtractionError", "extract_frames"]
 
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+# Big endian is refused (AA02): only the little-endian native syntaxes are sliced.
 NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
-# Each frame in its own fragment(s) (PS3.5 A.4 per-transfer-syntax rules, SPEC.md §8.2).
-FRAME_ADDRESSABLE_SYNTAXES = frozenset(
-    ["1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")]
-    + ["1.2.840.10008.1.2.4." + s for s in ("110", "111", "112", "201", "202", "203")]
-    + ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.1.98"]
-)
-# One bitstream for all frames (video) or component collections spanning frames (JPEG 2000
-# Part 2): frames cannot be cut without re-encoding.
-WHOLE_STREAM_SYNTAXES = frozenset(
-    ["1.2.840.10008.1.2.4." + s for s in ("92", "93", "107", "108")]
-    + ["1.2.840.10008.1.2.4." + s for s in ("100", "101", "102", "103", "104", "105", "106")]
-    + ["1.2.840.10008.1.2.4." + s + ".1" for s in ("100", "101", "102", "103", "104", "105", "106")]
-)
-
-PIXEL_DATA = 0x7FE00010
-FLOAT_PIXEL_DATA = 0x7FE00008
-DOUBLE_PIXEL_DATA = 0x7FE00009
-PIXEL_TAGS = (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA)
-EXTENDED_OFFSET_TABLE = 0x7FE00001
-EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
-UNDEFINED_LENGTH = 0xFFFFFFFF
 MAX_VALUE_LENGTH = 0xFFFFFFFE
-# Explicit VR elements with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR",
-                       b"UT", b"SV", b"UV"})
 
 # Y.3.3: the new instance is not part of a Concatenation; the provider URL names the source.
 REMOVED_TAGS = (
@@ -168,7 +157,7 @@ REMOVED_TAGS = (
     0x00200242,  # SOP Instance UID of Concatenation Source
     EXTENDED_OFFSET_TABLE,
     EXTENDED_OFFSET_TABLE_LENGTHS,
-) + PIXEL_TAGS
+) + tuple(sorted(PIXEL_TAGS))
 # Signatures over bytes we change become false (PS3.15 C.1); removed at every level.
 SIGNATURE_TAGS = frozenset({0xFFFAFFFA, 0x4FFE0001})
 # Per-frame vectors whose value k belongs to frame k (PS3.3 C.8.4.8 NM Multi-frame, C.8.6.3
@@ -297,7 +286,7 @@ def extract_frames(
     now = now or datetime.now().astimezone()
     # The transfer syntax first: a deflated data set would be inflated whole to be read.
     ts = record.transfer_syntax_uid if record is not None else _transfer_syntax(path)
-    if ts not in NATIVE_SYNTAXES | FRAME_ADDRESSABLE_SYNTAXES | WHOLE_STREAM_SYNTAXES:
+    if ts not in NATIVE_SYNTAXES | FRAME_ADDRESSABLE | WHOLE_STREAM:
         raise FrameExtractionError(
             Status.CANNOT_EXTRACT_FRAMES, f"transfer syntax {ts} not supported"
         )
@@ -402,7 +391,7 @@ def _pixel_element(mm, ts: str, pos: int) -> tuple[int, int, int]:
         start = pos + 8
     else:
         vr = bytes(mm[pos + 4 : pos + 6])
-        if vr not in _LONG_VRS or 12 > size - pos:
+        if vr not in LONG_VRS or 12 > size - pos:
             raise FrameExtractionError(
                 Status.CANNOT_EXTRACT_FRAMES, "malformed Pixel Data element header"
             )
@@ -431,7 +420,7 @@ def _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list) -> _Pixel:
             raise FrameExtractionError(
                 Status.CANNOT_EXTRACT_FRAMES, "undefined-length native Pixel Data"
             )
-        if ts in WHOLE_STREAM_SYNTAXES:
+        if ts in WHOLE_STREAM:
             if indices != list(range(n)):
                 raise FrameExtractionError(
                     Status.CANNOT_EXTRACT_FRAMES, "frames of this transfer syntax not separable"
@@ -822,7 +811,7 @@ def _element(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
     group, element = tag >> 16, tag & 0xFFFF
     if implicit:
         return struct.pack("<HHI", group, element, len(value)) + value
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 
@@ -877,7 +866,7 @@ def _encode(ds: Dataset, ts: str) -> bytes:
                 write(value)
                 continue
             vr = elem.VR.encode()
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 write(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)))
                 write(value)
                 continue

@@ -1,0 +1,40 @@
+"""Transfer syntaxes by how their Pixel Data is laid out (PS3.5 §10, Annex A; SPEC.md §8.3),
+and the encoding facts every byte-level reader here shares (PS3.5 §7)."""
+
+from __future__ import annotations
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE})
+# Whole data set deflated (RFC 1951) after the File Meta group: Deflated Explicit VR LE and the
+# two JPIP Referenced Deflate syntaxes (PS3.5 A.5, A.6).
+DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"})
+# Each frame is in its own fragment(s), so frames are addressable (PS3.5 A.4 per-TS rules).
+FRAME_ADDRESSABLE = frozenset(
+    ["1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")]
+    + ["1.2.840.10008.1.2.4." + s for s in ("110", "111", "112", "201", "202", "203")]
+    + ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.1.98"]
+)
+# One bitstream for all frames (MPEG-2, H.264, HEVC) or component collections spanning frames
+# (JPEG 2000 Part 2): frames cannot be cut without re-encoding.
+WHOLE_STREAM = frozenset(
+    ["1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.107",
+     "1.2.840.10008.1.2.4.108"]
+    + ["1.2.840.10008.1.2.4." + s for s in ("100", "101", "102", "103", "104", "105", "106")]
+    + ["1.2.840.10008.1.2.4." + s + ".1" for s in ("100", "101", "102", "103", "104", "105", "106")]
+)
+# JPIP Referenced (PS3.5 A.6): pixels live at a Pixel Data Provider URL, not in the data set.
+REFERENCED = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.204"})
+ENCAPSULATED = FRAME_ADDRESSABLE | WHOLE_STREAM | REFERENCED
+
+# Explicit VR elements with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
+LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                      b"UT", b"UV"))
+PIXEL_DATA = 0x7FE00010
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_PIXEL_DATA = 0x7FE00009
+PIXEL_TAGS = frozenset((PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA))
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+UNDEFINED_LENGTH = 0xFFFFFFFF
