@@ -103,3 +103,20 @@ def test_abuse_is_answered_and_memory_returns(server_factory):
     while time.monotonic() < deadline and vm_rss_mib(server.process.pid) > baseline + 24:
         time.sleep(0.2)
     assert vm_rss_mib(server.process.pid) <= baseline + 24, (baseline, vm_rss_mib(server.process.pid))
+
+
+def test_c_get_on_a_context_of_another_sop_class_is_refused(server_factory):
+    server = server_factory()
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = "1.2.3"
+    get_cmd = command_set((0x0002, STUDY_GET + b"\x00"), (0x0100, b"\x10\x00"), (0x0110, b"\x05\x00"),
+                          (0x0700, b"\x00\x00"), (0x0800, b"\x01\x00"))
+    with socket.create_connection(("127.0.0.1", server.dimse_port), timeout=10) as sock:
+        sock.sendall(associate_rq())  # Verification only, on context 1
+        assert recv_pdu(sock)[0] == 0x02
+        sock.sendall(p_data(1, 0x03, get_cmd) + p_data(1, 0x02, dataset_bytes(ident, implicit=True)))
+        pdu_type, body = recv_pdu(sock)
+    assert pdu_type == 0x04
+    # Status (0000,0900) US = 0x0122 SOP Class Not Supported, in the C-GET-RSP command.
+    assert b"\x00\x00\x00\x09\x02\x00\x00\x00\x22\x01" in body

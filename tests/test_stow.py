@@ -8,7 +8,6 @@ import json
 import socket
 import threading
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import urlsplit

@@ -157,7 +157,12 @@ class CGetSCP:
 
     async def __call__(self, assoc: Association, request: Request) -> None:
         loop = asyncio.get_running_loop()
-        sop_class = request.command.get("AffectedSOPClassUID", "")
+        # PS3.7 §9.1.3.1: the Affected SOP Class UID is the context's abstract syntax.
+        sop_class = request.context.abstract_syntax
+        if request.command.get("AffectedSOPClassUID") != sop_class:
+            await assoc.respond(request, Status.SOP_CLASS_NOT_SUPPORTED,
+                                ErrorComment="Affected SOP Class UID differs from the presentation context")
+            return
         try:
             if len(request.dataset or b"") <= _INLINE_IDENTIFIER:
                 identifier = decode_identifier(request.dataset, request.transfer_syntax)
@@ -220,11 +225,7 @@ class CGetSCP:
             status = Status.OUT_OF_RESOURCES_SUBOPERATIONS
         else:
             status = Status.WARNING
-        dataset = None
-        if status != Status.SUCCESS:
-            ds = Dataset()
-            ds.FailedSOPInstanceUIDList = counters.failed_uids
-            dataset = encode_dataset(ds, request.transfer_syntax)
+        dataset = None if status == Status.SUCCESS else _failed_list(counters, request)
         fields = counters.fields(with_remaining=status == Status.CANCEL)
         if status == Status.OUT_OF_RESOURCES_SUBOPERATIONS:
             fields["ErrorComment"] = "every sub-operation failed"
@@ -309,9 +310,7 @@ class CGetSCP:
         # PS3.4 Y.4.2.3.1: the new instance could not be made, so its one sub-operation
         # failed; the final status says why (Table Y.4-2) and the Identifier lists the source.
         counters.record("failure", source_uid)
-        ds = Dataset()
-        ds.FailedSOPInstanceUIDList = counters.failed_uids
-        await assoc.respond(request, status, encode_dataset(ds, request.transfer_syntax),
+        await assoc.respond(request, status, _failed_list(counters, request),
                             ErrorComment=comment, **counters.fields(with_remaining=False))
 
     async def store(self, assoc: Association, record: InstanceRecord, priority: int,
@@ -372,8 +371,7 @@ class CGetSCP:
 
     async def _send_stored(self, assoc: Association, context: PresentationContext, record: InstanceRecord,
                            priority: int) -> dict:
-        with open(record.path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = await asyncio.get_running_loop().run_in_executor(None, _map_for_sending, record.path)
         view = memoryview(mm)[record.dataset_offset:]
         try:
             return await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
@@ -385,6 +383,22 @@ class CGetSCP:
                 mm.close()
             except BufferError:
                 pass  # the transport still holds a slice; the mapping goes with the last view
+
+
+def _map_for_sending(path: str) -> mmap.mmap:
+    # Opening and mapping touch the disk: not on the event loop. WILLNEED starts read-ahead
+    # so the page faults taken while the transport copies the views mostly hit the cache.
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mm.madvise(mmap.MADV_WILLNEED)
+    return mm
+
+
+def _failed_list(counters: SubOperations, request: Request) -> bytes:
+    """The response Identifier: Failed SOP Instance UID List (0008,0058), PS3.4 C.4.3.1.3.2."""
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = counters.failed_uids
+    return encode_dataset(ds, request.transfer_syntax)
 
 
 def _pick_context(contexts: list[PresentationContext], stored: str,
