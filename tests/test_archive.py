@@ -455,3 +455,24 @@ def test_no_index_row_without_its_complete_file(archive):
         assert os.path.getsize(rec.path) == rec.size
     assert {r.sop_instance_uid for r in records} == {r.sop_instance_uid for r in archive.find()}
     assert isinstance(records[0], InstanceRecord)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", DeflatedExplicitVRLittleEndian])
+def test_alternate_representation_is_indexed(archive, syntax):
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    import dicomgen
+
+    plain = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 8, 8)))
+    other = Dataset()
+    other.ReferencedSOPClassUID = plain.SOPClassUID
+    other.ReferencedSOPInstanceUID = generate_uid()
+    with_alt = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 8, 8)))
+    with_alt.AlternateRepresentationSequence = [other]
+    assert not archive.store_bytes(dicomgen.to_bytes(plain, syntax)).record.has_alternates
+    record = archive.store_bytes(dicomgen.to_bytes(with_alt, syntax)).record
+    assert record.has_alternates
+    assert archive.get(record.sop_instance_uid).has_alternates

@@ -391,4 +391,5 @@ def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None) -> 
         photometric_interpretation=h.photometric_interpretation,
         planar_configuration=h.planar_configuration,
         pixel_tag=h.pixel_tag,
+        has_alternates=h.has_alternates,
     )

@@ -55,6 +55,9 @@ class InstanceRecord:
     photometric_interpretation: str = ""
     planar_configuration: int = 0
     pixel_tag: int = 0  # (7FE0,0010), (7FE0,0008) or (7FE0,0009) as an int; 0 if none
+    # A top-level Alternate Representation Sequence (0008,3001) is present: the instance may
+    # be one of several encodings of an image (PS3.3 C.6.1.1.5.1).
+    has_alternates: bool = False
     stored_at: float = 0.0  # time.time() of the index commit
 
 
@@ -95,7 +98,7 @@ _COLUMNS = (
     "patient_name", "instance_number", "transfer_syntax_uid", "number_of_frames", "n_rows",
     "n_columns", "samples_per_pixel", "bits_allocated", "photometric_interpretation",
     "planar_configuration", "path", "size", "dataset_offset", "pixel_tag", "pixel_offset",
-    "pixel_value_offset", "pixel_length", "frame_index", "stored_at",
+    "pixel_value_offset", "pixel_length", "frame_index", "has_alternates", "stored_at",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -122,12 +125,13 @@ CREATE TABLE IF NOT EXISTS instances (
     pixel_value_offset INTEGER NOT NULL,
     pixel_length INTEGER NOT NULL,
     frame_index BLOB,
+    has_alternates INTEGER NOT NULL,
     stored_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_study_series
     ON instances (study_uid, series_uid, instance_number);
 CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 _ORDER = (
@@ -216,6 +220,7 @@ class SQLiteIndex(Index):
             photometric_interpretation=d["photometric_interpretation"],
             planar_configuration=d["planar_configuration"],
             pixel_tag=d["pixel_tag"],
+            has_alternates=bool(d["has_alternates"]),
             stored_at=d["stored_at"],
         )
 
@@ -256,7 +261,7 @@ class SQLiteIndex(Index):
             record.photometric_interpretation, record.planar_configuration, rel, record.size,
             record.dataset_offset, record.pixel_tag, record.pixel_offset,
             record.pixel_value_offset, record.pixel_length,
-            None if fi is None else fi.to_blob(), stored_at,
+            None if fi is None else fi.to_blob(), int(record.has_alternates), stored_at,
         )
         ticket = _Ticket(row)
         with self._queue_lock:

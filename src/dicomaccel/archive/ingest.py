@@ -112,6 +112,8 @@ _WANTED = frozenset((
     EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS,
 ))
 
+ALTERNATE_REPRESENTATION_SEQUENCE = 0x00083001
+
 _S_EXPL_LE = struct.Struct("<HH2sH")
 _S_EXPL_BE = struct.Struct(">HH2sH")
 _S_IMPL_LE = struct.Struct("<HHI")
@@ -310,6 +312,7 @@ class Header:
     pixel_length: int
     extended_offsets: tuple[int, int] | None  # (value offset, length) of (7FE0,0001)
     extended_lengths: tuple[int, int] | None  # (value offset, length) of (7FE0,0002)
+    has_alternates: bool = False  # a top-level Alternate Representation Sequence (0008,3001)
 
 
 class _Scan:
@@ -515,6 +518,8 @@ def _scan_dataset(s: _Scan, pos: int, explicit: bool, little: bool) -> tuple[dic
                 f"at byte {pos}",
             )
         else:
+            if tag == ALTERNATE_REPRESENTATION_SEQUENCE:
+                found[tag] = (vpos, 0)  # presence is all the index keeps
             pos = s.skip_value(tag, vr, ln, vpos, explicit, little, 0)
     return found, pixel
 
@@ -713,6 +718,7 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
         pixel_length=plen,
         extended_offsets=found.get(EXTENDED_OFFSET_TABLE),
         extended_lengths=found.get(EXTENDED_OFFSET_TABLE_LENGTHS),
+        has_alternates=ALTERNATE_REPRESENTATION_SEQUENCE in found,
     )
 
 
