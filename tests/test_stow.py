@@ -20,6 +20,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 import dicomgen
 from dicomaccel.archive import Archive
+from dicomaccel.stow import create_app
 
 JSON = "application/dicom+json"
 REAL_FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "SC_rgb_rle_2frame.dcm",
@@ -454,3 +455,65 @@ def test_stalled_upload_gets_408_and_frees_its_slot(server_factory):
     assert status == 408, resp
     assert not _tmp_files(server)
     assert post(server, multipart([data]))[0] == 200  # the slot is free again
+
+
+def _other_comments(body: bytes) -> list[str]:
+    doc = json.loads(body)
+    return [i["00000902"]["Value"][0] for i in doc.get("0008119A", {}).get("Value", [])]
+
+
+def test_complete_part_then_malformed_tail_in_one_network_write(shared_server):
+    # The part's closing delimiter and the bad bytes after it reach the scanner in one chunk:
+    # the scanner raises on the tail, yet the part whose bytes all arrived is stored.
+    good = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    body = multipart([good])[: -len(b"--\r\n")] + b"\r\nno colon here\r\n\r\nx\r\n--BOUNDARY--\r\n"
+    sock = _raw_connection(shared_server)
+    sock.sendall(_request_head(shared_server, len(body)) + body)
+    status, resp = _read_response(sock)
+    sock.close()
+    assert status == 202, resp
+    r = reasons(resp)
+    assert r["stored"] == [sop_uid(good)] and not r["failed"]
+    assert r["other"] == [0xC000]
+    assert _other_comments(resp) == [f"Malformed multipart body: header line without ':' (at byte {body.index(b'no colon')})"]
+
+
+def test_multipart_limits_413(shared_server):
+    # Default limits of create_app / MultipartScanner: 10000 parts, 16384-byte header blocks.
+    # Non-DICOM parts cost no temp file, so 10001 of them stay cheap.
+    many = multipart([b"x"] * 10001, part_headers=b"Content-Type: text/plain\r\n")
+    status, _, resp = post(shared_server, many)
+    assert status == 413, resp
+    assert b"more than 10000 parts" in resp
+    long_headers = multipart([b"x"], part_headers=b"X-Pad: " + b"a" * 20000 + b"\r\n")
+    status, _, resp = post(shared_server, long_headers)
+    assert status == 413, resp
+    assert b"part headers longer than 16384 bytes" in resp
+
+
+def test_max_parts_after_stored_parts_202(tmp_path):
+    # In-process (the CLI has no --max-parts): the third part exceeds max_parts=2 in the same
+    # chunk as the first two, which are stored; the limit is the Other Failure.
+    from test_stow_asgi import _run
+
+    archive = Archive(tmp_path / "a", min_free_bytes=0)
+    app = create_app(archive, max_parts=2)
+    data = [dicomgen.ct_instance(generate_uid(), generate_uid(), i, 16, 16) for i in (1, 2, 3)]
+    body = multipart(data)
+    try:
+        status, resp = _run(app, [body])
+        assert status == 202, resp
+        r = reasons(resp)
+        assert r["stored"] == [sop_uid(d) for d in data[:2]] and r["other"] == [0xC000]
+        third = body.index(b"\r\n--BOUNDARY\r\n", body.index(data[1])) + len(b"\r\n--BOUNDARY\r\n")
+        assert _other_comments(resp) == [f"Multipart body exceeds a limit: more than 2 parts (at byte {third})"]
+        # Nothing stored before the limit: 413. (Non-DICOM parts: failures, not stored.)
+        status, resp = _run(app, [multipart([b"a", b"b", b"c"], part_headers=b"Content-Type: text/plain\r\n")])
+        assert status == 413, resp
+        assert resp.startswith(b"Multipart body exceeds a limit: more than 2 parts")
+        assert archive.get(sop_uid(data[2])) is None
+    finally:
+        app.close()
+    for d in data[:2]:
+        assert Path(archive.get(sop_uid(d)).path).read_bytes() == d
+    archive.close()

@@ -20,7 +20,7 @@ from dicomaccel._multipart_py import (
     parse_content_type,
     validate_boundary,
 )
-from dicomaccel.errors import ParseError
+from dicomaccel.errors import LimitExceeded, ParseError
 
 __all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type"]
 
@@ -344,7 +344,7 @@ cdef class MultipartScanner:
         cdef Py_buffer view
         cdef list events = []
         if self._error is not None:
-            raise ParseError(*self._error)
+            raise self._again()
         if self._busy:
             raise RuntimeError("MultipartScanner.feed() called while another feed() is running")
         try:
@@ -358,7 +358,7 @@ cdef class MultipartScanner:
                 self._run(<const unsigned char *>view.buf, view.len, events)
             self._offset += view.len
         except ParseError as exc:
-            self._error = (exc.message, exc.offset)
+            self._fail(exc, events)
             raise
         finally:
             self._chunk = None
@@ -370,7 +370,7 @@ cdef class MultipartScanner:
     def finish(self):
         """Declare the end of the body: ParseError unless the close delimiter was seen."""
         if self._error is not None:
-            raise ParseError(*self._error)
+            raise self._again()
         if self._state == MP_CLOSED:
             return
         if self._state == MP_PREAMBLE:
@@ -381,8 +381,18 @@ cdef class MultipartScanner:
             message = "body ended before the close delimiter"
         else:
             message = "body ended inside a boundary line"
-        self._error = (message, self._offset)
-        raise ParseError(message, self._offset)
+        raise self._fail(ParseError(message, self._offset), [])
+
+    cdef object _fail(self, exc, list events):
+        # Make exc the sticky error and attach the events produced before it (see the twin).
+        self._error = (type(exc), exc.message, exc.offset)
+        exc.events = events
+        return exc
+
+    cdef object _again(self):
+        # A new instance of the sticky error, for the calls after it.
+        cls, message, offset = self._error
+        return self._fail(cls(message, offset), [])
 
     cdef int _emit(self, list events, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n) except -1:
         # Data is a view of the caller's chunk; the view object is made once per feed.
@@ -422,7 +432,7 @@ cdef class MultipartScanner:
                         raise ParseError(f"expected LF after CR in a boundary line, found {describe_byte(c)}", base + pos)
                     pos += 1
                     if self._part_count >= self._max_parts:
-                        raise ParseError(f"more than {self._max_parts} parts", base + pos)
+                        raise LimitExceeded(f"more than {self._max_parts} parts", base + pos)
                     self._state = MP_HEADERS
                     self._header_start = base + pos
                     PyByteArray_Resize(self._hbuf, 0)
@@ -517,8 +527,8 @@ cdef class MultipartScanner:
                 end = hit - h + 4
         if end < 0:
             if old + take >= self._max_header_size and pos + take < n:
-                raise ParseError(f"part headers longer than {self._max_header_size} bytes",
-                                 self._header_start + self._max_header_size)
+                raise LimitExceeded(f"part headers longer than {self._max_header_size} bytes",
+                                    self._header_start + self._max_header_size)
             return -1
         block = PyBytes_FromStringAndSize(<const char *>h, end)
         PyByteArray_Resize(self._hbuf, 0)

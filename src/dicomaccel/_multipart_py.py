@@ -21,6 +21,12 @@ Choices where the RFC leaves room (both implementations make the same ones):
   anything else there is a ParseError. A body that stops before the close delimiter is a
   ParseError from :meth:`MultipartScanner.finish`.
 
+Errors: every error raised by :meth:`MultipartScanner.feed` and :meth:`MultipartScanner.finish`
+is a ParseError with the absolute offset; the two size limits (``max_parts``, ``max_header_size``)
+raise its subclass LimitExceeded, so a server can answer them as limits rather than as bad syntax.
+The error carries ``events``: what that call had produced before the error, so a part that was
+complete before the bad bytes is not lost with them.
+
 Data events are zero-copy ``memoryview`` slices of the chunk passed to ``feed``: the caller must
 use (or copy) them before it mutates or reuses that buffer. The scanner holds back at most
 ``len(delimiter) - 1`` bytes at the end of a chunk (the start of a possible delimiter); if they
@@ -32,7 +38,7 @@ from __future__ import annotations
 from operator import index
 from typing import Dict, List, Tuple, Union
 
-from .errors import ParseError
+from .errors import LimitExceeded, ParseError
 
 __all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type"]
 
@@ -257,8 +263,19 @@ class MultipartScanner:
 
     ``feed(chunk)`` returns the events that chunk completes, in order:
     ``(PART_BEGIN, [(name, value), ...])``, ``(PART_DATA, memoryview | bytes)``,
-    ``(PART_END, None)`` and, once, ``(CLOSE, None)``. Every error is a ParseError whose offset is
-    absolute in the body; after one, every call raises it again.
+    ``(PART_END, None)`` and, once, ``(CLOSE, None)``.
+
+    Raises
+    ------
+    LimitExceeded
+        From ``feed``: a part beyond ``max_parts`` starts, or a header block grows past
+        ``max_header_size`` without ending. A subclass of ParseError.
+    ParseError
+        From ``feed``: malformed syntax; from ``finish``: the body ended before the close
+        delimiter. ``offset`` is absolute in the body. ``events`` is a list of the events the
+        failing call produced before the error (same form as ``feed`` returns; its memoryviews
+        slice that call's chunk), empty from ``finish`` and from repeats. After an error every
+        call raises it again, as the same type with the same message and offset.
     """
 
     __slots__ = (
@@ -295,7 +312,7 @@ class MultipartScanner:
         self._part_count = 0
         self._header_start = 0
         self._hbuf = bytearray()
-        self._error: Union[Tuple[str, int], None] = None
+        self._error: Union[Tuple[type, str, int], None] = None
 
     @property
     def offset(self) -> int:
@@ -315,7 +332,7 @@ class MultipartScanner:
     def feed(self, chunk: object) -> List[Tuple[int, object]]:
         """Scan the next chunk (any contiguous buffer) and return the events it completes."""
         if self._error is not None:
-            raise ParseError(*self._error)
+            raise self._again()
         mv = _byte_view(chunk)
         n = mv.nbytes
         events: List[Tuple[int, object]] = []
@@ -324,7 +341,7 @@ class MultipartScanner:
             try:
                 self._run(hay, mv, n, events)  # type: ignore[arg-type]
             except ParseError as exc:
-                self._error = (exc.message, exc.offset)
+                self._fail(exc, events)
                 raise
         self._offset += n
         return events
@@ -332,7 +349,7 @@ class MultipartScanner:
     def finish(self) -> None:
         """Declare the end of the body: ParseError unless the close delimiter was seen."""
         if self._error is not None:
-            raise ParseError(*self._error)
+            raise self._again()
         state = self._state
         if state == MP_CLOSED:
             return
@@ -344,8 +361,18 @@ class MultipartScanner:
             message = "body ended before the close delimiter"
         else:
             message = "body ended inside a boundary line"
-        self._error = (message, self._offset)
-        raise ParseError(message, self._offset)
+        raise self._fail(ParseError(message, self._offset), [])
+
+    def _fail(self, exc: ParseError, events: list) -> ParseError:
+        """Make ``exc`` the sticky error and attach the events produced before it."""
+        self._error = (type(exc), exc.message, exc.offset)
+        exc.events = events  # type: ignore[attr-defined]
+        return exc
+
+    def _again(self) -> ParseError:
+        """A new instance of the sticky error, for the calls after it."""
+        cls, message, offset = self._error  # type: ignore[misc]
+        return self._fail(cls(message, offset), [])
 
     def _run(self, hay: bytes, mv: memoryview, n: int, events: list) -> None:
         base = self._offset
@@ -375,7 +402,7 @@ class MultipartScanner:
                             raise ParseError(f"expected LF after CR in a boundary line, found {describe_byte(c)}", base + pos)
                         pos += 1
                         if self._part_count >= self._max_parts:
-                            raise ParseError(f"more than {self._max_parts} parts", base + pos)
+                            raise LimitExceeded(f"more than {self._max_parts} parts", base + pos)
                         state = MP_HEADERS
                         self._header_start = base + pos
                         del self._hbuf[:]
@@ -449,7 +476,7 @@ class MultipartScanner:
             end = -1 if end < 0 else end + 4
         if end < 0:
             if len(hbuf) >= self._max_header_size and pos + take < n:
-                raise ParseError(
+                raise LimitExceeded(
                     f"part headers longer than {self._max_header_size} bytes", self._header_start + self._max_header_size
                 )
             return -1

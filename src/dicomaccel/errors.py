@@ -13,3 +13,9 @@ class ParseError(ValueError):
 
     def __reduce__(self):  # keep pickling (process pools, pytest-xdist) working
         return (type(self), (self.message, self.offset))
+
+
+class LimitExceeded(ParseError):
+    """Well-formed so far, but larger than a configured limit allows (too many parts, a header
+    block too long). A service answers it as a size limit (HTTP 413, RFC 9110 §15.5.14), not as
+    malformed syntax (400)."""

@@ -1,10 +1,12 @@
 """Streaming multipart/related scanner (RFC 2046 §5.1.1 as profiled by PS3.18 §8.6.1.2).
 
 Public names come from the compiled kernel unless ``DICOMACCEL_NO_EXTENSIONS=1``; the
-pure-Python twin ``_multipart_py`` is the specification of both.
+pure-Python twin ``_multipart_py`` is the specification of both. ``LimitExceeded`` (a
+``ParseError``) is what both raise for the ``max_parts`` and ``max_header_size`` limits.
 """
 
 from ._compat import load_kernel
+from .errors import LimitExceeded
 
 _impl = load_kernel("multipart")
 
@@ -16,4 +18,4 @@ CLOSE = _impl.CLOSE
 MultipartScanner = _impl.MultipartScanner
 parse_content_type = _impl.parse_content_type
 
-__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type"]
+__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type", "LimitExceeded"]

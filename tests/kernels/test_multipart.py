@@ -7,6 +7,7 @@ from __future__ import annotations
 import array
 import email
 import importlib
+import pickle
 import random
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from dicomaccel import multipart
 from dicomaccel._compat import NO_EXTENSIONS
-from dicomaccel.errors import ParseError
+from dicomaccel.errors import LimitExceeded, ParseError
 
 PART_BEGIN, PART_DATA, PART_END, CLOSE = 1, 2, 3, 4
 
@@ -80,9 +81,11 @@ def splits(body):
         yield [body[:i], body[i:]]
 
 
-def error_of(impl, pieces, boundary, **limits):
+def error_of(impl, pieces, boundary, kind=ParseError, **limits):
+    """(message, offset) of the error scanning ``pieces`` raises, which must be exactly ``kind``."""
     with pytest.raises(ParseError) as info:
         scan(impl, pieces, boundary, **limits)
+    assert type(info.value) is kind
     return info.value.message, info.value.offset
 
 
@@ -128,7 +131,9 @@ def test_chooser_exports(multipart_impl):
     assert (impl.PART_BEGIN, impl.PART_DATA, impl.PART_END, impl.CLOSE) == (1, 2, 3, 4)
     assert multipart.IMPLEMENTATION.startswith("dicomaccel._multipart_")
     for name in multipart.__all__:
-        assert getattr(multipart, name) is getattr(multipart._impl, name)
+        source = multipart._impl if name != "LimitExceeded" else importlib.import_module("dicomaccel.errors")
+        assert getattr(multipart, name) is getattr(source, name)
+    assert issubclass(multipart.LimitExceeded, ParseError)
 
 
 def test_event_sequence_and_attributes(multipart_impl):
@@ -279,11 +284,14 @@ def test_limits_at_the_edge(multipart_impl):
     ok = parts_of(scan(multipart_impl, [body], "b", max_header_size=len(block), max_parts=2))
     assert ok == [([("a", "12345")], b"x"), ([("a", "12345")], b"y")]
     for pieces in splits(body):
-        assert error_of(multipart_impl, pieces, "b", max_header_size=len(block) - 1) == (
+        assert error_of(multipart_impl, pieces, "b", LimitExceeded, max_header_size=len(block) - 1) == (
             f"part headers longer than {len(block) - 1} bytes",
             5 + len(block) - 1,
         )
-        assert error_of(multipart_impl, pieces, "b", max_parts=1) == ("more than 1 parts", body.index(b"y") - len(block))
+        assert error_of(multipart_impl, pieces, "b", LimitExceeded, max_parts=1) == (
+            "more than 1 parts",
+            body.index(b"y") - len(block),
+        )
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -333,18 +341,127 @@ def test_finish_errors(multipart_impl, body, message):
         assert error_of(multipart_impl, pieces, "b") == (message, len(body))
 
 
-def test_errors_are_sticky(multipart_impl):
-    scanner = multipart_impl.MultipartScanner("b")
+@pytest.mark.parametrize(
+    "body, limits, kind, message, offset",
+    [
+        (b"--bX", {}, ParseError, "expected '--', padding or CRLF after the boundary, found b'X'", 3),
+        (b"--b\r\n\r\nx\r\n--b\r\n", {"max_parts": 1}, LimitExceeded, "more than 1 parts", 15),
+    ],
+)
+def test_errors_are_sticky(multipart_impl, body, limits, kind, message, offset):
+    scanner = multipart_impl.MultipartScanner("b", **limits)
     with pytest.raises(ParseError) as first:
-        scanner.feed(b"--bX")
-    for call in (lambda: scanner.feed(b"\r\n"), scanner.finish):
+        scanner.feed(body)
+    for call in (lambda: scanner.feed(b"\r\n"), scanner.finish, scanner.finish):
         with pytest.raises(ParseError) as again:
             call()
-        assert (again.value.message, again.value.offset) == (first.value.message, first.value.offset) == (
-            "expected '--', padding or CRLF after the boundary, found b'X'",
-            3,
-        )
-    assert isinstance(first.value, ValueError) and "(at byte 3)" in str(first.value)
+        assert type(again.value) is type(first.value) is kind
+        assert (again.value.message, again.value.offset) == (first.value.message, first.value.offset) == (message, offset)
+        assert again.value.events == []  # the repeats produce nothing
+    assert isinstance(first.value, ValueError) and f"(at byte {offset})" in str(first.value)
+    assert scanner.offset == 0  # the failing chunk is not counted as consumed
+
+
+def test_limit_exceeded_pickles():
+    err = pickle.loads(pickle.dumps(LimitExceeded("more than 1 parts", 15)))
+    assert type(err) is LimitExceeded and (err.message, err.offset) == ("more than 1 parts", 15)
+
+
+def test_finish_error_has_no_events(multipart_impl):
+    scanner = multipart_impl.MultipartScanner("b")
+    assert [k for k, _ in scanner.feed(b"--b\r\n\r\nxyz")] == [PART_BEGIN, PART_DATA]
+    with pytest.raises(ParseError) as info:
+        scanner.finish()
+    assert type(info.value) is ParseError and info.value.events == []
+
+
+# --- errors keep the events produced before them ----------------------------------------------------
+
+# Two complete parts, the second empty; its PART_END comes when the final "\r\n--b" is read.
+GOOD = b"--b\r\nA: 1\r\n\r\nxyz\r\n--b\r\nA: 2\r\n\r\n\r\n--b"
+GOOD_EVENTS = [
+    (PART_BEGIN, [("a", "1")]),
+    (PART_DATA, b"xyz"),
+    (PART_END, None),
+    (PART_BEGIN, [("a", "2")]),
+    (PART_END, None),
+]
+# (bad tail after GOOD, scanner limits, error type, message, offset from the end of GOOD)
+BAD_TAILS = {
+    "delimiter": (b"X\r\n\r\n", {}, ParseError, "expected '--', padding or CRLF after the boundary, found b'X'", 0),
+    "header": (b"\r\nno colon\r\n\r\n", {}, ParseError, "header line without ':'", 2),
+    "max_parts": (b"\r\nA: 3\r\n\r\nz\r\n--b--", {"max_parts": 2}, LimitExceeded, "more than 2 parts", 2),
+    "max_header_size": (
+        b"\r\nA: 33333\r\n\r\nz\r\n--b--",
+        {"max_header_size": 9},  # the blocks of GOOD are 8 bytes, this one 12
+        LimitExceeded,
+        "part headers longer than 9 bytes",
+        2 + 9,
+    ),
+}
+
+
+def _norm(events):
+    return [(kind, bytes(value) if kind == PART_DATA else value) for kind, value in events]
+
+
+def trace(impl, pieces, boundary, **limits):
+    """Each call's outcome: ("ok", events) per feed, then ("raised", type, message, offset, events) at
+    the first error (from feed or finish). Data as bytes, not joined."""
+    scanner = impl.MultipartScanner(boundary, **limits)
+    calls = []
+    try:
+        for piece in pieces:
+            calls.append(("ok", _norm(scanner.feed(piece))))
+        scanner.finish()
+    except ParseError as exc:
+        calls.append(("raised", type(exc), exc.message, exc.offset, _norm(exc.events)))
+    return calls
+
+
+def _outcome(impl, pieces, boundary, **limits):
+    """What does not depend on chunking: all events (data joined), those an error carries included,
+    and the error."""
+    events, error = [], None
+    for call in trace(impl, pieces, boundary, **limits):
+        if call[0] == "raised":
+            error = call[1:4]
+        for kind, value in call[-1]:
+            if kind == PART_DATA and events and events[-1][0] == PART_DATA:
+                events[-1] = (PART_DATA, events[-1][1] + value)
+            else:
+                events.append((kind, value))
+    return events, error
+
+
+@pytest.mark.parametrize("tail, limits, kind, message, at", BAD_TAILS.values(), ids=BAD_TAILS.keys())
+def test_error_keeps_complete_parts(multipart_impl, tail, limits, kind, message, at):
+    body = GOOD + tail
+    scanner = multipart_impl.MultipartScanner("b", **limits)
+    with pytest.raises(kind) as info:
+        scanner.feed(body)
+    err = info.value
+    assert (type(err), err.message, err.offset) == (kind, message, len(GOOD) + at)
+    assert _norm(err.events) == GOOD_EVENTS  # one chunk: everything complete rides on the error
+    assert all(v.obj is body for k, v in err.events if k == PART_DATA)  # zero-copy, still valid
+    expected = (GOOD_EVENTS, (kind, message, len(GOOD) + at))
+    # Every split point: what feed returned plus what the error carries is all that was complete.
+    for i in range(len(body) + 1):
+        assert _outcome(multipart_impl, [body[:i], body[i:]], "b", **limits) == expected, i
+    assert _outcome(multipart_impl, [body[i : i + 1] for i in range(len(body))], "b", **limits) == expected
+
+
+@pytest.mark.parametrize("tail, limits, kind, message, at", BAD_TAILS.values(), ids=BAD_TAILS.keys())
+def test_error_events_compiled_matches_twin(tail, limits, kind, message, at):
+    """Call by call, at every split point: the same events returned, the same error, the same events on it."""
+    if _c is None:
+        pytest.skip("compiled kernel not built")
+    body = GOOD + tail
+    for i in range(len(body) + 1):
+        for pieces in ([body[:i], body[i:]], [body[:i], body[i : i + 5], body[i + 5 :]]):
+            twin = trace(_py, pieces, "b", **limits)
+            assert twin[-1][:4] == ("raised", kind, message, len(GOOD) + at)
+            assert trace(_c, pieces, "b", **limits) == twin, pieces
 
 
 @pytest.mark.parametrize(
@@ -465,13 +582,6 @@ def test_against_email_parser(multipart_impl, boundary, parts, preamble, epilogu
 # --- Hypothesis: compiled module against its twin ---------------------------------------------------
 
 
-def _outcome(impl, pieces, boundary, **limits):
-    try:
-        return scan(impl, pieces, boundary, **limits)
-    except ParseError as exc:
-        return ("error", exc.message, exc.offset)
-
-
 @HYPOTHESIS
 @given(
     boundary=st.sampled_from(["b", "b:c", "8f14e45fceea167a5a36dedd4bea2543"]),
@@ -490,8 +600,8 @@ def test_compiled_matches_twin(boundary, parts, mutations, cuts, limits):
         body[where : where + (0 if insert else 1)] = insert
     body = bytes(body)
     pieces = _pieces(body, _cuts(cuts, len(body)))
+    assert trace(_c, pieces, boundary, **limits) == trace(_py, pieces, boundary, **limits)
     twin = _outcome(_py, pieces, boundary, **limits)
-    assert _outcome(_c, pieces, boundary, **limits) == twin
     # Chunking changes neither the events (data joined) nor the error and its offset.
     assert _outcome(_py, [body], boundary, **limits) == twin
     assert _outcome(_c, [body[i : i + 1] for i in range(len(body))], boundary, **limits) == twin

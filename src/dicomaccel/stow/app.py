@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from ..archive import Archive, StoreFailure, StoreOutcome, is_valid_uid
-from ..errors import ParseError
-from ..multipart import CLOSE, PART_BEGIN, PART_DATA, PART_END, MultipartScanner, parse_content_type
+from ..errors import LimitExceeded, ParseError
+from ..multipart import PART_BEGIN, PART_DATA, PART_END, MultipartScanner, parse_content_type
 from ..status import FailureReason
 from .gate import GateBusy, StoreGate
 from .response import JSON_MEDIA_TYPE, FailedInstance, StoredInstance, StoreResponse, choose_media_type
@@ -73,7 +73,8 @@ def create_app(
     max_request_bytes, max_instance_bytes : int, optional
         Size limits (413 when exceeded); ``None`` means unlimited.
     max_parts : int
-        Most parts accepted in one request.
+        Most parts accepted in one request (413 beyond, like a part header block over 16384
+        bytes; 202 with an Other Failure if earlier parts were stored).
     commits_in_flight : int
         Parts of one request being committed in worker threads while the body keeps streaming.
     body_timeout : float, optional
@@ -261,6 +262,35 @@ class StowApp:
             except StoreFailure as failure:  # e.g. A710: the reserve was reached meanwhile
                 order.append(_failed(failure))
 
+        async def handle(events: list) -> None:
+            nonlocal incoming, part_bytes
+            for kind, value in events:
+                if kind == PART_DATA:
+                    if incoming is None:
+                        continue
+                    part_bytes += len(value)
+                    if self.max_instance_bytes is not None and part_bytes > self.max_instance_bytes:
+                        raise _RequestTooLarge(f"an instance exceeds the limit of {self.max_instance_bytes} bytes")
+                    try:
+                        incoming.write(value)
+                    except StoreFailure as failure:
+                        incoming.abort()
+                        incoming = None
+                        order.append(_failed(failure))
+                elif kind == PART_BEGIN:
+                    begin_part(value)
+                elif kind == PART_END:
+                    if incoming is not None:
+                        fut = loop.run_in_executor(self.executor, _commit, incoming, study_uid)
+                        incoming = None
+                        commits.append(fut)
+                        order.append(fut)
+                        # Bound the parts of one request held in flight (disk, threads).
+                        pending = [c for c in commits if not c.done()]
+                        if len(pending) >= self.commits_in_flight:
+                            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                # CLOSE needs nothing: finish() checks that it came.
+
         try:
             while True:
                 try:
@@ -273,36 +303,19 @@ class StowApp:
                 request_bytes += len(chunk)
                 if self.max_request_bytes is not None and request_bytes > self.max_request_bytes:
                     raise _RequestTooLarge(f"request body exceeds the limit of {self.max_request_bytes} bytes")
-                for kind, value in scanner.feed(chunk):
-                    if kind == PART_DATA:
-                        if incoming is None:
-                            continue
-                        part_bytes += len(value)
-                        if self.max_instance_bytes is not None and part_bytes > self.max_instance_bytes:
-                            raise _RequestTooLarge(f"an instance exceeds the limit of {self.max_instance_bytes} bytes")
-                        try:
-                            incoming.write(value)
-                        except StoreFailure as failure:
-                            incoming.abort()
-                            incoming = None
-                            order.append(_failed(failure))
-                    elif kind == PART_BEGIN:
-                        begin_part(value)
-                    elif kind == PART_END:
-                        if incoming is not None:
-                            fut = loop.run_in_executor(self.executor, _commit, incoming, study_uid)
-                            incoming = None
-                            commits.append(fut)
-                            order.append(fut)
-                            # Bound the parts of one request held in flight (disk, threads).
-                            pending = [c for c in commits if not c.done()]
-                            if len(pending) >= self.commits_in_flight:
-                                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    elif kind == CLOSE:
-                        pass
+                try:
+                    events = scanner.feed(chunk)
+                except ParseError as exc:
+                    # Parts completed in this chunk before the bad bytes are whole: commit them
+                    # before the error ends the body (PS3.18 §10.5.3: stored instances are reported).
+                    await handle(exc.events)
+                    raise
+                await handle(events)
                 if not message.get("more_body", False):
                     break
             scanner.finish()
+        except LimitExceeded as exc:  # too many parts or a header block too long: 413 (PS3.18 §8.5)
+            error = (413, f"Multipart body exceeds a limit: {exc}")
         except ParseError as exc:
             error = (400, f"Malformed multipart body: {exc}")
         except _RequestTooLarge as exc:
