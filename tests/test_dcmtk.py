@@ -13,27 +13,14 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
 import dicomgen
+from benchmarks.peers import dcmtk_program
 from test_cget import dataset_part, retag, sop_of
 from test_stow import multipart, post
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _dcmtk_getscu() -> str | None:
-    # pynetdicom installs a getscu of its own, which may come first on PATH.
-    for directory in ["/usr/bin", "/usr/local/bin"] + os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(directory, "getscu")
-        if os.access(candidate, os.X_OK):
-            try:
-                version = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if "dcmtk" in version.stdout.lower():
-                return candidate
-    return None
-
-
-GETSCU = _dcmtk_getscu()
+GETSCU = dcmtk_program("getscu")
 pytestmark = [pytestmark, pytest.mark.skipif(GETSCU is None, reason="DCMTK getscu not installed")]
 
 

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from benchmarks.peers import dcmtk_program
 from dicomaccel.dimse import AssociationClosedError, messages, start_dimse_server
 from dicomaccel.status import Status
 
@@ -391,17 +392,7 @@ def test_idle_timeout_aborts(serve):
 
 
 def test_dcmtk_echoscu(serve):
-    echoscu = None
-    for directory in ["/usr/bin", "/usr/local/bin"] + os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(directory, "echoscu")
-        if os.access(candidate, os.X_OK):
-            try:
-                version = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if "dcmtk" in version.stdout.lower():  # pynetdicom installs an echoscu too
-                echoscu = candidate
-                break
+    echoscu = dcmtk_program("echoscu")
     if echoscu is None:
         pytest.skip("DCMTK echoscu not installed")
     server = serve(require_called_ae=True)
