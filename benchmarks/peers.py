@@ -236,14 +236,15 @@ class DicomaccelPeer(Peer):
 
     name = "dicomaccel"
     ae_title = "DICOMACCEL"
+    fsync = "never"
     _listen = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on \S+://[^:/]+:(\d+)")
 
     def start(self, files: list[Path]) -> None:
-        # --fsync never: durability of the load does not change what C-GET reads, only how long
-        # loading takes.
+        # --fsync never by default: durability of the load does not change what C-GET reads, only
+        # how long loading takes. An ingest benchmark sets ``fsync = "always"``.
         cmd = [sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(self.workdir / "data"),
                "--host", "127.0.0.1", "--http-port", "0", "--dimse-port", "0", "--ae-title", self.ae_title,
-               "--fsync", "never", "--log-level", "warning"]
+               "--fsync", self.fsync, "--log-level", "warning"]
         self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.http_port = None
         for line in _Lines(self.proc, self.log).until("dicomaccel: ready", 60):
@@ -276,9 +277,9 @@ def _batches(files: list[Path], max_count: int = 50, max_bytes: int = 256 << 20)
         yield batch
 
 
-def stow(port: int, files: list[Path]) -> None:
-    """POST ``files`` to ``/dicomweb/studies`` on 127.0.0.1:``port`` as multipart/related
-    (PS3.18 §10.5), streamed from disk, several instances per request; raise unless each is 200."""
+def stow(port: int, files: list[Path], path: str = "/dicomweb/studies") -> None:
+    """POST ``files`` to ``path`` on 127.0.0.1:``port`` as multipart/related (PS3.18 §10.5),
+    streamed from disk, several instances per request; raise unless each is 200."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     try:
         for batch in _batches(files):
@@ -295,7 +296,7 @@ def stow(port: int, files: list[Path]) -> None:
                     yield b"\r\n"
                 yield tail
 
-            conn.request("POST", "/dicomweb/studies", body=body(), headers={
+            conn.request("POST", path, body=body(), headers={
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
                 "Content-Length": str(length), "Accept": "application/dicom+json"})
             resp = conn.getresponse()
@@ -317,6 +318,7 @@ class DcmqrscpPeer(Peer):
 
     name = "dcmqrscp"
     ae_title = "DCMQRSCP"
+    options: tuple[str, ...] = ()  # extra dcmqrscp command-line options, e.g. accepted transfer syntaxes
     client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM"}
 
     @classmethod
@@ -344,7 +346,7 @@ class DcmqrscpPeer(Peer):
         # dcmqrscp deletes the oldest images of a study that outgrows its quota: keep the usual
         # 1024 MB unless the corpus is bigger.
         cfg = self._write_config(max(1024, 2 * sum(p.stat().st_size for p in files) >> 20))
-        self.proc = spawn([dcmtk_program("dcmqrscp"), "-c", str(cfg), str(self.port)], log=self.log,
+        self.proc = spawn([dcmtk_program("dcmqrscp"), *self.options, "-c", str(cfg), str(self.port)], log=self.log,
                           env=dcmtk_env(), cwd=self.workdir)
         deadline = time.monotonic() + 30
         while not listening(self.port):
@@ -352,6 +354,8 @@ class DcmqrscpPeer(Peer):
                 self.stop()
                 raise PeerUnavailable(f"dcmqrscp did not listen on {self.port}: {self.log_tail(600)}")
             time.sleep(0.02)
+        if not files:  # an empty archive, for a benchmark that stores into it
+            return
         done = subprocess.run(
             [dcmtk_program("storescu"), "-aet", self.client_titles["storescu"], "-aec", self.ae_title,
              "127.0.0.1", str(self.port), *map(str, files)],

@@ -1,0 +1,205 @@
+"""Smoke test of the side-by-side benchmark (benchmarks/compare.py) on a tiny corpus.
+
+Runs the real command against dicomaccel alone (real server, real STOW-RS, getscu and pynetdicom
+clients, real FRAME-level C-GET) with one run per measurement, then checks the report, the JSON
+and the charts it writes, and that no server outlives it. Peers other than dicomaccel are skipped
+here; whether each could run is reported with its reason. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+if importlib.util.find_spec("pynetdicom") is None:
+    pytest.skip("pynetdicom is not installed: the harness needs it as a client", allow_module_level=True)
+
+from benchmarks import compare, peers, report  # noqa: E402
+
+CHARTS = importlib.util.find_spec("matplotlib") is not None
+ARGS = ["--peers", "dicomaccel", "--ct", "3", "--multiframe", "1", "--j2k", "1", "--j2k-frames", "12",
+        "--pydicom-data", "6", "--runs", "1", "--stow-batch", "1,20", "--stow-clients", "1,4"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    cache = tmp_path_factory.mktemp("cache")
+    # A 1-instance multi-frame corpus of the real size would take seconds to write; the harness
+    # cycles the frame counts, so --multiframe 1 is one 170-frame (89 MB) instance.
+    cmd = [sys.executable, "-m", "benchmarks.compare", *ARGS, "--out", str(out), "--cache-dir", str(cache),
+           *([] if CHARTS else ["--no-charts"])]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, out, json.loads((out / "results.json").read_text())
+
+
+def test_other_peers_are_reported_available_or_skipped_with_a_reason():
+    for name, cls in compare.PEERS.items():
+        reason = cls.unavailable()
+        if reason:
+            print(f"peer {name} would be skipped: {reason}")
+        assert reason is None or "install" in reason
+
+
+def test_every_workload_has_a_measured_row_for_dicomaccel(run):
+    _, _, data = run
+    methods = {(r["corpus"], r["method"]) for r in data["rows"]}
+    # CT of 3: batches of 1 (1 and 3 clients) and of 3 (1 client); storescu is not for dicomaccel.
+    assert {m for c, m in methods if c == "ct" and m.startswith("STOW")} == {
+        "STOW-RS 1/request, 1 client", "STOW-RS 1/request, 3 clients", "STOW-RS 3/request, 1 client"}
+    clients = ["getscu", "pynetdicom"] if peers.dcmtk_program("getscu") else ["pynetdicom"]
+    for corpus in ("ct", "multiframe", "j2k"):
+        for level in ("STUDY", "SERIES"):
+            for client in clients:
+                assert (corpus, f"C-GET {level}, {client}") in methods
+    for row in data["rows"]:
+        assert row["peer"] == "dicomaccel"
+        if row["corpus"] == "pydicom-data":
+            continue  # real files: some are refused, which the accepted count records
+        assert row["error"] is None, row
+        (measured,) = row["runs"]
+        assert measured["seconds"] > 0 and measured["peak_mib"] > 0
+        assert measured["accepted"] == row["instances"], row
+
+
+def test_pydicom_data_accepted_counts_are_recorded(run):
+    _, _, data = run
+    rows = [r for r in data["rows"] if r["corpus"] == "pydicom-data"]
+    assert rows and all(r["instances"] == 6 for r in rows)
+    for row in rows:
+        assert 0 < row["runs"][0]["accepted"] <= 6
+
+
+def test_frame_level_outcome_is_recorded(run):
+    _, _, data = run
+    outcome = data["frame_probe"]["dicomaccel"]
+    assert outcome["outcome"]
+    frame_rows = [r for r in data["rows"] if r["section"] == "frame"]
+    if outcome["supported"]:
+        assert {r["corpus"] for r in frame_rows} == {"multiframe", "j2k"}
+        # every 10th frame of 170 frames and of 12 frames: one new instance per source instance
+        assert all(r["runs"][0]["accepted"] == 1 for r in frame_rows)
+    else:
+        assert not frame_rows
+
+
+def test_report_has_machine_versions_corpus_and_every_table(run):
+    _, out, data = run
+    md = (out / "report.md").read_text()
+    for heading in ("## Machine", "## Versions", "## Corpus", "## Ingest", "## Retrieve (C-GET)",
+                    "## How it was measured"):
+        assert heading in md
+    assert data["command"].startswith("python -m benchmarks.compare --peers dicomaccel")
+    assert data["command"] in md
+    assert "TCP_NODELAY=1" in md
+    # One table line per row of the JSON (plus headers), each showing its median.
+    for row in data["rows"]:
+        s = report.summary(row)
+        assert f"| {row['peer']} | {s['rate_cell']} | {s['mbps_cell']} |" in md
+    if CHARTS:
+        pngs = sorted(p.name for p in out.glob("*.png"))
+        assert "ingest-throughput.png" in pngs and "retrieve-memory.png" in pngs
+        for png in out.glob("*.png"):
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({png.name})" in md
+
+
+_SERVER = re.compile(r"^(\w+): C-GET SCP on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", re.M)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone too; the harness reaps its children, so this should not be needed.
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+def test_no_server_outlives_the_harness(run):
+    done, _, _ = run
+    started = _SERVER.findall(done.stdout)
+    assert [name for name, _, _ in started] == ["dicomaccel"]
+    for name, port, pid in started:
+        assert _gone(int(pid)), f"{name} (pid {pid}) still runs"
+        assert not peers.listening(int(port))
+
+
+def test_interrupted_harness_stops_its_servers(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.compare", "--peers", "dicomaccel", "--ct", "3", "--multiframe", "0",
+           "--j2k", "0", "--pydicom-data", "0", "--workloads", "cget", "--clients", "pynetdicom", "--runs", "500",
+           "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if " run 1: " in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(out) + rest
+    assert proc.returncode != 0
+    started = _SERVER.findall(text)
+    assert started, text[-2000:]
+    for name, port, pid in started:
+        assert _gone(int(pid)), f"{name} (pid {pid}) still runs after SIGINT"
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_ratio_is_against_the_fastest_other_peer():
+    row = lambda peer, seconds: {"section": "retrieve", "label": "w", "method": "m", "peer": peer,  # noqa: E731
+                                 "instances": 10, "bytes": 1000,
+                                 "runs": [{"seconds": s, "bytes": 1000, "first": 0.1, "peak_mib": 50,
+                                           "accepted": 10} for s in seconds]}
+    data = {"rows": [row("dicomaccel", [1.0, 2.0, 1.0]), row("orthanc", [4.0, 4.0, 5.0]),
+                     row("dcmqrscp", [2.0, 2.0, 8.0])]}
+    (r,) = report.ratios(data)
+    assert r["best_peer"] == "dcmqrscp"
+    assert r["ratio"] == pytest.approx(10.0 / 5.0)  # median 10 inst/s over median 5 inst/s
+    assert "**2.00x**" in report.headline(data)
+
+
+def test_ingest_configs_collapse_what_the_corpus_size_makes_identical():
+    assert compare.ingest_configs(200, [1, 20], [1, 4]) == [(1, 1), (1, 4), (20, 1), (20, 4)]
+    assert compare.ingest_configs(4, [1, 20], [1, 4]) == [(1, 1), (1, 4), (4, 1)]
+
+
+def test_storescu_log_is_timed_from_first_request_to_last_response():
+    log = "\n".join([
+        "23:59:59.900.000 INFO: Requesting Association",
+        "23:59:59.990.000 INFO: Sending Store Request (MsgID 1, CT)",
+        "23:59:59.995.500 INFO: Received Store Response (Success)",
+        "00:00:00.001.000 INFO: Sending Store Request (MsgID 2, CT)",
+        "00:00:00.010.000 INFO: Received Store Response (Failed: ...)",
+    ])
+    seconds, first = compare.parse_storescu_log(log)
+    assert seconds == pytest.approx(0.020)
+    assert first == pytest.approx(0.0055)
+    with pytest.raises(RuntimeError, match="no Store Request"):
+        compare.parse_storescu_log("10:00:00.000.000 INFO: Requesting Association\n")
+
+
+def test_storescu_groups_by_compressed_transfer_syntax():
+    corpus = compare.Corpus("x", "x", [Path("a"), Path("b"), Path("c")],
+                            syntaxes=["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2"])
+    groups = compare.storescu_groups(corpus)
+    assert groups == [([], [Path("a"), Path("c")]), (["-xv"], [Path("b")])]
