@@ -476,3 +476,76 @@ def test_alternate_representation_is_indexed(archive, syntax):
     record = archive.store_bytes(dicomgen.to_bytes(with_alt, syntax)).record
     assert record.has_alternates
     assert archive.get(record.sop_instance_uid).has_alternates
+
+
+# A process that stores instances and dies without closing the archive: its last batch was
+# flushed, but no later batch confirmed it, exactly as if power had failed during that flush.
+_DIE_AFTER_STORING = """
+import os, sys
+from dicomaccel.archive import Archive
+archive = Archive(sys.argv[1])
+for name in sys.argv[2:]:
+    with open(name, "rb") as f:
+        record = archive.store_bytes(f.read()).record
+    print(record.sop_instance_uid, record.path, flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "missing"])
+def test_start_up_checks_the_rows_of_an_unconfirmed_batch(tmp_path, damage):
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    payloads = [ct_file(rows=16, columns=16, seed=n) for n in range(3)]
+    names = []
+    for n, data in enumerate(payloads):
+        names.append(str(tmp_path / f"{n}.dcm"))
+        with open(names[-1], "wb") as f:
+            f.write(data)
+    out = subprocess.run([sys.executable, "-c", _DIE_AFTER_STORING, str(root), *names],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    stored = [line.split(" ", 1) for line in out.splitlines()]
+    assert len(stored) == 3
+    with sqlite3.connect(root / "index.sqlite3") as db:
+        unconfirmed = [r[0] for r in db.execute("SELECT sop_instance_uid FROM unconfirmed")]
+    assert unconfirmed == [stored[-1][0]]  # earlier batches were confirmed by later ones
+
+    # What a power loss during the last flush may leave: the row reached the disk, the
+    # file's bytes did not (all of them, or some).
+    (sop, path), (kept_sop, kept_path) = stored[-1], stored[0]
+    if damage == "truncated":
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif damage == "flipped byte":
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) - 1)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([last[0] ^ 0xFF]))
+    else:
+        os.unlink(path)
+
+    with Archive(root) as a:
+        assert a.get(sop) is None  # never acknowledged, never half-indexed
+        assert not os.path.exists(path)
+        assert a.get(kept_sop) is not None and os.path.exists(kept_path)
+        assert len(a.find()) == 2 and tmp_files(a.root) == []
+        assert not a.store_bytes(payloads[-1]).already_stored  # it can be sent again
+    with sqlite3.connect(root / "index.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM unconfirmed").fetchone()[0] == 0
+
+
+def test_start_up_keeps_intact_rows_of_an_unconfirmed_batch(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    name = str(tmp_path / "one.dcm")
+    with open(name, "wb") as f:
+        f.write(ct_file(rows=16, columns=16, seed=9))
+    out = subprocess.run([sys.executable, "-c", _DIE_AFTER_STORING, str(root), name],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    sop, path = out.split()
+    with Archive(root) as a:
+        assert a.get(sop).crc32 is not None and os.path.exists(path)

@@ -7,28 +7,49 @@ SQLite index (WAL mode)::
     <path>/instances/<study>/<series>/<sop>.<token>.dcm
     <path>/tmp/                    temp files and crash-recovery markers
 
-Write path (:meth:`IncomingInstance.commit`): the bytes go to a temp file in ``tmp/`` (same
-file system), the header is scanned and validated and the frame index built from an mmap of
-that file, then fsync, hard-link into place, and one index transaction. An instance is
-reported stored only after that commit. See :mod:`dicomaccel.archive.store` for what start-up
-does after a crash.
+Write path, and the exact order that makes "acknowledged" mean "durable" (``fsync=True``):
 
-Thread safety: ``write()`` may run on an event loop thread while ``commit()`` runs in a pool
-(several at once); ``get``/``find`` from any thread. Commits of the same SOP Instance UID are
-serialised, so two concurrent stores of one UID cannot both win.
+1. :meth:`IncomingInstance.feed` (event loop) holds the received buffers and hands them to a
+   writer thread every :data:`SPILL_BYTES`; :meth:`IncomingInstance.write` writes at once.
+   The writer appends to a temp file in ``tmp/``, folds the bytes into a CRC-32 and starts
+   their writeback (``sync_file_range``), so the disk works while the rest arrives.
+2. :meth:`IncomingInstance.commit` (a worker thread) writes what is left, maps the file,
+   scans the header, validates it, builds the frame index: still nothing is visible.
+3. The group commit (:mod:`.commit`) takes every instance ready at that moment: duplicate
+   rule, rename to a *pending* marker, link into ``instances/``, one index transaction for
+   the batch, which also lists the batch's rows as *unconfirmed*, then **one** ``syncfs``
+   of the archive's file system, which makes the files, their directory entries, the
+   markers and the SQLite WAL durable together.
+4. Only then is any store of the batch answered; markers are dropped afterwards.
+
+A crash before step 3's flush returns may leave any subset of that batch on disk. Start-up
+(:meth:`Archive.__init__`) therefore checks every unconfirmed row's file (size and CRC-32)
+and deletes the rows whose file did not survive, then removes ``*.part`` files and files
+whose marker has no row (:mod:`.store`). A row from an earlier batch is never unconfirmed:
+each batch's transaction confirms the previous batch of its writer, whose flush completed
+before it began. So the index never names a missing or partial file, and nothing a client
+was told is stored can be lost. With ``fsync=False`` step 3 skips the flush and the
+unconfirmed list: a process crash loses nothing (the kernel holds the data), a power
+failure may lose the last stores.
+
+Thread safety: ``feed()`` on one event loop per instance; ``write()`` and ``commit()`` from
+any thread (``commit()`` blocks: run it in a pool, several at once); ``get``/``find`` from
+any thread. Stores of one SOP Instance UID never share a batch, so two concurrent stores of
+one UID cannot both win.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import mmap
 import os
-import threading
 import zlib
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..status import FailureReason
+from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, SQLiteIndex
 from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, is_valid_uid, scan
 from .store import FileStore, LocalFileStore
@@ -45,6 +66,7 @@ __all__ = [
     "Index",
     "SQLiteIndex",
     "is_valid_uid",
+    "SPILL_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,28 +74,11 @@ log = logging.getLogger(__name__)
 # Free space is re-checked after every this many bytes written (statvfs is cheap, but not
 # free per 64 KiB chunk).
 SPACE_CHECK_INTERVAL = 1 << 20
-# Commits of one SOP Instance UID are serialised on one of these locks (striped by UID).
-_LOCK_STRIPES = 64
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """A successful store.
-
-    Attributes
-    ----------
-    record : InstanceRecord
-        The index row (for an idempotent re-store: the row already there).
-    warning : int or None
-        A :class:`~dicomaccel.status.WarningReason` value, or None (the archive stores the
-        bytes received and never coerces, so this is None today).
-    already_stored : bool
-        Identical bytes were already stored under this SOP Instance UID.
-    """
-
-    record: InstanceRecord
-    warning: int | None
-    already_stored: bool
+# feed() hands held buffers to the writer thread once this many bytes are held: one thread
+# hop per MiB, and at most two MiB per incoming instance held in memory.
+SPILL_BYTES = 1 << 20
+# Writer threads shared by all incoming instances of an archive.
+WRITER_THREADS = 4
 
 
 class IncomingInstance:
@@ -82,18 +87,24 @@ class IncomingInstance:
     Attributes
     ----------
     bytes_written : int
-        Bytes received so far.
+        Bytes received so far (written or held for the writer thread).
     """
 
     def __init__(self, archive: "Archive") -> None:
         self._archive = archive
-        self._fd, self._path = archive.files.create_temp()
+        self._fd = -1
+        self._path: str | None = None
         self._open = True
         self.bytes_written = 0
+        self._in_file = 0
+        self._crc = 0
+        self._held: list = []
+        self._held_bytes = 0
+        self._spill: Future | None = None
         self._next_check = SPACE_CHECK_INTERVAL
 
     def write(self, data) -> None:
-        """Append ``data`` (any contiguous buffer) to the temp file.
+        """Append ``data`` (any contiguous buffer) to the temp file before returning.
 
         Raises
         ------
@@ -101,29 +112,38 @@ class IncomingInstance:
             A710 if free space falls below the archive's ``min_free_bytes`` or the disk is
             full (the temp file is removed); 0110 on another I/O error.
         """
-        if not self._open:
-            raise RuntimeError("instance already committed or aborted")
+        self._check_open()
+        self._finish_spill()
         view = memoryview(data).cast("B")
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-                self.bytes_written += n
-        except OSError as exc:
-            self.abort()
-            raise _io_failure(exc) from None
-        finally:
-            view.release()
-        if self.bytes_written >= self._next_check:
-            self._next_check = self.bytes_written + SPACE_CHECK_INTERVAL
-            if not self._archive.writable():
-                self.abort()
-                raise StoreFailure(
-                    FailureReason.OUT_OF_STORAGE, "out of storage space while receiving"
-                )
+        self.bytes_written += view.nbytes
+        self._write_views([*self._take_held(), view])
+
+    async def feed(self, data) -> None:
+        """Event-loop side of :meth:`write`: no file I/O on the calling thread.
+
+        ``data`` must stay unchanged until the instance is committed or aborted (``bytes``
+        or a view of it; the multipart scanner's views of the ASGI body chunks are). Every
+        :data:`SPILL_BYTES` the held buffers go to a writer thread; if the previous hand-off
+        is still being written, this waits for it (back-pressure on the sender).
+
+        Raises
+        ------
+        StoreFailure
+            As :meth:`write`, possibly for bytes fed earlier.
+        """
+        self._check_open()
+        n = memoryview(data).nbytes
+        self._held.append(data)
+        self._held_bytes += n
+        self.bytes_written += n
+        if self._held_bytes >= SPILL_BYTES:
+            if self._spill is not None:
+                await asyncio.wrap_future(self._spill)
+            self._spill = self._archive._writers.submit(self._write_views, self._take_held())
 
     def commit(self, *, expected_study_uid: str | None = None) -> StoreOutcome:
-        """Validate, index and publish the received instance. Blocking; run it in a thread.
+        """Validate, index and publish the received instance; return once it is durable.
+        Blocking; run it in a thread.
 
         Parameters
         ----------
@@ -139,11 +159,12 @@ class IncomingInstance:
         StoreFailure
             With the Failure Reason; the temp file is removed and nothing is indexed.
         """
-        if not self._open:
-            raise RuntimeError("instance already committed or aborted")
+        self._check_open()
         try:
-            return self._archive._commit(self._fd, self._path, self.bytes_written,
-                                         expected_study_uid)
+            self._finish_spill()
+            if self._held:
+                self._write_views(self._take_held())
+            return self._archive._commit(self, expected_study_uid)
         except StoreFailure:
             raise
         except OSError as exc:
@@ -161,10 +182,74 @@ class IncomingInstance:
             self.abort()
 
     def abort(self) -> None:
-        """Discard the temp file (idempotent)."""
+        """Discard the temp file (idempotent; safe while a hand-off is being written)."""
         if self._open:
             self._open = False
-            os.close(self._fd)
+            self._held = []
+            spill = self._spill
+            if spill is not None and not spill.done():
+                spill.add_done_callback(lambda _: self._discard())
+            else:
+                self._discard()
+
+    # --- internals ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("instance already committed or aborted")
+
+    def _take_held(self) -> list:
+        held, self._held, self._held_bytes = self._held, [], 0
+        return held
+
+    def _finish_spill(self) -> None:
+        spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.result()
+
+    def _write_views(self, views: list) -> None:
+        """Writer side: append ``views`` to the temp file (a writer or commit thread)."""
+        if not self._open:
+            return
+        try:
+            if self._fd < 0:
+                self._fd, self._path = self._archive.files.create_temp()
+            start = self._in_file
+            crc = self._crc
+            for view in views:
+                crc = zlib.crc32(view, crc)
+            pending = [m for m in (memoryview(v).cast("B") for v in views) if m.nbytes]
+            while pending:
+                n = os.writev(self._fd, pending[:1024])  # IOV_MAX
+                self._in_file += n
+                while n:
+                    head = pending[0]
+                    if n >= head.nbytes:
+                        n -= head.nbytes
+                        pending.pop(0)
+                    else:
+                        pending[0] = head[n:]
+                        n = 0
+            self._crc = crc
+        except OSError as exc:
+            self._fail()
+            raise _io_failure(exc) from None
+        self._archive.files.start_writeback(self._fd, start, self._in_file - start)
+        if self._in_file >= self._next_check:
+            self._next_check = self._in_file + SPACE_CHECK_INTERVAL
+            if not self._archive.writable():
+                self._fail()
+                raise StoreFailure(
+                    FailureReason.OUT_OF_STORAGE, "out of storage space while receiving"
+                )
+
+    def _fail(self) -> None:
+        self._open = False
+        self._discard()
+
+    def _discard(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
             self._archive.files.remove(self._path)
 
 
@@ -192,13 +277,17 @@ class Archive:
         Refuse (A710) to start or continue receiving when free space is below this.
     allowed_sop_classes : frozenset of str, optional
         Accept only these SOP Class UIDs (0122 otherwise). Default: any valid UID.
+    recover : bool
+        Run start-up recovery (default). Worker processes sharing a data directory pass
+        False: their parent recovered it before starting them, and recovering under a
+        running writer would remove its temp files.
     """
 
     def __init__(self, path, *, fsync: bool = True, overwrite: bool = False,
                  min_free_bytes: int = 256 * 2**20,
-                 allowed_sop_classes: frozenset[str] | None = None) -> None:
+                 allowed_sop_classes: frozenset[str] | None = None,
+                 recover: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(path))
-        self.overwrite = overwrite
         self.min_free_bytes = min_free_bytes
         self.allowed_sop_classes = allowed_sop_classes
         os.makedirs(self.root, exist_ok=True)
@@ -206,7 +295,30 @@ class Archive:
         self.index: Index = SQLiteIndex(
             os.path.join(self.root, "index.sqlite3"), self.root, fsync=fsync
         )
-        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        if recover:
+            self._recover()
+        self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="archive-write")
+        self._committer = GroupCommit(self.files, self.index, overwrite=overwrite, record=_record)
+
+    @property
+    def overwrite(self) -> bool:
+        """Replace an instance whose SOP Instance UID arrives with different bytes."""
+        return self._committer.overwrite
+
+    def _recover(self) -> None:
+        # Rows whose batch flush a crash interrupted: keep those whose file is whole.
+        bad = []
+        for sop, rel, size, crc in self.index.unconfirmed():
+            path = os.path.join(self.root, *rel.split("/"))
+            if crc is None or not self.files.verify(path, size, crc):
+                bad.append((sop, path))
+        if bad:
+            log.warning("start-up: %d instance(s) of an interrupted commit were incomplete "
+                        "and are removed (none had been acknowledged)", len(bad))
+        self.index.drop_unconfirmed([sop for sop, _ in bad])
+        self.files.flush()
+        for _, path in bad:
+            self.files.remove(path)
         self.files.recover(self.index.has_path)
 
     # --- reads -------------------------------------------------------------------------
@@ -230,7 +342,13 @@ class Archive:
         return self.files.free_bytes() >= self.min_free_bytes
 
     def close(self) -> None:
-        """Close the index (idempotent). Uncommitted incoming instances are not touched."""
+        """Commit what is queued, then close the index (idempotent). Incoming instances not
+        yet committed are not touched."""
+        if self._committer is not None:
+            self._committer.close()
+            self._writers.shutdown(wait=True)
+            self.index.confirm()  # the last batch was flushed before it was answered
+            self._committer = None
         self.index.close()
 
     def __enter__(self) -> "Archive":
@@ -250,10 +368,7 @@ class Archive:
         """
         if not self.writable():
             raise StoreFailure(FailureReason.OUT_OF_STORAGE, "out of storage space")
-        try:
-            return IncomingInstance(self)
-        except OSError as exc:
-            raise _io_failure(exc) from None
+        return IncomingInstance(self)  # the temp file is created by its first write
 
     def store_bytes(self, data, *, expected_study_uid: str | None = None) -> StoreOutcome:
         """Store one complete PS3.10 file held in memory (tests, DIMSE C-STORE).
@@ -268,17 +383,18 @@ class Archive:
         incoming.write(data)
         return incoming.commit(expected_study_uid=expected_study_uid)
 
-    def _commit(self, fd: int, temp_path: str, size: int,
+    def _commit(self, incoming: IncomingInstance,
                 expected_study_uid: str | None) -> StoreOutcome:
+        size = incoming._in_file
         if size == 0:
             raise StoreFailure(FailureReason.CANNOT_UNDERSTAND, "empty instance")
-        self.files.sync(fd)
-        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        mm = mmap.mmap(incoming._fd, size, access=mmap.ACCESS_READ)
         try:
             header = scan(mm, size)
             self._validate(header, expected_study_uid)
             frame_index = build_frame_index(mm, header)
-            return self._publish(mm, size, temp_path, header, frame_index)
+            return self._committer.submit(PreparedInstance(
+                incoming._path, size, incoming._crc, header, frame_index, mm))
         finally:
             try:
                 mm.close()
@@ -333,40 +449,9 @@ class Archive:
                        f"Study Instance UID {h.study_uid} differs from the requested study "
                        f"{expected_study_uid[:64]}")
 
-    def _publish(self, buf, size: int, temp_path: str, h: Header,
-                 frame_index: FrameIndex | None) -> StoreOutcome:
-        sop = h.sop_instance_uid
-        with self._locks[zlib.crc32(sop.encode()) % _LOCK_STRIPES]:
-            existing = self.index.get(sop)
-            if existing is not None:
-                if self.files.same_bytes(existing.path, buf, size):
-                    return StoreOutcome(existing, None, True)
-                if not self.overwrite:
-                    raise StoreFailure(
-                        FailureReason.DUPLICATE_SOP_INSTANCE,
-                        "an instance with this SOP Instance UID and different content is "
-                        "already stored", h.sop_class_uid, sop,
-                    )
-            published = self.files.publish(temp_path, h.study_uid, h.series_uid, sop)
-            retired = None
-            try:
-                if existing is not None:
-                    retired = self.files.retire(existing.path)
-                record = self.index.put(_record(h, published.path, size, frame_index))
-            except BaseException:
-                self.files.remove(published.path)
-                self.files.finish(published.marker)
-                if retired is not None:
-                    self.files.finish(retired)
-                raise
-            self.files.finish(published.marker)
-            if retired is not None:
-                self.files.remove(existing.path)
-                self.files.finish(retired)
-        return StoreOutcome(record, None, False)
 
-
-def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None) -> InstanceRecord:
+def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,
+            crc32: int) -> InstanceRecord:
     return InstanceRecord(
         patient_id=h.patient_id,
         patient_name=h.patient_name,
@@ -392,4 +477,5 @@ def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None) -> 
         planar_configuration=h.planar_configuration,
         pixel_tag=h.pixel_tag,
         has_alternates=h.has_alternates,
+        crc32=crc32,
     )

@@ -2,25 +2,30 @@
 
 The row holds the query keys (Patient, Study, Series, SOP Instance), what a retriever needs
 to serve the file without parsing it (transfer syntax, offsets of the data set and of the
-Pixel Data value, and the frame index BLOB), and the file's path relative to the archive
-root, so an archive directory can be moved as a whole.
+Pixel Data value, and the frame index BLOB), the file's path relative to the archive root
+(so an archive directory can be moved as a whole) and the file's CRC-32.
+
+Rows are written in batches (:meth:`Index.put_batch`, one transaction per batch). The SQLite
+index lives beside the files, so the archive's single flush of a batch (``syncfs``) makes
+its WAL durable together with the files; until that flush returns, the batch's rows are
+listed in ``unconfirmed`` and start-up checks their files (:meth:`Index.unconfirmed`).
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .ingest import FrameIndex
 
-__all__ = ["InstanceRecord", "Index", "SQLiteIndex"]
+__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,22 @@ class InstanceRecord:
     # be one of several encodings of an image (PS3.3 C.6.1.1.5.1).
     has_alternates: bool = False
     stored_at: float = 0.0  # time.time() of the index commit
+    crc32: int | None = None  # CRC-32 of the whole file (None for rows of schema version 2)
 
 
 class Index(abc.ABC):
-    """What the archive needs from an instance index (SQLite here; PostgreSQL later)."""
+    """What the archive needs from an instance index (SQLite here; PostgreSQL later).
+
+    Attributes
+    ----------
+    durable_on_commit : bool
+        True if :meth:`put_batch` is durable when it returns (a database server with its own
+        log); False if the archive's file flush makes it durable (an index file beside the
+        instances). The archive flushes files before the commit in the first case, after it
+        in the second.
+    """
+
+    durable_on_commit: bool = True
 
     @abc.abstractmethod
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
@@ -80,9 +97,32 @@ class Index(abc.ABC):
         """Records matching every given key (a list matches any of its values)."""
 
     @abc.abstractmethod
-    def put(self, record: InstanceRecord) -> InstanceRecord:
-        """Insert the record, replacing one with the same SOP Instance UID, in one
-        transaction; returns it with ``stored_at`` set."""
+    def put_batch(self, records: list[InstanceRecord], replace_existing: list[bool],
+                  ) -> list[InstanceRecord | DuplicateRow | BaseException]:
+        """Insert the records in one transaction (each with ``replace_existing[i]``: replace a row of
+        the same SOP Instance UID, else refuse it). Returns, per record, the record with
+        ``stored_at`` set, :class:`DuplicateRow` if a row of that UID appeared meanwhile (a
+        concurrent writer won), or the error that kept it out; one bad row does not fail
+        the others. With ``durable_on_commit`` False the rows stay *unconfirmed* until the
+        next ``put_batch`` of this index object or :meth:`confirm`."""
+
+    @abc.abstractmethod
+    def confirm(self) -> None:
+        """The archive's flush after the last batch returned: its rows are durable."""
+
+    @abc.abstractmethod
+    def lookup(self, sop_instance_uid: str) -> tuple[str, int, int | None] | None:
+        """``(path, size, crc32)`` of a stored instance, or None: what the duplicate rule needs."""
+
+    @abc.abstractmethod
+    def unconfirmed(self) -> list[tuple[str, str, int, int | None]]:
+        """``(sop_instance_uid, rel_path, size, crc32)`` of rows committed before a crash
+        whose flush may not have completed (start-up only)."""
+
+    @abc.abstractmethod
+    def drop_unconfirmed(self, bad_sop_instance_uids: list[str]) -> None:
+        """Delete these rows (their files did not survive) and forget the rest of the
+        unconfirmed list, durably."""
 
     @abc.abstractmethod
     def has_path(self, rel_path: str) -> bool:
@@ -99,6 +139,7 @@ _COLUMNS = (
     "n_columns", "samples_per_pixel", "bits_allocated", "photometric_interpretation",
     "planar_configuration", "path", "size", "dataset_offset", "pixel_tag", "pixel_offset",
     "pixel_value_offset", "pixel_length", "frame_index", "has_alternates", "stored_at",
+    "crc32",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -126,30 +167,37 @@ CREATE TABLE IF NOT EXISTS instances (
     pixel_length INTEGER NOT NULL,
     frame_index BLOB,
     has_alternates INTEGER NOT NULL,
-    stored_at REAL NOT NULL
+    stored_at REAL NOT NULL,
+    crc32 INTEGER
 );
 CREATE INDEX IF NOT EXISTS instances_study_series
     ON instances (study_uid, series_uid, instance_number);
 CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
-PRAGMA user_version = 2;
+CREATE TABLE IF NOT EXISTS unconfirmed (
+    sop_instance_uid TEXT PRIMARY KEY,
+    writer TEXT NOT NULL
+);
+PRAGMA user_version = 3;
 """
+# Version 2 -> 3: the file's CRC-32 and the unconfirmed list (created by _SCHEMA).
+_MIGRATE_2_3 = "ALTER TABLE instances ADD COLUMN crc32 INTEGER"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 _ORDER = (
     " ORDER BY study_uid, series_uid, instance_number IS NULL, instance_number,"
     " sop_instance_uid"
 )
-_INSERT = (
-    f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_COLUMNS))})"
-)
+_VALUES = f"INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT = "INSERT " + _VALUES
+_REPLACE = "INSERT OR REPLACE " + _VALUES
 
 
 class SQLiteIndex(Index):
     """The embedded index: one SQLite file in WAL mode.
 
-    Readers use one connection per thread (WAL lets them run beside the writer); writes go
-    through a single connection under a lock, so threads in this process never contend on
-    SQLite's own write lock (whose busy handler sleeps).
+    Readers use one connection per thread (WAL lets them run beside the writer); writes come
+    from the archive's one group-commit thread, on a single connection. Other processes on
+    the same file (``dicomaccel serve --workers``) contend on SQLite's write lock, which
+    holds each batch for a fraction of a millisecond.
 
     Parameters
     ----------
@@ -158,31 +206,45 @@ class SQLiteIndex(Index):
     root : str
         Archive root; rows store file paths relative to it.
     fsync : bool
-        ``synchronous=FULL`` (a commit survives power loss) when True, else ``NORMAL``
-        (consistent after a crash, the last commits may be lost).
+        Track unconfirmed rows (see the module docstring). Commits use ``synchronous=NORMAL``
+        either way: in WAL mode that writes the log without flushing it, and the archive's
+        flush of the batch makes it durable.
     """
+
+    durable_on_commit = False
 
     def __init__(self, db_path: str, root: str, *, fsync: bool = True) -> None:
         self.db_path = db_path
         self.root = os.path.abspath(root)
-        self._synchronous = "FULL" if fsync else "NORMAL"
+        self.fsync = fsync
+        self._writer_id = f"{os.getpid()}-{os.urandom(6).hex()}"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Ticket] = []
         self._closed = False
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.executescript(_SCHEMA)
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+                if version == 2:
+                    self._writer.execute(_MIGRATE_2_3)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._writer.execute(statement)
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
 
     def _connect(self) -> sqlite3.Connection:
         if self._closed:
             raise RuntimeError("index is closed")
         conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA synchronous = NORMAL")
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -222,6 +284,7 @@ class SQLiteIndex(Index):
             pixel_tag=d["pixel_tag"],
             has_alternates=bool(d["has_alternates"]),
             stored_at=d["stored_at"],
+            crc32=d["crc32"],
         )
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
@@ -249,11 +312,10 @@ class SQLiteIndex(Index):
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + _ORDER
         return [self._record(r) for r in self._reader().execute(sql, args)]
 
-    def put(self, record: InstanceRecord) -> InstanceRecord:
+    def _row(self, record: InstanceRecord, stored_at: float) -> tuple:
         rel = os.path.relpath(record.path, self.root).replace(os.sep, "/")
-        stored_at = time.time()
         fi = record.frame_index
-        row = (
+        return (
             record.sop_instance_uid, record.sop_class_uid, record.study_uid,
             record.series_uid, record.patient_id, record.patient_name,
             record.instance_number, record.transfer_syntax_uid, record.number_of_frames,
@@ -262,47 +324,91 @@ class SQLiteIndex(Index):
             record.dataset_offset, record.pixel_tag, record.pixel_offset,
             record.pixel_value_offset, record.pixel_length,
             None if fi is None else fi.to_blob(), int(record.has_alternates), stored_at,
+            record.crc32,
         )
-        ticket = _Ticket(row)
-        with self._queue_lock:
-            self._queue.append(ticket)
-        # Group commit: whoever holds the writer lock commits every row queued so far in one
-        # transaction, so concurrent stores share one WAL fsync instead of paying one each.
-        with self._write_lock:
-            if not ticket.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
-        if ticket.error is not None:
-            raise ticket.error
-        return replace(record, stored_at=stored_at)
 
-    def _commit(self, batch: list["_Ticket"]) -> None:
+    def put_batch(self, records, replace_existing):
+        stored_at = time.time()
+        items = [(self._row(r, stored_at), rep) for r, rep in zip(records, replace_existing)]
+        out: list = [dataclasses.replace(r, stored_at=stored_at) for r in records]
+        with self._write_lock:
+            try:
+                self._insert(items)
+                return out
+            except Exception as exc:
+                if len(items) == 1:
+                    return [_refusal(exc)]
+            # One bad row must not fail the others: try each alone (rolled back), then
+            # commit the good ones together.
+            good = []
+            for i, item in enumerate(items):
+                try:
+                    self._insert([item], probe=True)
+                    good.append(i)
+                except Exception as exc:
+                    out[i] = _refusal(exc)
+            if good:
+                try:
+                    self._insert([items[i] for i in good])
+                except Exception as exc:
+                    for i in good:
+                        out[i] = exc
+        return out
+
+    def _insert(self, items, *, probe: bool = False) -> None:
+        # probe: try the rows and roll back, to learn whether they can go in the batch.
         conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
         try:
+            if self.fsync and not probe:
+                # The previous batch of this writer was flushed before this one started.
+                conn.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
+            for row, replace_existing in items:
+                conn.execute(_REPLACE if replace_existing else _INSERT, row)
+            if self.fsync and not probe:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO unconfirmed (sop_instance_uid, writer) VALUES (?, ?)",
+                    [(row[0], self._writer_id) for row, _ in items],
+                )
+            conn.execute("ROLLBACK" if probe else "COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def confirm(self) -> None:
+        if not self.fsync:
+            return
+        with self._write_lock:
+            self._writer.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
+
+    def lookup(self, sop_instance_uid: str):
+        row = self._reader().execute(
+            "SELECT path, size, crc32 FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance_uid,),
+        ).fetchone()
+        if row is None:
+            return None
+        return os.path.join(self.root, *row[0].split("/")), row[1], row[2]
+
+    def unconfirmed(self):
+        return self._reader().execute(
+            "SELECT i.sop_instance_uid, i.path, i.size, i.crc32 FROM unconfirmed u"
+            " JOIN instances i ON i.sop_instance_uid = u.sop_instance_uid"
+        ).fetchall()
+
+    def drop_unconfirmed(self, bad_sop_instance_uids) -> None:
+        with self._write_lock:
+            conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_INSERT, [t.row for t in batch])
+                conn.executemany("DELETE FROM instances WHERE sop_instance_uid = ?",
+                                 [(u,) for u in bad_sop_instance_uids])
+                conn.execute("DELETE FROM unconfirmed")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except Exception:
-            if len(batch) == 1:
-                batch[0].error = sys.exc_info()[1]
-            else:
-                # One bad row must not fail the others: commit them one by one.
-                for ticket in batch:
-                    self._commit([ticket])
-        except BaseException as exc:
-            # Interrupted mid-batch: no row of it may be reported stored.
-            for ticket in batch:
-                if not ticket.done:
-                    ticket.error = RuntimeError(f"index commit interrupted: {exc!r}")
-            raise
-        finally:
-            for ticket in batch:
-                ticket.done = True
 
     def has_path(self, rel_path: str) -> bool:
         return self._reader().execute(
@@ -317,12 +423,13 @@ class SQLiteIndex(Index):
             conn.close()
 
 
-class _Ticket:
-    """One row waiting for the group commit in :meth:`SQLiteIndex.put`."""
+class DuplicateRow:
+    """:meth:`Index.put_batch` refused a row: its SOP Instance UID was stored meanwhile."""
 
-    __slots__ = ("row", "done", "error")
+    __slots__ = ()
 
-    def __init__(self, row: tuple) -> None:
-        self.row = row
-        self.done = False
-        self.error: BaseException | None = None
+
+def _refusal(exc: Exception):
+    if isinstance(exc, sqlite3.IntegrityError) and "instances.sop_instance_uid" in str(exc):
+        return DuplicateRow()
+    return exc

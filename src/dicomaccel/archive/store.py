@@ -11,29 +11,44 @@ Layout (every name below ``instances/`` comes from validated UIDs, see
 The token makes every stored version a new name, so publishing never replaces a file an
 index row points to (an overwrite commits the row for the new file, then drops the old one).
 
-Publishing is: fsync the temp file, rename it inside ``tmp/`` to a *pending* marker that
-names its destination, hard-link the marker to the destination, fsync the directory; the
-caller then commits the index row and calls :meth:`LocalFileStore.finish` to drop the
-marker. A retired (overwritten) file gets an *obsolete* marker before the index commit.
+Publishing is: rename the temp file inside ``tmp/`` to a *pending* marker that names its
+destination, then hard-link the marker to the destination. Nothing is flushed per file: the
+archive's group commit makes a whole batch durable with one :meth:`LocalFileStore.flush`
+(``syncfs(2)``: file data, new directories, links and markers of every instance in the
+batch, and the SQLite WAL beside them), then calls :meth:`LocalFileStore.finish` to drop the
+markers. A retired (overwritten) file gets an *obsolete* marker before the index commit.
 At start-up, :meth:`LocalFileStore.recover` removes ``*.part`` files and, for each marker,
 removes the destination unless the index references it. So after a crash at any point the
-index never names a missing or partial file, and a file we wrote but never indexed is
-removed. Files under ``instances/`` that no marker mentions are left alone: they are not
-ours to delete.
+index never names a missing or partial file (see :mod:`dicomaccel.archive` for how rows
+committed in the same flush as their files are checked), and a file we wrote but never
+indexed is removed. Files under ``instances/`` that no marker mentions are left alone: they
+are not ours to delete.
 """
 
 from __future__ import annotations
 
 import abc
+import ctypes
+import ctypes.util
 import errno
 import mmap
 import os
 import re
 import secrets
 import tempfile
+import zlib
 from collections.abc import Callable
 
-__all__ = ["FileStore", "LocalFileStore", "Published"]
+__all__ = ["FileStore", "LocalFileStore", "Published", "crc32_of"]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# syncfs(2) and sync_file_range(2) are Linux calls; elsewhere flush() falls back to sync(2)
+# and early writeback is skipped.
+_syncfs = getattr(_libc, "syncfs", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait (sync_file_range(2))
 
 _MARKER_RE = re.compile(
     r"[^!]+\.(pending|obsolete)!(instances(?:![0-9.]{1,64}){3}\.[0-9a-f]{16}\.dcm)\Z"
@@ -67,8 +82,19 @@ class FileStore(abc.ABC):
         """Bytes available to us on the store's file system."""
 
     @abc.abstractmethod
-    def sync(self, fd: int) -> None:
-        """Make a temp file's content durable (no-op when durability is off)."""
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start writing a received range to disk without waiting (a hint), so the
+        batch's :meth:`flush` finds little left to do."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make every file, link, directory and marker made so far durable, in one flush
+        (no-op when durability is off)."""
+
+    @abc.abstractmethod
+    def verify(self, path: str, size: int, crc32: int) -> bool:
+        """True if the file at ``path`` exists with this size and CRC-32 (start-up check of
+        instances whose flush a crash may have interrupted)."""
 
     @abc.abstractmethod
     def publish(self, temp_path: str, study_uid: str, series_uid: str, sop_uid: str) -> Published:
@@ -89,6 +115,10 @@ class FileStore(abc.ABC):
     @abc.abstractmethod
     def same_bytes(self, path: str, buffer, size: int) -> bool:
         """True if the stored file at ``path`` holds exactly ``buffer[:size]``."""
+
+    @abc.abstractmethod
+    def unpublish(self, published: Published) -> str:
+        """Take back a published file whose index row was refused; returns its temp path."""
 
     @abc.abstractmethod
     def recover(self, is_indexed: Callable[[str], bool]) -> None:
@@ -123,31 +153,29 @@ class LocalFileStore(FileStore):
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
-    def sync(self, fd: int) -> None:
-        if self.fsync:
-            # fdatasync skips timestamps but still flushes the size a reader needs (fdatasync(2)).
-            getattr(os, "fdatasync", os.fsync)(fd)
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        if self.fsync and _sync_file_range is not None:
+            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
-    def _sync_dir(self, path: str) -> None:
-        # A rename or link is durable only once its directory is fsynced (POSIX fsync(2)).
-        if self.fsync:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    def flush(self) -> None:
+        if not self.fsync:
+            return
+        # One syncfs(2) covers file data, new directory entries and renames of the whole
+        # batch: a new name is durable only once its directory is flushed (POSIX fsync(2)),
+        # and flushing each directory and file alone would cost one disk flush per file.
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs is None:
+                os.sync()
+            elif _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
 
     def _make_dirs(self, path: str) -> None:
-        created = []
-        while not os.path.isdir(path):
-            created.append(path)
-            path = os.path.dirname(path)
-        for d in reversed(created):
-            try:
-                os.mkdir(d)
-            except FileExistsError:
-                continue
-            self._sync_dir(os.path.dirname(d))
+        if not os.path.isdir(path):
+            os.makedirs(path, exist_ok=True)
 
     def publish(self, temp_path: str, study_uid: str, series_uid: str, sop_uid: str) -> Published:
         rel = "/".join(
@@ -155,29 +183,27 @@ class LocalFileStore(FileStore):
         )
         final = os.path.join(self.root, *rel.split("/"))
         marker = f"{temp_path[:-5]}.pending!{rel.replace('/', '!')}"
+        # The marker is renamed before the link it announces; journaling file systems
+        # (ext4, XFS) commit metadata in order, so a crash cannot keep the link and lose
+        # the marker that lets recover() remove an unindexed file.
         os.rename(temp_path, marker)
-        linked = False
         try:
-            # The marker must be durable before the link it announces: otherwise a crash
-            # could keep the link but turn the marker back into a *.part that recover()
-            # deletes, leaving a file no marker or row accounts for.
-            self._sync_dir(self.tmp_dir)
             self._make_dirs(os.path.dirname(final))
             os.link(marker, final)
-            linked = True
-            self._sync_dir(os.path.dirname(final))
         except BaseException:
-            if linked:
-                self.remove(final)
             self.remove(marker)
             raise
         return Published(final, marker)
 
+    def unpublish(self, published: Published) -> str:
+        """Take back a file :meth:`publish` made visible; returns its temp path again."""
+        self.remove(published.path)
+        return published.marker
+
     def retire(self, path: str) -> str:
         rel = os.path.relpath(path, self.root).replace(os.sep, "!")
         marker = os.path.join(self.tmp_dir, f"{secrets.token_hex(8)}.obsolete!{rel}")
-        os.link(path, marker)
-        self._sync_dir(self.tmp_dir)  # durable before the index stops naming the file
+        os.link(path, marker)  # flushed with the batch, before the index row changes
         return marker
 
     def finish(self, marker: str) -> None:
@@ -212,6 +238,21 @@ class LocalFileStore(FileStore):
         finally:
             os.close(fd)
 
+    def verify(self, path: str, size: int, crc32: int) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            if os.fstat(fd).st_size != size:
+                return False
+            if size == 0:
+                return crc32 == 0
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+                return crc32_of(mm) == crc32
+        finally:
+            os.close(fd)
+
     def recover(self, is_indexed: Callable[[str], bool]) -> None:
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
@@ -227,3 +268,15 @@ class LocalFileStore(FileStore):
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
+
+
+def crc32_of(buffer, crc: int = 0) -> int:
+    """CRC-32 of a buffer in 16 MiB steps (zlib releases the GIL on each step)."""
+    mv = memoryview(buffer).cast("B")
+    try:
+        step = 1 << 24
+        for pos in range(0, mv.nbytes, step):
+            crc = zlib.crc32(mv[pos:pos + step], crc)
+        return crc
+    finally:
+        mv.release()

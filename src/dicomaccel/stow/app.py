@@ -1,9 +1,11 @@
 """STOW-RS (PS3.18 §10.5) as a plain ASGI application.
 
-A request body is fed to the multipart scanner as it arrives; each part's bytes go straight
-from the scanner's memoryviews into an archive temp file, so memory stays bounded whatever
-the upload size. A part is committed (parsed, validated, fsynced, renamed, indexed) in a
-worker thread while the next part streams in.
+A request body is fed to the multipart scanner as it arrives; each part's bytes (the
+scanner's memoryviews of the body chunks) go to the archive's writer threads a MiB at a time
+(:meth:`IncomingInstance.feed`), so the event loop never writes a file and memory stays
+bounded whatever the upload size. A part is committed (parsed, validated, then published,
+indexed and flushed by the archive's group commit) in a worker thread while the next part
+streams in.
 """
 
 from __future__ import annotations
@@ -272,7 +274,7 @@ class StowApp:
                     if self.max_instance_bytes is not None and part_bytes > self.max_instance_bytes:
                         raise _RequestTooLarge(f"an instance exceeds the limit of {self.max_instance_bytes} bytes")
                     try:
-                        incoming.write(value)
+                        await incoming.feed(value)
                     except StoreFailure as failure:
                         incoming.abort()
                         incoming = None

@@ -1,0 +1,219 @@
+"""Group commit: one thread publishes, indexes and flushes the instances of many requests at once.
+
+Every store that reaches :meth:`GroupCommit.submit` has its bytes in a complete temp file,
+scanned and validated. The committer takes *all* stores queued at that moment as one batch:
+
+1. per instance, the duplicate rule (same bytes: already stored; different bytes: 0111 unless
+   the archive overwrites), then publish: rename to a marker, hard-link into ``instances/``;
+2. one index transaction for the batch's rows;
+3. one flush of the file system (:meth:`FileStore.flush`) for everything above, ordered after
+   the commit when the index lives beside the files (SQLite: the flush also covers its WAL)
+   and before it when the index is durable on its own;
+4. the stores are answered, markers dropped, overwritten files removed.
+
+So a store's critical path holds one flush, shared by everyone in its batch; while a batch
+flushes, the next one gathers. A batch holds at most one store per SOP Instance UID; a second
+one waits for the next batch, which sees the first as existing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..status import FailureReason
+from .index import DuplicateRow, Index, InstanceRecord
+from .ingest import FrameIndex, Header, StoreFailure
+from .store import FileStore, Published
+
+log = logging.getLogger(__name__)
+
+# Most stores in one batch: bounds one transaction and the wait of its first store.
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """A successful store.
+
+    Attributes
+    ----------
+    record : InstanceRecord
+        The index row (for an idempotent re-store: the row already there).
+    warning : int or None
+        A :class:`~dicomaccel.status.WarningReason` value, or None (the archive stores the
+        bytes received and never coerces, so this is None today).
+    already_stored : bool
+        Identical bytes were already stored under this SOP Instance UID.
+    """
+
+    record: InstanceRecord
+    warning: int | None
+    already_stored: bool
+
+
+class PreparedInstance:
+    """A complete, validated temp file waiting for the group commit."""
+
+    __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer",
+                 "published", "retired", "replaces", "result", "_done")
+
+    def __init__(self, temp_path: str, size: int, crc32: int, header: Header,
+                 frame_index: FrameIndex | None, buffer) -> None:
+        self.temp_path = temp_path
+        self.size = size
+        self.crc32 = crc32
+        self.header = header
+        self.frame_index = frame_index
+        self.buffer = buffer  # the temp file's bytes (an mmap), for the same-bytes rule
+        self.published: Published | None = None
+        self.retired: tuple[str, str] | None = None  # (old path, obsolete marker)
+        self.replaces = False
+        self.result: StoreOutcome | BaseException | None = None
+        self._done = threading.Event()
+
+
+class GroupCommit:
+    """The archive's committer thread (see the module docstring)."""
+
+    def __init__(self, files: FileStore, index: Index, *, overwrite: bool,
+                 record: Callable[..., InstanceRecord]) -> None:
+        self.files = files
+        self.index = index
+        self.overwrite = overwrite
+        self._record = record
+        self._queue: collections.deque[PreparedInstance] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="archive-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: PreparedInstance) -> StoreOutcome:
+        """Queue ``item`` and block until its batch is durable (or failed)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("archive is closed")
+            self._queue.append(item)
+            self._cond.notify()
+        item._done.wait()
+        if isinstance(item.result, BaseException):
+            raise item.result
+        return item.result
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread (idempotent)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, later, seen = [], [], set()
+                while self._queue and len(batch) < MAX_BATCH:
+                    item = self._queue.popleft()
+                    sop = item.header.sop_instance_uid
+                    (later if sop in seen else batch).append(item)
+                    seen.add(sop)
+                self._queue.extendleft(reversed(later))
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a store waiting forever
+                log.exception("group commit failed")
+                for item in batch:
+                    if item.result is None:
+                        item.result = exc
+            finally:
+                for item in batch:
+                    if item.result is not None:
+                        item._done.set()
+                retry = [item for item in batch if item.result is None]
+                if retry:  # lost a race with another process for the UID: decide again
+                    with self._cond:
+                        self._queue.extendleft(reversed(retry))
+
+    def _commit(self, batch: list[PreparedInstance]) -> None:
+        todo = []
+        for item in batch:
+            try:
+                if self._place(item):
+                    todo.append(item)
+            except OSError as exc:
+                item.result = exc
+        if not todo:
+            return
+        records = [self._record(item.header, item.published.path, item.size, item.frame_index,
+                                item.crc32) for item in todo]
+        durable_first = self.index.durable_on_commit
+        try:
+            if durable_first:
+                self.files.flush()
+            results = self.index.put_batch(records, [item.replaces for item in todo])
+            if not durable_first and any(isinstance(r, InstanceRecord) for r in results):
+                self.files.flush()
+        except BaseException as exc:
+            for item in todo:
+                self.files.remove(self._undo(item))
+                item.result = exc
+            raise
+        for item, result in zip(todo, results):
+            if isinstance(result, InstanceRecord):
+                self.files.finish(item.published.marker)
+                if item.retired is not None:
+                    self.files.remove(item.retired[0])
+                    self.files.finish(item.retired[1])
+                item.result = StoreOutcome(result, None, False)
+            elif isinstance(result, DuplicateRow):
+                # Another writer stored this UID between our lookup and our insert.
+                item.temp_path = self._undo(item)
+                item.published = None
+            else:
+                self.files.remove(self._undo(item))
+                item.result = result
+
+    def _place(self, item: PreparedInstance) -> bool:
+        """Apply the duplicate rule; publish the file if it is to be indexed."""
+        h = item.header
+        existing = self.index.lookup(h.sop_instance_uid)
+        if existing is not None:
+            path, size, crc = existing
+            same = size == item.size and crc in (None, item.crc32) and \
+                self.files.same_bytes(path, item.buffer, item.size)
+            if same:
+                item.result = StoreOutcome(self.index.get(h.sop_instance_uid), None, True)
+                return False
+            if not self.overwrite:
+                item.result = StoreFailure(
+                    FailureReason.DUPLICATE_SOP_INSTANCE,
+                    "an instance with this SOP Instance UID and different content is "
+                    "already stored", h.sop_class_uid, h.sop_instance_uid,
+                )
+                return False
+            item.retired = (path, self.files.retire(path))
+        item.replaces = existing is not None
+        try:
+            item.published = self.files.publish(item.temp_path, h.study_uid, h.series_uid,
+                                                h.sop_instance_uid)
+        except BaseException:
+            if item.retired is not None:
+                self.files.finish(item.retired[1])
+                item.retired = None
+            raise
+        return True
+
+    def _undo(self, item: PreparedInstance) -> str:
+        """Take back a published file whose row did not commit; returns its temp path."""
+        if item.retired is not None:
+            self.files.finish(item.retired[1])
+            item.retired = None
+        if item.published is None:
+            return item.temp_path
+        return self.files.unpublish(item.published)
