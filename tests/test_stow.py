@@ -395,11 +395,12 @@ def test_queue_limit_and_fifo(server_factory):
     assert results["queued"][0] == 200
 
 
-def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_path, workers):
     import signal as sig
 
     data_dir = tmp_path / "crash"
-    server = server_factory(data=data_dir)
+    server = server_factory("--workers", workers, data=data_dir)
     acknowledged: list[str] = []
     stop = threading.Event()
     lock = threading.Lock()
@@ -427,7 +428,7 @@ def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_pat
         t.join(30)
     assert acknowledged, "no upload completed before the crash"
 
-    restarted = server_factory(data=data_dir)
+    restarted = server_factory("--workers", workers, data=data_dir)
     restarted.stop()
     archive = Archive(data_dir)
     try:
@@ -517,3 +518,57 @@ def test_max_parts_after_stored_parts_202(tmp_path):
     for d in data[:2]:
         assert Path(archive.get(sop_uid(d)).path).read_bytes() == d
     archive.close()
+
+
+def test_workers_share_one_archive(server_factory):
+    """Four keep-alive clients over two worker processes: every instance stored once, the same
+    instance sent through every connection is stored once and the others are told so."""
+    server = server_factory("--workers", "2")
+    study = generate_uid()
+    twice = dicomgen.ct_instance(study, generate_uid(), 999, 32, 32)
+    results: dict[int, list] = {}
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection(urlsplit(server.http_url).hostname, urlsplit(server.http_url).port, timeout=60)
+        out = []
+        for i in range(10):
+            inst = dicomgen.ct_instance(study, generate_uid(), n * 100 + i, 32, 32)
+            for body in (multipart([inst]), multipart([twice])):
+                conn.request("POST", "/dicomweb/studies", body=body,
+                             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=BOUNDARY',
+                                      "Accept": "application/dicom+json"})
+                resp = conn.getresponse()
+                out.append((resp.status, resp.read()))
+        conn.close()
+        results[n] = out
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(status == 200 for out in results.values() for status, _ in out)
+    workers = {pid for pid in _children(server.process.pid)}
+    assert len(workers) == 2
+    server.stop()
+    archive = Archive(server.data)
+    try:
+        records = archive.find(study_uids=[study])
+        assert len(records) == 41
+        assert len({r.sop_instance_uid for r in records}) == 41
+    finally:
+        archive.close()
+    assert not _tmp_files(server)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry.name))
+    return out

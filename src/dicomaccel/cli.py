@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds a STOW-RS upload may send nothing before 408 (default: 60)")
     serve.add_argument("--min-free-space", type=_size, default=256 * 2**20,
                        help="free disk space kept in reserve; below it stores fail with A710 (default: 256M)")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="processes serving STOW-RS on the shared port (the first also serves "
+                            "DIMSE); store limits apply per worker (default: 1)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -86,9 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        import uvloop
-
-        from .server import ServeConfig, serve
+        from .server import ServeConfig, run
 
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         config = ServeConfig(
@@ -111,15 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             body_timeout=args.body_timeout,
             min_free_bytes=args.min_free_space,
             log_level=args.log_level,
+            workers=args.workers,
         )
-        try:
-            uvloop.run(serve(config))
-        except KeyboardInterrupt:
-            pass
-        except OSError as exc:  # a port in use, an unwritable --data directory
-            print(f"dicomaccel: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return run(config)
     return 2
 
 

@@ -1,14 +1,27 @@
-"""Both services in one event loop: STOW-RS under uvicorn and the C-GET SCP, sharing one archive."""
+"""Both services in one event loop: STOW-RS under uvicorn and the C-GET SCP, sharing one archive.
+
+With ``workers > 1`` a supervisor process recovers the archive, binds both ports and forks
+that many workers. Every worker serves STOW-RS on the one shared HTTP socket (the kernel
+hands each new connection to a worker that is waiting in accept), so ingest uses every core;
+worker 0 also serves DIMSE, so association limits stay exact. The workers share the data
+directory and the SQLite index (WAL mode allows several writer processes; each worker's
+group commit takes SQLite's write lock for one short transaction per batch).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from .archive import Archive
 from .dimse import start_dimse_server
@@ -42,15 +55,118 @@ class ServeConfig:
     body_timeout: float = 60.0
     min_free_bytes: int = 256 * 2**20
     log_level: str = "info"
+    workers: int = 1
 
 
-async def serve(config: ServeConfig) -> None:
+def run(config: ServeConfig) -> int:
+    """Serve until SIGINT/SIGTERM (blocking); the exit status for the command line."""
+    if config.workers <= 1:
+        return _run_worker(config, None, recover=True, with_dimse=True, announce=True)
+    # Recover once, before any worker writes: recovery removes temp files it did not make.
+    Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes).close()
+    try:
+        http_sock = socket.create_server((config.host, config.http_port), backlog=1024)
+        dimse_sock = socket.create_server((config.host, config.dimse_port), backlog=128)
+    except OSError as exc:
+        print(f"dicomaccel: {exc}", file=sys.stderr)
+        return 1
+    _announce(config, http_sock.getsockname()[:2], dimse_sock.getsockname()[1])
+    return _supervise(config, http_sock, dimse_sock)
+
+
+def _announce(config: ServeConfig, http: tuple, dimse_port: int) -> None:
+    print(f"dicomaccel: STOW-RS on http://{http[0]}:{http[1]}/dicomweb/studies", flush=True)
+    print(f"dicomaccel: C-GET SCP on dicom://{config.host}:{dimse_port} (AE {config.ae_title})", flush=True)
+    print(f"dicomaccel: archive in {Path(config.data).resolve()}", flush=True)
+    if config.workers > 1:
+        print(f"dicomaccel: {config.workers} worker processes", flush=True)
+    print("dicomaccel: ready", flush=True)
+
+
+def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket.socket) -> int:
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if number != 0:
+                    dimse_sock.close()
+                code = _run_worker(config, (http_sock, dimse_sock if number == 0 else None),
+                                   recover=False, with_dimse=number == 0, announce=False)
+            finally:
+                os._exit(code)
+        children[pid] = number
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for number in range(config.workers):
+        spawn(number)
+    status = 0
+    while children:
+        pid, code = os.wait()
+        number = children.pop(pid, None)
+        if number is None:
+            continue
+        if not stopping:
+            # A worker died under load (a crash, the OOM killer): serve on with a new one.
+            # Its temp files stay in tmp/ until the next start-up recovers them.
+            log.error("worker %d (pid %d) exited with status %d; starting another",
+                      number, pid, os.waitstatus_to_exitcode(code))
+            spawn(number)
+        elif os.waitstatus_to_exitcode(code) not in (0, -signal.SIGTERM):
+            status = 1
+    return status
+
+
+def _die_with_parent() -> None:
+    # prctl(PR_SET_PDEATHSIG, SIGKILL): a worker never outlives a killed supervisor, so the
+    # ports and the data directory are free for the next start (Linux only).
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (AttributeError, OSError):
+        pass
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _run_worker(config: ServeConfig, listeners, *, recover: bool, with_dimse: bool,
+                announce: bool) -> int:
+    try:
+        uvloop.run(serve(config, listeners=listeners, recover=recover, with_dimse=with_dimse,
+                         announce=announce))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # a port in use, an unwritable --data directory
+        print(f"dicomaccel: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
+                with_dimse: bool = True, announce: bool = True) -> None:
     """Run until SIGINT/SIGTERM.
 
     In-flight stores get uvicorn's graceful-shutdown window (30 s) to finish; parts whose
     bytes all arrived are committed before the archive closes, the rest are discarded.
+    ``listeners`` is ``(http_socket, dimse_socket or None)`` already bound by a supervisor.
     """
-    archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes)
+    archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes,
+                      recover=recover)
     app = create_app(
         archive,
         max_concurrent_stores=config.max_concurrent_stores,
@@ -73,37 +189,39 @@ async def serve(config: ServeConfig) -> None:
             timeout_graceful_shutdown=30,
         )
     )
+    dimse = None
     try:
-        dimse = await start_dimse_server(
-            config.host,
-            config.dimse_port,
-            ae_title=config.ae_title,
-            handlers={C_GET_RQ: CGetSCP(archive)},
-            supported_abstract_syntaxes=GET_SOP_CLASSES,
-            max_associations=config.max_associations,
-            require_called_ae=config.require_called_ae,
-            calling_ae_allow=config.calling_ae_allow,
-            artim_timeout=config.artim_timeout,
-            idle_timeout=config.idle_timeout,
-            # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
-            max_dataset_size=MAX_IDENTIFIER_SIZE,
-        )
         try:
+            if with_dimse:
+                dimse = await start_dimse_server(
+                    config.host,
+                    config.dimse_port,
+                    ae_title=config.ae_title,
+                    handlers={C_GET_RQ: CGetSCP(archive)},
+                    supported_abstract_syntaxes=GET_SOP_CLASSES,
+                    max_associations=config.max_associations,
+                    require_called_ae=config.require_called_ae,
+                    calling_ae_allow=config.calling_ae_allow,
+                    artim_timeout=config.artim_timeout,
+                    idle_timeout=config.idle_timeout,
+                    # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
+                    max_dataset_size=MAX_IDENTIFIER_SIZE,
+                    sock=None if listeners is None else listeners[1],
+                )
             # Bound here, not by uvicorn, so a busy port is an OSError we report plainly.
-            listener = socket.create_server((config.host, config.http_port))
+            listener = listeners[0] if listeners is not None else \
+                socket.create_server((config.host, config.http_port))
             task = asyncio.create_task(http.serve(sockets=[listener]))
             while not http.started and not task.done():
                 await asyncio.sleep(0.01)
-            host, port = listener.getsockname()[:2]
-            print(f"dicomaccel: STOW-RS on http://{host}:{port}/dicomweb/studies", flush=True)
-            print(f"dicomaccel: C-GET SCP on dicom://{config.host}:{dimse.port} (AE {config.ae_title})", flush=True)
-            print(f"dicomaccel: archive in {Path(config.data).resolve()}", flush=True)
-            print("dicomaccel: ready", flush=True)
+            if announce:
+                _announce(config, listener.getsockname()[:2], dimse.port)
             # uvicorn owns SIGINT/SIGTERM: when it returns, stop the DIMSE side too.
             await task
         finally:
-            dimse.close()
-            await dimse.wait_closed()
+            if dimse is not None:
+                dimse.close()
+                await dimse.wait_closed()
     finally:
         app.close()
         archive.close()

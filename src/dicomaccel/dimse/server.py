@@ -101,6 +101,7 @@ async def start_dimse_server(
     max_dataset_size: int = 1 << 28,
     backlog: int = 128,
     reuse_port: bool | None = None,
+    sock=None,
 ) -> DIMSEServer:
     """Listen for DICOM associations on the running event loop (run it on uvloop).
 
@@ -141,6 +142,9 @@ async def start_dimse_server(
         Largest data set we reassemble from the peer; beyond it, A-ABORT (2, 6).
     backlog, reuse_port
         Passed to ``loop.create_server``.
+    sock : socket.socket, optional
+        An already listening socket to serve instead of binding ``host``/``port`` (a
+        supervisor binds before it starts worker processes).
 
     Returns
     -------
@@ -166,9 +170,13 @@ async def start_dimse_server(
     )
     server = DIMSEServer(config)
     loop = asyncio.get_running_loop()
-    server._server = await loop.create_server(
-        lambda: DIMSEProtocol(server, config), host, port, backlog=backlog, reuse_port=reuse_port
-    )
+    factory = lambda: DIMSEProtocol(server, config)  # noqa: E731
+    if sock is not None:
+        server._server = await loop.create_server(factory, sock=sock, backlog=backlog)
+    else:
+        server._server = await loop.create_server(
+            factory, host, port, backlog=backlog, reuse_port=reuse_port
+        )
     return server
 
 
