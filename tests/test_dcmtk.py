@@ -6,6 +6,7 @@ import io
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -100,3 +101,27 @@ def test_getscu_written_files_equal_stored(shared_server, stored, tmp_path, leve
             assert np.array_equal(got.pixel_array, pydicom.dcmread(io.BytesIO(original)).pixel_array)
         else:
             assert dataset_part(data) == dataset_part(original), uid
+
+
+def _vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} missing")
+
+
+def test_large_instance_is_sent_in_windows(server_factory):
+    """A 64 MiB instance leaves by C-GET while the server maps at most a few 8 MiB windows of
+    it: its peak RSS grows by less than 32 MiB (without windows it grows by the whole file)."""
+    server = server_factory()
+    data = dicomgen.multiframe_instance(128, 512, 512)
+    assert len(data) > 64 << 20
+    status, _, _ = post(server, multipart([data]))
+    assert status == 200
+    study = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
+    pid = server.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (proc(5))
+    before = _vm_kib(pid, "VmRSS")
+    done = getscu(server.dimse_port, "-S", "STUDY", {"StudyInstanceUID": study}, "--ignore", "-pdu", "131072")
+    assert final_counts(done)["Completed"] == 1
+    assert _vm_kib(pid, "VmHWM") - before < 32 << 10

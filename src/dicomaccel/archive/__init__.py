@@ -50,7 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..status import FailureReason
 from .commit import GroupCommit, PreparedInstance, StoreOutcome
-from .index import Index, InstanceRecord, SQLiteIndex
+from .index import Index, InstanceRecord, RecordList, SQLiteIndex
 from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, is_valid_uid, scan
 from .store import FileStore, LocalFileStore
 
@@ -327,14 +327,15 @@ class Archive:
         return self.index.get(sop_instance_uid)
 
     def find(self, *, patient_id=None, study_uids=None, series_uids=None,
-             sop_instance_uids=None) -> list[InstanceRecord]:
+             sop_instance_uids=None, lazy: bool = False) -> list[InstanceRecord] | RecordList:
         """Records matching all given keys (AND); a list matches any of its values.
 
         Ordered by Study, Series, Instance Number (absent last), then SOP Instance UID.
+        ``lazy`` returns a :class:`~.index.RecordList` whose records are built when read.
         """
         return self.index.find(
             patient_id=patient_id, study_uids=study_uids, series_uids=series_uids,
-            sop_instance_uids=sop_instance_uids,
+            sop_instance_uids=sop_instance_uids, lazy=lazy,
         )
 
     def writable(self) -> bool:

@@ -20,12 +20,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .ingest import FrameIndex
 
-__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow"]
+__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "RecordList"]
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,10 @@ class Index(abc.ABC):
         study_uids: Iterable[str] | None = None,
         series_uids: Iterable[str] | None = None,
         sop_instance_uids: Iterable[str] | None = None,
-    ) -> list[InstanceRecord]:
-        """Records matching every given key (a list matches any of its values)."""
+        lazy: bool = False,
+    ) -> list[InstanceRecord] | RecordList:
+        """Records matching every given key (a list matches any of its values); with
+        ``lazy``, a :class:`RecordList` that builds each record when it is first read."""
 
     @abc.abstractmethod
     def put_batch(self, records: list[InstanceRecord], replace_existing: list[bool],
@@ -182,6 +184,7 @@ PRAGMA user_version = 3;
 # Version 2 -> 3: the file's CRC-32 and the unconfirmed list (created by _SCHEMA).
 _MIGRATE_2_3 = "ALTER TABLE instances ADD COLUMN crc32 INTEGER"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
+_ALTERNATES = _COLUMNS.index("has_alternates")
 _ORDER = (
     " ORDER BY study_uid, series_uid, instance_number IS NULL, instance_number,"
     " sop_instance_uid"
@@ -294,7 +297,7 @@ class SQLiteIndex(Index):
         return None if row is None else self._record(row)
 
     def find(self, *, patient_id=None, study_uids=None, series_uids=None,
-             sop_instance_uids=None) -> list[InstanceRecord]:
+             sop_instance_uids=None, lazy: bool = False) -> list[InstanceRecord] | RecordList:
         where, args = [], []
         if patient_id is not None:
             where.append("patient_id = ?")
@@ -310,7 +313,10 @@ class SQLiteIndex(Index):
                 where.append(f"{column} IN (SELECT value FROM json_each(?))")
                 args.append(json.dumps(list(values)))
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + _ORDER
-        return [self._record(r) for r in self._reader().execute(sql, args)]
+        rows = self._reader().execute(sql, args).fetchall()
+        if lazy:
+            return RecordList(rows, self._record)
+        return [self._record(r) for r in rows]
 
     def _row(self, record: InstanceRecord, stored_at: float) -> tuple:
         rel = os.path.relpath(record.path, self.root).replace(os.sep, "/")
@@ -421,6 +427,37 @@ class SQLiteIndex(Index):
             conns, self._all = self._all, []
         for conn in conns:
             conn.close()
+
+
+class RecordList(Sequence):
+    """Index rows that become :class:`InstanceRecord` objects when read.
+
+    A C-GET of a study matches hundreds of rows; building every record (frame index BLOB
+    included) before the first sub-operation would delay the first instance by milliseconds.
+
+    Attributes
+    ----------
+    has_alternates : bool
+        Some row has an Alternate Representation Sequence (known without building records).
+    """
+
+    def __init__(self, rows: list[tuple], build: Callable[[tuple], InstanceRecord]) -> None:
+        self._rows = rows
+        self._build = build
+        self._built: dict[int, InstanceRecord] = {}
+        self.has_alternates = any(row[_ALTERNATES] for row in rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._rows)))]
+        i = range(len(self._rows))[i]
+        record = self._built.get(i)
+        if record is None:
+            record = self._built[i] = self._build(self._rows[i])
+        return record
 
 
 class DuplicateRow:

@@ -21,7 +21,7 @@ import socket
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from dicomaccel.errors import ParseError
 from dicomaccel.status import Status, status_category
@@ -192,6 +192,7 @@ class Association:
         priority: int = messages.PRIORITY_MEDIUM,
         message_id: int | None = None,
         move_originator: tuple[str, int] | None = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> dict:
         """Send a C-STORE-RQ and wait for its C-STORE-RSP (PS3.7 §9.1.1, §9.3.1).
 
@@ -212,6 +213,9 @@ class Association:
             Defaults to :meth:`next_message_id`.
         move_originator : (AE title, message ID), optional
             Only for C-MOVE sub-operations (PS3.7 §9.3.1.1); C-GET leaves it out.
+        on_sent : callable, optional
+            Called with the number of data set bytes handed to the transport so far, after
+            each batch of PDUs (a sender of a mapped file releases the pages behind it).
 
         Returns
         -------
@@ -243,7 +247,8 @@ class Association:
         future = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
         try:
-            await self._protocol.send_message(context.id, messages.encode_command(command), dataset)
+            await self._protocol.send_message(context.id, messages.encode_command(command), dataset,
+                                              on_sent)
             response = await future
         finally:
             if self._pending.get(message_id) is future:
@@ -884,16 +889,18 @@ class DIMSEProtocol(asyncio.Protocol):
 
     # ----------------------------------------------------------------- sending
 
-    async def send_message(self, pcid: int, command: bytes, dataset: Any) -> None:
+    async def send_message(self, pcid: int, command: bytes, dataset: Any,
+                           on_sent: Callable[[int], None] | None = None) -> None:
         """Send one DIMSE message as P-DATA-TF PDUs, one PDV each (PS3.8 Annex E)."""
         assoc = self.assoc
         async with assoc._send_lock:
             await self._send_fragments(pcid, (command,), 0x01)
             if dataset is not None:
                 buffers = (dataset,) if isinstance(dataset, (bytes, bytearray, memoryview)) else dataset
-                await self._send_fragments(pcid, buffers, 0x00)
+                await self._send_fragments(pcid, buffers, 0x00, on_sent)
 
-    async def _send_fragments(self, pcid: int, buffers: Iterable[Any], control: int) -> None:
+    async def _send_fragments(self, pcid: int, buffers: Iterable[Any], control: int,
+                              on_sent: Callable[[int], None] | None = None) -> None:
         # PS3.8 D.1: a PDU may not exceed the peer's Maximum Length; one PDV per PDU leaves
         # max - 6 bytes of fragment, kept even (PS3.8 Annex E.2 wants even fragments).
         max_fragment = max(2, (self._send_cap - 6) & ~1)
@@ -902,6 +909,7 @@ class DIMSEProtocol(asyncio.Protocol):
         pack = pdu.PDATA_ONE_PDV_HEADER.pack
         parts: list = []
         batched = 0
+        handed = 0
         index = 0
         pos = 0
         if not remaining:
@@ -927,7 +935,10 @@ class DIMSEProtocol(asyncio.Protocol):
             if batched >= _WRITE_BATCH:
                 self._event("Evt9", parts)
                 parts = []
+                handed += batched
                 batched = 0
+                if on_sent is not None:
+                    on_sent(handed)
                 if self._write_paused:
                     await self._drain()
         if parts:

@@ -62,6 +62,9 @@ _ALTERNATE_REPRESENTATION = 0x00083001
 # Files up to this size are opened and mapped on the event loop: a thread hop would cost
 # more than the few cached page reads (measured: 0.1 ms per CT instance).
 _INLINE_MAP = 4 << 20
+# Larger files are read ahead and released in windows of this size as they are sent, so a
+# multi-frame study never has more than about two windows per association resident.
+_SEND_WINDOW = 8 << 20
 
 # Transfer syntaxes that never lose information (PS3.5 §10 and Annex A): among alternate
 # encodings of one image, these are preferred over the possibly-lossy rest.
@@ -190,10 +193,12 @@ class CGetSCP:
         await self.run_suboperations(assoc, request, query, records)
 
     def _match(self, query: RetrieveRequest) -> tuple[list[InstanceRecord], list[list[int]]]:
-        records = self.archive.find(**query.match_keys())
-        # SPEC §6.4 item 9: one encoding per image for PATIENT/STUDY/SERIES; an IMAGE-level
+        # Records are built as the sub-operations reach them: the first instance leaves
+        # without waiting for the whole study's records.
+        records = self.archive.find(**query.match_keys(), lazy=True)
+        # PS3.4 C.4.3.3.1: one encoding per image for PATIENT/STUDY/SERIES; an IMAGE-level
         # request names its instances, so each named one is sent.
-        groups = alternate_groups(records) if query.level != "IMAGE" else []
+        groups = alternate_groups(records) if query.level != "IMAGE" and records.has_alternates else []
         return records, groups
 
     async def run_suboperations(self, assoc: Association, request: Request, query: RetrieveRequest,
@@ -375,10 +380,11 @@ class CGetSCP:
         else:
             mm = await asyncio.get_running_loop().run_in_executor(None, _map_for_sending, record.path)
         view = memoryview(mm)[record.dataset_offset:]
+        on_sent = _WindowedMap(mm, record.dataset_offset) if record.size > _INLINE_MAP else None
         try:
             return await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                             sop_instance_uid=record.sop_instance_uid, dataset=view,
-                                            priority=priority)
+                                            priority=priority, on_sent=on_sent)
         finally:
             view.release()
             try:
@@ -389,11 +395,40 @@ class CGetSCP:
 
 def _map_for_sending(path: str) -> mmap.mmap:
     # Opening and mapping touch the disk: not on the event loop. WILLNEED starts read-ahead
-    # so the page faults taken while the transport copies the views mostly hit the cache.
+    # (of the first window of a large file) so the page faults taken while the transport
+    # copies the views mostly hit the cache.
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    mm.madvise(mmap.MADV_WILLNEED)
+    mm.madvise(mmap.MADV_WILLNEED, 0, min(len(mm), _SEND_WINDOW))
     return mm
+
+
+class _WindowedMap:
+    """``on_sent`` for a large mapped file: read the next window ahead, drop what was sent.
+
+    Dropping pages of a read-only file mapping (MADV_DONTNEED) only unmaps them: a view the
+    transport still holds faults them back in from the page cache, so this is always safe;
+    one window of slack behind the sent position keeps that rare.
+    """
+
+    __slots__ = ("mm", "base", "released", "ahead")
+
+    def __init__(self, mm: mmap.mmap, base: int) -> None:
+        self.mm = mm
+        self.base = base
+        self.released = 0
+        self.ahead = _SEND_WINDOW
+
+    def __call__(self, sent: int) -> None:
+        pos = self.base + sent
+        size = len(self.mm)
+        if pos + _SEND_WINDOW > self.ahead and self.ahead < size:
+            self.mm.madvise(mmap.MADV_WILLNEED, self.ahead, min(_SEND_WINDOW, size - self.ahead))
+            self.ahead += _SEND_WINDOW
+        upto = (pos - _SEND_WINDOW) & ~(mmap.PAGESIZE - 1)
+        if upto - self.released >= _SEND_WINDOW:
+            self.mm.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)
+            self.released = upto
 
 
 def _failed_list(counters: SubOperations, request: Request) -> bytes:
