@@ -2,14 +2,15 @@
 same data, same clients; writes a Markdown report, PNG charts and the raw numbers as JSON.
 
     python -m benchmarks.compare [--peers dicomaccel,orthanc,dcmqrscp,pynetdicom]
-                                 [--workloads stow,cstore,cget,frame] [--runs 3] [--out DIR]
+                                 [--workloads stow,cstore,cget,frame] [--runs 5] [--out DIR]
 
 Peers, installed from Debian's packages (as root; ``--install-peers`` runs this when a package
 is missing):
 
     apt-get install -y orthanc orthanc-dicomweb dcmtk
 
-- dicomaccel: ``dicomaccel serve`` of this checkout (STOW-RS, C-GET SCP incl. FRAME level);
+- dicomaccel: ``dicomaccel serve`` of this checkout (STOW-RS, C-GET SCP incl. FRAME level), for
+  ingest with ``--workers`` from ``--dicomaccel-workers`` (default: the CPU count);
 - orthanc: Orthanc + DICOMweb plugin on a generated configuration (STOW-RS, C-STORE, C-GET SCP);
 - dcmqrscp: DCMTK's Q/R SCP (C-STORE and C-GET SCP), loaded with ``storescu``;
 - pynetdicom: the C-GET SCP of ``benchmarks/pynetdicom_scp.py`` (retrieve only).
@@ -29,33 +30,42 @@ SOP Class (``--pydicom-data``; ingest only, accepted counts recorded per peer).
 Workloads:
 
 - ``stow``: STOW-RS (PS3.18 10.5) with ``--stow-batch`` instances per request and
-  ``--stow-clients`` concurrent keep-alive clients, into a freshly started, empty server
+  ``--stow-clients`` concurrent keep-alive clients (one process each), into a freshly started, empty server
   (dicomaccel with --fsync always, Orthanc with SyncStorageArea: both fsync before answering);
 - ``cstore``: DCMTK ``storescu`` over one association into a fresh Orthanc or dcmqrscp;
-- ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received by ``getscu --ignore`` and by
-  a pynetdicom SCU that does not decode what it receives;
+- ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received (``--clients``) by
+  ``getscu --ignore``, by a pynetdicom SCU that does not decode what it receives and by ``drain``,
+  a raw socket SCU that discards the data sets unparsed (:func:`drain_run`);
 - ``frame``: a Composite Instance Root Retrieve C-GET at FRAME level (PS3.4 Annex Y) is offered to
   every peer; its outcome (association, context, status) is recorded, and peers that answer
   it are measured retrieving every 10th frame of each multi-frame instance.
 
 Runs are interleaved peer by peer (A B A B ...) so machine drift hits every side. Each figure is
 the median of ``--runs`` runs, with the spread (min-max). Server memory is the peak resident set
-(VmHWM, reset through /proc/PID/clear_refs before each run).
+(VmHWM, reset through /proc/PID/clear_refs before each run). Every run also records the CPU time of
+the server's process tree and of the client side, per instance. Before the workloads, the harness
+measures the disk (sequential write + fdatasync; small files with fdatasync, with and without a
+directory fsync) in the work directory's file system, and loopback TCP bandwidth (:func:`limits`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
+import multiprocessing
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
 import socket
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -90,6 +100,7 @@ from benchmarks.peers import (
     install_signal_handlers,
     stow,
 )
+from dicomaccel.dimse import IMPLEMENTATION_CLASS_UID, messages, pdu
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -104,11 +115,13 @@ RUN_TIMEOUT = 1800
 GETSCU_TITLE = "GETSCU"
 STORESCU_TITLE = "STORESCU"
 SCU_TITLE = "PYNETDICOM"
+DRAIN_TITLE = GETSCU_TITLE  # Orthanc answers C-GET only to the titles it lists (benchmarks/orthanc.py)
 FRAME_STEP = 10
 
 
 class IngestDicomaccel(DicomaccelPeer):
-    # Orthanc fsyncs each file before answering (SyncStorageArea); so does this side.
+    # Orthanc fsyncs each file before answering (SyncStorageArea); so does this side. Its
+    # ``workers`` are set from --dicomaccel-workers.
     fsync = "always"
 
 
@@ -124,7 +137,7 @@ STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": 
 CSTORE_PEERS = ("orthanc", "dcmqrscp")
 NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
 WORKLOADS = ("stow", "cstore", "cget", "frame")
-CLIENTS = ("getscu", "pynetdicom")
+CLIENTS = ("getscu", "pynetdicom", "drain")
 LEVELS = ("STUDY", "SERIES")
 
 
@@ -326,48 +339,82 @@ def _stow_counts(body: bytes) -> tuple[int, int]:
     return count("00081199"), count("00081198")
 
 
+STOW_BOUNDARY = "dicomaccel-compare"
+STOW_CTYPE = f'multipart/related; type="application/dicom"; boundary={STOW_BOUNDARY}'
+
+
+def _stow_client(port: int, path: str, mine: list[tuple[bytes, int]], barrier, results) -> None:
+    """One STOW-RS client process: connect, wait for the others, POST ``mine`` on one keep-alive
+    connection; put its counts, reasons, time stamps and own CPU seconds on ``results``."""
+    out = {"stored": 0, "failed": 0, "errors": [], "reasons": {}, "first": None, "start": None, "end": None,
+           "cpu": 0.0}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
+    try:
+        conn.connect()
+        barrier.wait(60)
+        cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
+        out["start"] = time.perf_counter()
+        for body, _ in mine:
+            conn.request("POST", path, body=body, headers={"Content-Type": STOW_CTYPE,
+                                                           "Accept": "application/dicom+json"})
+            resp = conn.getresponse()
+            text = resp.read()
+            ok, bad = _stow_counts(text)
+            for code in _failure_reasons(text):
+                out["reasons"][code] = out["reasons"].get(code, 0) + 1
+            if ok and out["first"] is None:
+                out["first"] = time.perf_counter()
+            out["stored"] += ok
+            out["failed"] += bad
+            if resp.status not in (200, 202, 409):
+                out["errors"].append(f"HTTP {resp.status}")
+        out["end"] = time.perf_counter()
+        out["cpu"] = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu
+    except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as exc:
+        barrier.abort()  # the others stop waiting for a client that will not come
+        out["errors"].append(repr(exc))
+    finally:
+        conn.close()
+        results.put(out)
+
+
+def _cpu_s(usage: resource.struct_rusage) -> float:
+    """User + system seconds of a ``resource.getrusage`` result."""
+    return usage.ru_utime + usage.ru_stime
+
+
 def stow_run(port: int, path: str, bodies: list[tuple[bytes, int]], clients: int) -> dict:
-    """POST every body (round robin over ``clients`` keep-alive connections, one thread each)."""
-    boundary = "dicomaccel-compare"
-    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    stored, failed, errors, firsts = [0], [0], [], []
-    reasons: dict[str, int] = {}
-    lock = threading.Lock()
-    start = time.perf_counter()
-
-    def worker(mine: list[tuple[bytes, int]]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
-        try:
-            for body, _ in mine:
-                conn.request("POST", path, body=body, headers={"Content-Type": ctype,
-                                                               "Accept": "application/dicom+json"})
-                resp = conn.getresponse()
-                text = resp.read()
-                ok, bad = _stow_counts(text)
-                with lock:
-                    for code in _failure_reasons(text):
-                        reasons[code] = reasons.get(code, 0) + 1
-                    if ok and not firsts:
-                        firsts.append(time.perf_counter())
-                    stored[0] += ok
-                    failed[0] += bad
-                    if resp.status not in (200, 202, 409):
-                        errors.append(f"HTTP {resp.status}")
-        except (OSError, http.client.HTTPException) as exc:
-            errors.append(repr(exc))
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, args=(bodies[i::clients],)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    if errors and not stored[0]:
+    """POST every body, round robin over ``clients`` client processes (forked: they share the
+    prebuilt bodies), each with one keep-alive connection; all start at one barrier. Time runs
+    from the first client's start to the last client's end; ``client_cpu_s`` sums the clients'
+    own CPU over that span."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(clients), ctx.SimpleQueue()
+    procs = [ctx.Process(target=_stow_client, args=(port, path, bodies[i::clients], barrier, results), daemon=True)
+             for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    try:
+        outs = [results.get() for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    errors = [e for o in outs for e in o["errors"]]
+    stored = sum(o["stored"] for o in outs)
+    if errors and not stored:
         raise RuntimeError(f"STOW-RS failed: {errors[:3]}")
-    return {"seconds": seconds, "first": (firsts[0] - start) if firsts else None, "accepted": stored[0],
-            "http_errors": len(errors), "failure_reasons": reasons}
+    start = min(o["start"] for o in outs if o["start"] is not None)
+    firsts = [o["first"] for o in outs if o["first"] is not None]
+    reasons: dict[str, int] = {}
+    for o in outs:
+        for code, n in o["reasons"].items():
+            reasons[code] = reasons.get(code, 0) + n
+    return {"seconds": max(o["end"] or time.perf_counter() for o in outs) - start,
+            "first": min(firsts) - start if firsts else None, "accepted": stored, "http_errors": len(errors),
+            "failure_reasons": reasons, "client_cpu_s": sum(o["cpu"] for o in outs)}
 
 
 def _failure_reasons(body: bytes) -> list[str]:
@@ -500,6 +547,142 @@ class RetrieveRefused(RuntimeError):
     """The peer refused the retrieve: association, presentation context or C-GET status."""
 
 
+def _pdata(pcid: int, control: int, data: bytes) -> bytes:
+    """A P-DATA-TF PDU of one PDV; ``control`` bit 0: command, bit 1: last fragment (PS3.8 E.2)."""
+    return pdu.PDATA_ONE_PDV_HEADER.pack(pdu.P_DATA_TF, len(data) + 6, len(data) + 2, pcid, control) + data
+
+
+def _element(tag: int, value: str, pad: bytes = b" ") -> bytes:
+    """One Implicit VR Little Endian element of a text value (UI: ``pad`` NUL, PS3.5 6.2)."""
+    raw = value.encode("ascii")
+    raw += pad * (len(raw) & 1)
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(raw)) + raw
+
+
+def _associate_rq(called: str, contexts: list[tuple[int, str, list[str]]], scp_roles: list[str],
+                  max_pdu: int) -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing ``contexts`` (id, abstract syntax, transfer
+    syntaxes) and the SCP role for the SOP classes ``scp_roles`` (PS3.7 D.3.3.4)."""
+    items = [pdu.item(pdu.ITEM_APPLICATION_CONTEXT, pdu.DICOM_APPLICATION_CONTEXT.encode())]
+    for pcid, abstract, syntaxes in contexts:
+        subs = [pdu.item(pdu.ITEM_ABSTRACT_SYNTAX, abstract.encode()),
+                *(pdu.item(pdu.ITEM_TRANSFER_SYNTAX, ts.encode()) for ts in syntaxes)]
+        items.append(pdu.item(pdu.ITEM_PRESENTATION_CONTEXT_RQ, bytes((pcid, 0, 0, 0)) + b"".join(subs)))
+    user = [pdu.sub_maximum_length(max_pdu), pdu.sub_uid(pdu.SUB_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_CLASS_UID),
+            *(pdu.sub_role_selection(uid, 0, 1) for uid in scp_roles)]
+    items.append(pdu.item(pdu.ITEM_USER_INFORMATION, b"".join(user)))
+    body = struct.pack(">H2x16s16s32x", 1, called.ljust(16).encode(), DRAIN_TITLE.ljust(16).encode()) + b"".join(items)
+    return pdu.PDU_HEADER.pack(pdu.A_ASSOCIATE_RQ, len(body)) + body
+
+
+def _accepted(ac: bytes) -> set[int]:
+    """IDs of the presentation contexts an A-ASSOCIATE-AC body accepts (result 0, PS3.8 9.3.3.2)."""
+    out, pos = set(), pdu.ASSOCIATE_FIXED_LENGTH
+    while pos + pdu.ITEM_HEADER.size <= len(ac):
+        kind, length = pdu.ITEM_HEADER.unpack_from(ac, pos)
+        if kind == pdu.ITEM_PRESENTATION_CONTEXT_AC and ac[pos + 6] == pdu.PC_ACCEPTANCE:
+            out.add(ac[pos + 4])
+        pos += pdu.ITEM_HEADER.size + length
+    return out
+
+
+def drain_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int) -> dict:
+    """One Study Root C-GET by a raw draining SCU: sockets and this project's PDU and command
+    encoders; it reads every PDU, keeps only PDV headers and command sets, throws the data set
+    bytes away and answers each C-STORE-RQ with Success. Timed from sending the C-GET-RQ to the
+    final C-GET-RSP; ``bytes`` are the data set bytes received."""
+    get_model = StudyRootQueryRetrieveInformationModelGet
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    if corpus.transfer_syntax == JPEG2000Lossless:
+        syntaxes.insert(0, JPEG2000Lossless)
+    contexts = [(1, get_model, [ImplicitVRLittleEndian]),
+                *((3 + 2 * i, uid, syntaxes) for i, uid in enumerate(corpus.sop_classes))]
+    sock = socket.create_connection(("127.0.0.1", peer.port), timeout=RUN_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = sock.makefile("rb", buffering=1 << 20)
+    scratch = memoryview(bytearray(1 << 20))
+
+    def read(n: int) -> bytes:
+        data = stream.read(n)
+        if len(data) != n:
+            raise RuntimeError("drain: the peer closed the connection")
+        return data
+
+    def skip(n: int) -> None:
+        while n:
+            got = stream.readinto(scratch[:min(n, len(scratch))])
+            if not got:
+                raise RuntimeError("drain: the peer closed the connection")
+            n -= got
+
+    try:
+        sock.sendall(_associate_rq(peer.ae_title, contexts, corpus.sop_classes, max_pdu))
+        kind, length = pdu.PDU_HEADER.unpack(read(6))
+        body = read(length)
+        if kind != pdu.A_ASSOCIATE_AC:
+            raise RetrieveRefused("association rejected (A-ASSOCIATE-RJ)" if kind == pdu.A_ASSOCIATE_RJ
+                                  else f"association answered with PDU type 0x{kind:02X}")
+        if 1 not in _accepted(body):
+            raise RetrieveRefused(f"presentation context {get_model.name} not accepted")
+        identifier = _element(0x00080052, level) + _element(0x0020000D, corpus.study_uid, b"\0")
+        if level == "SERIES":
+            identifier += _element(0x0020000E, corpus.series_uid, b"\0")
+        request = messages.encode_command({
+            "AffectedSOPClassUID": get_model, "CommandField": messages.C_GET_RQ, "MessageID": 1,
+            "Priority": messages.PRIORITY_MEDIUM, "CommandDataSetType": messages.DATASET_PRESENT})
+        start = time.perf_counter()
+        sock.sendall(_pdata(1, 3, request) + _pdata(1, 2, identifier))
+        received = nbytes = 0
+        first = final = None
+        command, fragments = {}, []
+        while final is None:
+            kind, length = pdu.PDU_HEADER.unpack(read(6))
+            if kind != pdu.P_DATA_TF:
+                raise RetrieveRefused(f"PDU type 0x{kind:02X} during the C-GET (A-ABORT: 7)")
+            while length:
+                pdv_length, pcid, control = pdu.PDV_HEADER.unpack(read(6))
+                length -= 4 + pdv_length
+                if control & 1:
+                    fragments.append(read(pdv_length - 2))
+                    if not control & 2:
+                        continue
+                    command = messages.decode_command(b"".join(fragments))
+                    fragments.clear()
+                    if messages.has_dataset(command):
+                        continue  # answered when its data set has arrived
+                else:
+                    skip(pdv_length - 2)
+                    if command.get("CommandField") == messages.C_STORE_RQ:
+                        nbytes += pdv_length - 2
+                    if not control & 2:
+                        continue
+                if command["CommandField"] == messages.C_STORE_RQ:
+                    sock.sendall(_pdata(pcid, 3, messages.encode_command({
+                        "AffectedSOPClassUID": command["AffectedSOPClassUID"], "CommandField": messages.C_STORE_RSP,
+                        "MessageIDBeingRespondedTo": command["MessageID"], "CommandDataSetType": messages.NO_DATASET,
+                        "Status": 0x0000, "AffectedSOPInstanceUID": command["AffectedSOPInstanceUID"]})))
+                    received += 1
+                    first = first or time.perf_counter() - start
+                elif command["CommandField"] == messages.C_GET_RSP and command["Status"] not in (0xFF00, 0xFF01):
+                    final = command["Status"]
+        seconds = time.perf_counter() - start
+        if final != 0x0000:
+            raise RetrieveRefused(f"C-GET final status 0x{final:04X} {command.get('ErrorComment', '')}".strip())
+        sock.sendall(pdu.A_RELEASE_RQ_BYTES)
+        while (reply := pdu.PDU_HEADER.unpack(read(6)))[0] != pdu.A_RELEASE_RP:
+            skip(reply[1])
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.sendall(pdu.encode_abort(pdu.ABORT_SOURCE_USER, pdu.ABORT_REASON_NOT_SPECIFIED))
+        raise
+    finally:
+        stream.close()
+        sock.close()
+    if received != len(corpus.files):
+        raise RuntimeError(f"drain received {received} instances")
+    return {"seconds": seconds, "first": first, "accepted": received, "bytes": nbytes}
+
+
 def _scu(corpus: Corpus, model: str, max_pdu: int, on_store):
     ae = AE(ae_title=SCU_TITLE)
     ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = RUN_TIMEOUT
@@ -579,6 +762,36 @@ def pynetdicom_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int, frames:
     return {"seconds": seconds, "first": received[0] - start, "accepted": len(received), "bytes": nbytes[0]}
 
 
+def forked(fn, *args):
+    """``fn(*args)`` in a forked process (its own interpreter lock; its CPU counts as a child's):
+    what it returns, or what it raises raised here."""
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            writer.send((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the parent as is
+            writer.send((False, exc))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    writer.close()
+    try:
+        ok, value = reader.recv()
+    except EOFError:
+        raise RuntimeError(f"{fn.__name__}: its process ended without an answer") from None
+    finally:
+        proc.join()
+    if not ok:
+        raise value
+    return value
+
+
+# Besides getscu, which needs its log configuration. The drain SCU runs in a process of its own.
+RETRIEVE_CLIENTS = {"pynetdicom": pynetdicom_run, "drain": lambda *args: forked(drain_run, *args)}
+
+
 def load(peer: Peer, corpus: Corpus, log_config: Path) -> str | None:
     """Store ``corpus`` into a started peer the way it ingests (STOW-RS, else storescu); why not, or None."""
     try:
@@ -599,7 +812,113 @@ def frame_lists(corpus: Corpus) -> list[list[int]]:
 
 
 # --------------------------------------------------------------------------------------------
+# Limits of this machine, measured in the same run
+
+
+def _write_file(path: Path, data: bytes, chunk: int, directory: int | None = None) -> None:
+    """Write ``data`` to a new file in ``chunk``-byte writes, fdatasync and close it; then fsync
+    ``directory`` (an open descriptor) if given, as a store that makes the new name durable does."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        for i in range(0, len(view), chunk):
+            os.write(fd, view[i:i + chunk])
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if directory is not None:
+        os.fsync(directory)
+
+
+def seq_write_mbps(where: Path, total: int = 256 << 20, chunk: int = 8 << 20, reps: int = 3) -> list[float]:
+    """MB/s of writing ``total`` bytes to one file in ``chunk``-byte writes plus one fdatasync."""
+    data, out = os.urandom(chunk) * (total // chunk), []
+    for _ in range(reps):
+        t = time.perf_counter()
+        _write_file(where / "seq.bin", data, chunk)
+        out.append(total / (time.perf_counter() - t) / 1e6)
+        os.unlink(where / "seq.bin")
+    return out
+
+
+def files_per_s(where: Path, size: int, threads: int, dir_sync: bool, seconds: float = 2.0,
+                most: int = 1000) -> float:
+    """Files/s of ``threads`` threads each writing ``size``-byte files (write, fdatasync, close,
+    and with ``dir_sync`` an fsync of the directory) for ``seconds`` or ``most`` files each."""
+    directory = where / f"files-{threads}-{int(dir_sync)}"
+    directory.mkdir()
+    data = os.urandom(size)
+    dfd = os.open(directory, os.O_RDONLY)
+    counts = [0] * threads
+
+    def writer(k: int) -> None:
+        deadline = time.perf_counter() + seconds
+        while counts[k] < most and time.perf_counter() < deadline:
+            _write_file(directory / f"{k}-{counts[k]}", data, size, dfd if dir_sync else None)
+            counts[k] += 1
+
+    t = time.perf_counter()
+    pool = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    rate = sum(counts) / (time.perf_counter() - t)
+    os.close(dfd)
+    shutil.rmtree(directory)
+    return rate
+
+
+def _tcp_send(port: int, total: int, chunk: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        block = b"\0" * chunk
+        for _ in range(total // chunk):
+            s.sendall(block)
+
+
+def tcp_mbps(total: int = 1 << 30, chunk: int = 1 << 20) -> float:
+    """MB/s of ``total`` bytes over loopback TCP from a sender process (``chunk``-byte sends) to
+    this one, timed by the receiver from accepting the connection to the sender's close."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = multiprocessing.get_context("fork").Process(
+            target=_tcp_send, args=(server.getsockname()[1], total, chunk), daemon=True)
+        sender.start()
+        conn, _ = server.accept()
+        t, got, buf = time.perf_counter(), 0, bytearray(chunk)
+        with conn:
+            while n := conn.recv_into(buf):
+                got += n
+        seconds = time.perf_counter() - t
+    sender.join()
+    if got != total:
+        raise RuntimeError(f"loopback TCP: received {got} of {total} bytes")
+    return total / seconds / 1e6
+
+
+def limits(where: Path, file_size: int) -> dict:
+    """Disk and loopback limits of this machine in ``where``'s file system (see the report)."""
+    print(f"measuring disk and loopback limits in {where} ...", flush=True)
+    seq = seq_write_mbps(where)
+    out = {"filesystem": str(where), "seq_write_mbps": statistics.median(seq), "seq_write_runs": seq,
+           "file_bytes": file_size,
+           "files_per_s": {str(n): {"write + fdatasync + close": files_per_s(where, file_size, n, False),
+                                    "write + fdatasync + close + directory fsync":
+                                        files_per_s(where, file_size, n, True)}
+                           for n in (1, 4)},
+           "tcp_mbps": tcp_mbps()}
+    print(f"limits: sequential write+fdatasync {out['seq_write_mbps']:.0f} MB/s, loopback TCP "
+          f"{out['tcp_mbps']:.0f} MB/s, {file_size} B files/s (1 and 4 threads) "
+          f"{', '.join(f'{v:.0f}' for n in out['files_per_s'].values() for v in n.values())}", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Harness
+
+
+def harness_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (and been waited for)."""
+    return sum(_cpu_s(resource.getrusage(who)) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 def loadavg() -> float:
@@ -638,28 +957,37 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
             peer = None
             try:
                 if method.fresh:
-                    peer = STOW_PEERS[name][0](work / f"ingest-{i}") if method.label.startswith("STOW") \
-                        else PEERS[name](work / f"ingest-{i}")
+                    # A new directory per run, kept until the harness ends: deleting a run's
+                    # files just before the next run makes the next run's file creations pay
+                    # for it (ext4 without a journal skips inodes deleted in the last 5-35 s).
+                    fresh = Path(tempfile.mkdtemp(prefix=f"ingest-{name}-", dir=work))
+                    peer = STOW_PEERS[name][0](fresh) if method.label.startswith("STOW") \
+                        else PEERS[name](fresh)
                     peer.start([])
                 else:
                     peer = started[name]
                 load = loadavg()
+                server_cpu, client_cpu = peer.cpu_s(), harness_cpu_s()
                 with RssSampler(peer) as rss:
                     result = method.run(peer)
                 result.setdefault("bytes", method.corpus.nbytes)
-                result.update(peak_mib=rss.peak_mib, load1=load)
+                # Client CPU: what this process and the clients it ran (getscu, storescu, STOW-RS
+                # processes) used, less the memory sampler's thread; STOW-RS clients count their own.
+                result.setdefault("client_cpu_s", harness_cpu_s() - client_cpu - rss.cpu_s)
+                result.update(peak_mib=rss.peak_mib, load1=load, server_cpu_s=peer.cpu_s() - server_cpu)
                 row["runs"].append(result)
                 rate = len(method.corpus.files) / result["seconds"]
                 bar.step(f"{name} run {i + 1}: {report.fig(rate)} inst/s "
                          f"{report.fig(result['bytes'] / result['seconds'] / 1e6)} MB/s "
-                         f"peak RSS {rss.peak_mib:.0f} MiB accepted {result['accepted']}")
+                         f"peak RSS {rss.peak_mib:.0f} MiB accepted {result['accepted']} CPU ms/inst "
+                         f"server {report.fig(1e3 * result['server_cpu_s'] / len(method.corpus.files))} "
+                         f"client {report.fig(1e3 * result['client_cpu_s'] / len(method.corpus.files))}")
             except (RuntimeError, OSError, PeerUnavailable, subprocess.TimeoutExpired, ValueError) as exc:
                 row["error"] = " ".join(f"{exc}{server_says(peer)}".split())[:400]
                 bar.step(f"{name} run {i + 1}: FAILED {row['error']}")
             finally:
                 if method.fresh and peer is not None:
                     peer.stop()
-                    shutil.rmtree(peer.workdir, ignore_errors=True)
     return list(rows.values())
 
 
@@ -784,9 +1112,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
                    help="comma-separated: stow, cstore, cget, frame (default: all)")
     p.add_argument("--clients", type=_csv(CLIENTS), default=list(CLIENTS),
-                   help="C-GET receivers: getscu, pynetdicom (default: both)")
+                   help="C-GET receivers: getscu, pynetdicom, drain (default: all three)")
     p.add_argument("--levels", type=_csv(LEVELS), default=list(LEVELS), help="C-GET levels (default: STUDY,SERIES)")
-    p.add_argument("--runs", type=int, default=3, help="repetitions of every measurement (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="repetitions of every measurement (default 5)")
+    p.add_argument("--dicomaccel-workers", type=int, default=os.cpu_count() or 1,
+                   help="`dicomaccel serve --workers` for ingest (default: the CPU count)")
     p.add_argument("--ct", type=int, default=200, help="CT instances (0: none; default 200)")
     p.add_argument("--multiframe", type=int, default=4, help="native multi-frame instances (default 4)")
     p.add_argument("--j2k", type=int, default=4, help="JPEG 2000 multi-frame instances (default 4)")
@@ -833,7 +1163,7 @@ def plan(args, corpora: list[Corpus], available: list[str], log_config: Path) ->
 
                 def run(peer, corpus=corpus, batch=batch, clients=clients, cache=cache):
                     if "bodies" not in cache:  # built once, outside the timing, shared by peers and runs
-                        cache["bodies"] = [(_multipart(corpus.files[i:i + batch], "dicomaccel-compare"), 0)
+                        cache["bodies"] = [(_multipart(corpus.files[i:i + batch], STOW_BOUNDARY), 0)
                                            for i in range(0, len(corpus.files), batch)]
                     path = STOW_PEERS[peer.name][1]
                     return stow_run(peer.http_port, path, cache["bodies"], clients)
@@ -854,8 +1184,8 @@ def plan(args, corpora: list[Corpus], available: list[str], log_config: Path) ->
                         run = (lambda peer, corpus=corpus, level=level:
                                getscu_run(peer, corpus, level, args.max_pdu, log_config))
                     else:
-                        run = (lambda peer, corpus=corpus, level=level:
-                               pynetdicom_run(peer, corpus, level, args.max_pdu))
+                        run = (lambda peer, corpus=corpus, level=level, scu=RETRIEVE_CLIENTS[client]:
+                               scu(peer, corpus, level, args.max_pdu))
                     retrieve.append(Method("retrieve", corpus, f"C-GET {level}, {client}", available, run))
     return ingest, retrieve
 
@@ -867,7 +1197,9 @@ def run_harness(args, argv: list[str]) -> int:
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "machine": machine(), "versions": versions(), "netns": os.environ.get(NETNS_MARK) == "1",
                   "load_before": Path("/proc/loadavg").read_text().split()[:3], "skipped": {}, "rows": [],
-                  "frame_probe": {}, "runs": args.runs, "max_pdu": args.max_pdu}
+                  "frame_probe": {}, "runs": args.runs, "max_pdu": args.max_pdu,
+                  "dicomaccel_workers": args.dicomaccel_workers}
+    IngestDicomaccel.workers = args.dicomaccel_workers
     available = []
     for name in args.peers:
         reason = PEERS[name].unavailable()
@@ -906,6 +1238,8 @@ def run_harness(args, argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="dicomaccel-compare-", dir=args.workdir))
     started: dict[str, Peer] = {}
     try:
+        ct = next((c for c in corpora if c.name == "ct"), None)
+        data["limits"] = limits(work, ct.files[0].stat().st_size if ct else 1 << 19)
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(STORESCU_LOG)
         ingest, retrieve = plan(args, corpora, available, log_config)
@@ -969,8 +1303,8 @@ def run_harness(args, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    if args.runs < 1:
-        parser().error("--runs must be at least 1")
+    if args.runs < 1 or args.dicomaccel_workers < 1:
+        parser().error("--runs and --dicomaccel-workers must be at least 1")
     if os.environ.get(NETNS_MARK) == "1":
         # Inside the namespace made by reexec_in_netns: loopback starts down.
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)

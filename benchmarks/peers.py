@@ -136,6 +136,30 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Children of ``pid``, their children and so on (``dicomaccel serve --workers N`` forks N)."""
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+CLOCK_TICK = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` in seconds (proc(5)), 0 once it is gone.
+
+    cutime/cstime hold the CPU of the children it has waited for, so a child that ended during a
+    measurement still counts, through its parent, once it has been reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) * CLOCK_TICK
+
+
 def vm_hwm_kib(pid: int) -> int:
     """VmHWM (peak resident set) of ``pid`` in KiB; 0 once the process is gone or a zombie."""
     try:
@@ -174,20 +198,28 @@ class Peer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            for child in children(self.proc.pid):
-                # Children of the server (dcmqrscp's per-association processes), by PID.
+            # The server first (a dicomaccel supervisor would replace a worker that ends before
+            # it), then, by PID, what is left of its descendants (dcmqrscp's per-association
+            # processes).
+            left = descendants(self.proc.pid)
+            stop_process(self.proc)
+            self.proc = None
+            for child in left:
                 try:
                     os.kill(child, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-            stop_process(self.proc)
-            self.proc = None
 
     def pids(self) -> list[int]:
-        """The server process and its children: the processes whose memory we report."""
+        """The server process and its descendants: the processes whose memory and CPU we report."""
         if self.proc is None:
             return []
-        return [self.proc.pid, *children(self.proc.pid)]
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the server and its descendants, live or reaped (see
+        :func:`process_cpu_s`); the difference of two readings is the CPU of what ran between."""
+        return sum(process_cpu_s(pid) for pid in self.pids())
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -237,6 +269,7 @@ class DicomaccelPeer(Peer):
     name = "dicomaccel"
     ae_title = "DICOMACCEL"
     fsync = "never"
+    workers = 1  # processes of ``dicomaccel serve --workers``: all serve STOW-RS, the first DIMSE
     _listen = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on \S+://[^:/]+:(\d+)")
 
     def start(self, files: list[Path]) -> None:
@@ -244,7 +277,7 @@ class DicomaccelPeer(Peer):
         # how long loading takes. An ingest benchmark sets ``fsync = "always"``.
         cmd = [sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(self.workdir / "data"),
                "--host", "127.0.0.1", "--http-port", "0", "--dimse-port", "0", "--ae-title", self.ae_title,
-               "--fsync", self.fsync, "--log-level", "warning"]
+               "--fsync", self.fsync, "--workers", str(self.workers), "--log-level", "warning"]
         self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.http_port = None
         for line in _Lines(self.proc, self.log).until("dicomaccel: ready", 60):
@@ -408,6 +441,7 @@ class RssSampler:
         self.peer = peer
         self.interval = interval
         self.peak_kib: dict[int, int] = {}
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -418,6 +452,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
+        self.cpu_s = time.thread_time()  # what sampling cost this process (the harness)
 
     @property
     def peak_mib(self) -> float:

@@ -39,7 +39,11 @@ def summary(row: dict) -> dict | None:
     mbps = [r["bytes"] / r["seconds"] / 1e6 for r in runs]
     first = [r["first"] * 1e3 for r in runs if r.get("first") is not None]
     peak = [r["peak_mib"] for r in runs]
-    return {"rate": statistics.median(rate), "rate_cell": _spread(rate),
+    cpu = {side: [1e3 * r[f"{side}_cpu_s"] / row["instances"] for r in runs if f"{side}_cpu_s" in r]
+           for side in ("server", "client")}
+    return {**{f"{side}_cpu": statistics.median(v) if v else None for side, v in cpu.items()},
+            **{f"{side}_cpu_cell": _spread(v) if v else "-" for side, v in cpu.items()},
+            "rate": statistics.median(rate), "rate_cell": _spread(rate),
             "mbps": statistics.median(mbps), "mbps_min": min(mbps), "mbps_max": max(mbps), "mbps_cell": _spread(mbps),
             "first_cell": _spread(first) if first else "-",
             "peak": statistics.median(peak), "peak_max": max(peak), "peak_cell": _spread(peak),
@@ -60,9 +64,19 @@ def _peer_rank(name: str) -> int:
     return PEER_ORDER.index(name) if name in PEER_ORDER else len(PEER_ORDER)
 
 
+def _versus(section: str, workload: str, method: str, ours: dict, best_peer: str, best: dict) -> dict:
+    """One headline row: dicomaccel's summary ``ours`` against ``best`` (of ``best_peer``)."""
+    out = {"section": section, "workload": workload, "method": method, "dicomaccel": ours["rate"],
+           "best_peer": best_peer, "best": best["rate"], "ratio": ours["rate"] / best["rate"],
+           "dicomaccel_peak": ours["peak"], "best_peak": best["peak"]}
+    for side in ("server", "client"):
+        out[f"dicomaccel_{side}_cpu"], out[f"best_{side}_cpu"] = ours[f"{side}_cpu"], best[f"{side}_cpu"]
+    return out
+
+
 def ratios(data: dict) -> list[dict]:
     """Per workload (corpus and method) where dicomaccel and another peer both have figures:
-    dicomaccel's median instances/s over the best other peer's, and their peak memory."""
+    dicomaccel's median instances/s over the best other peer's, their peak memory and CPU."""
     out = []
     for section, _ in SECTIONS:
         for label, method, rows in _groups(data, section):
@@ -72,52 +86,57 @@ def ratios(data: dict) -> list[dict]:
             if not ours or not others:
                 continue
             best = max(others, key=lambda p: others[p]["rate"])
-            out.append({"section": section, "workload": label, "method": method,
-                        "dicomaccel": ours["rate"], "best_peer": best, "best": others[best]["rate"],
-                        "ratio": ours["rate"] / others[best]["rate"],
-                        "dicomaccel_peak": ours["peak"], "best_peak": others[best]["peak"]})
+            out.append(_versus(section, label, method, ours, best, others[best]))
     return out
 
 
 def best_ingest(data: dict) -> list[dict]:
     """Per corpus: dicomaccel's fastest ingest configuration against the fastest of any other peer
     by any method (STOW-RS or C-STORE), by median instances/s."""
-    best: dict[str, dict[str, tuple[float, str, float]]] = {}
+    best: dict[str, dict[str, tuple[dict, str]]] = {}
     for row in data["rows"]:
         s = summary(row) if row["section"] == "ingest" else None
         if s is None:
             continue
         side = "ours" if row["peer"] == "dicomaccel" else "theirs"
         cell = best.setdefault(row["label"], {})
-        if side not in cell or s["rate"] > cell[side][0]:
-            cell[side] = (s["rate"], f"{row['peer']}, {row['method']}", s["peak"])
-    return [{"section": "ingest", "workload": label, "method": f"fastest ingest: {c['ours'][1].split(', ', 1)[1]}",
-             "dicomaccel": c["ours"][0], "best_peer": c["theirs"][1], "best": c["theirs"][0],
-             "ratio": c["ours"][0] / c["theirs"][0], "dicomaccel_peak": c["ours"][2], "best_peak": c["theirs"][2]}
+        if side not in cell or s["rate"] > cell[side][0]["rate"]:
+            cell[side] = (s, f"{row['peer']}, {row['method']}")
+    return [_versus("ingest", label, f"fastest ingest: {c['ours'][1].split(', ', 1)[1]}", c["ours"][0],
+                    c["theirs"][1], c["theirs"][0])
             for label, c in best.items() if "ours" in c and "theirs" in c]
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return f"{fig(a)} / {fig(b)}" if a is not None and b is not None else "-"
 
 
 def headline(data: dict) -> str:
     """The Markdown table of :func:`ratios`, then :func:`best_ingest`."""
     lines = ["| workload | method | dicomaccel inst/s | best peer | its inst/s | dicomaccel / best | "
-             "peak RSS MiB dicomaccel / best peer |", "|---|---|---|---|---|---|---|"]
+             "peak RSS MiB dicomaccel / best peer | server CPU ms/inst dicomaccel / best peer | server CPU "
+             "dicomaccel / best | client CPU ms/inst dicomaccel / best peer |", "|---" * 10 + "|"]
     for r in ratios(data) + best_ingest(data):
+        ours, theirs = r["dicomaccel_server_cpu"], r["best_server_cpu"]
+        cpu_ratio = f"{ours / theirs:.2f}x" if ours is not None and theirs else "-"
         lines.append(f"| {r['workload']} | {r['method']} | {fig(r['dicomaccel'])} | {r['best_peer']} | "
-                     f"{fig(r['best'])} | **{r['ratio']:.2f}x** | {r['dicomaccel_peak']:.0f} / {r['best_peak']:.0f} |")
+                     f"{fig(r['best'])} | **{r['ratio']:.2f}x** | {r['dicomaccel_peak']:.0f} / {r['best_peak']:.0f} | "
+                     f"{_pair(ours, theirs)} | {cpu_ratio} | "
+                     f"{_pair(r['dicomaccel_client_cpu'], r['best_client_cpu'])} |")
     return "\n".join(lines)
 
 
 def _table(data: dict, section: str) -> list[str]:
-    lines = ["| workload | method | peer | instances/s | MB/s | first instance ms | peak RSS MiB | accepted |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | method | peer | instances/s | MB/s | first instance ms | peak RSS MiB | accepted | "
+             "server CPU ms/inst | client CPU ms/inst |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, method, rows in _groups(data, section):
         for row in rows:
             s = summary(row)
             if s is None:
-                cells = [f"failed: {row['error']}", "-", "-", "-", "-"]
+                cells = [f"failed: {row['error']}", "-", "-", "-", "-", "-", "-"]
             else:
                 cells = [s["rate_cell"], s["mbps_cell"], s["first_cell"], s["peak_cell"],
-                         f"{s['accepted']}/{row['instances']}"]
+                         f"{s['accepted']}/{row['instances']}", s["server_cpu_cell"], s["client_cpu_cell"]]
             lines.append("| " + " | ".join([label, method, row["peer"], *cells]) + " |")
     return lines
 
@@ -144,6 +163,31 @@ def _load_range(data: dict) -> str:
     return f"min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}"
 
 
+def _limits(data: dict) -> list[str]:
+    """The disk and loopback limits measured before the workloads, and the multi-frame STOW-RS
+    rate of dicomaccel as a share of the sequential write bandwidth."""
+    lim = data.get("limits")
+    if not lim:
+        return []
+    files = lim["files_per_s"]
+    out = ["## Limits of this machine, measured in the same run", "",
+           f"In the file system of the servers' work directory ({lim['filesystem']}), before the workloads.", "",
+           "| limit | value |", "|---|---|",
+           f"| sequential write + fdatasync, 256 MiB in 8 MiB writes (median of "
+           f"{len(lim['seq_write_runs'])}; {', '.join(fig(v) for v in lim['seq_write_runs'])}) | "
+           f"{fig(lim['seq_write_mbps'])} MB/s |",
+           *[f"| {lim['file_bytes']} B files, {kind}, {n} thread{'s' if n != '1' else ''} | "
+             f"{fig(files[n][kind])} files/s |" for kind in next(iter(files.values())) for n in files],
+           f"| loopback TCP, one sender and one receiver process, 1 GiB in 1 MiB sends | {fig(lim['tcp_mbps'])} MB/s |",
+           ""]
+    for row in data["rows"]:
+        s = summary(row)
+        if s and row["peer"] == "dicomaccel" and row["corpus"] == "multiframe" and row["method"].startswith("STOW"):
+            out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['mbps'])} MB/s = "
+                       f"{s['mbps'] / lim['seq_write_mbps']:.0%} of sequential write + fdatasync.")
+    return out + [""] if out[-1] else out
+
+
 def markdown(data: dict, charts: list[Path]) -> str:
     m, v = data["machine"], data["versions"]
     out = [
@@ -157,6 +201,7 @@ def markdown(data: dict, charts: list[Path]) -> str:
         f"| load average (1 min) | before {data['load_before'][0]}, after {data['load_after'][0]}; "
         f"at the start of each run: {_load_range(data)} |",
         f"| network | {'private network namespace with only loopback (unshare --net)' if data['netns'] else 'host loopback'} |",
+        f"| dicomaccel for ingest | `dicomaccel serve --workers {data.get('dicomaccel_workers', 1)}` |",
         "",
         "The machine is shared: other work ran on it during the measurement, which the load averages "
         "above show. Every figure is the median of "
@@ -167,6 +212,7 @@ def markdown(data: dict, charts: list[Path]) -> str:
     ]
     if data["skipped"]:
         out += ["Peers skipped:", "", *[f"- {k}: {val}" for k, val in data["skipped"].items()], ""]
+    out += _limits(data)
     out += ["## Corpus", "", "| corpus | instances | MB | transfer syntax | SOP classes |", "|---|---|---|---|---|"]
     for c in data["corpora"]:
         out.append(f"| {c['label']} | {c['instances']} | {c['bytes'] / 1e6:.1f} | {c['transfer_syntax']} | "
@@ -201,8 +247,9 @@ METHOD_NOTES = [
     "- Servers and clients ran on one machine over loopback. Orthanc 1.10 and dcmqrscp cannot bind "
     "one address, so the whole measurement ran in a private network namespace with only loopback.",
     "- Ingest: every run starts the server empty. STOW-RS bodies are built in memory before the clock "
-    "starts; N clients are N threads with one keep-alive HTTP connection each. dicomaccel runs with "
-    "`--fsync always` and Orthanc with `SyncStorageArea: true`: both fsync each file before answering; "
+    "starts; N clients are N processes (forked, sharing the prebuilt bodies) with one keep-alive HTTP "
+    "connection each, released together by a barrier. dicomaccel runs with `--workers` as the Machine table "
+    "says and `--fsync always`, and Orthanc with `SyncStorageArea: true`: both fsync each file before answering; "
     "dcmqrscp does not fsync. Time to first instance: the first response that reports a stored instance "
     "(STOW-RS), the first successful C-STORE response (storescu). *accepted* counts the instances the "
     "server reports stored (STOW-RS response, Orthanc's index, dcmqrscp's storage area).",
@@ -218,6 +265,22 @@ METHOD_NOTES = [
     "on their sockets; dicomaccel and Orthanc set it themselves.",
     "- Peak RSS: VmHWM of the server's processes, reset through /proc/PID/clear_refs before each run "
     "and sampled every 5 ms during it (dcmqrscp serves each association in a forked child).",
+    "- Server CPU ms/inst: the CPU time (utime + stime + cutime + cstime from /proc/PID/stat, 10 ms "
+    "ticks) of the server process and all its descendants, read before and after each run, divided by "
+    "the instances; cutime/cstime hold what reaped children used, so dcmqrscp's per-association "
+    "processes and dicomaccel's workers count even when they ended during the run. The headline's CPU "
+    "ratio is dicomaccel's median over the best peer's.",
+    "- Client CPU ms/inst: STOW-RS, the client processes' own CPU (getrusage) from the barrier to their "
+    "last response; otherwise the harness's CPU plus that of the clients it ran and waited for "
+    "(getscu, storescu), over the run, less the memory sampler's thread.",
+    "- `drain`: a C-GET SCU on raw sockets and this project's PDU and command-set encoders; it proposes "
+    "Study Root GET and the corpus's storage SOP classes (SCP role), reads every PDU, parses only PDU and "
+    "PDV headers and command sets, discards the data sets and answers each C-STORE-RQ with 0000. Its "
+    "MB/s counts the data set bytes received.",
+    "- Limits: one file per repetition written in 8 MiB writes then fdatasync'ed; files of the CT "
+    "instance size written, fdatasync'ed and closed by 1 or 4 threads for 2 s (at most 1000 each), with "
+    "and without an fsync of their directory after each; loopback TCP from a forked sender to the "
+    "harness, timed by the receiver.",
     "- Receivers' maximum PDU length: getscu's default of 16384 bytes for both receivers.",
     "- JPEG 2000 corpus: both receivers propose JPEG 2000 Lossless first and the uncompressed syntaxes "
     "after it (getscu `+xv`); dcmqrscp runs with `+xv` so it accepts JPEG 2000 from storescu (`-xv`). "

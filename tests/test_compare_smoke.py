@@ -60,7 +60,7 @@ def test_every_workload_has_a_measured_row_for_dicomaccel(run):
     # CT of 3: batches of 1 (1 and 3 clients) and of 3 (1 client); storescu is not for dicomaccel.
     assert {m for c, m in methods if c == "ct" and m.startswith("STOW")} == {
         "STOW-RS 1/request, 1 client", "STOW-RS 1/request, 3 clients", "STOW-RS 3/request, 1 client"}
-    clients = ["getscu", "pynetdicom"] if peers.dcmtk_program("getscu") else ["pynetdicom"]
+    clients = ["getscu", "pynetdicom", "drain"] if peers.dcmtk_program("getscu") else ["pynetdicom", "drain"]
     for corpus in ("ct", "multiframe", "j2k"):
         for level in ("STUDY", "SERIES"):
             for client in clients:
@@ -72,6 +72,7 @@ def test_every_workload_has_a_measured_row_for_dicomaccel(run):
         assert row["error"] is None, row
         (measured,) = row["runs"]
         assert measured["seconds"] > 0 and measured["peak_mib"] > 0
+        assert measured["server_cpu_s"] >= 0 and measured["client_cpu_s"] >= 0
         assert measured["accepted"] == row["instances"], row
 
 
@@ -99,9 +100,11 @@ def test_frame_level_outcome_is_recorded(run):
 def test_report_has_machine_versions_corpus_and_every_table(run):
     _, out, data = run
     md = (out / "report.md").read_text()
-    for heading in ("## Machine", "## Versions", "## Corpus", "## Ingest", "## Retrieve (C-GET)",
-                    "## How it was measured"):
+    for heading in ("## Machine", "## Versions", "## Limits of this machine", "## Corpus", "## Ingest",
+                    "## Retrieve (C-GET)", "## How it was measured"):
         assert heading in md
+    assert data["limits"]["seq_write_mbps"] > 0 and data["limits"]["tcp_mbps"] > 0
+    assert "of sequential write + fdatasync" in md  # the multi-frame STOW-RS rows
     assert data["command"].startswith("python -m benchmarks.compare --peers dicomaccel")
     assert data["command"] in md
     assert "TCP_NODELAY=1" in md

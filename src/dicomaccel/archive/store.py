@@ -227,10 +227,11 @@ class LocalFileStore(FileStore):
                 return True
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as stored:
                 step = 1 << 22
-                mv = memoryview(buffer)
+                mv = memoryview(buffer).cast("B")
                 try:
+                    # bytes == bytes is a memcmp; comparing memoryviews goes element by element.
                     for pos in range(0, size, step):
-                        if stored[pos:pos + step] != mv[pos:pos + step]:
+                        if stored[pos:pos + step] != mv[pos:pos + step].tobytes():
                             return False
                 finally:
                     mv.release()
