@@ -163,7 +163,8 @@ class IncomingInstance:
         try:
             self._finish_spill()
             if self._held:
-                self._write_views(self._take_held())
+                # No writeback hint: the batch's flush follows at once.
+                self._write_views(self._take_held(), writeback=False)
             return self._archive._commit(self, expected_study_uid)
         except StoreFailure:
             raise
@@ -206,7 +207,7 @@ class IncomingInstance:
         if spill is not None:
             spill.result()
 
-    def _write_views(self, views: list) -> None:
+    def _write_views(self, views: list, writeback: bool = True) -> None:
         """Writer side: append ``views`` to the temp file (a writer or commit thread)."""
         if not self._open:
             return
@@ -233,7 +234,8 @@ class IncomingInstance:
         except OSError as exc:
             self._fail()
             raise _io_failure(exc) from None
-        self._archive.files.start_writeback(self._fd, start, self._in_file - start)
+        if writeback:
+            self._archive.files.start_writeback(self._fd, start, self._in_file - start)
         if self._in_file >= self._next_check:
             self._next_check = self._in_file + SPACE_CHECK_INTERVAL
             if not self._archive.writable():

@@ -42,10 +42,6 @@ class _RequestTooLarge(Exception):
     pass
 
 
-class _BodyStalled(Exception):
-    pass
-
-
 def create_app(
     archive: Archive,
     *,
@@ -293,37 +289,43 @@ class StowApp:
                             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 # CLOSE needs nothing: finish() checks that it came.
 
+        # One timer for the whole body, armed while we wait for the client and disarmed while
+        # we work (wait_for() per chunk would create a Task per chunk).
+        stall = asyncio.timeout(None)
         try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(receive(), self.body_timeout)
-                except asyncio.TimeoutError:
-                    raise _BodyStalled(f"no body data for {self.body_timeout:g} s") from None
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone
-                chunk = message.get("body", b"")
-                request_bytes += len(chunk)
-                if self.max_request_bytes is not None and request_bytes > self.max_request_bytes:
-                    raise _RequestTooLarge(f"request body exceeds the limit of {self.max_request_bytes} bytes")
-                try:
-                    events = scanner.feed(chunk)
-                except ParseError as exc:
-                    # Parts completed in this chunk before the bad bytes are whole: commit them
-                    # before the error ends the body (PS3.18 §10.5.3: stored instances are reported).
-                    await handle(exc.events)
-                    raise
-                await handle(events)
-                if not message.get("more_body", False):
-                    break
+            async with stall:
+                while True:
+                    if self.body_timeout is not None:
+                        stall.reschedule(loop.time() + self.body_timeout)
+                    message = await receive()
+                    stall.reschedule(None)
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone
+                    chunk = message.get("body", b"")
+                    request_bytes += len(chunk)
+                    if self.max_request_bytes is not None and request_bytes > self.max_request_bytes:
+                        raise _RequestTooLarge(f"request body exceeds the limit of {self.max_request_bytes} bytes")
+                    try:
+                        events = scanner.feed(chunk)
+                    except ParseError as exc:
+                        # Parts completed in this chunk before the bad bytes are whole: commit them
+                        # before the error ends the body (PS3.18 §10.5.3: stored instances are reported).
+                        await handle(exc.events)
+                        raise
+                    await handle(events)
+                    if not message.get("more_body", False):
+                        break
             scanner.finish()
+        except TimeoutError:
+            if not stall.expired():
+                raise
+            error = (408, f"Request timeout: no body data for {self.body_timeout:g} s")
         except LimitExceeded as exc:  # too many parts or a header block too long: 413 (PS3.18 §8.5)
             error = (413, f"Multipart body exceeds a limit: {exc}")
         except ParseError as exc:
             error = (400, f"Malformed multipart body: {exc}")
         except _RequestTooLarge as exc:
             error = (413, str(exc).capitalize())
-        except _BodyStalled as exc:
-            error = (408, f"Request timeout: {exc}")
         finally:
             if incoming is not None:
                 incoming.abort()
