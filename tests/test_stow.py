@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -572,3 +573,23 @@ def _children(pid: int) -> list[int]:
             if int(stat[1]) == pid:
                 out.append(int(entry.name))
     return out
+
+
+def test_a_killed_worker_is_replaced(server_factory):
+    import signal as sig
+
+    server = server_factory("--workers", "2")
+    before = sorted(_children(server.process.pid))
+    assert len(before) == 2
+    os.kill(before[0], sig.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = _children(server.process.pid)
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.1)
+    assert len(now) == 2 and before[0] not in now
+    for _ in range(6):  # whichever worker takes the connection, it stores
+        inst = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+        assert post(server, multipart([inst]))[0] == 200
+    assert "exited with status" in server.log.read_text()

@@ -70,7 +70,6 @@ def run(config: ServeConfig) -> int:
     except OSError as exc:
         print(f"dicomaccel: {exc}", file=sys.stderr)
         return 1
-    _announce(config, http_sock.getsockname()[:2], dimse_sock.getsockname()[1])
     return _supervise(config, http_sock, dimse_sock)
 
 
@@ -116,6 +115,8 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
     signal.signal(signal.SIGINT, stop)
     for number in range(config.workers):
         spawn(number)
+    # Connections made before a worker reaches accept() wait in the listen backlog.
+    _announce(config, http_sock.getsockname()[:2], dimse_sock.getsockname()[1])
     status = 0
     while children:
         pid, code = os.wait()
