@@ -921,6 +921,24 @@ def harness_cpu_s() -> float:
     return sum(_cpu_s(resource.getrusage(who)) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
+def core_times() -> list[tuple[int, int]]:
+    """(busy, total) jiffies of every core, from /proc/stat (proc(5))."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(f) for f in fields[:8]]
+            out.append((sum(ticks) - ticks[3] - ticks[4], sum(ticks)))  # idle, iowait
+    return out
+
+
+def core_busy(before: list[tuple[int, int]]) -> list[float]:
+    """Share of each core busy since ``before`` (everything on the machine: server, clients,
+    kernel threads flushing to disk)."""
+    return [(b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+            for (b0, t0), (b1, t1) in zip(before, core_times())]
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -966,9 +984,10 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                 else:
                     peer = started[name]
                 load = loadavg()
-                server_cpu, client_cpu = peer.cpu_s(), harness_cpu_s()
+                server_cpu, client_cpu, cores = peer.cpu_s(), harness_cpu_s(), core_times()
                 with RssSampler(peer) as rss:
                     result = method.run(peer)
+                result["core_busy"] = core_busy(cores)
                 result.setdefault("bytes", method.corpus.nbytes)
                 # Client CPU: what this process and the clients it ran (getscu, storescu, STOW-RS
                 # processes) used, less the memory sampler's thread; STOW-RS clients count their own.
@@ -1142,8 +1161,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pydicom-data files to ingest (-1: all that qualify, the default; 0: none)")
     p.add_argument("--stow-batch", type=_csv((), int), default=[1, 20],
                    help="instances per STOW-RS request (default 1,20)")
-    p.add_argument("--stow-clients", type=_csv((), int), default=[1, 4],
-                   help="concurrent STOW-RS clients (default 1,4)")
+    p.add_argument("--stow-clients", type=_csv((), int), default=[1, 2, 4],
+                   help="concurrent STOW-RS clients (default 1,2,4)")
     p.add_argument("--max-pdu", type=int, default=16384, help="receivers' Maximum Length (default 16384)")
     p.add_argument("--out", type=Path, default=Path("compare-report"),
                    help="directory for report.md, results.json and the PNG charts (default ./compare-report)")

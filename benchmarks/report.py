@@ -47,7 +47,17 @@ def summary(row: dict) -> dict | None:
             "mbps": statistics.median(mbps), "mbps_min": min(mbps), "mbps_max": max(mbps), "mbps_cell": _spread(mbps),
             "first_cell": _spread(first) if first else "-",
             "peak": statistics.median(peak), "peak_max": max(peak), "peak_cell": _spread(peak),
+            "cores_cell": _cores(runs),
             "accepted": min(r["accepted"] for r in runs)}
+
+
+def _cores(runs: list[dict]) -> str:
+    """Median busy share of each core over the runs, e.g. ``93 / 61 %``."""
+    per_run = [r["core_busy"] for r in runs if r.get("core_busy")]
+    if not per_run:
+        return "-"
+    cores = zip(*per_run)
+    return " / ".join(f"{100 * statistics.median(c):.0f}" for c in cores) + " %"
 
 
 def _groups(data: dict, section: str) -> list[tuple[str, str, list[dict]]]:
@@ -128,15 +138,16 @@ def headline(data: dict) -> str:
 
 def _table(data: dict, section: str) -> list[str]:
     lines = ["| workload | method | peer | instances/s | MB/s | first instance ms | peak RSS MiB | accepted | "
-             "server CPU ms/inst | client CPU ms/inst |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "server CPU ms/inst | client CPU ms/inst | cores busy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, method, rows in _groups(data, section):
         for row in rows:
             s = summary(row)
             if s is None:
-                cells = [f"failed: {row['error']}", "-", "-", "-", "-", "-", "-"]
+                cells = [f"failed: {row['error']}", "-", "-", "-", "-", "-", "-", "-"]
             else:
                 cells = [s["rate_cell"], s["mbps_cell"], s["first_cell"], s["peak_cell"],
-                         f"{s['accepted']}/{row['instances']}", s["server_cpu_cell"], s["client_cpu_cell"]]
+                         f"{s['accepted']}/{row['instances']}", s["server_cpu_cell"], s["client_cpu_cell"],
+                         s["cores_cell"]]
             lines.append("| " + " | ".join([label, method, row["peer"], *cells]) + " |")
     return lines
 

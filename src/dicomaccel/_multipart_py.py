@@ -1,6 +1,6 @@
 """Streaming multipart/related scanner, pure-Python twin (the specification of ``_multipart_c``).
 
-RFC 2046 §5.1.1 as profiled by PS3.18 §8.6.1.2.1 (SPEC.md §1.4)::
+RFC 2046 §5.1.1 as profiled by PS3.18 §8.6.1.2.1::
 
     body = [preamble CRLF] dash-boundary padding CRLF body-part
            *(delimiter padding CRLF body-part) close-delimiter padding [CRLF epilogue]

@@ -1,4 +1,4 @@
-"""Transfer syntaxes by how their Pixel Data is laid out (PS3.5 §10, Annex A; SPEC.md §8.3),
+"""Transfer syntaxes by how their Pixel Data is laid out (PS3.5 §10, Annex A),
 and the encoding facts every byte-level reader here shares (PS3.5 §7)."""
 
 from __future__ import annotations

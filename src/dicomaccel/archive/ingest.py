@@ -77,9 +77,10 @@ class _Truncated(StoreFailure):
     """The buffer ended inside an element; a deflated scan inflates more and retries."""
 
 
-# --- Transfer syntaxes (PS3.5 §10, Annex A; SPEC.md §8.3) -------------------------------
-# SMPTE ST 2110 (1.2.840.10008.1.2.7.x) is deliberately absent: its layout is unverified
-# (SPEC.md §8.3), so such instances are refused with C122 rather than stored unindexed.
+# --- Transfer syntaxes (PS3.5 §10, Annex A) ----------------------------------------------
+# SMPTE ST 2110 (1.2.840.10008.1.2.7.x) is deliberately absent: the frame layout we would
+# index for it is unverified, so such instances are refused with C122 rather than stored
+# unindexed.
 _KNOWN_SYNTAXES = NATIVE | DEFLATED | ENCAPSULATED
 
 # --- Encoding constants (PS3.5 §7.1.2, §7.5) ----------------------------------------------

@@ -2,7 +2,8 @@
 
 The SOP Instance UID and every other attribute stay as stored (Z.1.2: the SCP does not create
 a new instance); private attributes are kept. Only the top level and Waveform Sequence items
-are touched, so Icon Image Sequence pixels stay (SPEC §6.4 item 12).
+are touched, so Icon Image Sequence (0088,0200) pixels stay (PS3.4 Z.1.2 removes bulk data
+attributes; an icon is not one).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The fallback: re-encode a stored instance into a transfer syntax the SCU accepted.
 
-Used only when the SCU accepted none of the stored transfer syntax's contexts (ARCHITECTURE
-decision 6). Compressed pixel data are decoded with pydicom and its pylibjpeg plugins
+Used only when the SCU accepted none of the stored transfer syntax's contexts (PS3.4
+C.4.3.3.1 lets the SCP convert to a syntax the SCU accepted; see docs/architecture.md for why
+sending as stored is the path). Compressed pixel data are decoded with pydicom and its pylibjpeg plugins
 (JPEG 2000: pylibjpeg-openjpeg; RLE: pylibjpeg-rle; JPEG and JPEG-LS: pylibjpeg-libjpeg,
 JPEG baseline also Pillow); the result is an uncompressed little-endian data set. Runs in a
 worker thread: it is CPU-heavy.
