@@ -28,6 +28,7 @@ are not ours to delete.
 from __future__ import annotations
 
 import abc
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -216,43 +217,23 @@ class LocalFileStore(FileStore):
             pass
 
     def same_bytes(self, path: str, buffer, size: int) -> bool:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            if os.fstat(fd).st_size != size:
+        with _mapped(path, size) as stored:
+            if stored is None:
                 return False
-            if size == 0:
-                return True
-            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as stored:
-                step = 1 << 22
-                mv = memoryview(buffer).cast("B")
-                try:
-                    # bytes == bytes is a memcmp; comparing memoryviews goes element by element.
-                    for pos in range(0, size, step):
-                        if stored[pos:pos + step] != mv[pos:pos + step].tobytes():
-                            return False
-                finally:
-                    mv.release()
-                return True
-        finally:
-            os.close(fd)
+            step = 1 << 22
+            mv = memoryview(buffer).cast("B")
+            try:
+                # bytes == bytes is a memcmp; comparing memoryviews goes element by element.
+                for pos in range(0, size, step):
+                    if stored[pos:pos + step] != mv[pos:pos + step].tobytes():
+                        return False
+            finally:
+                mv.release()
+            return True
 
     def verify(self, path: str, size: int, crc32: int) -> bool:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            if os.fstat(fd).st_size != size:
-                return False
-            if size == 0:
-                return crc32 == 0
-            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
-                return crc32_of(mm) == crc32
-        finally:
-            os.close(fd)
+        with _mapped(path, size) as stored:
+            return stored is not None and crc32_of(stored) == crc32
 
     def recover(self, is_indexed: Callable[[str], bool]) -> None:
         for name in os.listdir(self.tmp_dir):
@@ -269,6 +250,27 @@ class LocalFileStore(FileStore):
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
+
+
+@contextlib.contextmanager
+def _mapped(path: str, size: int):
+    """The file at ``path`` mapped read-only if it exists with exactly ``size`` bytes
+    (``b""`` when that is 0), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        if os.fstat(fd).st_size != size:
+            yield None
+        elif size == 0:
+            yield b""
+        else:
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+                yield mm
+    finally:
+        os.close(fd)
 
 
 def crc32_of(buffer, crc: int = 0) -> int:
