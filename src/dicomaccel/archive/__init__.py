@@ -396,6 +396,9 @@ class Archive:
             header = scan(mm, size)
             self._validate(header, expected_study_uid)
             frame_index = build_frame_index(mm, header)
+            # Walking an encapsulated Pixel Data's items faults in (and around) a page per
+            # fragment: drop them now rather than hold them while the batch flushes.
+            mm.madvise(mmap.MADV_DONTNEED)
             return self._committer.submit(PreparedInstance(
                 incoming._path, size, incoming._crc, header, frame_index, mm))
         finally:
