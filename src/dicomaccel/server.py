@@ -17,13 +17,13 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 import uvloop
 
 from .archive import Archive
+from .config import ServeConfig
 from .dimse import start_dimse_server
 from .dimse.messages import C_GET_RQ
 from .retrieve import GET_SOP_CLASSES, CGetSCP
@@ -32,30 +32,6 @@ from .stow import create_app
 log = logging.getLogger("dicomaccel")
 
 MAX_IDENTIFIER_SIZE = 1 << 20
-
-
-@dataclass
-class ServeConfig:
-    data: Path = Path("dicomaccel-data")
-    host: str = "127.0.0.1"
-    http_port: int = 8080
-    dimse_port: int = 11112
-    ae_title: str = "DICOMACCEL"
-    max_associations: int = 64
-    require_called_ae: bool = False
-    calling_ae_allow: tuple[str, ...] | None = None
-    artim_timeout: float = 30.0
-    idle_timeout: float = 300.0
-    fsync: bool = True
-    max_concurrent_stores: int | None = None
-    store_queue_limit: int = 64
-    store_queue_wait: float = 30.0
-    max_request_bytes: int | None = None
-    max_instance_bytes: int | None = None
-    body_timeout: float = 60.0
-    min_free_bytes: int = 256 * 2**20
-    log_level: str = "info"
-    workers: int = 1
 
 
 def run(config: ServeConfig) -> int:

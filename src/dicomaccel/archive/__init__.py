@@ -48,6 +48,7 @@ import os
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from ..config import DEFAULTS
 from ..status import FailureReason
 from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, RecordList, SQLiteIndex
@@ -286,7 +287,7 @@ class Archive:
     """
 
     def __init__(self, path, *, fsync: bool = True, overwrite: bool = False,
-                 min_free_bytes: int = 256 * 2**20,
+                 min_free_bytes: int = DEFAULTS.min_free_bytes,
                  allowed_sop_classes: frozenset[str] | None = None,
                  recover: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(path))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
 from dicomaccel import __version__
+from dicomaccel.config import DEFAULTS
 
 # Our UID root: a UUID-derived UID (PS3.5 §B.2, "2.25." + the UUID as one decimal integer),
 # generated once for dicomaccel. Every UID dicomaccel mints hangs below it.
@@ -44,15 +45,15 @@ class ServerConfig:
     See :func:`dicomaccel.dimse.start_dimse_server` for the meaning of each field.
     """
 
-    ae_title: str = "DICOMACCEL"
+    ae_title: str = DEFAULTS.ae_title
     handlers: Mapping[int, Handler] = field(default_factory=dict)
     supported_abstract_syntaxes: frozenset[str] = frozenset()
     transfer_syntaxes: tuple[str, ...] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
     storage_transfer_syntaxes: tuple[str, ...] | None = None
-    max_associations: int = 64
+    max_associations: int = DEFAULTS.max_associations
     max_pdu: int = DEFAULT_MAX_PDU
-    artim_timeout: float = 30.0
-    idle_timeout: float | None = 300.0
+    artim_timeout: float = DEFAULTS.artim_timeout
+    idle_timeout: float | None = DEFAULTS.idle_timeout
     require_called_ae: bool = False
     calling_ae_allow: frozenset[str] | None = None
     max_dataset_size: int = 1 << 28

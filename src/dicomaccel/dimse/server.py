@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Iterable, Mapping
 
+from ..config import DEFAULTS
 from .association import DIMSEProtocol
 from .config import (
     DEFAULT_MAX_PDU,
@@ -87,15 +88,15 @@ async def start_dimse_server(
     host: str | None = "127.0.0.1",
     port: int = 11112,
     *,
-    ae_title: str = "DICOMACCEL",
+    ae_title: str = DEFAULTS.ae_title,
     handlers: Mapping[int, Handler] | None = None,
     supported_abstract_syntaxes: Iterable[str] = (),
     transfer_syntaxes: Iterable[str] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN),
     storage_transfer_syntaxes: Iterable[str] | None = None,
-    max_associations: int = 64,
+    max_associations: int = DEFAULTS.max_associations,
     max_pdu: int = DEFAULT_MAX_PDU,
-    artim_timeout: float = 30.0,
-    idle_timeout: float | None = 300.0,
+    artim_timeout: float = DEFAULTS.artim_timeout,
+    idle_timeout: float | None = DEFAULTS.idle_timeout,
     require_called_ae: bool = False,
     calling_ae_allow: Iterable[str] | None = None,
     max_dataset_size: int = 1 << 28,

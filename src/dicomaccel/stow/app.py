@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from ..archive import Archive, StoreFailure, StoreOutcome, is_valid_uid
+from ..config import DEFAULTS
 from ..errors import LimitExceeded, ParseError
 from ..multipart import PART_BEGIN, PART_DATA, PART_END, MultipartScanner, parse_content_type
 from ..status import FailureReason
@@ -47,13 +48,13 @@ def create_app(
     *,
     base_path: str = "/dicomweb",
     max_concurrent_stores: int | None = None,
-    queue_limit: int = 64,
-    queue_wait: float = 30.0,
+    queue_limit: int = DEFAULTS.store_queue_limit,
+    queue_wait: float = DEFAULTS.store_queue_wait,
     max_request_bytes: int | None = None,
     max_instance_bytes: int | None = None,
     max_parts: int = 10000,
     commits_in_flight: int = 4,
-    body_timeout: float | None = 60.0,
+    body_timeout: float | None = DEFAULTS.body_timeout,
     executor: ThreadPoolExecutor | None = None,
 ) -> "StowApp":
     """Build the STOW-RS ASGI application over ``archive``.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from ..config import DEFAULTS
+
 
 class GateBusy(Exception):
     """The queue is full or the wait limit passed; ``retry_after`` is a hint in seconds."""
@@ -20,7 +22,8 @@ class GateBusy(Exception):
 
 
 class StoreGate:
-    def __init__(self, limit: int, *, queue_limit: int = 64, wait_timeout: float = 30.0) -> None:
+    def __init__(self, limit: int, *, queue_limit: int = DEFAULTS.store_queue_limit,
+                 wait_timeout: float = DEFAULTS.store_queue_wait) -> None:
         if limit < 1:
             raise ValueError("the store limit must be at least 1")
         self.limit = limit

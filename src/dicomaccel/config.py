@@ -1,0 +1,179 @@
+"""``ServeConfig``: every default of ``dicomaccel serve`` in one place.
+
+The command line and a TOML file fill it (defaults, then the file given with ``--config``,
+then flags). The library entry points (``Archive``, ``create_app``, ``start_dimse_server``)
+take their keyword defaults from :data:`DEFAULTS`, so a value is written once.
+
+A configuration file uses the long option names as keys::
+
+    # dicomaccel.toml
+    data = "/var/lib/dicomaccel"
+    host = "0.0.0.0"
+    http-port = 8080
+    workers = 2
+    calling-ae = ["MODALITY1", "WORKSTATION"]
+    max-instance-size = "2G"
+    fsync = "always"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``dicomaccel serve`` (the README's configuration table explains each)."""
+
+    data: Path = Path("dicomaccel-data")
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    dimse_port: int = 11112
+    ae_title: str = "DICOMACCEL"
+    max_associations: int = 64
+    require_called_ae: bool = False
+    calling_ae_allow: tuple[str, ...] | None = None
+    artim_timeout: float = 30.0
+    idle_timeout: float = 300.0
+    fsync: bool = True
+    # STOW-RS requests storing at once per worker; None: twice the CPU count.
+    max_concurrent_stores: int | None = None
+    store_queue_limit: int = 64
+    store_queue_wait: float = 30.0
+    max_request_bytes: int | None = None
+    max_instance_bytes: int | None = None
+    body_timeout: float = 60.0
+    min_free_bytes: int = 256 * 2**20
+    log_level: str = "info"
+    workers: int = 1
+
+
+DEFAULTS = ServeConfig()
+
+# Configuration file key (the long option name) -> field, and how its value is read.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_KEYS = {
+    "data": ("data", "path"),
+    "host": ("host", "str"),
+    "http-port": ("http_port", "port"),
+    "dimse-port": ("dimse_port", "port"),
+    "ae-title": ("ae_title", "str"),
+    "max-associations": ("max_associations", "positive"),
+    "require-called-ae": ("require_called_ae", "bool"),
+    "calling-ae": ("calling_ae_allow", "list"),
+    "artim-timeout": ("artim_timeout", "seconds"),
+    "idle-timeout": ("idle_timeout", "seconds"),
+    "fsync": ("fsync", "fsync"),
+    "max-concurrent-stores": ("max_concurrent_stores", "positive"),
+    "store-queue-limit": ("store_queue_limit", "positive"),
+    "store-queue-wait": ("store_queue_wait", "seconds"),
+    "max-request-size": ("max_request_bytes", "size"),
+    "max-instance-size": ("max_instance_bytes", "size"),
+    "body-timeout": ("body_timeout", "seconds"),
+    "min-free-space": ("min_free_bytes", "size"),
+    "log-level": ("log_level", "level"),
+    "workers": ("workers", "positive"),
+}
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count with an optional binary suffix: ``512M``, ``2G``, ``2GiB``, or an int."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip().lower()
+        for suffix in ("ib", "b"):
+            if raw.endswith(suffix) and len(raw) > len(suffix):
+                raw = raw[: -len(suffix)]
+                break
+        units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+        try:
+            value = int(float(raw[:-1]) * units[raw[-1]]) if raw and raw[-1] in units else int(raw)
+        except ValueError:
+            raise ConfigError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"a size cannot be negative: {text!r}")
+    return value
+
+
+def load_toml(path: str | os.PathLike) -> dict:
+    """The fields a TOML configuration file sets, checked: ``{field: value}``.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, TOML syntax error, unknown key or a value of the wrong type.
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    out = {}
+    for key, value in doc.items():
+        if key not in _KEYS:
+            known = ", ".join(sorted(_KEYS))
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {known})")
+        name, kind = _KEYS[key]
+        out[name] = _convert(path, key, value, kind)
+    return out
+
+
+def _convert(path, key: str, value, kind: str):
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{path}: {key} must be {expected}, not {value!r}")
+
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "size":
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+    if kind == "fsync":
+        if value not in ("always", "never"):
+            raise wrong('"always" or "never"')
+        return value == "always"
+    if kind == "level":
+        if value not in LOG_LEVELS:
+            raise wrong(" or ".join(f'"{v}"' for v in LOG_LEVELS))
+        return value
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings")
+        return tuple(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if kind == "positive":
+        if not is_int or value < 1:
+            raise wrong("an integer of at least 1")
+        return value
+    if kind == "port":
+        if not is_int or not 0 <= value <= 65535:
+            raise wrong("a port number (0-65535)")
+        return value
+    if kind == "seconds":
+        if not (is_int or isinstance(value, float)) or not value > 0:
+            raise wrong("a positive number of seconds")
+        return float(value)
+    if not isinstance(value, str):
+        raise wrong("a string")
+    return Path(value) if kind == "path" else value
+
+
+def merged(file_values: dict, flag_values: dict) -> ServeConfig:
+    """Defaults, then the file's values, then the flags'."""
+    return dataclasses.replace(DEFAULTS, **{**file_values, **flag_values})
