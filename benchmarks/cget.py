@@ -64,8 +64,7 @@ from benchmarks.peers import (
     install_signal_handlers,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import dicomgen  # noqa: E402
+from dicomaccel.testing import files as dicomgen  # noqa: E402
 
 MULTIFRAME_FRAMES = (325, 350, 400, 500)
 BASELINES = ("dcmqrscp", "pynetdicom")

@@ -103,8 +103,7 @@ from benchmarks.peers import (
 from dicomaccel.dimse import IMPLEMENTATION_CLASS_UID, messages, pdu
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-import dicomgen  # noqa: E402
+from dicomaccel.testing import files as dicomgen  # noqa: E402
 
 NETNS_MARK = "DICOMACCEL_COMPARE_NETNS"
 APT_PACKAGES = ("orthanc", "orthanc-dicomweb", "dcmtk")

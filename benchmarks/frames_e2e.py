@@ -80,8 +80,7 @@ from benchmarks.peers import (
     spawn,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import dicomgen
+from dicomaccel.testing import files as dicomgen  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCU_TITLE = "FRAMEBENCH"

@@ -20,8 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import dicomgen  # noqa: E402
+from dicomaccel.testing import files as dicomgen  # noqa: E402
 
 BOUNDARY = "dicomaccel-bench-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dicomaccel.testing import dcmtk_program
+
 REPO = Path(__file__).resolve().parent.parent
 
 _LIVE: dict[int, subprocess.Popen] = {}
@@ -81,20 +83,6 @@ def install_signal_handlers() -> None:
 
 
 atexit.register(stop_all)
-
-
-def dcmtk_program(name: str) -> str | None:
-    """Path of DCMTK's ``name``, or None. pynetdicom installs same-named Python apps (``getscu``,
-    ``storescu``) on PATH, so /usr/bin comes first and the candidate must say it is DCMTK."""
-    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
-        if candidate and os.access(candidate, os.X_OK):
-            try:
-                out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if "$dcmtk:" in out.stdout + out.stderr:
-                return candidate
-    return None
 
 
 def dcmtk_env() -> dict[str, str]:

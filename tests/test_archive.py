@@ -14,15 +14,16 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELos
 from dicomaccel.archive import Archive, FrameIndex, InstanceRecord, StoreFailure
 from dicomaccel.archive import store as store_module
 from dicomaccel.status import FailureReason
-from test_ingest import (
-    assert_matches_pydicom,
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing.files import (
     base_dataset,
     compressed_file,
     ct_file,
     image_dataset,
     reencapsulated_file,
-    to_file,
+    to_bytes,
 )
+from helpers import assert_matches_pydicom
 
 
 @pytest.fixture
@@ -139,13 +140,13 @@ def test_pydicom_files(archive, name):
 
 def test_instance_without_pixel_data(archive):
     ds = base_dataset("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
-    rec = archive.store_bytes(to_file(ds)).record
+    rec = archive.store_bytes(to_bytes(ds)).record
     assert (rec.number_of_frames, rec.pixel_tag, rec.frame_index) == (0, 0, None)
     assert (rec.pixel_offset, rec.pixel_value_offset, rec.pixel_length) == (-1, -1, -1)
 
 
 def test_deflated_stored_without_frame_index(archive):
-    data = to_file(image_dataset(rows=16, columns=16), DeflatedExplicitVRLittleEndian)
+    data = to_bytes(image_dataset(rows=16, columns=16), DeflatedExplicitVRLittleEndian)
     rec = archive.store_bytes(data).record
     assert rec.frame_index is None and rec.pixel_tag == 0x7FE00010
     assert (rec.pixel_offset, rec.pixel_value_offset) == (-1, -1)
@@ -161,7 +162,7 @@ def test_find(archive):
         ds.InstanceNumber = 10 - n
         if n == 4:
             ds.PatientID = "OTHER"
-        recs[n] = archive.store_bytes(to_file(ds)).record
+        recs[n] = archive.store_bytes(to_bytes(ds)).record
     uids = lambda rs: [r.sop_instance_uid for r in rs]  # noqa: E731
     # Ordered by study, series, instance number (10, 9, 8 -> reversed insertion).
     expected_a1 = uids(sorted((recs[0], recs[1], recs[2]), key=lambda r: r.instance_number))
@@ -204,18 +205,18 @@ def patch_meta(data: bytes, old: str, new: str) -> bytes:
 
 def test_dataset_does_not_match_sop_class(archive):
     ds = image_dataset(rows=4, columns=4)
-    data = patch_meta(to_file(ds), ds.SOPClassUID, ds.SOPClassUID[:-1] + "4")
+    data = patch_meta(to_bytes(ds), ds.SOPClassUID, ds.SOPClassUID[:-1] + "4")
     err = expect_failure(archive, data, FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
     assert "(0002,0002)" in err.comment and err.sop_instance_uid == ds.SOPInstanceUID
     uid = ds.SOPInstanceUID
-    data = patch_meta(to_file(ds), uid, uid[:-1] + ("1" if uid[-1] != "1" else "2"))
+    data = patch_meta(to_bytes(ds), uid, uid[:-1] + ("1" if uid[-1] != "1" else "2"))
     assert "(0002,0003)" in expect_failure(
         archive, data, FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS).comment
     # pydicom's rtplan.dcm is a real file whose (0002,0003) differs from (0008,0018).
     with open(get_testdata_file("rtplan.dcm"), "rb") as f:
         expect_failure(archive, f.read(), FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
     ds = image_dataset(rows=4, columns=4)
-    data = to_file(ds)
+    data = to_bytes(ds)
     # Rename (0008,0016) to a private tag: the data set no longer has a SOP Class UID.
     sop_class_el = b"\x08\x00\x16\x00UI"
     assert data.count(sop_class_el) == 1
@@ -224,7 +225,7 @@ def test_dataset_does_not_match_sop_class(archive):
     assert "SOP Class UID (0008,0016) is missing" in err.comment
     assert err.sop_class_uid == ds.SOPClassUID  # taken from the File Meta
     del ds.SeriesInstanceUID
-    expect_failure(archive, to_file(ds), FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    expect_failure(archive, to_bytes(ds), FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -238,7 +239,7 @@ def test_sop_class_not_supported(tmp_path):
     with Archive(tmp_path / "c") as c:  # default: any valid UID, but not garbage
         ds = image_dataset(rows=4, columns=4)
         ds.SOPClassUID = "CT"
-        data = to_file(ds)
+        data = to_bytes(ds)
         expect_failure(c, data, FailureReason.SOP_CLASS_NOT_SUPPORTED)
 
 
@@ -280,7 +281,7 @@ def test_processing_failure_on_io_error(archive):
     os.makedirs(os.path.join(archive.root, "instances"), exist_ok=True)
     with open(os.path.join(archive.root, "instances", ds.StudyInstanceUID), "w") as f:
         f.write("in the way")
-    err = expect_failure(archive, to_file(ds), FailureReason.PROCESSING_FAILURE)
+    err = expect_failure(archive, to_bytes(ds), FailureReason.PROCESSING_FAILURE)
     assert archive.get(ds.SOPInstanceUID) is None
     assert "in the way" not in err.comment and archive.root not in err.comment
 
@@ -296,7 +297,7 @@ def test_processing_failure_on_io_error(archive):
 def test_path_traversal_uids_rejected(archive, field, value):
     ds = image_dataset(rows=4, columns=4)
     setattr(ds, field, value)
-    err = expect_failure(archive, to_file(ds), FailureReason.CANNOT_UNDERSTAND)
+    err = expect_failure(archive, to_bytes(ds), FailureReason.CANNOT_UNDERSTAND)
     assert "not a valid UID" in err.comment
     assert not os.path.exists(os.path.join(archive.root, "..", "x"))
 
@@ -304,12 +305,12 @@ def test_path_traversal_uids_rejected(archive, field, value):
 # --- duplicates, overwrite, concurrency ----------------------------------------------------------
 def test_idempotent_and_duplicate(archive):
     ds = image_dataset(rows=8, columns=8)
-    data = to_file(ds)
+    data = to_bytes(ds)
     first = archive.store_bytes(data)
     again = archive.store_bytes(data)
     assert again.already_stored and again.record == first.record
     ds.PatientID = "CHANGED"
-    err = expect_failure(archive, to_file(ds), FailureReason.DUPLICATE_SOP_INSTANCE)
+    err = expect_failure(archive, to_bytes(ds), FailureReason.DUPLICATE_SOP_INSTANCE)
     assert err.sop_instance_uid == ds.SOPInstanceUID
     assert archive.get(ds.SOPInstanceUID).patient_id == "PID-1"
     assert stored_files(archive.root) == [first.record.path]
@@ -318,10 +319,10 @@ def test_idempotent_and_duplicate(archive):
 def test_overwrite_policy(tmp_path):
     with Archive(tmp_path / "a", overwrite=True) as a:
         ds = image_dataset(rows=8, columns=8)
-        old = a.store_bytes(to_file(ds)).record
+        old = a.store_bytes(to_bytes(ds)).record
         ds.PatientID = "NEW"
         ds.SeriesInstanceUID = generate_uid()  # moves to another directory too
-        new_data = to_file(ds)
+        new_data = to_bytes(ds)
         out = a.store_bytes(new_data)
         assert not out.already_stored and out.record.patient_id == "NEW"
         assert a.get(ds.SOPInstanceUID) == out.record
@@ -338,7 +339,7 @@ def test_concurrent_stores_of_one_uid(archive, identical):
     for n in range(8):
         if not identical:
             ds.PatientID = f"P{n}"
-        payloads.append(to_file(ds))
+        payloads.append(to_bytes(ds))
     barrier = threading.Barrier(len(payloads))
 
     def store(data):
@@ -463,8 +464,6 @@ def test_alternate_representation_is_indexed(archive, syntax):
 
     import pydicom
     from pydicom.dataset import Dataset
-
-    import dicomgen
 
     plain = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 8, 8)))
     other = Dataset()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     CTImageStorage,
@@ -23,7 +21,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (
     CompositeInstanceRetrieveWithoutBulkDataGet,
     CompositeInstanceRootRetrieveGet,
@@ -35,8 +33,10 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-import dicomgen
-from test_stow import multipart, post
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing import multipart, post
+from dicomaccel.testing.files import dataset_part, retag, sop_of
+from dicomaccel.testing.scu import assert_counts, c_get, failed_list, identifier
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,35 +46,12 @@ INSTANCE_ROOT = CompositeInstanceRootRetrieveGet
 WITHOUT_BULK = CompositeInstanceRetrieveWithoutBulkDataGet
 MULTIFRAME = dicomgen.MULTIFRAME_CLASS
 EXPLICIT_ONLY = (ExplicitVRLittleEndian,)
-CT_EXPLICIT = ((CTImageStorage, EXPLICIT_ONLY),)
 JPEG_FILES = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-LL.dcm", "MR_small_jpeg_ls_lossless.dcm",
               "emri_small_jpeg_2k_lossless.dcm"]
 UNDECODABLE = "JPEG-lossy.dcm"  # 12-bit JPEG Extended: no installed decoder reads it
 
 
 # ------------------------------------------------------------------------- data
-
-
-def retag(data: bytes, **attrs) -> bytes:
-    """``data`` with attributes replaced, written back in its own transfer syntax."""
-    ds = pydicom.dcmread(io.BytesIO(data))
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def sop_of(data: bytes) -> str:
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
-
-
-def dataset_part(data: bytes) -> bytes:
-    """The data set of a PS3.10 file: what a C-STORE-RQ carries when nothing is transcoded."""
-    assert data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL"
-    (meta_length,) = struct.unpack_from("<I", data, 140)
-    return data[144 + meta_length:]
 
 
 def ct(study: str, series: str, number: int, patient: str, **attrs) -> bytes:
@@ -158,95 +135,7 @@ def corpus(shared_server) -> Corpus:
     return c
 
 
-# ------------------------------------------------------------------------- SCU
-
-
-@dataclass
-class Received:
-    sop_instance_uid: str
-    transfer_syntax: str
-    raw: bytes
-    priority: int
-
-    def dataset(self) -> Dataset:
-        syntax = pydicom.uid.UID(self.transfer_syntax)
-        ds = read_dataset(io.BytesIO(self.raw), syntax.is_implicit_VR, syntax.is_little_endian)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = syntax
-        return ds
-
-
-@dataclass
-class GetResult:
-    responses: list[tuple[Dataset, Dataset | None]]
-    received: list[Received]
-
-    @property
-    def final(self) -> Dataset:
-        return self.responses[-1][0]
-
-    @property
-    def identifier(self) -> Dataset | None:
-        return self.responses[-1][1]
-
-    @property
-    def pending(self) -> list[Dataset]:
-        return [s for s, _ in self.responses[:-1]]
-
-    def uids(self) -> list[str]:
-        return [r.sop_instance_uid for r in self.received]
-
-
-def identifier(level: str, **keys) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def associate(port: int, model, storage, on_store):
-    ae = AE(ae_title="CGETTEST")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(model)
-    ae.add_requested_context(Verification)
-    for sop_class, syntaxes in storage:
-        ae.add_requested_context(sop_class, list(syntaxes))
-    roles = [build_role(sop_class, scp_role=True) for sop_class in dict(storage)]
-    assoc = ae.associate("127.0.0.1", port, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    return assoc
-
-
-def c_get(port: int, model, ident: Dataset, storage=CT_EXPLICIT, priority: int = 0, on_store=None,
-          msg_id: int = 7) -> GetResult:
-    received: list[Received] = []
-
-    def handler(event):
-        rq = event.request
-        received.append(Received(rq.AffectedSOPInstanceUID, event.context.transfer_syntax,
-                                 rq.DataSet.getvalue(), rq.Priority))
-        return on_store(event, received) if on_store else 0x0000
-
-    assoc = associate(port, model, storage, handler)
-    try:
-        responses = list(assoc.send_c_get(ident, model, msg_id=msg_id, priority=priority))
-    finally:
-        assoc.release()
-    return GetResult(responses, received)
-
-
-def assert_counts(status: Dataset, completed: int, failed: int = 0, warning: int = 0) -> None:
-    assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations,
-            status.NumberOfWarningSuboperations) == (completed, failed, warning)
-
-
-def failed_list(result: GetResult) -> list[str]:
-    """Failed SOP Instance UID List (0008,0058) of the final response; pydicom gives VM 1 as a str."""
-    value = result.identifier.get("FailedSOPInstanceUIDList") if result.identifier is not None else None
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)
+# ------------------------------------------------------------------------- checks
 
 
 def pixels(data_or_ds) -> np.ndarray:

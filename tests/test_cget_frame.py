@@ -14,7 +14,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import dicomgen
 import numpy as np
 import pydicom
 import pytest
@@ -38,21 +37,24 @@ from pynetdicom.sop_class import (
     CompositeInstanceRootRetrieveGet,
     SecondaryCaptureImageStorage,
 )
-from test_cget import assert_counts, c_get, dataset_part, failed_list, identifier, retag
-from test_dimse_server import associate_rq, command_set, p_data, recv_pdu
-from test_frame_extraction import (
-    BYTE_SC,
-    CALC_EXAMPLE,
-    SINGLE_BIT_SC,
-    TRUE_COLOR_SC,
-    WORD_SC,
-    check_fragments,
-    compressed_file,
+
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing import multipart, post
+from dicomaccel.testing.files import (
+    MULTIFRAME_BYTE_CLASS,
+    MULTIFRAME_CLASS,
+    MULTIFRAME_TRUECOLOR_CLASS,
+    SC_SINGLE_BIT_CLASS,
+    compressed_source,
+    dataset_part,
     make_source,
-    native_file,
-    to_file,
+    native_source,
+    retag,
+    write_file,
 )
-from test_stow import multipart, post
+from dicomaccel.testing.pdu import associate_rq, command_set, p_data, recv_pdu
+from dicomaccel.testing.scu import assert_counts, c_get, failed_list, identifier
+from helpers import CALC_EXAMPLE, check_fragments
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,9 +67,9 @@ KEYS = {
 }
 GENERATED = {
     "native-16bit": dict(bits=16),
-    "native-8bit": dict(bits=8, sop_class=BYTE_SC),
-    "native-rgb": dict(bits=8, spp=3, sop_class=TRUE_COLOR_SC),
-    "native-1bit": dict(bits=1, rows=5, cols=5, sop_class=SINGLE_BIT_SC),
+    "native-8bit": dict(bits=8, sop_class=MULTIFRAME_BYTE_CLASS),
+    "native-rgb": dict(bits=8, spp=3, sop_class=MULTIFRAME_TRUECOLOR_CLASS),
+    "native-1bit": dict(bits=1, rows=5, cols=5, sop_class=SC_SINGLE_BIT_CLASS),
     "rle": dict(ts=RLELossless),
     "j2k": dict(ts=JPEG2000Lossless),
     "j2k-3-fragments": dict(ts=JPEG2000Lossless, fragments=3),
@@ -109,17 +111,17 @@ def sources(shared_server, tmp_path_factory) -> dict[str, Source]:
         opts = dict(opts)
         ts = opts.pop("ts", None)
         if ts is None:
-            files[name] = native_file(tmp, name=f"{name}.dcm", **opts)
+            files[name] = native_source(tmp, name=f"{name}.dcm", **opts)
         else:
             # 32 x 32: OpenJPEG's default 6 resolution levels need at least 32 pixels a side.
-            files[name] = compressed_file(tmp, ts, frames=10, rows=32, cols=32, name=f"{name}.dcm", **opts)
-    files["native-25"] = native_file(tmp, name="native-25.dcm", frames=25, rows=4, cols=4)
+            files[name] = compressed_source(tmp, ts, frames=10, rows=32, cols=32, name=f"{name}.dcm", **opts)
+    files["native-25"] = native_source(tmp, name="native-25.dcm", frames=25, rows=4, cols=4)
     ds, arr = make_source(frames=4, rich=False)  # no Frame Time, Vector or Reference DateTime
     ds.PixelData = arr.tobytes()
-    files["untimed"] = to_file(ds, ExplicitVRLittleEndian, tmp / "untimed.dcm")
+    files["untimed"] = write_file(ds, ExplicitVRLittleEndian, tmp / "untimed.dcm")
     ds, arr = make_source(frames=3, rich=False)
     ds.PixelData = arr.tobytes()
-    files["deflated"] = to_file(ds, DeflatedExplicitVRLittleEndian, tmp / "deflated.dcm")
+    files["deflated"] = write_file(ds, DeflatedExplicitVRLittleEndian, tmp / "deflated.dcm")
     out = {name: _source(Path(path).read_bytes()) for name, path in files.items()}
     for name, *_ in PYDICOM_DATA:
         # The emri_small variants share one SOP Instance UID: each gets its own.
@@ -288,7 +290,7 @@ def test_aa04_from_the_identifier(shared_server, sources, keys):
         if keyword == "SOPInstanceUID":
             value = [sources[v].uid for v in value] if isinstance(value, list) else sources[value].uid
         setattr(ident, keyword, value)
-    result = c_get(shared_server.dimse_port, INSTANCE_ROOT, ident, storage=[(WORD_SC, (ExplicitVRLittleEndian,))])
+    result = c_get(shared_server.dimse_port, INSTANCE_ROOT, ident, storage=[(MULTIFRAME_CLASS, (ExplicitVRLittleEndian,))])
     assert [s.Status for s, _ in result.responses] == [0xAA04]
     assert "FRAME level needs exactly one" in result.final.ErrorComment
     assert result.received == []
@@ -298,7 +300,7 @@ def test_unknown_source_is_c000(shared_server, sources):
     uid = generate_uid()
     result = c_get(shared_server.dimse_port, INSTANCE_ROOT, identifier("FRAME", SOPInstanceUID=uid,
                                                                         SimpleFrameList=[1]),
-                   storage=[(WORD_SC, (ExplicitVRLittleEndian,))])
+                   storage=[(MULTIFRAME_CLASS, (ExplicitVRLittleEndian,))])
     check_failure(result, uid, 0xC000)
     assert "not found" in result.final.ErrorComment
 
@@ -353,7 +355,7 @@ def _uid(value: str) -> bytes:
 
 def test_cancel_before_the_sub_operation_starts_is_fe00(shared_server, sources):
     source = sources["native-16bit"]
-    get_uid, store_uid = str(INSTANCE_ROOT).encode(), WORD_SC.encode()
+    get_uid, store_uid = str(INSTANCE_ROOT).encode(), MULTIFRAME_CLASS.encode()
     sock = socket.create_connection(("127.0.0.1", shared_server.dimse_port), timeout=30)
     try:
         sock.sendall(associate_rq(

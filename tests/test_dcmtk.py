@@ -13,10 +13,9 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-import dicomgen
-from benchmarks.peers import dcmtk_program
-from test_cget import dataset_part, retag, sop_of
-from test_stow import multipart, post
+from dicomaccel.testing import dcmtk_program, multipart, post
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing.files import dataset_part, retag, sop_of
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,9 +13,9 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-import dicomgen
-from test_dimse_server import associate_rq, command_set, dataset_bytes, p_data, recv_pdu
-from test_stow import multipart, post
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing import multipart, post
+from dicomaccel.testing.pdu import associate_rq, command_set, dataset_bytes, p_data, recv_pdu
 
 STUDY_GET = b"1.2.840.10008.5.1.4.1.2.2.3"
 MULTIFRAME = dicomgen.MULTIFRAME_CLASS.encode()

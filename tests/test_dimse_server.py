@@ -16,8 +16,6 @@ import time
 import pytest
 import uvloop
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_role
@@ -29,14 +27,14 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from benchmarks.peers import dcmtk_program
 from dicomaccel.dimse import AssociationClosedError, messages, start_dimse_server
 from dicomaccel.status import Status
+from dicomaccel.testing import dcmtk_program, wait_until
+from dicomaccel.testing.pdu import associate_rq, command_set, dataset_bytes, p_data, recv_exact, recv_pdu
 
 pytestmark = pytest.mark.timeout(60)
 
 GET = str(PatientRootQueryRetrieveInformationModelGet)
-APP_CONTEXT = b"1.2.840.10008.3.1.1.1"
 
 
 # ------------------------------------------------------------------------- harness
@@ -74,15 +72,6 @@ def serve(loop):
         run(loop, server.__aexit__(None, None, None))
 
 
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def scu(max_pdu=16382, contexts=(Verification,)):
     ae = AE(ae_title="PYSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
@@ -101,47 +90,8 @@ def echo_works(port) -> bool:
             assoc.release()
 
 
-# Raw PS3.8 bytes, built here by hand so the tests do not trust the code under test.
-
-
-def item(item_type: int, value: bytes) -> bytes:
-    return struct.pack(">BxH", item_type, len(value)) + value
-
-
-def associate_rq(
-    called=b"DICOMACCEL",
-    calling=b"RAWSCU",
-    contexts=((1, b"1.2.840.10008.1.1", (b"1.2.840.10008.1.2",)),),
-    roles=(),
-    max_length=16384,
-    version=1,
-    app_context=APP_CONTEXT,
-) -> bytes:
-    variable = item(0x10, app_context)
-    for pcid, abstract, syntaxes in contexts:
-        sub = item(0x30, abstract) + b"".join(item(0x40, ts) for ts in syntaxes)
-        variable += item(0x20, bytes((pcid, 0, 0, 0)) + sub)
-    user = item(0x51, struct.pack(">L", max_length)) + item(0x52, b"1.2.3.4.5")
-    for uid, scu_role, scp_role in roles:
-        user += item(0x54, struct.pack(">H", len(uid)) + uid + bytes((scu_role, scp_role)))
-    variable += item(0x50, user)
-    fixed = struct.pack(">H", version) + b"\0\0" + called.ljust(16) + calling.ljust(16) + bytes(32)
-    return struct.pack(">BxL", 0x01, len(fixed) + len(variable)) + fixed + variable
-
-
-def recv_exact(sock, n) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(out)} of {n} bytes")
-        out += chunk
-    return bytes(out)
-
-
-def recv_pdu(sock) -> tuple[int, bytes]:
-    pdu_type, length = struct.unpack(">BxL", recv_exact(sock, 6))
-    return pdu_type, recv_exact(sock, length)
+# Raw PS3.8 bytes come from dicomaccel.testing.pdu, built by hand so the tests do not trust
+# the code under test.
 
 
 def raw_connect(port) -> socket.socket:
@@ -155,25 +105,6 @@ def closed_by_peer(sock) -> bool:
         return sock.recv(1 << 16) == b""
     except ConnectionResetError:
         return True
-
-
-def command_set(*elements) -> bytes:
-    """Implicit VR LE group 0000 from (element, raw value) pairs, with its group length."""
-    body = b"".join(struct.pack("<HHL", 0, e, len(v)) + v for e, v in elements)
-    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
-
-
-def p_data(pcid: int, control: int, payload: bytes) -> bytes:
-    pdv = struct.pack(">LBB", len(payload) + 2, pcid, control) + payload
-    return struct.pack(">BxL", 0x04, len(pdv)) + pdv
-
-
-def dataset_bytes(ds: Dataset, implicit=False) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_implicit_VR = implicit
-    buf.is_little_endian = True
-    write_dataset(buf, ds)
-    return buf.getvalue()
 
 
 def ct_instance(pixel_bytes: int) -> Dataset:

@@ -16,23 +16,16 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import (
-    encapsulate,
-    encapsulate_extended,
-    generate_fragmented_frames,
-    parse_basic_offsets,
-)
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.pixels import pack_bits, pixel_array
-from pydicom.sequence import Sequence
+from pydicom.pixels import pixel_array
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
-    generate_uid,
 )
 
 from dicomaccel.retrieve.extraction import ExtractedInstance, extract_frames
@@ -43,18 +36,23 @@ from dicomaccel.retrieve.framelist import (
     frame_timing,
 )
 from dicomaccel.status import Status
+from dicomaccel.testing.files import (
+    MULTIFRAME_BYTE_CLASS,
+    MULTIFRAME_TRUECOLOR_CLASS,
+    SC_SINGLE_BIT_CLASS,
+    compressed_source,
+    make_source,
+    native_source,
+    write_file,
+)
+from helpers import CALC_EXAMPLE, check_fragments
 
-WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
-BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
-TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-SINGLE_BIT_SC = "1.2.840.10008.5.1.4.1.1.7.1"
 XA = "1.2.840.10008.5.1.4.1.1.12.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MPEG2 = "1.2.840.10008.1.2.4.100"
 J2K_PART2 = "1.2.840.10008.1.2.4.92"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=timezone.utc)
-CALC_EXAMPLE = [2, 9, 3, 12, 0xFFFFFFFF, 5]
 
 try:
     from dicomaccel.archive import Archive
@@ -62,126 +60,7 @@ except ImportError:  # pragma: no cover - the archive is another helper's work i
     Archive = None
 
 
-# --- building sources -------------------------------------------------------------------
-
-
-def _pixels(frames: int, rows: int, cols: int, spp: int, bits: int, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (frames, rows, cols) + ((spp,) if spp > 1 else ())
-    if bits == 1:
-        return rng.integers(0, 2, shape, dtype=np.uint8)
-    dtype = np.uint16 if bits == 16 else np.uint8
-    arr = rng.integers(0, 1 << min(bits, 12), shape, dtype=dtype)
-    for k in range(frames):  # a per-frame marker, so a wrong frame cannot pass
-        arr[k].flat[0] = (k + 1) % 256
-    return arr
-
-
-def make_source(*, frames: int = 10, rows: int = 16, cols: int = 16, spp: int = 1,
-                bits: int = 16, sop_class: str = WORD_SC,
-                rich: bool = True) -> tuple[Dataset, np.ndarray]:
-    """A multi-frame data set with every frame-dependent attribute the rules touch."""
-    arr = _pixels(frames, rows, cols, spp, bits)
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.PatientName = "Frame^Source"
-    ds.PatientID = "PID-FRAMES"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StudyDate = ds.ContentDate = ds.AcquisitionDate = "20260101"
-    ds.StudyTime = "101010"
-    ds.ContentTime = "120000"
-    ds.AcquisitionTime = "120000.500000"
-    ds.Modality = "OT"
-    ds.InstanceNumber = 7
-    ds.SamplesPerPixel = spp
-    ds.PhotometricInterpretation = "RGB" if spp == 3 else "MONOCHROME2"
-    if spp == 3:
-        ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated = bits
-    ds.BitsStored = 12 if bits == 16 else bits
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.NumberOfFrames = frames
-    if rich:
-        ds.FrameTime = "40"
-        ds.FrameIncrementPointer = [0x00181063]
-        ds.CineRate = 25
-        ds.EffectiveDuration = "0.4"
-        ds.RepresentativeFrameNumber = 4
-        ds.FrameNumbersOfInterest = [1, 4, 9]
-        ds.FrameOfInterestDescription = ["first", "fourth", "ninth"]
-        ds.ConcatenationUID = generate_uid()
-        ds.InConcatenationNumber = 1
-        ds.ConcatenationFrameOffsetNumber = 0
-        ds.add_new(0x00090010, "LO", "PRIVATE CREATOR")
-        ds.add_new(0x00091001, "LO", "private value")
-        ds.add_new(0xFFFAFFFA, "SQ", Sequence([Dataset()]))
-        ds.ContributingEquipmentSequence = [_equipment("Earlier Vendor")]
-        old = Dataset()
-        old.MultiFrameSourceSOPInstanceUID = generate_uid()
-        old.SimpleFrameList = [1, 2, 3]
-        ds.FrameExtractionSequence = [old]
-        per_frame = []
-        for k in range(frames):
-            item = Dataset()
-            content = Dataset()
-            stamp = datetime(2026, 1, 1, 12) + timedelta(milliseconds=40 * k)
-            content.FrameReferenceDateTime = stamp.strftime("%Y%m%d%H%M%S.%f")
-            content.add_new(0x00210010, "LO", "NESTED PRIVATE")
-            item.FrameContentSequence = [content]
-            per_frame.append(item)
-        ds.PerFrameFunctionalGroupsSequence = per_frame
-    return ds, arr
-
-
-def _equipment(name: str) -> Dataset:
-    item = Dataset()
-    item.Manufacturer = name
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator = "109103", "DCM"
-    code.CodeMeaning = "Modifying Equipment"
-    item.PurposeOfReferenceCodeSequence = [code]
-    return item
-
-
-def to_file(ds: Dataset, ts: str, path) -> str:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ts
-    ds.file_meta = meta
-    ds.save_as(path, enforce_file_format=True, implicit_vr=ts == ImplicitVRLittleEndian,
-               little_endian=True)
-    return str(path)
-
-
-def native_file(tmp_path, *, ts=ExplicitVRLittleEndian, name="native.dcm", **kw) -> str:
-    ds, arr = make_source(**kw)
-    if ds.BitsAllocated == 1:
-        ds.PixelData = pack_bits(arr.ravel())
-    else:
-        ds.PixelData = arr.tobytes()
-    return to_file(ds, ts, tmp_path / name)
-
-
-def compressed_file(tmp_path, ts, *, fragments: int = 1, bot: bool = True, eot: bool = False,
-                    name: str = "compressed.dcm", **kw) -> str:
-    """Compress with pylibjpeg, then re-encapsulate with the fragment layout asked for."""
-    ds, arr = make_source(**kw)
-    plugin = "pylibjpeg" if ts == JPEG2000Lossless else ""
-    ds.compress(ts, arr, encoding_plugin=plugin, generate_instance_uid=False)
-    n = int(ds.NumberOfFrames)
-    encoded = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=n)]
-    if eot:
-        ds.PixelData, table, lengths = encapsulate_extended(encoded)
-        ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = table, lengths
-    elif fragments > 1 or not bot:
-        ds.PixelData = encapsulate(encoded, fragments_per_frame=fragments, has_bot=bot)
-    return to_file(ds, ts, tmp_path / name)
+# --- sources ------------------------------------------------------------------------
 
 
 def source_ref(path: str, kind: str, tmp_path):
@@ -278,26 +157,6 @@ def check(out: ExtractedInstance, src_path: str, keyword: str, values) -> Datase
     if ts.is_encapsulated:
         check_fragments(src, new, frames)
     return new
-
-
-def check_fragments(src: Dataset, new: Dataset, frames: list[int]) -> None:
-    """Encapsulated frames are copied byte for byte; the offset table matches the frames."""
-    def fragments(ds):
-        eot = None
-        if "ExtendedOffsetTable" in ds:
-            eot = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        return list(generate_fragmented_frames(
-            ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1)), extended_offsets=eot))
-
-    old, got = fragments(src), fragments(new)
-    assert got == [old[f - 1] for f in frames]
-    bot = parse_basic_offsets(new.PixelData)
-    if "ExtendedOffsetTable" in new:
-        assert bot == []
-        table = np.frombuffer(new.ExtendedOffsetTable, "<u8")
-        assert len(table) == len(frames)
-    else:
-        assert len(bot) == len(frames) and bot[0] == 0
 
 
 # --- Frame List construction (Y.3.2) -----------------------------------------------------
@@ -418,9 +277,9 @@ def test_no_timing_sources():
 
 NATIVE_CASES = {
     "16bit": dict(bits=16),
-    "8bit": dict(bits=8, sop_class=BYTE_SC),
-    "rgb": dict(bits=8, spp=3, sop_class=TRUE_COLOR_SC),
-    "1bit-5x5": dict(bits=1, rows=5, cols=5, sop_class=SINGLE_BIT_SC),
+    "8bit": dict(bits=8, sop_class=MULTIFRAME_BYTE_CLASS),
+    "rgb": dict(bits=8, spp=3, sop_class=MULTIFRAME_TRUECOLOR_CLASS),
+    "1bit-5x5": dict(bits=1, rows=5, cols=5, sop_class=SC_SINGLE_BIT_CLASS),
 }
 KEYS = [
     ("SimpleFrameList", [2, 5, 9]),
@@ -433,7 +292,7 @@ KEYS = [
 @pytest.mark.parametrize(("keyword", "values"), KEYS)
 @pytest.mark.parametrize("case", NATIVE_CASES)
 def test_native_sources(tmp_path, case, keyword, values, kind):
-    path = native_file(tmp_path, **NATIVE_CASES[case])
+    path = native_source(tmp_path, **NATIVE_CASES[case])
     out = extract_frames(source_ref(path, kind, tmp_path), keyword, values, now=NOW)
     expected = {"SimpleFrameList": [2, 5, 9], "CalculatedFrameList": [1, 4, 7, 10],
                 "TimeRange": [2, 3, 4]}[keyword]
@@ -443,7 +302,7 @@ def test_native_sources(tmp_path, case, keyword, values, kind):
 
 
 def test_native_implicit_vr(tmp_path):
-    path = native_file(tmp_path, ts=ImplicitVRLittleEndian)
+    path = native_source(tmp_path, ts=ImplicitVRLittleEndian)
     out = extract_frames(path, "SimpleFrameList", [10], now=NOW)
     assert out.frames == [10]
     check(out, path, "SimpleFrameList", [10])
@@ -451,7 +310,7 @@ def test_native_implicit_vr(tmp_path):
 
 ENCAPSULATED_CASES = {
     "rle": dict(ts=RLELossless),
-    "rle-rgb": dict(ts=RLELossless, bits=8, spp=3, sop_class=TRUE_COLOR_SC),
+    "rle-rgb": dict(ts=RLELossless, bits=8, spp=3, sop_class=MULTIFRAME_TRUECOLOR_CLASS),
     "j2k": dict(ts=JPEG2000Lossless),
     "j2k-3-fragments": dict(ts=JPEG2000Lossless, fragments=3),
     "j2k-3-fragments-no-bot": dict(ts=JPEG2000Lossless, fragments=3, bot=False),
@@ -468,7 +327,7 @@ def test_encapsulated_sources(tmp_path, case, keyword, values, kind):
     opts = dict(ENCAPSULATED_CASES[case])
     ts = opts.pop("ts")
     # 32 x 32: OpenJPEG's default 6 resolution levels need at least 32 pixels a side.
-    path = compressed_file(tmp_path, ts, frames=10, rows=32, cols=32, **opts)
+    path = compressed_source(tmp_path, ts, frames=10, rows=32, cols=32, **opts)
     out = extract_frames(source_ref(path, kind, tmp_path), keyword, values, now=NOW)
     new = check(out, path, keyword, values)
     assert ("ExtendedOffsetTable" in new) == bool(opts.get("eot"))
@@ -495,7 +354,7 @@ def test_pydicom_data_sources(tmp_path, name, keyword, values, kind):
 
 
 def test_calculated_example_on_25_frames(tmp_path):
-    path = native_file(tmp_path, frames=25, rows=4, cols=4)
+    path = native_source(tmp_path, frames=25, rows=4, cols=4)
     out = extract_frames(path, "CalculatedFrameList", CALC_EXAMPLE, now=NOW)
     assert out.frames == [2, 5, 8, 12, 17, 22]
     new = check(out, path, "CalculatedFrameList", CALC_EXAMPLE)
@@ -506,7 +365,7 @@ def test_calculated_example_on_25_frames(tmp_path):
 
 
 def test_frame_dependent_attributes(tmp_path):
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     src = dcmread(path)
     out = extract_frames(path, "SimpleFrameList", [4, 6, 8, 25], now=NOW)
     assert out.frames == [4, 6, 8]  # 25 does not exist: the found subset is served
@@ -527,7 +386,7 @@ def test_frame_dependent_attributes(tmp_path):
 
 
 def test_contiguous_frames_keep_frame_time(tmp_path):
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     out = extract_frames(path, "SimpleFrameList", [1, 2, 3], now=NOW)
     new = check(out, path, "SimpleFrameList", [1, 2, 3])
     assert float(new.FrameTime) == 40 and new.CineRate == 25
@@ -536,7 +395,7 @@ def test_contiguous_frames_keep_frame_time(tmp_path):
 
 
 def test_all_frames_is_a_copy_with_new_identity(tmp_path):
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     out = extract_frames(path, "CalculatedFrameList", [1, 0xFFFFFFFF, 1], now=NOW)
     new = check(out, path, "CalculatedFrameList", [1, 0xFFFFFFFF, 1])
     assert new.RepresentativeFrameNumber == 4 and new.CineRate == 25
@@ -549,7 +408,7 @@ def test_frame_time_vector_subset(tmp_path):
     ds.FrameIncrementPointer = [0x00181065]
     ds.FrameLabelVector = [f"L{k}" for k in range(1, 7)]
     ds.PixelData = arr.tobytes()
-    path = to_file(ds, ExplicitVRLittleEndian, tmp_path / "ftv.dcm")
+    path = write_file(ds, ExplicitVRLittleEndian, tmp_path / "ftv.dcm")
     out = extract_frames(path, "SimpleFrameList", [2, 3, 6], now=NOW)
     new = check(out, path, "SimpleFrameList", [2, 3, 6])
     assert [float(v) for v in new.FrameTimeVector] == [0, 20, 120]
@@ -563,7 +422,7 @@ def test_nm_vectors_follow_frame_increment_pointer(tmp_path):
     ds.EnergyWindowVector = [1, 1, 2, 2]
     ds.DetectorVector = [1, 2, 1, 2]
     ds.PixelData = arr.tobytes()
-    path = to_file(ds, ExplicitVRLittleEndian, tmp_path / "nm.dcm")
+    path = write_file(ds, ExplicitVRLittleEndian, tmp_path / "nm.dcm")
     out = extract_frames(path, "SimpleFrameList", [2, 3], now=NOW)
     new = check(out, path, "SimpleFrameList", [2, 3])
     assert list(new.EnergyWindowVector) == [1, 2] and list(new.DetectorVector) == [2, 1]
@@ -578,7 +437,7 @@ def test_mask_subtraction_renumbered(tmp_path):
     ds.MaskSubtractionSequence = [keep, drop, tid]
     ds.RecommendedViewingMode = "SUB"
     ds.PixelData = arr.tobytes()
-    path = to_file(ds, ExplicitVRLittleEndian, tmp_path / "xa.dcm")
+    path = write_file(ds, ExplicitVRLittleEndian, tmp_path / "xa.dcm")
     new = check(extract_frames(path, "SimpleFrameList", [1, 4, 6], now=NOW), path,
                 "SimpleFrameList", [1, 4, 6])
     assert len(new.MaskSubtractionSequence) == 1
@@ -599,7 +458,7 @@ def test_start_time_shift_wraps_midnight(tmp_path):
     ds.ImageTriggerDelay = "5"
     ds.FrameTime = "20"
     ds.PixelData = arr.tobytes()
-    path = to_file(ds, ExplicitVRLittleEndian, tmp_path / "midnight.dcm")
+    path = write_file(ds, ExplicitVRLittleEndian, tmp_path / "midnight.dcm")
     new = check(extract_frames(path, "SimpleFrameList", [2, 3], now=NOW), path,
                 "SimpleFrameList", [2, 3])
     assert (new.ContentDate, new.ContentTime) == ("20260101", "000000.010000")
@@ -609,11 +468,11 @@ def test_start_time_shift_wraps_midnight(tmp_path):
 
 
 def test_whole_stream_syntax_all_frames_copied_verbatim(tmp_path):
-    ds, _ = make_source(frames=3, rich=False, bits=8, sop_class=BYTE_SC)
+    ds, _ = make_source(frames=3, rich=False, bits=8, sop_class=MULTIFRAME_BYTE_CLASS)
     stream = bytes(range(256)) * 3  # stands in for one MPEG-2 bitstream (PS3.5 8.2.5)
     ds.PixelData = encapsulate([stream], has_bot=False)
     ds["PixelData"].VR = "OB"
-    path = to_file(ds, MPEG2, tmp_path / "video.dcm")
+    path = write_file(ds, MPEG2, tmp_path / "video.dcm")
     out = extract_frames(path, "CalculatedFrameList", [1, 0xFFFFFFFF, 1], now=NOW)
     assert out.frames == [1, 2, 3]
     value = bytes(out.dataset[2])  # pydicom's value stops before the Sequence Delimitation Item
@@ -633,7 +492,7 @@ def _status(source, keyword, values) -> FrameExtractionError:
 
 
 def test_aa00_no_frames_found(tmp_path):
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     assert _status(path, "SimpleFrameList", [11, 20]).status == Status.NO_FRAMES_FOUND
     assert _status(path, "TimeRange", [10.0, 20.0]).status == Status.NO_FRAMES_FOUND
 
@@ -642,50 +501,50 @@ def test_aa01_cannot_create(tmp_path):
     ds, arr = make_source(frames=1, rich=False, sop_class=CT)
     del ds.NumberOfFrames  # a single-frame IOD: no Frame Extraction Module to fill
     ds.PixelData = arr.tobytes()
-    single = to_file(ds, ExplicitVRLittleEndian, tmp_path / "ct.dcm")
+    single = write_file(ds, ExplicitVRLittleEndian, tmp_path / "ct.dcm")
     assert _status(single, "SimpleFrameList", [1]).status == Status.CANNOT_CREATE_NEW_OBJECT
 
     ds, arr = make_source(frames=4)
     del ds.PerFrameFunctionalGroupsSequence[3]
     ds.PixelData = arr.tobytes()
-    short = to_file(ds, ExplicitVRLittleEndian, tmp_path / "short.dcm")
+    short = write_file(ds, ExplicitVRLittleEndian, tmp_path / "short.dcm")
     assert _status(short, "SimpleFrameList", [1]).status == Status.CANNOT_CREATE_NEW_OBJECT
 
     ds, arr = make_source(frames=4, rich=False, sop_class=XA)
     ds.PositionerPrimaryAngleIncrement = ["0", "1", "2", "3"]
     ds.FrameIncrementPointer = [0x00181520]
     ds.PixelData = arr.tobytes()
-    rotational = to_file(ds, ExplicitVRLittleEndian, tmp_path / "rot.dcm")
+    rotational = write_file(ds, ExplicitVRLittleEndian, tmp_path / "rot.dcm")
     assert _status(rotational, "SimpleFrameList", [2]).status == Status.CANNOT_CREATE_NEW_OBJECT
     out = extract_frames(rotational, "SimpleFrameList", [1, 2, 3, 4], now=NOW)  # all: fine
     assert out.frames == [1, 2, 3, 4]
 
 
 def test_aa02_cannot_extract(tmp_path):
-    ds, _ = make_source(frames=3, rich=False, bits=8, sop_class=BYTE_SC)
+    ds, _ = make_source(frames=3, rich=False, bits=8, sop_class=MULTIFRAME_BYTE_CLASS)
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" * 16], has_bot=False)
     ds["PixelData"].VR = "OB"
-    video = to_file(ds, MPEG2, tmp_path / "video.dcm")
+    video = write_file(ds, MPEG2, tmp_path / "video.dcm")
     assert _status(video, "SimpleFrameList", [2]).status == Status.CANNOT_EXTRACT_FRAMES
 
     ds, _ = make_source(frames=2, rich=False)
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" * 8] * 2)
     ds["PixelData"].VR = "OB"
-    part2 = to_file(ds, J2K_PART2, tmp_path / "j2k-part2.dcm")
+    part2 = write_file(ds, J2K_PART2, tmp_path / "j2k-part2.dcm")
     assert _status(part2, "SimpleFrameList", [1]).status == Status.CANNOT_EXTRACT_FRAMES
 
     ds, arr = make_source(frames=2, rich=False)
     ds.PixelData = arr.tobytes()
-    deflated = to_file(ds, DEFLATED, tmp_path / "deflated.dcm")
+    deflated = write_file(ds, DEFLATED, tmp_path / "deflated.dcm")
     assert _status(deflated, "SimpleFrameList", [1]).status == Status.CANNOT_EXTRACT_FRAMES
 
     ds, arr = make_source(frames=4, rich=False)
     ds.PixelData = arr.tobytes()[: arr.nbytes // 2]  # half the frames are missing
-    truncated = to_file(ds, ExplicitVRLittleEndian, tmp_path / "truncated.dcm")
+    truncated = write_file(ds, ExplicitVRLittleEndian, tmp_path / "truncated.dcm")
     assert _status(truncated, "SimpleFrameList", [1]).status == Status.CANNOT_EXTRACT_FRAMES
 
     ds, _ = make_source(frames=2, rich=False)
-    no_pixels = to_file(ds, ExplicitVRLittleEndian, tmp_path / "no-pixels.dcm")
+    no_pixels = write_file(ds, ExplicitVRLittleEndian, tmp_path / "no-pixels.dcm")
     assert _status(no_pixels, "SimpleFrameList", [1]).status == Status.CANNOT_EXTRACT_FRAMES
 
 
@@ -696,14 +555,14 @@ def test_aa03_time_range_on_untimed_source():
 
 
 def test_aa04_invalid_request(tmp_path):
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     assert _status(path, "SimpleFrameList", [5, 3]).status == Status.INVALID_REQUEST
     assert _status(path, "CalculatedFrameList", [1, 2]).status == Status.INVALID_REQUEST
     assert _status(path, "TimeRange", [1.0, 0.5]).status == Status.INVALID_REQUEST
 
 
 def test_explicit_uid_and_write(tmp_path):
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     uid = "2.25.12345678901234567890"
     out = extract_frames(path, "SimpleFrameList", [1], sop_instance_uid=uid, now=NOW)
     target = tmp_path / "out.dcm"
@@ -719,7 +578,7 @@ def test_explicit_uid_and_write(tmp_path):
 def test_generated_uids_are_fresh_and_under_the_root(tmp_path):
     from dicomaccel.dimse.config import DICOMACCEL_UID_ROOT
 
-    path = native_file(tmp_path)
+    path = native_source(tmp_path)
     a = extract_frames(path, "SimpleFrameList", [1], now=NOW).sop_instance_uid
     later = NOW + timedelta(seconds=1)
     b = extract_frames(path, "SimpleFrameList", [1], now=later).sop_instance_uid
@@ -735,7 +594,7 @@ def test_float_pixel_data(tmp_path):
     ds.BitsAllocated = 32
     arr = np.arange(4 * 16 * 16, dtype="<f4").reshape(4, 16, 16) / 7
     ds.FloatPixelData = arr.tobytes()
-    path = to_file(ds, ExplicitVRLittleEndian, tmp_path / "float.dcm")
+    path = write_file(ds, ExplicitVRLittleEndian, tmp_path / "float.dcm")
     out = extract_frames(path, "SimpleFrameList", [2, 4], now=NOW)
     assert bytes(out.dataset[1])[:6] == b"\xe0\x7f\x08\x00OF"
     new = check(out, path, "SimpleFrameList", [2, 4])

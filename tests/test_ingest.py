@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 import zlib
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
-from pydicom.sequence import Sequence
 from pydicom.uid import (
-    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
-    generate_uid,
 )
 
 from dicomaccel.archive.ingest import (
@@ -41,167 +34,17 @@ from dicomaccel.archive.ingest import (
     scan,
 )
 from dicomaccel.status import FailureReason
-
-SC_MULTIFRAME_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
-SC_MULTIFRAME_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
-SC_MULTIFRAME_COLOR = "1.2.840.10008.5.1.4.1.1.7.4"
-SC_SINGLE_BIT = "1.2.840.10008.5.1.4.1.1.7.1"
-
-
-# --- generators (also used by test_archive.py) ---------------------------------------------
-def base_dataset(sop_class: str = CTImageStorage, study: str | None = None,
-                 series: str | None = None, sop: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop or generate_uid()
-    ds.StudyDate = "20260101"
-    ds.Modality = "CT"
-    # A sequence before the keys: the scanner must skip it without losing its place.
-    ds.ReferencedStudySequence = Sequence([Dataset(), Dataset()])
-    ds.ReferencedStudySequence[0].ReferencedSOPClassUID = "1.2.3"
-    ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID = "1.2.3.4"
-    ds.PatientName = "Müller^Jörg"
-    ds.PatientID = "PID-1"
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = series or generate_uid()
-    ds.InstanceNumber = 7
-    return ds
-
-
-def to_file(ds: Dataset, ts: str = ExplicitVRLittleEndian) -> bytes:
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = ds.SOPClassUID
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    fm.TransferSyntaxUID = ts
-    fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = fm
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=ts == ImplicitVRLittleEndian,
-               little_endian=ts != ExplicitVRBigEndian)
-    return out.getvalue()
-
-
-def image_dataset(frames: int = 1, rows: int = 512, columns: int = 512, bits: int = 16,
-                  samples: int = 1, photometric: str | None = None, seed: int = 0,
-                  **keys) -> Dataset:
-    if bits == 1:
-        sop_class = SC_SINGLE_BIT
-    elif frames == 1 and samples == 1 and bits == 16:
-        sop_class = CTImageStorage
-    elif samples == 3:
-        sop_class = SC_MULTIFRAME_COLOR
-    else:
-        sop_class = SC_MULTIFRAME_WORD if bits == 16 else SC_MULTIFRAME_BYTE
-    ds = base_dataset(sop_class, **keys)
-    if frames != 1 or sop_class != CTImageStorage:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = photometric or ("RGB" if samples == 3 else "MONOCHROME2")
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = rows, columns
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    rng = np.random.default_rng(seed)
-    if bits == 1:
-        raw = np.packbits(rng.integers(0, 2, frames * rows * columns, dtype=np.uint8),
-                          bitorder="little").tobytes()
-    else:
-        dtype = np.uint16 if bits == 16 else np.uint8
-        nsamples = frames * rows * columns * samples
-        if ds.PhotometricInterpretation == "YBR_FULL_422":
-            nsamples = frames * rows * columns * 2  # chroma subsampled (PS3.3 C.7.6.3.1.2)
-        raw = rng.integers(0, 2 ** min(bits, 12), nsamples, dtype=dtype).tobytes()
-    ds.PixelData = raw + b"\0" * (len(raw) % 2)
-    return ds
-
-
-def ct_file(ts: str = ExplicitVRLittleEndian, **kw) -> bytes:
-    return to_file(image_dataset(**kw), ts)
-
-
-def compressed_file(ts: str, frames: int = 3, rows: int = 64, columns: int = 48,
-                    **kw) -> bytes:
-    ds = image_dataset(frames=frames, rows=rows, columns=columns, **kw)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.compress(ts, encoding_plugin="pylibjpeg" if ts == JPEG2000Lossless else "")
-    return to_file(ds, ts)
-
-
-def reencapsulated_file(frames_bytes: list[bytes], *, bot: bool = False, eot: bool = False,
-                        fragments_per_frame: int = 1, ts: str = RLELossless, **keys) -> bytes:
-    """An encapsulated instance holding ``frames_bytes`` verbatim, with the chosen tables."""
-    ds = image_dataset(frames=len(frames_bytes), rows=8, columns=8, **keys)
-    if eot:
-        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = (
-            encapsulate_extended(frames_bytes)
-        )
-    else:
-        ds.PixelData = encapsulate(frames_bytes, fragments_per_frame, has_bot=bot)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    return to_file(ds, ts)
-
+from dicomaccel.testing.files import (
+    compressed_file,
+    ct_file,
+    image_dataset,
+    reencapsulated_file,
+    to_bytes,
+)
+from helpers import assert_matches_pydicom
 
 def set_bytes(data: bytes, pos: int, new: bytes) -> bytes:
     return data[:pos] + new + data[pos + len(new):]
-
-
-# --- helpers ------------------------------------------------------------------------------
-def assert_matches_pydicom(data: bytes) -> tuple:
-    """Scan ``data``, build its frame index and compare everything with pydicom."""
-    h = scan(data)
-    fi = build_frame_index(data, h)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(io.BytesIO(data))
-    assert h.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
-    assert h.sop_class_uid == ds.get("SOPClassUID")
-    assert h.sop_instance_uid == ds.get("SOPInstanceUID")
-    assert h.study_uid == ds.get("StudyInstanceUID")
-    assert h.series_uid == ds.get("SeriesInstanceUID")
-    assert h.patient_id == str(ds.get("PatientID", "")).strip()
-    assert h.patient_name == str(ds.get("PatientName", ""))
-    assert h.number_of_frames == int(ds.get("NumberOfFrames") or 1)
-    assert h.rows == ds.get("Rows") and h.columns == ds.get("Columns")
-    assert h.bits_allocated == ds.get("BitsAllocated")
-    pixel_tag = next((t for t in (0x7FE00010, 0x7FE00008, 0x7FE00009) if t in ds), 0)
-    assert h.pixel_tag == pixel_tag
-    if not pixel_tag or h.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-        assert fi is None
-        return h, fi, ds
-    value = ds[pixel_tag].value
-    header_len = 12 if h.transfer_syntax_uid != ImplicitVRLittleEndian else 8
-    assert h.pixel_value_offset == h.pixel_offset + header_len
-    assert struct.unpack_from("<HH" if h.transfer_syntax_uid != ExplicitVRBigEndian else ">HH",
-                              data, h.pixel_offset) == (pixel_tag >> 16, pixel_tag & 0xFFFF)
-    if h.pixel_length >= 0:
-        assert data[h.pixel_value_offset:h.pixel_value_offset + h.pixel_length] == value
-        assert not fi.encapsulated
-        all_bits = np.unpackbits(np.frombuffer(value, np.uint8), bitorder="little")
-        nbits = fi.frame_bits
-        for k in range(fi.number_of_frames):
-            ((start, end),) = fi.frame_ranges(k)
-            if fi.byte_aligned:
-                assert data[start:end] == value[k * nbits // 8:(k + 1) * nbits // 8]
-            else:  # the covering bytes hold the frame's bits at bit (k * nbits) % 8
-                first = k * nbits - (start - h.pixel_value_offset) * 8
-                got = np.unpackbits(np.frombuffer(data[start:end], np.uint8), bitorder="little")
-                assert (got[first:first + nbits] == all_bits[k * nbits:(k + 1) * nbits]).all()
-    elif fi is not None:
-        eot = None
-        if "ExtendedOffsetTable" in ds:
-            eot = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        expected = list(generate_frames(value, number_of_frames=h.number_of_frames,
-                                        extended_offsets=eot))
-        assert fi.number_of_frames == len(expected)
-        for k, frame in enumerate(expected):
-            assert b"".join(data[a:b] for a, b in fi.frame_ranges(k)) == frame
-    return h, fi, ds
 
 
 # --- pydicom's bundled files ---------------------------------------------------------------
@@ -274,7 +117,7 @@ def test_multiframe_native(kw):
 
 def test_single_bit_frames_not_byte_aligned():
     ds = image_dataset(frames=5, rows=3, columns=5, bits=1)  # 15 bits per frame
-    data = to_file(ds)
+    data = to_bytes(ds)
     h = scan(data)
     fi = build_frame_index(data, h)
     assert (fi.frame_bits, fi.byte_aligned) == (15, False)
@@ -321,7 +164,7 @@ def test_frame_index_blob_round_trip():
 
 
 def test_deflated_is_accepted_without_frame_index():
-    data = to_file(image_dataset(rows=64, columns=64), DeflatedExplicitVRLittleEndian)
+    data = to_bytes(image_dataset(rows=64, columns=64), DeflatedExplicitVRLittleEndian)
     h, fi, ds = assert_matches_pydicom(data)
     assert fi is None and h.pixel_tag == 0x7FE00010
     assert (h.pixel_offset, h.pixel_value_offset, h.pixel_length) == (-1, -1, 64 * 64 * 2)
@@ -337,7 +180,7 @@ def test_undefined_length_sequences_are_walked():
     # Hand-built: nested undefined-length sequences and items, a UN sequence (implicit VR
     # inside, PS3.5 §6.2.2), all before the keys the scanner needs.
     ds = image_dataset(rows=4, columns=4)
-    data = to_file(ds)
+    data = to_bytes(ds)
     h = scan(data)
     pos = h.dataset_offset
 
@@ -369,7 +212,7 @@ def test_undefined_length_sequences_are_walked():
 
 def test_sequence_depth_is_bounded():
     ds = image_dataset(rows=4, columns=4)
-    data = to_file(ds)
+    data = to_bytes(ds)
     pos = scan(data).dataset_offset
     nest = MAX_SEQUENCE_DEPTH + 1
     head = (struct.pack("<HH2sHI", 0x0008, 0x0006, b"SQ", 0, 0xFFFFFFFF)
@@ -429,7 +272,7 @@ def test_truncated_comment_has_offset_and_uids():
 
 
 def test_unknown_transfer_syntax_is_c122():
-    data = to_file(image_dataset(rows=4, columns=4), ExplicitVRLittleEndian)
+    data = to_bytes(image_dataset(rows=4, columns=4), ExplicitVRLittleEndian)
     bad = data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.99999.1.2.1\0", 1)
     err = failure(bad)
     assert err.status == FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
@@ -448,7 +291,7 @@ def test_unknown_vr_and_stray_delimiters():
 def test_pixel_data_shorter_than_geometry():
     ds = image_dataset(frames=3, rows=8, columns=8)
     ds.PixelData = ds.PixelData[:-128]  # 3 frames of 8 x 8 x 2 bytes declared, 2 present
-    err = failure(to_file(ds))
+    err = failure(to_bytes(ds))
     assert err.status == FailureReason.CANNOT_UNDERSTAND
     assert "too short" in err.comment and err.sop_instance_uid == ds.SOPInstanceUID
 
@@ -456,23 +299,23 @@ def test_pixel_data_shorter_than_geometry():
 def test_missing_geometry_is_a900_and_bad_geometry_c000():
     ds = image_dataset(rows=4, columns=4)
     del ds.Rows
-    assert failure(to_file(ds)).status == FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert failure(to_bytes(ds)).status == FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS
     ds = image_dataset(rows=4, columns=4)
     ds.BitsAllocated = 12
-    assert failure(to_file(ds)).status == FailureReason.CANNOT_UNDERSTAND
+    assert failure(to_bytes(ds)).status == FailureReason.CANNOT_UNDERSTAND
 
 
 def test_number_of_frames_zero():
     ds = image_dataset(frames=2, rows=4, columns=4)
     ds.NumberOfFrames = 0
-    err = failure(to_file(ds))
+    err = failure(to_bytes(ds))
     assert err.status == FailureReason.CANNOT_UNDERSTAND and "Number of Frames is 0" in err.comment
 
 
 def test_number_of_frames_not_an_integer():
     ds = image_dataset(frames=2, rows=4, columns=4)
     ds.NumberOfFrames = "2"
-    data = to_file(ds).replace(b"2 \x28\x00\x10\x00", b"x \x28\x00\x10\x00")
+    data = to_bytes(ds).replace(b"2 \x28\x00\x10\x00", b"x \x28\x00\x10\x00")
     assert "Number of Frames" in failure(data).comment
 
 
@@ -483,7 +326,7 @@ def test_encapsulated_structure_errors():
     # Native-length Pixel Data under an encapsulated syntax, and vice versa.
     defined = set_bytes(data, h.pixel_offset + 8, struct.pack("<I", 8))
     assert "requires encapsulation" in failure(defined).comment
-    native = to_file(image_dataset(rows=4, columns=4))
+    native = to_bytes(image_dataset(rows=4, columns=4))
     hn = scan(native)
     undefined = set_bytes(native, hn.pixel_offset + 8, b"\xff\xff\xff\xff")
     assert "undefined length" in failure(undefined).comment
@@ -494,7 +337,7 @@ def test_encapsulated_structure_errors():
     # Fewer fragments than frames.
     ds = dcmread(io.BytesIO(data))
     ds.NumberOfFrames = 3
-    assert "fewer fragments" in failure(to_file(ds, RLELossless)).comment
+    assert "fewer fragments" in failure(to_bytes(ds, RLELossless)).comment
 
 
 def test_uid_syntax():
@@ -510,11 +353,11 @@ def test_charset_decoding():
     ds = image_dataset(rows=2, columns=2)
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.PatientName = "山田^太郎"
-    h = scan(to_file(ds))
+    h = scan(to_bytes(ds))
     assert h.patient_name == "山田^太郎"
     ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
     ds.PatientName = "Yamada^Tarou=山田^太郎"
-    assert scan(to_file(ds)).patient_name == "Yamada^Tarou=山田^太郎"
+    assert scan(to_bytes(ds)).patient_name == "Yamada^Tarou=山田^太郎"
 
 
 def test_deflate_bomb_is_refused(monkeypatch):
@@ -522,12 +365,12 @@ def test_deflate_bomb_is_refused(monkeypatch):
 
     ds = image_dataset(rows=4, columns=4)
     del ds.PixelData
-    data = to_file(ds, DeflatedExplicitVRLittleEndian)
+    data = to_bytes(ds, DeflatedExplicitVRLittleEndian)
     meta = data[:scan(data).dataset_offset]
     # The data set ends in a padding element (FFFC,FFFC) declared 1 GiB long, then 16 MiB
     # of zeros that deflate to almost nothing.
     body = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    plain = to_file(ds)
+    plain = to_bytes(ds)
     plain = plain[scan(plain).dataset_offset:]
     padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 0x40000000)
     stream = body.compress(plain + padding) + body.compress(b"\0" * (1 << 24)) + body.flush()
@@ -542,7 +385,7 @@ def test_deflate_bomb_is_refused(monkeypatch):
 def test_instance_number_outside_is_is_c000(raw):
     ds = image_dataset(rows=4, columns=4)
     ds.InstanceNumber = "7"
-    data = to_file(ds)
+    data = to_bytes(ds)
     # (0020,0013) IS, length 2: "7 " -> the raw value, keeping the length field honest.
     element = b"\x20\x00\x13\x00IS" + struct.pack("<H", 2) + b"7 "
     padded = raw + (b" " if len(raw) % 2 else b"")
@@ -553,7 +396,7 @@ def test_instance_number_outside_is_is_c000(raw):
 
 def test_photometric_interpretation_not_a_code_string_is_c000():
     ds = image_dataset(rows=4, columns=4)
-    data = to_file(ds)
+    data = to_bytes(ds)
     pi = ds.PhotometricInterpretation.encode()
     data = data.replace(pi, b"MONOCHROM\xc92"[: len(pi)])
     err = failure(data)

@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import os
+import queue
 import socket
 import threading
 import time
@@ -19,41 +20,14 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
-import dicomgen
 from dicomaccel.archive import Archive
 from dicomaccel.stow import create_app
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing import multipart, post, run_asgi, wait_until
 
 JSON = "application/dicom+json"
 REAL_FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "SC_rgb_rle_2frame.dcm",
               "JPEG2000.dcm", "JPEG-lossy.dcm", "liver.dcm"]
-
-
-def multipart(parts: list[bytes], boundary: str = "BOUNDARY", part_headers: bytes = b"Content-Type: application/dicom\r\n",
-              preamble: bytes = b"", epilogue: bytes = b"\r\n", padding: bytes = b"") -> bytes:
-    out = [preamble]
-    for p in parts:
-        out.append(b"\r\n--" + boundary.encode() + padding + b"\r\n" + part_headers + b"\r\n" + p)
-    out.append(b"\r\n--" + boundary.encode() + b"--" + epilogue)
-    body = b"".join(out)
-    return body if preamble else body[2:]
-
-
-def post(server, body: bytes, content_type: str = 'multipart/related; type="application/dicom"; boundary=BOUNDARY',
-         path: str = "/dicomweb/studies", headers: dict | None = None, chunked: bool = False):
-    url = urlsplit(server.http_url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-    hdrs = {"Content-Type": content_type, **(headers or {})}
-    if chunked:
-        def gen():
-            for i in range(0, len(body), 7919):
-                yield body[i:i + 7919]
-        conn.request("POST", path, body=gen(), headers=hdrs, encode_chunked=True)
-    else:
-        conn.request("POST", path, body=body, headers=hdrs)
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, dict(resp.getheaders()), data
 
 
 def reasons(body: bytes) -> dict:
@@ -316,17 +290,13 @@ def _tmp_files(server) -> list[Path]:
 
 def test_client_disconnect_mid_upload(server_factory):
     server = server_factory()
-    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1)
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 1024, 1280)  # 2.6 MB
     body = multipart([data])
     sock = _raw_connection(server)
     sock.sendall(_request_head(server, len(body)) + body[: len(body) // 2])
-    time.sleep(0.3)
+    assert wait_until(lambda: _tmp_files(server)), "no temp file for the upload in progress"
     sock.close()
-    for _ in range(100):
-        if not _tmp_files(server):
-            break
-        time.sleep(0.05)
-    assert not _tmp_files(server), "temp file leaked after disconnect"
+    assert wait_until(lambda: not _tmp_files(server)), "temp file leaked after disconnect"
     ok = dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 16, 16)
     assert post(server, multipart([ok]))[0] == 200  # still serving
     server.stop()
@@ -358,42 +328,54 @@ def test_size_limits_413(server_factory):
     assert not _tmp_files(server)
 
 
+HELD = 3 << 19  # 1.5 MB: more than one spill (1 MiB) of a part, so the store has a temp file
+
+
+def _hold_the_only_slot(server, body: bytes) -> socket.socket:
+    """Start ``body`` on a raw connection and stop after :data:`HELD` bytes: a store in
+    progress, seen by its temp file (the archive writes one once 1 MiB of a part is in)."""
+    assert wait_until(lambda: not _tmp_files(server))
+    holder = _raw_connection(server)
+    holder.sendall(_request_head(server, len(body)) + body[:HELD])
+    assert wait_until(lambda: _tmp_files(server)), "the holder's store did not start"
+    return holder
+
+
+def _two_while_held(server) -> queue.Queue:
+    """Two small stores at once while the only slot is held, with a queue of one: one is
+    refused at once, and that answer proves the other is waiting in the queue."""
+    answers: queue.Queue = queue.Queue()
+
+    def one(number: int) -> None:
+        answers.put(post(server, multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), number, 16, 16)])))
+
+    for number in (2, 3):
+        threading.Thread(target=one, args=(number,), daemon=True).start()
+    status, headers, text = answers.get(timeout=30)
+    assert status == 503 and "retry-after" in {k.lower() for k in headers}
+    assert b"1 requests are already waiting" in text, text  # queue full
+    return answers
+
+
 def test_queue_limit_and_fifo(server_factory):
     server = server_factory("--max-concurrent-stores", "1", "--store-queue-limit", "1", "--store-queue-wait", "2")
-    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 64, 64)
-    body = multipart([data])
-    holder = _raw_connection(server)
-    holder.sendall(_request_head(server, len(body)) + body[:100])  # holds the only slot
-    time.sleep(0.3)
-    results = {}
-
-    def queued():
-        results["queued"] = post(server, multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 16, 16)]))
-
-    t = threading.Thread(target=queued)
-    t.start()
-    time.sleep(0.3)
-    status, headers, _ = post(server, multipart([data]))  # queue full
-    assert status == 503 and "retry-after" in {k.lower() for k in headers}
-    t.join(10)
-    assert results["queued"][0] == 503  # waited past the limit
-    holder.sendall(body[100:])
+    body = multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 1024, 1280)])  # 2.6 MB
+    holder = _hold_the_only_slot(server, body)
+    status, _, text = _two_while_held(server).get(timeout=30)
+    assert status == 503 and b"waited 2 s" in text, text  # waited past the limit
+    holder.sendall(body[HELD:])
     status, resp = _read_response(holder)
     holder.close()
     assert status == 200, resp
 
     # Within the wait limit a queued request is served once the slot frees.
-    holder = _raw_connection(server)
-    holder.sendall(_request_head(server, len(body)) + body[:100])
-    time.sleep(0.3)
-    t = threading.Thread(target=queued)
-    t.start()
-    time.sleep(0.5)
-    holder.sendall(body[100:])
+    holder = _hold_the_only_slot(server, body)
+    answers = _two_while_held(server)
+    holder.sendall(body[HELD:])
     assert _read_response(holder)[0] == 200
     holder.close()
-    t.join(10)
-    assert results["queued"][0] == 200
+    status, _, text = answers.get(timeout=30)
+    assert status == 200, text
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -422,7 +404,8 @@ def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_pat
     threads = [threading.Thread(target=uploader, args=(s,)) for s in range(4)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    # Crash while uploads are in flight, once some have been acknowledged.
+    assert wait_until(lambda: len(acknowledged) >= 8, timeout=60), "no upload completed"
     server.stop(sig.SIGKILL)
     stop.set()
     for t in threads:
@@ -496,21 +479,19 @@ def test_multipart_limits_413(shared_server):
 def test_max_parts_after_stored_parts_202(tmp_path):
     # In-process (the CLI has no --max-parts): the third part exceeds max_parts=2 in the same
     # chunk as the first two, which are stored; the limit is the Other Failure.
-    from test_stow_asgi import _run
-
     archive = Archive(tmp_path / "a", min_free_bytes=0)
     app = create_app(archive, max_parts=2)
     data = [dicomgen.ct_instance(generate_uid(), generate_uid(), i, 16, 16) for i in (1, 2, 3)]
     body = multipart(data)
     try:
-        status, resp = _run(app, [body])
+        status, resp = run_asgi(app, [body])
         assert status == 202, resp
         r = reasons(resp)
         assert r["stored"] == [sop_uid(d) for d in data[:2]] and r["other"] == [0xC000]
         third = body.index(b"\r\n--BOUNDARY\r\n", body.index(data[1])) + len(b"\r\n--BOUNDARY\r\n")
         assert _other_comments(resp) == [f"Multipart body exceeds a limit: more than 2 parts (at byte {third})"]
         # Nothing stored before the limit: 413. (Non-DICOM parts: failures, not stored.)
-        status, resp = _run(app, [multipart([b"a", b"b", b"c"], part_headers=b"Content-Type: text/plain\r\n")])
+        status, resp = run_asgi(app, [multipart([b"a", b"b", b"c"], part_headers=b"Content-Type: text/plain\r\n")])
         assert status == 413, resp
         assert resp.startswith(b"Multipart body exceeds a limit: more than 2 parts")
         assert archive.get(sop_uid(data[2])) is None
@@ -582,13 +563,12 @@ def test_a_killed_worker_is_replaced(server_factory):
     before = sorted(_children(server.process.pid))
     assert len(before) == 2
     os.kill(before[0], sig.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def replaced() -> bool:
         now = _children(server.process.pid)
-        if len(now) == 2 and before[0] not in now:
-            break
-        time.sleep(0.1)
-    assert len(now) == 2 and before[0] not in now
+        return len(now) == 2 and before[0] not in now
+
+    assert wait_until(replaced, timeout=30), _children(server.process.pid)
     for _ in range(6):  # whichever worker takes the connection, it stores
         inst = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
         assert post(server, multipart([inst]))[0] == 200

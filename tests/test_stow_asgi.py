@@ -6,40 +6,14 @@ parts of one request.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from pydicom.uid import generate_uid
 
-import dicomgen
 from dicomaccel.archive import Archive
 from dicomaccel.stow import create_app
-from test_stow import multipart
-
-
-def _run(app, body_chunks, on_chunk=None):
-    sent = []
-    chunks = list(body_chunks)
-
-    async def receive():
-        if on_chunk is not None:
-            on_chunk(len(chunks))
-        if not chunks:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {
-        "type": "http", "method": "POST", "path": "/dicomweb/studies", "scheme": "http", "root_path": "",
-        "headers": [(b"host", b"test"),
-                    (b"content-type", b'multipart/related; type="application/dicom"; boundary=BOUNDARY')],
-    }
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], body
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing import multipart, run_asgi
 
 
 def test_reserve_crossed_between_parts_fails_the_rest_with_a710(tmp_path):
@@ -56,7 +30,7 @@ def test_reserve_crossed_between_parts_fails_the_rest_with_a710(tmp_path):
             archive.min_free_bytes = 1 << 62
 
     try:
-        status, resp = _run(app, pieces, squeeze)
+        status, resp = run_asgi(app, pieces, squeeze)
     finally:
         app.close()
     assert status == 202

@@ -1,5 +1,7 @@
 # Encapsulated Pixel Data (PS3.5 A.4), compiled. dicomaccel._encaps_py is the specification:
-# same API, same results, same exception types and messages.
+# same API, same results, same exception types and messages. The item walk, the frame mapping
+# and re-encapsulation live here; the cold paths (buffer and bound checks, the Extended Offset
+# Table decoding, error text) are the twin's functions.
 #
 # Item headers are walked over a raw pointer with every length checked against the bytes left
 # (`n > end - pos`, uint32 widened first) whatever the boundscheck directive says. Fragment
@@ -7,7 +9,6 @@
 # copies, so changing them cannot steer frame() outside the buffer.
 
 import operator
-import sys
 from array import array
 
 from cpython cimport array as carray
@@ -18,6 +19,15 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+from dicomaccel._encaps_py import (
+    MSG_NO_SEQ_DELIM,
+    MSG_UNDEFINED,
+    _bounds as resolve_bounds,
+    _byte_view as byte_view,
+    _eot_values as eot_values,
+    _format_tag as format_tag,
+    parse_extended_offset_table,
+)
 from dicomaccel.errors import ParseError
 
 __all__ = ["parse_items", "parse_extended_offset_table", "EncapsulatedFrames", "encapsulate"]
@@ -32,12 +42,8 @@ cdef Py_ssize_t MAX_BOT_OFFSET = 0xFFFFFFFF
 # Below this many bytes, releasing and re-taking the GIL costs more than the work it frees.
 cdef Py_ssize_t NOGIL_THRESHOLD = 1 << 16
 
-cdef bint BIG_ENDIAN = sys.byteorder == "big"
 cdef carray.array Q_TEMPLATE = array("Q")
 cdef carray.array q_TEMPLATE = array("q")
-
-MSG_UNDEFINED = "undefined item length (0xFFFFFFFF); encapsulated items must have a defined length"
-MSG_NO_SEQ_DELIM = "no Sequence Delimitation Item (FFFE,E0DD) before the end of the data"
 
 cdef enum WalkError:
     WALK_OK
@@ -156,10 +162,6 @@ cdef int walk_items(const unsigned char* data, Py_ssize_t pos, Py_ssize_t end, W
         pos += 8 + length
 
 
-cdef str format_tag(uint64_t tag):
-    return f"({tag & 0xFFFF:04X},{tag >> 16:04X})"
-
-
 cdef int raise_walk_error(Walk* w) except -1:
     cdef WalkError err = w.err
     cdef Py_ssize_t pos = w.err_pos
@@ -188,28 +190,6 @@ cdef int raise_walk_error(Walk* w) except -1:
     if err == WALK_ODD:
         raise ParseError(f"odd fragment length {w.err_value}; fragment items have even length", pos)
     raise MemoryError()
-
-
-cdef object byte_view(object buffer):
-    view = memoryview(buffer)
-    if not view.c_contiguous:
-        raise TypeError("buffer must be C-contiguous")
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
-cdef tuple resolve_bounds(Py_ssize_t size, object offset, object end):
-    # Compared as Python ints so out-of-range values give ValueError, not OverflowError.
-    start = operator.index(offset)
-    stop = operator.index(end)
-    if stop == -1:
-        stop = size
-    elif stop < 0 or stop > size:
-        raise ValueError(f"end {stop} outside the buffer (0..{size})")
-    if start < 0 or start > stop:
-        raise ValueError(f"offset {start} outside 0..{stop}")
-    return start, stop
 
 
 cdef int run_walk(const unsigned char[::1] data, Py_ssize_t start, Py_ssize_t stop, Walk* w) except -1:
@@ -269,40 +249,6 @@ def parse_items(buffer, offset=0, end=-1):
         )
     finally:
         walk_free(&w)
-
-
-cdef carray.array u64_le(object raw, str what):
-    view = byte_view(raw)
-    if view.nbytes % 8:
-        raise ParseError(f"{what} length {view.nbytes} is not a multiple of 8", 0)
-    cdef carray.array values = array("Q")
-    values.frombytes(view)
-    if BIG_ENDIAN:
-        values.byteswap()
-    return values
-
-
-def parse_extended_offset_table(offsets, lengths):
-    """parse_extended_offset_table(offsets, lengths) -> (array('Q'), array('Q'))
-
-    Decode Extended Offset Table (7FE0,0001) and Lengths (7FE0,0002) (PS3.3 C.7.6.3); see
-    ``dicomaccel._encaps_py.parse_extended_offset_table``.
-    """
-    table = u64_le(offsets, "Extended Offset Table")
-    sizes = u64_le(lengths, "Extended Offset Table Lengths")
-    if len(table) != len(sizes):
-        raise ParseError(
-            f"Extended Offset Table has {len(table)} entries but Extended Offset Table Lengths "
-            f"has {len(sizes)}",
-            0,
-        )
-    return table, sizes
-
-
-cdef carray.array eot_values(object value, str what):
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return u64_le(value, what)
-    return array("Q", value)
 
 
 cdef inline bint ends_with_eoi(const unsigned char* p, int64_t length) noexcept nogil:

@@ -1,5 +1,6 @@
 """Native (uncompressed) Pixel Data frames, compiled. The specification is ``_frames_py``:
-same names, results, exception types and messages."""
+same names, results, exception types and messages. The frame copies live here; the cold
+paths (``frame_bits`` and the checks of the constructor's arguments) are the twin's."""
 
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
@@ -12,7 +13,7 @@ from libc.string cimport memcpy, memset
 
 import operator
 
-from dicomaccel.errors import ParseError
+from dicomaccel._frames_py import _layout, frame_bits
 
 cdef extern from "Python.h":
     # Declared here because cpython.number types `exc` as object; with exc == NULL an int too
@@ -24,38 +25,6 @@ __all__ = ["frame_bits", "NativeFrames"]
 
 # Below this many bytes, dropping and re-taking the GIL costs more than the copy it frees.
 cdef Py_ssize_t NOGIL_MIN = 1 << 16
-
-
-def frame_bits(rows, columns, samples_per_pixel, bits_allocated, photometric_interpretation=""):
-    """Number of bits in one native frame (PS3.5 §8.1.1; YBR_FULL_422 per PS3.3 C.7.6.3.1.2).
-    See ``_frames_py.frame_bits``."""
-    # Python ints on purpose: the product is unbounded and this is not a hot path.
-    rows = operator.index(rows)
-    columns = operator.index(columns)
-    samples_per_pixel = operator.index(samples_per_pixel)
-    bits_allocated = operator.index(bits_allocated)
-    if rows < 1:
-        raise ValueError(f"Rows must be >= 1, got {rows}")
-    if columns < 1:
-        raise ValueError(f"Columns must be >= 1, got {columns}")
-    if samples_per_pixel not in (1, 3, 4):
-        raise ValueError(f"Samples per Pixel must be 1, 3 or 4, got {samples_per_pixel}")
-    if bits_allocated != 1 and (bits_allocated % 8 or not 8 <= bits_allocated <= 64):
-        raise ValueError(
-            f"Bits Allocated must be 1 or a multiple of 8 up to 64, got {bits_allocated}"
-        )
-    if not isinstance(photometric_interpretation, str):
-        raise TypeError(
-            "photometric_interpretation must be str, not "
-            f"{type(photometric_interpretation).__name__}"
-        )
-    if photometric_interpretation.strip(" ") == "YBR_FULL_422":
-        if samples_per_pixel != 3:
-            raise ValueError(
-                f"YBR_FULL_422 needs Samples per Pixel 3, got {samples_per_pixel}"
-            )
-        return rows * columns * 2 * bits_allocated
-    return rows * columns * samples_per_pixel * bits_allocated
 
 
 cdef inline uint64_t _load_le64(const unsigned char* p) noexcept nogil:
@@ -142,47 +111,10 @@ cdef class NativeFrames:
         # second __init__ swap them underneath would turn validated indices into wild reads.
         if self._view is not None:
             raise TypeError("NativeFrames is already initialised")
-        view = memoryview(buffer)
-        if not view.c_contiguous:
-            raise TypeError("buffer must be C-contiguous")
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
-        view = view.toreadonly()
-        bits = frame_bits(rows, columns, samples_per_pixel, bits_allocated,
-                          photometric_interpretation)
-        number_of_frames = operator.index(number_of_frames)
-        offset = operator.index(offset)
-        length = operator.index(length)
-        if number_of_frames < 1:
-            raise ValueError(f"Number of Frames must be >= 1, got {number_of_frames}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        if length < -1:
-            raise ValueError(
-                f"length must be >= 0, or -1 for the rest of the buffer, got {length}"
-            )
-        size = len(view)
-        # Compared as Python ints: offset and length are untrusted and may exceed Py_ssize_t.
-        if offset > size:
-            raise ParseError(
-                f"Pixel Data offset {offset} is past the end of the {size}-byte buffer", offset
-            )
-        if length == -1:
-            length = size - offset
-        elif length > size - offset:
-            raise ParseError(
-                f"Pixel Data value of {length} bytes runs past the end of the {size}-byte "
-                f"buffer ({size - offset} bytes available)",
-                offset,
-            )
-        # PS3.5 §8.1.1: frames are concatenated bit by bit, so only the last byte is partial.
-        needed = (bits * number_of_frames + 7) // 8
-        if needed > length:
-            raise ParseError(
-                f"native Pixel Data too short: {number_of_frames} frame(s) of {bits} bits "
-                f"need {needed} bytes, the value has {length}",
-                offset,
-            )
+        view, bits, number_of_frames, offset, length = _layout(
+            buffer, rows, columns, samples_per_pixel, bits_allocated, number_of_frames,
+            photometric_interpretation, offset, length,
+        )
         # From here every quantity is bounded by the buffer size. Bit positions reach
         # 8 * length, which fits 64 bits because address spaces are far below 2**61 bytes.
         self._view = view

@@ -87,6 +87,64 @@ def frame_bits(
     return rows * columns * samples_per_pixel * bits_allocated
 
 
+def _layout(
+    buffer,
+    rows,
+    columns,
+    samples_per_pixel,
+    bits_allocated,
+    number_of_frames,
+    photometric_interpretation,
+    offset,
+    length,
+) -> tuple[memoryview, int, int, int, int]:
+    """Check the arguments of :class:`NativeFrames` (both implementations call this).
+
+    Returns ``(view, frame_bits, number_of_frames, offset, length)``: a read-only 1-D byte
+    view of `buffer`, and the value's position with ``length`` resolved. Raises as
+    :class:`NativeFrames` documents.
+    """
+    view = memoryview(buffer)
+    if not view.c_contiguous:
+        raise TypeError("buffer must be C-contiguous")
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    view = view.toreadonly()
+    bits = frame_bits(rows, columns, samples_per_pixel, bits_allocated, photometric_interpretation)
+    number_of_frames = operator.index(number_of_frames)
+    offset = operator.index(offset)
+    length = operator.index(length)
+    if number_of_frames < 1:
+        raise ValueError(f"Number of Frames must be >= 1, got {number_of_frames}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    if length < -1:
+        raise ValueError(f"length must be >= 0, or -1 for the rest of the buffer, got {length}")
+    size = len(view)
+    # Python ints: offset and length are untrusted and may exceed Py_ssize_t.
+    if offset > size:
+        raise ParseError(
+            f"Pixel Data offset {offset} is past the end of the {size}-byte buffer", offset
+        )
+    if length == -1:
+        length = size - offset
+    elif length > size - offset:
+        raise ParseError(
+            f"Pixel Data value of {length} bytes runs past the end of the {size}-byte "
+            f"buffer ({size - offset} bytes available)",
+            offset,
+        )
+    # PS3.5 §8.1.1: frames are concatenated bit by bit, so only the last byte is partial.
+    needed = (bits * number_of_frames + 7) // 8
+    if needed > length:
+        raise ParseError(
+            f"native Pixel Data too short: {number_of_frames} frame(s) of {bits} bits "
+            f"need {needed} bytes, the value has {length}",
+            offset,
+        )
+    return view, bits, number_of_frames, offset, length
+
+
 class NativeFrames:
     """The frames of one native Pixel Data value, located inside a larger buffer.
 
@@ -157,45 +215,10 @@ class NativeFrames:
         # geometry); the twin refuses it too so that both behave alike.
         if hasattr(self, "_view"):
             raise TypeError("NativeFrames is already initialised")
-        view = memoryview(buffer)
-        if not view.c_contiguous:
-            raise TypeError("buffer must be C-contiguous")
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
-        view = view.toreadonly()
-        bits = frame_bits(
-            rows, columns, samples_per_pixel, bits_allocated, photometric_interpretation
+        view, bits, number_of_frames, offset, length = _layout(
+            buffer, rows, columns, samples_per_pixel, bits_allocated, number_of_frames,
+            photometric_interpretation, offset, length,
         )
-        number_of_frames = operator.index(number_of_frames)
-        offset = operator.index(offset)
-        length = operator.index(length)
-        if number_of_frames < 1:
-            raise ValueError(f"Number of Frames must be >= 1, got {number_of_frames}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        if length < -1:
-            raise ValueError(f"length must be >= 0, or -1 for the rest of the buffer, got {length}")
-        size = len(view)
-        if offset > size:
-            raise ParseError(
-                f"Pixel Data offset {offset} is past the end of the {size}-byte buffer", offset
-            )
-        if length == -1:
-            length = size - offset
-        elif length > size - offset:
-            raise ParseError(
-                f"Pixel Data value of {length} bytes runs past the end of the {size}-byte "
-                f"buffer ({size - offset} bytes available)",
-                offset,
-            )
-        # PS3.5 §8.1.1: frames are concatenated bit by bit, so only the last byte is partial.
-        needed = (bits * number_of_frames + 7) // 8
-        if needed > length:
-            raise ParseError(
-                f"native Pixel Data too short: {number_of_frames} frame(s) of {bits} bits "
-                f"need {needed} bytes, the value has {length}",
-                offset,
-            )
         self._view = view
         self._frame_bits = bits
         self._frame_length = (bits + 7) // 8

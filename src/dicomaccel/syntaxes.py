@@ -1,7 +1,19 @@
-"""Transfer syntaxes by how their Pixel Data is laid out (PS3.5 §10, Annex A),
-and the encoding facts every byte-level reader here shares (PS3.5 §7)."""
+"""The one table of transfer syntaxes (PS3.5 §10, Annex A), grouped by how their Pixel Data is
+laid out; the Pixel Data tags; dicomaccel's own UIDs.
+
+Element and item header bytes (VRs, lengths, delimiters) belong to :mod:`.elements`.
+"""
 
 from __future__ import annotations
+
+from . import __version__
+
+# Our UID root: a UUID-derived UID (PS3.5 §B.2, "2.25." + the UUID as one decimal integer),
+# generated once for dicomaccel. Every UID dicomaccel mints hangs below it.
+DICOMACCEL_UID_ROOT = "2.25.294668801731823321037626927530289830545"
+IMPLEMENTATION_CLASS_UID = DICOMACCEL_UID_ROOT + ".1"
+# PS3.7 D.3.3.2.3: 1-16 characters of the default repertoire.
+IMPLEMENTATION_VERSION_NAME = ("DICOMACCEL_" + __version__.replace(".", ""))[:16]
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -27,14 +39,20 @@ WHOLE_STREAM = frozenset(
 # JPIP Referenced (PS3.5 A.6): pixels live at a Pixel Data Provider URL, not in the data set.
 REFERENCED = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.204"})
 ENCAPSULATED = FRAME_ADDRESSABLE | WHOLE_STREAM | REFERENCED
+# Transfer syntaxes that never lose information (PS3.5 §10 and Annex A): the native and
+# deflated ones, RLE, JPEG Lossless (Processes 14 and 14 SV1), JPEG-LS Lossless, JPEG 2000 and
+# HTJ2K Lossless Only.
+LOSSLESS = frozenset({
+    IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE, "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.5",  # RLE
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG lossless
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",  # JPEG-LS / JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",  # HTJ2K lossless
+})
 
-# Explicit VR elements with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
-LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-                      b"UT", b"UV"))
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008
 DOUBLE_PIXEL_DATA = 0x7FE00009
 PIXEL_TAGS = frozenset((PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA))
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
-UNDEFINED_LENGTH = 0xFFFFFFFF

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
-from dicomaccel._compat import NO_EXTENSIONS, REQUIRE_EXTENSIONS
+from dicomaccel.testing import implementations
 
 
 def _implementations(name: str) -> list:
-    params = [pytest.param(importlib.import_module(f"dicomaccel._{name}_py"), id="py")]
-    if not NO_EXTENSIONS:
-        try:
-            compiled = importlib.import_module(f"dicomaccel._{name}_c")
-        except ImportError:
-            if REQUIRE_EXTENSIONS:
-                raise
-        else:
-            params.append(pytest.param(compiled, id="c", marks=pytest.mark.c_extension))
-    return params
+    return [pytest.param(module, id=key, marks=[pytest.mark.c_extension] if key == "c" else [])
+            for key, module in implementations(name).items()]
 
 
 @pytest.fixture(params=_implementations("multipart"))

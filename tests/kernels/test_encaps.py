@@ -6,7 +6,6 @@ module under test, except in the explicit round-trip tests.
 
 from __future__ import annotations
 
-import importlib
 import mmap
 import struct
 import warnings
@@ -28,8 +27,8 @@ from pydicom.encaps import (
     parse_basic_offsets,
 )
 
-from dicomaccel._compat import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 from dicomaccel.errors import ParseError
+from dicomaccel.testing import implementations
 
 ITEM = b"\xfe\xff\x00\xe0"
 SDI = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -79,14 +78,10 @@ def outcome(call):
 
 
 def compiled_module():
-    if NO_EXTENSIONS:
-        pytest.skip("DICOMACCEL_NO_EXTENSIONS is set")
-    try:
-        return importlib.import_module("dicomaccel._encaps_c")
-    except ImportError:
-        if REQUIRE_EXTENSIONS:
-            raise
-        pytest.skip("compiled kernel not built")
+    module = implementations("encaps").get("c")
+    if module is None:
+        pytest.skip("dicomaccel._encaps_c is not in use")
+    return module
 
 
 # --------------------------------------------------------------------------- parse_items
@@ -646,7 +641,7 @@ def _summary(module, buffer, nframes, eot):
 @given(frames=frame_lists, data=st.data())
 def test_compiled_matches_twin_on_mutated_input(frames, data):
     compiled = compiled_module()
-    twin = importlib.import_module("dicomaccel._encaps_py")
+    twin = implementations("encaps")["py"]
     layout = data.draw(st.sampled_from(["basic", "empty", "extended", "markers"]))
     if layout == "markers":
         frames = [fr[:-1] + [fr[-1] + b"\xff\xd9"] for fr in frames]
@@ -670,7 +665,7 @@ def test_compiled_matches_twin_on_mutated_input(frames, data):
 )
 def test_compiled_encapsulate_matches_twin(frames, extended):
     compiled = compiled_module()
-    twin = importlib.import_module("dicomaccel._encaps_py")
+    twin = implementations("encaps")["py"]
     # Odd lengths, empty frames and no frames at all are all drawn: errors must agree too.
     mixed = [[bytearray(f) if j % 2 else f for j, f in enumerate(fr)] for fr in frames]
     assert outcome(lambda: compiled.encapsulate(mixed, extended=extended)) == outcome(

@@ -15,16 +15,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dicomaccel import multipart
-from dicomaccel._compat import NO_EXTENSIONS
 from dicomaccel.errors import LimitExceeded, ParseError
+from dicomaccel.testing import implementations
 
 PART_BEGIN, PART_DATA, PART_END, CLOSE = 1, 2, 3, 4
 
-_py = importlib.import_module("dicomaccel._multipart_py")
-try:
-    _c = None if NO_EXTENSIONS else importlib.import_module("dicomaccel._multipart_c")
-except ImportError:  # conftest already fails the run when the extension is required
-    _c = None
+_py = implementations("multipart")["py"]
+_c = implementations("multipart").get("c")  # None when the compiled module is not in use
 
 # multipart_impl is a module: nothing to reset between examples.
 HYPOTHESIS = settings(

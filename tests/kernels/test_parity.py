@@ -27,26 +27,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from dicomaccel._compat import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 from dicomaccel.errors import ParseError
+from dicomaccel.testing import implementations
 
 KERNELS = ("multipart", "frames", "encaps")
 SRC = Path(importlib.import_module("dicomaccel").__file__).parent
-TWINS = {k: importlib.import_module(f"dicomaccel._{k}_py") for k in KERNELS}
-
-
-def _compiled_or_none(kernel: str):
-    if NO_EXTENSIONS:
-        return None
-    try:
-        return importlib.import_module(f"dicomaccel._{kernel}_c")
-    except ImportError:
-        if REQUIRE_EXTENSIONS:
-            raise
-        return None
-
-
-COMPILED = {k: _compiled_or_none(k) for k in KERNELS}
+TWINS = {k: implementations(k)["py"] for k in KERNELS}
+COMPILED = {k: implementations(k).get("c") for k in KERNELS}
 
 
 def compiled(kernel: str):

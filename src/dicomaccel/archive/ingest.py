@@ -1,11 +1,12 @@
 """Ingest: scan a PS3.10 file's header, validate it and build its frame index.
 
 The scanner walks the File Meta group and the top-level data set element by element with
-``struct.unpack_from`` on the caller's buffer (bytes or an mmap). It never builds a data set:
-values it does not need are jumped over, sequences are skipped (a defined length is one jump;
-an undefined length is walked item by item without materialising anything), and it stops at
-the Pixel Data header. The pixel value is then handed to the kernels (``dicomaccel.frames``,
-``dicomaccel.encaps``), which return offsets, so retrieval never re-parses the data set.
+:func:`dicomaccel.elements.read_header` on the caller's buffer (bytes or an mmap). It never
+builds a data set: values it does not need are jumped over, sequences are skipped (a defined
+length is one jump; an undefined length is walked item by item without materialising
+anything), and it stops at the Pixel Data header. The pixel value is then handed to the
+kernels (``dicomaccel.frames``, ``dicomaccel.encaps``), which return offsets, so retrieval
+never re-parses the data set.
 
 Every failure is a :class:`StoreFailure` carrying the STOW-RS Failure Reason
 (PS3.18 Annex I.2) and a comment that is safe to send to the peer.
@@ -19,6 +20,21 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 
+from ..elements import (
+    IMPLICIT_BE,
+    IMPLICIT_LE,
+    ITEM,
+    ITEM_DELIMITATION,
+    NO_PIXEL_DATA,
+    SEQUENCE_DELIMITATION,
+    U16BE,
+    U16LE,
+    UNDEFINED_LENGTH,
+    PixelDataHeader,
+    TruncatedElement,
+    read_header,
+)
+from ..errors import ParseError
 from ..status import FailureReason
 from ..syntaxes import (
     DEFLATED,
@@ -30,10 +46,8 @@ from ..syntaxes import (
     FLOAT_PIXEL_DATA,
     FRAME_ADDRESSABLE,
     IMPLICIT_VR_LE,
-    LONG_VRS,
     NATIVE,
     PIXEL_TAGS,
-    UNDEFINED_LENGTH,
 )
 
 __all__ = [
@@ -83,16 +97,9 @@ class _Truncated(StoreFailure):
 # unindexed.
 _KNOWN_SYNTAXES = NATIVE | DEFLATED | ENCAPSULATED
 
-# --- Encoding constants (PS3.5 §7.1.2, §7.5) ----------------------------------------------
+# --- Value checks (PS3.5 Table 6.2-1) -------------------------------------------------------
 _IS_VALUE = re.compile(r"[+-]?[0-9]{1,12}")
 _CS_VALUE = re.compile(r"[A-Z0-9 _]{0,16}")
-_ITEM = 0xFFFEE000
-_ITEM_DELIM = 0xFFFEE00D
-_SEQ_DELIM = 0xFFFEE0DD
-_SHORT_VRS = frozenset(
-    (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
-     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
-)
 # Nested sequences deeper than this are refused: real IODs nest a handful of levels, and a
 # bound keeps hostile input from exhausting the stack.
 MAX_SEQUENCE_DEPTH = 64
@@ -114,15 +121,6 @@ _WANTED = frozenset((
 ))
 
 ALTERNATE_REPRESENTATION_SEQUENCE = 0x00083001
-
-_S_EXPL_LE = struct.Struct("<HH2sH")
-_S_EXPL_BE = struct.Struct(">HH2sH")
-_S_IMPL_LE = struct.Struct("<HHI")
-_S_IMPL_BE = struct.Struct(">HHI")
-_S_U32LE = struct.Struct("<I")
-_S_U32BE = struct.Struct(">I")
-_S_U16LE = struct.Struct("<H")
-_S_U16BE = struct.Struct(">H")
 
 _UID_RE = re.compile(r"(?:0|[0-9]+)(?:\.[0-9]+)*\Z")
 
@@ -195,8 +193,49 @@ class FrameIndex:
         base = self.pixel_value_offset
         return [(base + start_bit // 8, base + (end_bit + 7) // 8)]
 
+    @classmethod
+    def native(
+        cls,
+        *,
+        rows: int,
+        columns: int,
+        samples_per_pixel: int,
+        bits_allocated: int,
+        number_of_frames: int,
+        photometric_interpretation: str,
+        pixel_value_offset: int,
+        pixel_length: int,
+    ) -> "FrameIndex":
+        """The index of native Pixel Data with this geometry (the one place it is built).
+
+        Raises
+        ------
+        ValueError
+            If the geometry is invalid (see :func:`dicomaccel.frames.frame_bits`). Whether
+            the value holds the frames is checked by :meth:`native_frames` on the buffer.
+        """
+        from .. import frames
+
+        return cls(
+            encapsulated=False,
+            number_of_frames=number_of_frames,
+            pixel_value_offset=pixel_value_offset,
+            pixel_length=pixel_length,
+            rows=rows,
+            columns=columns,
+            samples_per_pixel=samples_per_pixel,
+            bits_allocated=bits_allocated,
+            photometric_interpretation=photometric_interpretation,
+            frame_bits=frames.frame_bits(
+                rows, columns, samples_per_pixel, bits_allocated, photometric_interpretation
+            ),
+        )
+
     def native_frames(self, buffer):
-        """A :class:`dicomaccel.frames.NativeFrames` over ``buffer`` (the whole stored file)."""
+        """A :class:`dicomaccel.frames.NativeFrames` over ``buffer`` (the whole stored file).
+
+        Raises ParseError if the Pixel Data value does not fit ``buffer`` or its frames.
+        """
         if self.encapsulated:
             raise TypeError("encapsulated Pixel Data has no native frame geometry")
         from .. import frames
@@ -343,30 +382,11 @@ class _Scan:
             _Truncated,
         )
 
-    def header(self, pos: int, explicit: bool, little: bool) -> tuple[int, bytes | None, int, int]:
-        """Read one element header at ``pos``: (tag, VR or None, length, value offset)."""
-        buf, end = self.buf, self.end
-        if end - pos < 8:
-            raise self.truncated("element header", pos)
-        if explicit:
-            g, e, vr, ln = (_S_EXPL_LE if little else _S_EXPL_BE).unpack_from(buf, pos)
-            tag = g << 16 | e
-            if g == 0xFFFE:  # item / delimiter tags have no VR (PS3.5 §7.5)
-                u32 = _S_U32LE if little else _S_U32BE
-                return tag, None, u32.unpack_from(buf, pos + 4)[0], pos + 8
-            if vr in LONG_VRS:
-                if end - pos < 12:
-                    raise self.truncated("element header", pos)
-                u32 = _S_U32LE if little else _S_U32BE
-                return tag, vr, u32.unpack_from(buf, pos + 8)[0], pos + 12
-            if vr in _SHORT_VRS:
-                return tag, vr, ln, pos + 8
-            raise self.failure(
-                FailureReason.CANNOT_UNDERSTAND,
-                f"unknown VR {vr!r} in element ({g:04X},{e:04X}) at byte {pos}",
-            )
-        g, e, ln = _S_IMPL_LE.unpack_from(buf, pos)
-        return g << 16 | e, None, ln, pos + 8
+    def header_failure(self, exc: ParseError) -> StoreFailure:
+        """The failure for an element header :func:`~dicomaccel.elements.read_header` refused."""
+        if isinstance(exc, TruncatedElement):
+            return self.truncated(exc.what, exc.offset)
+        return self.failure(FailureReason.CANNOT_UNDERSTAND, f"{exc.message} at byte {exc.offset}")
 
     def skip_value(self, tag: int, vr, ln: int, vpos: int, explicit: bool, little: bool,
                    depth: int) -> int:
@@ -393,17 +413,17 @@ class _Scan:
                 FailureReason.CANNOT_UNDERSTAND,
                 f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels at byte {pos}",
             )
-        fmt = _S_IMPL_LE if little else _S_IMPL_BE
-        end = self.end
+        fmt = IMPLICIT_LE if little else IMPLICIT_BE  # item headers have no VR (PS3.5 §7.5)
+        buf, end = self.buf, self.end
         while True:
             if end - pos < 8:
                 raise self.truncated("sequence item", pos)
-            g, e, ln = fmt.unpack_from(self.buf, pos)
+            g, e, ln = fmt.unpack_from(buf, pos)
             tag = g << 16 | e
             pos += 8
-            if tag == _SEQ_DELIM:
+            if tag == SEQUENCE_DELIMITATION:
                 return pos
-            if tag != _ITEM:
+            if tag != ITEM:
                 raise self.failure(
                     FailureReason.CANNOT_UNDERSTAND,
                     f"expected an item tag (FFFE,E000) in a sequence at byte {pos - 8}, "
@@ -416,8 +436,8 @@ class _Scan:
                 continue
             # Undefined-length item: its elements until the Item Delimitation Item.
             while True:
-                tag, vr, ln, vpos = self.header(pos, explicit, little)
-                if tag == _ITEM_DELIM:
+                tag, vr, ln, vpos = read_header(buf, pos, end, explicit, little)
+                if tag == ITEM_DELIMITATION:
                     pos = vpos
                     break
                 if tag >> 16 == 0xFFFE:
@@ -465,8 +485,11 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
         )
     pos = 132
     meta: dict[int, str] = {}
-    while end - pos >= 4 and _S_U16LE.unpack_from(buf, pos)[0] == 0x0002:
-        tag, vr, ln, vpos = s.header(pos, True, True)
+    while end - pos >= 4 and U16LE.unpack_from(buf, pos)[0] == 0x0002:
+        try:
+            tag, vr, ln, vpos = read_header(buf, pos, end, True, True)
+        except ParseError as exc:
+            raise s.header_failure(exc) from None
         if ln == UNDEFINED_LENGTH or ln > end - vpos:
             raise s.truncated(f"File Meta element ({tag >> 16:04X},{tag & 0xFFFF:04X})", pos)
         if tag in (0x00020002, 0x00020003, 0x00020010):
@@ -492,25 +515,34 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
     return meta, pos
 
 
-def _scan_dataset(s: _Scan, pos: int, explicit: bool, little: bool) -> tuple[dict, tuple]:
+def _scan_dataset(s: _Scan, pos: int, explicit: bool,
+                  little: bool) -> tuple[dict, PixelDataHeader]:
     """Walk the top-level data set to the Pixel Data header; collect ``_WANTED`` values."""
+    try:
+        return _walk_dataset(s, pos, explicit, little)
+    except ParseError as exc:  # from read_header, here or inside a sequence
+        raise s.header_failure(exc) from None
+
+
+def _walk_dataset(s: _Scan, pos: int, explicit: bool,
+                  little: bool) -> tuple[dict, PixelDataHeader]:
     found: dict[int, tuple[int, int]] = {}
-    end = s.end
+    buf, end = s.buf, s.end
     wanted = _WANTED
-    pixel = (0, -1, -1, -1)
+    pixel = NO_PIXEL_DATA
     while pos < end:
-        tag, vr, ln, vpos = s.header(pos, explicit, little)
+        tag, vr, ln, vpos = read_header(buf, pos, end, explicit, little)
         if tag in PIXEL_TAGS:
-            pixel = (tag, pos, vpos, -1 if ln == UNDEFINED_LENGTH else ln)
+            pixel = PixelDataHeader(tag, pos, vpos, -1 if ln == UNDEFINED_LENGTH else ln)
             break
         if tag in wanted:
             if ln == UNDEFINED_LENGTH or ln > end - vpos:
                 raise s.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
             found[tag] = (vpos, ln)
             if tag == 0x00080016:
-                s.sop_class = _uid(s.buf[vpos:vpos + ln])
+                s.sop_class = _uid(buf[vpos:vpos + ln])
             elif tag == 0x00080018:
-                s.sop_instance = _uid(s.buf[vpos:vpos + ln])
+                s.sop_instance = _uid(buf[vpos:vpos + ln])
             pos = vpos + ln
         elif tag >> 16 == 0xFFFE:
             raise s.failure(
@@ -608,7 +640,7 @@ def _scan_deflated(s: _Scan, meta: dict, ds_pos: int) -> Header:
                 if finished:
                     raise
             else:
-                if pixel[0] or finished:
+                if pixel.tag or finished:
                     break
             _check_inflated(s, len(inflated))
             step *= 2
@@ -629,7 +661,8 @@ def _scan_deflated(s: _Scan, meta: dict, ds_pos: int) -> Header:
             FailureReason.CANNOT_UNDERSTAND,
             "Pixel Data value in the deflated data set runs past its end",
         )
-    return _make_header(sub, meta, ds_pos, found, (tag, -1, -1, plen), True)
+    # Offsets in the inflated stream address nothing in the stored file.
+    return _make_header(sub, meta, ds_pos, found, pixel._replace(offset=-1, value_offset=-1), True)
 
 
 def _check_inflated(s: _Scan, size: int) -> None:
@@ -640,9 +673,9 @@ def _check_inflated(s: _Scan, size: int) -> None:
         )
 
 
-def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
+def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little) -> Header:
     buf = s.buf
-    u16 = _S_U16LE if little else _S_U16BE
+    u16 = U16LE if little else U16BE
 
     def raw(tag):
         vpos, ln = found[tag]
@@ -693,7 +726,6 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
                         f"Photometric Interpretation (0028,0004) is not a code string: {photometric[:16]!r}")
 
     frames = integer_string(0x00280008, "Number of Frames")
-    tag, ppos, vpos, plen = pixel
     return Header(
         media_sop_class_uid=meta[0x00020002],
         media_sop_instance_uid=meta[0x00020003],
@@ -713,10 +745,10 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel, little) -> Header:
         rows=us(0x00280010),
         columns=us(0x00280011),
         bits_allocated=us(0x00280100),
-        pixel_tag=tag,
-        pixel_offset=ppos,
-        pixel_value_offset=vpos,
-        pixel_length=plen,
+        pixel_tag=pixel.tag,
+        pixel_offset=pixel.offset,
+        pixel_value_offset=pixel.value_offset,
+        pixel_length=pixel.length,
         extended_offsets=found.get(EXTENDED_OFFSET_TABLE),
         extended_lengths=found.get(EXTENDED_OFFSET_TABLE_LENGTHS),
         has_alternates=ALTERNATE_REPRESENTATION_SEQUENCE in found,
@@ -790,8 +822,6 @@ def _encapsulated_index(buffer, header: Header) -> FrameIndex | None:
 
 
 def _native_index(buffer, header: Header, uids) -> FrameIndex:
-    from .. import frames
-
     rows, cols, ba = header.rows, header.columns, header.bits_allocated
     if header.pixel_tag == FLOAT_PIXEL_DATA:
         ba = ba or 32  # Float Pixel Data is always 32-bit (PS3.3 C.7.6.24)
@@ -803,26 +833,15 @@ def _native_index(buffer, header: Header, uids) -> FrameIndex:
             "Pixel Data present but Rows, Columns or Bits Allocated is missing or zero "
             "(Image Pixel Module, PS3.3 C.7.6.3)", *uids,
         )
-    nf = frames.NativeFrames(
-        buffer,
+    index = FrameIndex.native(
         rows=rows,
         columns=cols,
         samples_per_pixel=header.samples_per_pixel,
         bits_allocated=ba,
         number_of_frames=header.number_of_frames,
         photometric_interpretation=header.photometric_interpretation,
-        offset=header.pixel_value_offset,
-        length=header.pixel_length,
-    )
-    return FrameIndex(
-        encapsulated=False,
-        number_of_frames=header.number_of_frames,
         pixel_value_offset=header.pixel_value_offset,
         pixel_length=header.pixel_length,
-        rows=rows,
-        columns=cols,
-        samples_per_pixel=header.samples_per_pixel,
-        bits_allocated=ba,
-        photometric_interpretation=header.photometric_interpretation,
-        frame_bits=nf.frame_bits,
     )
+    index.native_frames(buffer)  # checks that the value holds the frames; the view is dropped
+    return index

@@ -5,18 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
-from dicomaccel import __version__
 from dicomaccel.config import DEFAULTS
 
-# Our UID root: a UUID-derived UID (PS3.5 §B.2, "2.25." + the UUID as one decimal integer),
-# generated once for dicomaccel. Every UID dicomaccel mints hangs below it.
-DICOMACCEL_UID_ROOT = "2.25.294668801731823321037626927530289830545"
-IMPLEMENTATION_CLASS_UID = DICOMACCEL_UID_ROOT + ".1"
-# PS3.7 D.3.3.2.3: 1-16 characters of the default repertoire.
-IMPLEMENTATION_VERSION_NAME = ("DICOMACCEL_" + __version__.replace(".", ""))[:16]
-
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+# dicomaccel's UIDs and the two uncompressed syntaxes every association offers, from the one
+# table (names kept: they are part of this package's API).
+from dicomaccel.syntaxes import (  # noqa: F401
+    DICOMACCEL_UID_ROOT,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+)
+from dicomaccel.syntaxes import EXPLICIT_VR_LE as EXPLICIT_VR_LITTLE_ENDIAN
+from dicomaccel.syntaxes import IMPLICIT_VR_LE as IMPLICIT_VR_LITTLE_ENDIAN
 
 # Our Maximum Length (PS3.8 D.1) bounds the P-DATA-TF PDUs the peer sends us. An SCP mostly
 # receives small messages (C-GET-RQ identifiers, C-STORE-RSPs), so the value costs nothing

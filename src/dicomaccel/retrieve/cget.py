@@ -33,6 +33,7 @@ from ..archive import Archive, InstanceRecord
 from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.negotiation import PresentationContext
 from ..status import Status, status_category
+from ..syntaxes import LOSSLESS as _LOSSLESS  # preferred among alternate encodings
 from .bulkdata import strip_bulk_data
 from .extraction import ExtractedInstance, extract_frames
 from .framelist import FrameExtractionError
@@ -65,16 +66,6 @@ _INLINE_MAP = 4 << 20
 # Larger files are read ahead and released in windows of this size as they are sent, so a
 # multi-frame study never has more than about two windows per association resident.
 _SEND_WINDOW = 8 << 20
-
-# Transfer syntaxes that never lose information (PS3.5 §10 and Annex A): among alternate
-# encodings of one image, these are preferred over the possibly-lossy rest.
-_LOSSLESS = frozenset({
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.5",  # RLE
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG lossless
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",  # JPEG-LS / JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",  # HTJ2K lossless
-})
 
 
 @dataclass

@@ -108,27 +108,35 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM, format_number_as_ds
 
-from .. import __version__, encaps, frames
+from .. import __version__, encaps
 from ..archive.index import InstanceRecord
-from ..dimse.config import (
-    DICOMACCEL_UID_ROOT,
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
+from ..archive.ingest import FrameIndex
+from ..elements import (
+    LONG_VRS,
+    MAX_SHORT_LENGTH,
+    UNDEFINED_LENGTH,
+    PixelDataHeader,
+    encode_element,
+    encode_header,
+    encode_item,
+    read_header,
+    read_tag,
 )
 from ..errors import ParseError
 from ..status import Status
 from ..syntaxes import (
+    DICOMACCEL_UID_ROOT,
     DOUBLE_PIXEL_DATA,
     EXPLICIT_VR_LE,
     EXTENDED_OFFSET_TABLE,
     EXTENDED_OFFSET_TABLE_LENGTHS,
     FLOAT_PIXEL_DATA,
     FRAME_ADDRESSABLE,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
     IMPLICIT_VR_LE,
-    LONG_VRS,
     PIXEL_DATA,
     PIXEL_TAGS,
-    UNDEFINED_LENGTH,
     WHOLE_STREAM,
 )
 from .framelist import (
@@ -376,34 +384,26 @@ class _Pixel:
     extended: tuple[bytes, bytes] | None = None
 
 
-def _pixel_element(mm, ts: str, pos: int) -> tuple[int, int, int]:
-    """Tag, value offset and value length (-1: undefined) of the element at ``pos``."""
+def _pixel_element(mm, ts: str, pos: int) -> PixelDataHeader:
+    """The Pixel Data element at ``pos`` (only little-endian sources get here)."""
     size = len(mm)
-    implicit = ts == IMPLICIT_VR_LE
-    if pos < 0 or 8 > size - pos:
+    if pos < 0 or 8 > size - pos or read_tag(mm, pos) not in PIXEL_TAGS:
         raise FrameExtractionError(Status.CANNOT_EXTRACT_FRAMES, "source has no Pixel Data")
-    group, element = struct.unpack_from("<HH", mm, pos)
-    tag = group << 16 | element
-    if tag not in PIXEL_TAGS:
-        raise FrameExtractionError(Status.CANNOT_EXTRACT_FRAMES, "source has no Pixel Data")
-    if implicit:
-        (length,) = struct.unpack_from("<I", mm, pos + 4)
-        start = pos + 8
-    else:
-        vr = bytes(mm[pos + 4 : pos + 6])
-        if vr not in LONG_VRS or 12 > size - pos:
-            raise FrameExtractionError(
-                Status.CANNOT_EXTRACT_FRAMES, "malformed Pixel Data element header"
-            )
-        (length,) = struct.unpack_from("<I", mm, pos + 8)
-        start = pos + 12
+    try:
+        tag, vr, length, start = read_header(mm, pos, size, ts != IMPLICIT_VR_LE, True)
+    except ParseError:
+        vr = b""  # truncated, or not a VR at all
+    if vr is not None and vr not in LONG_VRS:  # OB, OW, OF or OD (PS3.5 §8.1.1, A.4)
+        raise FrameExtractionError(
+            Status.CANNOT_EXTRACT_FRAMES, "malformed Pixel Data element header"
+        )
     if length == UNDEFINED_LENGTH:
-        return tag, start, -1
+        return PixelDataHeader(tag, pos, start, -1)
     if length > size - start:
         raise FrameExtractionError(
             Status.CANNOT_EXTRACT_FRAMES, "Pixel Data runs past the end of the file"
         )
-    return tag, start, length
+    return PixelDataHeader(tag, pos, start, length)
 
 
 def _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list) -> _Pixel:
@@ -411,7 +411,7 @@ def _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list) -> _Pixel:
         fi = record.frame_index
         tag, start, length = record.pixel_tag, fi.pixel_value_offset, fi.pixel_length
     else:
-        tag, start, length = _pixel_element(mm, ts, pixel_offset)
+        tag, _, start, length = _pixel_element(mm, ts, pixel_offset)
     indices = [f - 1 for f in frame_list]
     try:
         if length != -1:
@@ -444,19 +444,19 @@ def _native(mm, ds, tag, start, length, n, indices, record) -> _Pixel:
     else:  # Float / Double Float Pixel Data are 32 / 64 bits (PS3.3 C.7.6.24)
         ba = int(ds.get("BitsAllocated") or (32 if tag == FLOAT_PIXEL_DATA else 64))
     if record is not None:
-        native = record.frame_index.native_frames(mm)
+        index = record.frame_index
     else:
-        native = frames.NativeFrames(
-            mm,
+        index = FrameIndex.native(
             rows=int(ds.get("Rows") or 0),
             columns=int(ds.get("Columns") or 0),
             samples_per_pixel=int(ds.get("SamplesPerPixel") or 1),
             bits_allocated=ba,
             number_of_frames=n,
             photometric_interpretation=str(ds.get("PhotometricInterpretation", "")),
-            offset=start,
-            length=length,
+            pixel_value_offset=start,
+            pixel_length=length,
         )
+    native = index.native_frames(mm)
     value = native.gather(indices)
     del native  # release the view of the map before it closes
     if len(value) > MAX_VALUE_LENGTH:
@@ -757,11 +757,12 @@ def _add_frame_extraction_item(ds: Dataset, source_uid: str, keyword: str,
     implicit = ds.original_encoding[0]
     vals = as_list(values)
     if keyword == "TimeRange":
-        key = _element(TIME_RANGE, b"FD", struct.pack(f"<{len(vals)}d", *map(float, vals)), implicit)
+        value = struct.pack(f"<{len(vals)}d", *map(float, vals))
+        key = encode_element(TIME_RANGE, b"FD", value, implicit)
     else:  # build_frame_list has checked that the values are ULs
         tag = SIMPLE_FRAME_LIST if keyword == "SimpleFrameList" else CALCULATED_FRAME_LIST
-        key = _element(tag, b"UL", struct.pack(f"<{len(vals)}I", *map(int, vals)), implicit)
-    uid = _element(0x00081167, b"UI", _text(source_uid, b"UI"), implicit)
+        key = encode_element(tag, b"UL", struct.pack(f"<{len(vals)}I", *map(int, vals)), implicit)
+    uid = encode_element(0x00081167, b"UI", _text(source_uid, b"UI"), implicit)
     _append_item(ds, 0x00081164, key + uid)  # Multi-frame Source SOP Instance UID
 
 
@@ -770,7 +771,8 @@ def _equipment_parts(implicit: bool) -> tuple[bytes, bytes]:
     """The constant elements of our Contributing Equipment item: those before Contribution
     DateTime, and those after it (Purpose of Reference is PS3.16 CID 7005)."""
     def elements(*specs):
-        return b"".join(_element(tag, vr, _text(value, vr), implicit) for tag, vr, value in specs)
+        return b"".join(encode_element(tag, vr, _text(value, vr), implicit)
+                        for tag, vr, value in specs)
 
     code = elements((0x00080100, b"SH", _PURPOSE[0]), (0x00080102, b"SH", _PURPOSE[1]),
                     (0x00080104, b"LO", _PURPOSE[2]))
@@ -778,7 +780,8 @@ def _equipment_parts(implicit: bool) -> tuple[bytes, bytes]:
                       (0x00081090, b"LO", "dicomaccel"),  # Manufacturer's Model Name
                       (0x00181020, b"LO", __version__))  # Software Versions
     after = elements((0x0018A003, b"ST", "Frames extracted (PS3.4 Annex Y)"))
-    after += _element(0x0040A170, b"SQ", _item(code), implicit)  # Purpose of Reference Code Seq.
+    # Purpose of Reference Code Sequence
+    after += encode_element(0x0040A170, b"SQ", encode_item(code), implicit)
     return before, after
 
 
@@ -786,8 +789,8 @@ def _add_contributing_equipment(ds: Dataset, now: datetime) -> None:
     implicit = ds.original_encoding[0]
     before, after = _equipment_parts(implicit)
     stamp = now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
-    _append_item(ds, 0x0018A001, before + _element(0x0018A002, b"DT", _text(stamp, b"DT"), implicit)
-                 + after)
+    contribution = encode_element(0x0018A002, b"DT", _text(stamp, b"DT"), implicit)
+    _append_item(ds, 0x0018A001, before + contribution + after)
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -804,20 +807,6 @@ def _text(value: str, vr: bytes) -> bytes:
     if len(raw) % 2:
         raw += b"\0" if vr == b"UI" else b" "
     return raw
-
-
-def _element(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
-    """One encoded element with a defined length (PS3.5 7.1.2, 7.1.3)."""
-    group, element = tag >> 16, tag & 0xFFFF
-    if implicit:
-        return struct.pack("<HHI", group, element, len(value)) + value
-    if vr in LONG_VRS:
-        return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
-
-
-def _item(content: bytes) -> bytes:
-    return struct.pack("<HHI", 0xFFFE, 0xE000, len(content)) + content  # PS3.5 7.5
 
 
 def _put(ds: Dataset, tag: int, vr: bytes, value: str | bytes) -> None:
@@ -839,7 +828,7 @@ def _append_item(ds: Dataset, tag: int, item: bytes) -> None:
         encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding))
         for source_item in ds[tag].value or ():
             write_sequence_item(fp, source_item, encodings)
-    _put(ds, tag, b"SQ", fp.getvalue() + _item(item))
+    _put(ds, tag, b"SQ", fp.getvalue() + encode_item(item))
 
 
 def _encode(ds: Dataset, ts: str) -> bytes:
@@ -861,17 +850,9 @@ def _encode(ds: Dataset, ts: str) -> bytes:
             continue  # Group Length is retired (PS3.5 7.2) and would no longer be right
         value = elem.value
         if elem.is_raw and type(value) is bytes and elem.length != UNDEFINED_LENGTH:
-            if implicit:
-                write(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)))
-                write(value)
-                continue
-            vr = elem.VR.encode()
-            if vr in LONG_VRS:
-                write(struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)))
-                write(value)
-                continue
-            if len(value) <= 0xFFFF:
-                write(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)))
+            vr = None if implicit else elem.VR.encode()
+            if implicit or vr in LONG_VRS or len(value) <= MAX_SHORT_LENGTH:
+                write(encode_header(tag, vr, len(value), implicit))
                 write(value)
                 continue
             # else too long for a 16-bit length: pydicom re-encodes it as UN (PS3.5 6.2.2)
@@ -882,8 +863,5 @@ def _encode(ds: Dataset, ts: str) -> bytes:
 
 
 def _pixel_header(pixel: _Pixel, ts: str) -> bytes:
-    group, element = pixel.tag >> 16, pixel.tag & 0xFFFF
     length = UNDEFINED_LENGTH if pixel.encapsulated else len(pixel.value)
-    if ts == IMPLICIT_VR_LE:
-        return struct.pack("<HHI", group, element, length)
-    return struct.pack("<HH2sHI", group, element, pixel.vr, 0, length)
+    return encode_header(pixel.tag, pixel.vr, length, ts == IMPLICIT_VR_LE)

@@ -16,6 +16,7 @@ from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
 from ..status import Status
+from ..syntaxes import EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
@@ -106,8 +107,8 @@ def decode_identifier(data: bytes | None, transfer_syntax: str | None) -> Datase
 
 
 def _read(data: bytes, transfer_syntax: str | None) -> Dataset:
-    implicit = transfer_syntax == "1.2.840.10008.1.2"
-    little = transfer_syntax != "1.2.840.10008.1.2.2"
+    implicit = transfer_syntax == IMPLICIT_VR_LE
+    little = transfer_syntax != EXPLICIT_VR_BE
     ds = read_dataset(BytesIO(data), implicit, little)
     # Force every element to decode now, so a malformed value fails here, not later.
     for elem in ds.iterall():

@@ -1,0 +1,33 @@
+"""Test helpers for dicomaccel and for code that embeds it.
+
+Imported from here (standard library only):
+
+- :func:`implementations`: the kernel modules in use, the pure-Python twin (``"py"``) and the
+  compiled module (``"c"``), as the environment switches of :mod:`dicomaccel._compat` select them;
+- :func:`start_server` / :class:`RunningServer`: ``dicomaccel serve`` on ephemeral 127.0.0.1 ports;
+- :func:`multipart`, :func:`post`, :func:`run_asgi`: STOW-RS request bodies and two ways to send them;
+- :func:`dcmtk_program`, :func:`wait_until`.
+
+Submodules that need the declared dependencies: :mod:`dicomaccel.testing.files` (pydicom, NumPy:
+data sets and PS3.10 files), :mod:`dicomaccel.testing.pdu` (pydicom: hand-built PS3.8 bytes) and
+:mod:`dicomaccel.testing.scu` (pynetdicom: a C-GET SCU).
+"""
+
+from __future__ import annotations
+
+from .kernels import implementations
+from .server import RunningServer, dcmtk_program, start_server, wait_until
+from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi
+
+__all__ = [
+    "BOUNDARY",
+    "CONTENT_TYPE",
+    "RunningServer",
+    "dcmtk_program",
+    "implementations",
+    "multipart",
+    "post",
+    "run_asgi",
+    "start_server",
+    "wait_until",
+]

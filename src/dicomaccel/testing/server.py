@@ -1,0 +1,97 @@
+"""A real ``dicomaccel serve`` process on 127.0.0.1, and other helpers for process-level tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+_LISTEN = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on (\S+)")
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    data: Path
+    log: Path
+    http_url: str | None = None
+    dimse_port: int | None = None
+
+    @property
+    def stow_url(self) -> str:
+        return f"{self.http_url}/dicomweb"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
+    """Start ``dicomaccel serve`` on ephemeral 127.0.0.1 ports and wait until it listens.
+
+    ``args`` are more ``serve`` options. The server's stderr goes to ``<data>-server.log``
+    beside ``data``; its "dicomaccel: STOW-RS on ..." and "C-GET SCP on ..." lines give the
+    URL and port. Stop it with :meth:`RunningServer.stop`.
+    """
+    data.mkdir(parents=True, exist_ok=True)
+    log = data.parent / f"{data.name}-server.log"
+    cmd = [sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(data), "--host", "127.0.0.1",
+           "--http-port", "0", "--log-level", "warning", *args]
+    if "--dimse-port" not in args:
+        cmd += ["--dimse-port", "0"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+    server = RunningServer(proc, data, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line or line.startswith("dicomaccel: ready"):
+            break
+        m = _LISTEN.search(line)
+        if m:
+            if m.group(1) == "STOW-RS":
+                server.http_url = m.group(2).split("/dicomweb")[0]
+            else:
+                server.dimse_port = int(m.group(2).rsplit(":", 1)[1].split()[0])
+    if server.http_url is None:
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return server
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def dcmtk_program(name: str) -> str | None:
+    """Path of DCMTK's ``name``, or None. pynetdicom installs same-named Python apps (``getscu``,
+    ``storescu``) on PATH, so /usr/bin comes first and the candidate must say it is DCMTK."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            try:
+                out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if "$dcmtk:" in out.stdout + out.stderr:
+                return candidate
+    return None
