@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -548,3 +549,51 @@ def test_start_up_keeps_intact_rows_of_an_unconfirmed_batch(tmp_path):
     sop, path = out.split()
     with Archive(root) as a:
         assert a.get(sop).crc32 is not None and os.path.exists(path)
+
+
+def test_one_flush_serves_the_processes_that_asked_before_it_began(tmp_path):
+    """Worker processes share a data directory: a process whose ticket was taken before a
+    running flush began returns when that flush ends, without flushing again; a process that
+    asks after it began flushes itself."""
+    import multiprocessing
+
+    path = str(tmp_path / "flush.seq")
+    ctx = multiprocessing.get_context("fork")
+    holding, go = ctx.Event(), ctx.Event()
+    calls = ctx.Queue()
+
+    def leader():
+        shared = store_module._SharedFlush(path)
+        with shared._locked(shared._FLUSH):  # a flush in progress
+            holding.set()
+            deadline = time.monotonic() + 10
+            while shared._get(shared._TICKETS) < 1 and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the follower holds its ticket
+            covered = shared._get(shared._TICKETS)  # this flush begins after that ticket
+            calls.put("leader")
+            shared._set(shared._FLUSH, covered)
+        go.wait(10)
+
+    def follower():
+        shared = store_module._SharedFlush(path)
+        holding.wait(10)
+        shared.flush(lambda: calls.put("follower"))  # takes its ticket, waits for the lock
+        calls.put("follower done")
+        go.set()
+
+    procs = [ctx.Process(target=leader), ctx.Process(target=follower)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    seen = []
+    while not calls.empty():
+        seen.append(calls.get())
+    assert seen == ["leader", "follower done"]
+
+    # Asking after a flush completed: a flush of its own.
+    shared = store_module._SharedFlush(path)
+    mine = []
+    shared.flush(lambda: mine.append(1))
+    shared.flush(lambda: mine.append(2))
+    assert mine == [1, 2]

@@ -32,11 +32,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import mmap
 import os
 import re
 import secrets
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -146,6 +148,7 @@ class LocalFileStore(FileStore):
         self.instances_dir = os.path.join(self.root, "instances")
         os.makedirs(self.tmp_dir, exist_ok=True)
         os.makedirs(self.instances_dir, exist_ok=True)
+        self._shared = _SharedFlush(os.path.join(self.root, "flush.seq")) if fsync else None
 
     def create_temp(self) -> tuple[int, str]:
         return tempfile.mkstemp(suffix=".part", dir=self.tmp_dir)
@@ -159,8 +162,10 @@ class LocalFileStore(FileStore):
             _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
     def flush(self) -> None:
-        if not self.fsync:
-            return
+        if self._shared is not None:
+            self._shared.flush(self._syncfs)
+
+    def _syncfs(self) -> None:
         # One syncfs(2) covers file data, new directory entries and renames of the whole
         # batch: a new name is durable only once its directory is flushed (POSIX fsync(2)),
         # and flushing each directory and file alone would cost one disk flush per file.
@@ -250,6 +255,59 @@ class LocalFileStore(FileStore):
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
+
+
+class _SharedFlush:
+    """Group commit of flushes across the processes that share a data directory.
+
+    ``syncfs`` flushes the whole file system, so when worker processes each flush their own
+    batch, each flush also writes the others' data and they queue behind one another. Here a
+    process takes a ticket (a shared counter, bumped after its writes), then the flush lock;
+    if a flush that *began* after its ticket has completed meanwhile, its writes are durable
+    and it returns without flushing. Otherwise it notes the highest ticket taken so far,
+    flushes once for all of them and records that. Counters live in a 16-byte file beside the
+    index, mapped shared; POSIX record locks (``lockf``) on two bytes of it serialise ticket
+    updates and flushes between processes; record locks do not exclude threads of one
+    process, so a thread lock does that.
+    """
+
+    _TICKETS = 0  # byte offsets: the lock ranges and the two unsigned 64-bit counters
+    _FLUSH = 8
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self.fd).st_size < 16:
+            with self._locked(self._TICKETS):
+                if os.fstat(self.fd).st_size < 16:
+                    os.pwrite(self.fd, bytes(16), 0)
+        self.counters = mmap.mmap(self.fd, 16)
+        self._threads = threading.Lock()
+
+    @contextlib.contextmanager
+    def _locked(self, byte: int):
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, byte)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, byte)
+
+    def _get(self, offset: int) -> int:
+        return int.from_bytes(self.counters[offset:offset + 8], "little")
+
+    def _set(self, offset: int, value: int) -> None:
+        self.counters[offset:offset + 8] = value.to_bytes(8, "little")
+
+    def flush(self, sync: Callable[[], None]) -> None:
+        with self._threads, self._locked(self._TICKETS):
+            ticket = self._get(self._TICKETS) + 1
+            self._set(self._TICKETS, ticket)
+        with self._threads, self._locked(self._FLUSH):
+            if self._get(self._FLUSH) >= ticket:
+                return  # a flush that began after our writes has completed
+            with self._locked(self._TICKETS):
+                covered = self._get(self._TICKETS)
+            sync()
+            self._set(self._FLUSH, covered)
 
 
 @contextlib.contextmanager
