@@ -19,7 +19,9 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    rule, rename to a *pending* marker, link into ``instances/``, one index transaction for
    the batch, which also lists the batch's rows as *unconfirmed*, then **one** ``syncfs``
    of the archive's file system, which makes the files, their directory entries, the
-   markers and the SQLite WAL durable together.
+   markers and the SQLite WAL durable together. That ``syncfs`` also serves the other
+   processes on this data directory whose writes came before it began
+   (:class:`.store._SharedFlush`).
 4. Only then is any store of the batch answered; markers are dropped afterwards.
 
 A crash before step 3's flush returns may leave any subset of that batch on disk. Start-up
