@@ -39,7 +39,7 @@ class _ClientGone(Exception):
     pass
 
 
-class _RequestTooLarge(Exception):
+class _InstanceTooLarge(Exception):
     pass
 
 
@@ -155,49 +155,22 @@ class StowApp:
             self.executor.shutdown(wait=True)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = self._route.match(scope["path"])
-        if not match:
-            await _plain(send, 404, "Not found. STOW-RS accepts POST {}/studies[/{{StudyInstanceUID}}]".format(self.base_path))
-            return
-        if scope["method"] != "POST":
-            await _plain(send, 405, "Method not allowed: STOW-RS accepts POST", [(b"allow", b"POST")])
-            return
-        study_uid = match.group(1)
-        if study_uid is not None and not is_valid_uid(study_uid):
-            await _plain(send, 400, f"Invalid Study Instance UID in the request path: {study_uid[:80]!r}")
-            return
-
-        headers = _headers(scope)
-        media = choose_media_type(headers.get("accept"))
-        if media is None:
-            await _plain(send, 406, "Not acceptable: the response is application/dicom+json or application/dicom+xml")
-            return
-        boundary = self._check_request_type(headers)
-        if isinstance(boundary, tuple):
-            await _plain(send, *boundary)
-            return
-        if self.max_request_bytes is not None:
-            declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_request_bytes:
-                await _plain(send, 413, f"Request body of {declared} bytes exceeds the limit of {self.max_request_bytes}")
-                return
-
         try:
-            await self.gate.acquire()
-        except GateBusy as busy:
-            await _plain(send, 503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())])
-            return
-        try:
-            if not self.archive.writable():
-                await _plain(send, 503, "The archive cannot accept writes (storage space below the reserve)",
-                             [(b"retry-after", b"60")])
-                return
-            result = await self._store(receive, boundary, study_uid, _base_url(scope, headers))
-        finally:
-            self.gate.release()
-
-        if isinstance(result, tuple):
-            await _plain(send, *result)
+            study_uid, media, boundary, headers = self._check_request(scope)
+            try:
+                await self.gate.acquire()
+            except GateBusy as busy:
+                raise _Refusal(503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())]) from None
+            try:
+                if not self.archive.writable():
+                    raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
+                                   [(b"retry-after", b"60")])
+                upload = _Upload(self, study_uid)
+                result = await upload.run(receive, boundary, _base_url(scope, headers) + self.base_path)
+            finally:
+                self.gate.release()
+        except _Refusal as refusal:
+            await _plain(send, refusal.status, refusal.text, refusal.headers)
             return
         status = result.http_status()
         if media == JSON_MEDIA_TYPE:
@@ -207,137 +180,208 @@ class StowApp:
         # PS3.18 §8.5 / RFC 9110 §10.2.3: a 503 says when to come back.
         await _respond(send, status, media, body, [(b"retry-after", b"60")] if status == 503 else ())
 
-    def _check_request_type(self, headers: dict[str, str]) -> str | tuple:
-        raw = headers.get("content-type")
-        accepted = f"Accepted: Content-Type: {ACCEPTED_REQUEST_TYPE}, one PS3.10 instance per part"
-        if not raw:
-            return (415, f"Missing Content-Type. {accepted}")
-        try:
-            media_type, params = parse_content_type(raw)
-        except ParseError as exc:
-            return (400, f"Malformed Content-Type header: {exc}")
-        if media_type != "multipart/related":
-            return (415, f"Unsupported media type {media_type!r}. {accepted}")
-        part_type = params.get("type", "application/dicom").strip().lower()
-        if part_type != "application/dicom":
-            return (415, f"Unsupported multipart/related type {part_type!r}. {accepted}")
-        if headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
-            return (415, f"Unsupported Content-Encoding {headers['content-encoding']!r}; send the body unencoded")
-        boundary = params.get("boundary")
-        if not boundary:
-            return (400, "multipart/related Content-Type without a boundary parameter")
-        return boundary
+    def _check_request(self, scope: Scope) -> tuple[str | None, str, str, dict[str, str]]:
+        """``(study_uid, response media type, boundary, headers)`` of an acceptable request.
 
-    async def _store(self, receive: Receive, boundary: str, study_uid: str | None, base_url: str):
+        Raises
+        ------
+        _Refusal
+            404, 405, 400, 406, 415 or 413, with the reason.
+        """
+        match = self._route.match(scope["path"])
+        if not match:
+            raise _Refusal(404, f"Not found. STOW-RS accepts POST {self.base_path}/studies[/{{StudyInstanceUID}}]")
+        if scope["method"] != "POST":
+            raise _Refusal(405, "Method not allowed: STOW-RS accepts POST", [(b"allow", b"POST")])
+        study_uid = match.group(1)
+        if study_uid is not None and not is_valid_uid(study_uid):
+            raise _Refusal(400, f"Invalid Study Instance UID in the request path: {study_uid[:80]!r}")
+        headers = _headers(scope)
+        media = choose_media_type(headers.get("accept"))
+        if media is None:
+            raise _Refusal(406, "Not acceptable: the response is application/dicom+json or application/dicom+xml")
+        boundary = _boundary(headers)
+        if self.max_request_bytes is not None:
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_request_bytes:
+                raise _Refusal(413, f"Request body of {declared} bytes exceeds the limit of {self.max_request_bytes}")
+        return study_uid, media, boundary, headers
+
+
+class _Refusal(Exception):
+    """The whole request is answered with ``status`` and a plain-text reason."""
+
+    def __init__(self, status: int, text: str, headers=()) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.headers = tuple(headers)
+
+
+def _boundary(headers: dict[str, str]) -> str:
+    """The multipart boundary of an acceptable request's Content-Type (PS3.18 §10.5.1.1).
+
+    Raises
+    ------
+    _Refusal
+        415 for another media type, part type or a content coding; 400 if malformed.
+    """
+    raw = headers.get("content-type")
+    accepted = f"Accepted: Content-Type: {ACCEPTED_REQUEST_TYPE}, one PS3.10 instance per part"
+    if not raw:
+        raise _Refusal(415, f"Missing Content-Type. {accepted}")
+    try:
+        media_type, params = parse_content_type(raw)
+    except ParseError as exc:
+        raise _Refusal(400, f"Malformed Content-Type header: {exc}") from None
+    if media_type != "multipart/related":
+        raise _Refusal(415, f"Unsupported media type {media_type!r}. {accepted}")
+    part_type = params.get("type", "application/dicom").strip().lower()
+    if part_type != "application/dicom":
+        raise _Refusal(415, f"Unsupported multipart/related type {part_type!r}. {accepted}")
+    if headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
+        raise _Refusal(415, f"Unsupported Content-Encoding {headers['content-encoding']!r}; send the body unencoded")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise _Refusal(400, "multipart/related Content-Type without a boundary parameter")
+    return boundary
+
+
+class _Upload:
+    """One request body being stored: each part streams into an archive temp file and is
+    committed in a worker thread while the body goes on; the outcome of every part is kept
+    in body order for the Store Instances Response."""
+
+    def __init__(self, app: StowApp, study_uid: str | None) -> None:
+        self.app = app
+        self.study_uid = study_uid
+        self.loop = asyncio.get_running_loop()
+        self.commits: list[asyncio.Future] = []
+        self.order: list[FailedInstance | asyncio.Future] = []
+        self.other: list[FailedInstance] = []  # parts that are not instances
+        self.incoming = None
+        self.part_bytes = 0
+
+    async def run(self, receive: Receive, boundary: str, base_url: str) -> StoreResponse:
+        """Store the body; the response to send.
+
+        Raises
+        ------
+        _Refusal
+            The body failed (400, 408, 413) before any instance was stored.
+        """
         try:
-            scanner = MultipartScanner(boundary, max_parts=self.max_parts)
+            scanner = MultipartScanner(boundary, max_parts=self.app.max_parts)
         except ValueError as exc:
-            return (400, f"Invalid multipart boundary: {exc}")
-        loop = asyncio.get_running_loop()
-        base_url += self.base_path
-        commits: list[asyncio.Future] = []
-        order: list[FailedInstance | asyncio.Future] = []
-        incoming = None
-        part_bytes = 0
+            raise _Refusal(400, f"Invalid multipart boundary: {exc}") from None
+        try:
+            error = await self._receive(receive, scanner)
+        finally:
+            if self.incoming is not None:
+                self.incoming.abort()
+            # Every started commit finishes either way: an instance whose bytes all arrived is
+            # complete, and abandoning its thread would leave the store half done.
+            if self.commits:
+                await asyncio.wait(self.commits)
+        return self._response(base_url, error)
+
+    async def _receive(self, receive: Receive, scanner: MultipartScanner) -> tuple[int, str] | None:
+        """Feed the body to the scanner and the parts to the archive; ``(status, reason)`` if
+        the body went bad, None if it ended well."""
+        app = self.app
         request_bytes = 0
-        error: tuple[int, str] | None = None
-        other: list[FailedInstance] = []
-
-        def begin_part(headers: list[tuple[str, str]]) -> None:
-            nonlocal incoming, part_bytes
-            part_bytes = 0
-            part_type = dict(headers).get("content-type")
-            if part_type is not None:
-                try:
-                    kind = parse_content_type(part_type)[0]
-                except ParseError:
-                    kind = part_type
-                if kind != "application/dicom":
-                    other.append(FailedInstance(FailureReason.CANNOT_UNDERSTAND,
-                                                comment=f"part of type {kind[:40]!r} is not application/dicom"))
-                    return
-            try:
-                incoming = self.archive.begin()
-            except StoreFailure as failure:  # e.g. A710: the reserve was reached meanwhile
-                order.append(_failed(failure))
-
-        async def handle(events: list) -> None:
-            nonlocal incoming, part_bytes
-            for kind, value in events:
-                if kind == PART_DATA:
-                    if incoming is None:
-                        continue
-                    part_bytes += len(value)
-                    if self.max_instance_bytes is not None and part_bytes > self.max_instance_bytes:
-                        raise _RequestTooLarge(f"an instance exceeds the limit of {self.max_instance_bytes} bytes")
-                    try:
-                        await incoming.feed(value)
-                    except StoreFailure as failure:
-                        incoming.abort()
-                        incoming = None
-                        order.append(_failed(failure))
-                elif kind == PART_BEGIN:
-                    begin_part(value)
-                elif kind == PART_END:
-                    if incoming is not None:
-                        fut = loop.run_in_executor(self.executor, _commit, incoming, study_uid)
-                        incoming = None
-                        commits.append(fut)
-                        order.append(fut)
-                        # Bound the parts of one request held in flight (disk, threads).
-                        pending = [c for c in commits if not c.done()]
-                        if len(pending) >= self.commits_in_flight:
-                            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                # CLOSE needs nothing: finish() checks that it came.
-
         # One timer for the whole body, armed while we wait for the client and disarmed while
         # we work (wait_for() per chunk would create a Task per chunk).
         stall = asyncio.timeout(None)
         try:
             async with stall:
                 while True:
-                    if self.body_timeout is not None:
-                        stall.reschedule(loop.time() + self.body_timeout)
+                    if app.body_timeout is not None:
+                        stall.reschedule(self.loop.time() + app.body_timeout)
                     message = await receive()
                     stall.reschedule(None)
                     if message["type"] == "http.disconnect":
                         raise _ClientGone
                     chunk = message.get("body", b"")
                     request_bytes += len(chunk)
-                    if self.max_request_bytes is not None and request_bytes > self.max_request_bytes:
-                        raise _RequestTooLarge(f"request body exceeds the limit of {self.max_request_bytes} bytes")
+                    if app.max_request_bytes is not None and request_bytes > app.max_request_bytes:
+                        return (413, f"Request body exceeds the limit of {app.max_request_bytes} bytes")
                     try:
                         events = scanner.feed(chunk)
                     except ParseError as exc:
                         # Parts completed in this chunk before the bad bytes are whole: commit them
                         # before the error ends the body (PS3.18 §10.5.3: stored instances are reported).
-                        await handle(exc.events)
+                        await self._handle(exc.events)
                         raise
-                    await handle(events)
+                    await self._handle(events)
                     if not message.get("more_body", False):
                         break
             scanner.finish()
         except TimeoutError:
             if not stall.expired():
                 raise
-            error = (408, f"Request timeout: no body data for {self.body_timeout:g} s")
+            return (408, f"Request timeout: no body data for {app.body_timeout:g} s")
         except LimitExceeded as exc:  # too many parts or a header block too long: 413 (PS3.18 §8.5)
-            error = (413, f"Multipart body exceeds a limit: {exc}")
+            return (413, f"Multipart body exceeds a limit: {exc}")
         except ParseError as exc:
-            error = (400, f"Malformed multipart body: {exc}")
-        except _RequestTooLarge as exc:
-            error = (413, str(exc).capitalize())
-        finally:
-            if incoming is not None:
-                incoming.abort()
-            # Every started commit finishes either way: an instance whose bytes all arrived is
-            # complete, and abandoning its thread would leave the store half done.
-            if commits:
-                await asyncio.wait(commits)
+            return (400, f"Malformed multipart body: {exc}")
+        except _InstanceTooLarge as exc:
+            return (413, str(exc))
+        return None
 
+    async def _handle(self, events: list) -> None:
+        for kind, value in events:
+            if kind == PART_DATA:
+                if self.incoming is None:
+                    continue
+                self.part_bytes += len(value)
+                limit = self.app.max_instance_bytes
+                if limit is not None and self.part_bytes > limit:
+                    raise _InstanceTooLarge(f"An instance exceeds the limit of {limit} bytes")
+                try:
+                    await self.incoming.feed(value)
+                except StoreFailure as failure:
+                    self.incoming.abort()
+                    self.incoming = None
+                    self.order.append(_failed(failure))
+            elif kind == PART_BEGIN:
+                self._begin_part(value)
+            elif kind == PART_END:
+                if self.incoming is not None:
+                    await self._commit_part()
+            # CLOSE needs nothing: finish() checks that it came.
+
+    def _begin_part(self, headers: list[tuple[str, str]]) -> None:
+        self.part_bytes = 0
+        part_type = dict(headers).get("content-type")
+        if part_type is not None:
+            try:
+                kind = parse_content_type(part_type)[0]
+            except ParseError:
+                kind = part_type
+            if kind != "application/dicom":
+                self.other.append(FailedInstance(FailureReason.CANNOT_UNDERSTAND,
+                                                 comment=f"part of type {kind[:40]!r} is not application/dicom"))
+                return
+        try:
+            self.incoming = self.app.archive.begin()
+        except StoreFailure as failure:  # e.g. A710: the reserve was reached meanwhile
+            self.order.append(_failed(failure))
+
+    async def _commit_part(self) -> None:
+        fut = self.loop.run_in_executor(self.app.executor, _commit, self.incoming, self.study_uid)
+        self.incoming = None
+        self.commits.append(fut)
+        self.order.append(fut)
+        # Bound the parts of one request held in flight (disk, threads).
+        pending = [c for c in self.commits if not c.done()]
+        if len(pending) >= self.app.commits_in_flight:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+    def _response(self, base_url: str, error: tuple[int, str] | None) -> StoreResponse:
         response = StoreResponse(study_retrieve_url=None)
         studies = set()
-        for entry in order:
+        for entry in self.order:
             if isinstance(entry, FailedInstance):
                 response.failed.append(entry)
                 continue
@@ -353,16 +397,16 @@ class StowApp:
                 retrieve_url=f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}",
                 warning_reason=outcome.warning,
             ))
-        response.other_failures.extend(other)
+        response.other_failures.extend(self.other)
         if error is not None:
             if not response.stored:
-                return error
+                raise _Refusal(*error)
             # Instances committed before the body went bad stay stored and are reported; the
             # rest of the body is one failure not tied to an instance (PS3.18 (0008,119A)).
             response.other_failures.append(FailedInstance(FailureReason.CANNOT_UNDERSTAND, comment=error[1]))
         if not response.stored and not response.failed and not response.other_failures:
-            return (400, "The multipart body holds no parts")
-        study = study_uid or (studies.pop() if len(studies) == 1 else None)
+            raise _Refusal(400, "The multipart body holds no parts")
+        study = self.study_uid or (studies.pop() if len(studies) == 1 else None)
         if study:
             response.study_retrieve_url = f"{base_url}/studies/{study}"
         return response
