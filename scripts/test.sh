@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v getscu >/dev/null 2>&1; then
+# Debian's path, not PATH: pynetdicom installs Python apps of the same names (getscu, storescu).
+if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk
