@@ -597,3 +597,75 @@ def test_one_flush_serves_the_processes_that_asked_before_it_began(tmp_path):
     shared.flush(lambda: mine.append(1))
     shared.flush(lambda: mine.append(2))
     assert mine == [1, 2]
+
+
+def _unconfirmed(root) -> set[str]:
+    with sqlite3.connect(os.path.join(root, "index.sqlite3")) as db:
+        return {r[0] for r in db.execute("SELECT sop_instance_uid FROM unconfirmed")}
+
+
+def test_a_failed_flush_acknowledges_nothing_and_confirms_nothing(archive):
+    """The batch's rows are committed when its flush fails: the store is answered with a
+    failure, the row keeps naming the whole file, and it stays unconfirmed (checked at
+    start-up) until a later flush succeeds."""
+    first, second, third = (ct_file(rows=8, columns=8, seed=n) for n in range(3))
+    real_flush = archive.files.flush
+
+    def failing_flush():
+        raise OSError(5, "Input/output error")
+
+    archive.files.flush = failing_flush
+    with pytest.raises(StoreFailure) as err:
+        archive.store_bytes(first)
+    archive.files.flush = real_flush
+    assert err.value.status == FailureReason.PROCESSING_FAILURE
+    sop = assert_matches_pydicom(first)[0].sop_instance_uid
+    record = archive.get(sop)
+    with open(record.path, "rb") as f:
+        assert f.read() == first
+    assert tmp_files(archive.root) == []
+    assert sop in _unconfirmed(archive.root)
+    second_sop = archive.store_bytes(second).record.sop_instance_uid
+    assert {sop, second_sop} <= _unconfirmed(archive.root)  # nothing confirmed by a failed flush
+    archive.store_bytes(third)
+    assert sop not in _unconfirmed(archive.root)  # a successful flush covered both
+    assert archive.store_bytes(first).already_stored  # the client sends again
+
+
+def test_one_failing_store_in_a_batch_leaves_the_others_stored(archive):
+    """An unexpected error deciding one store of a batch fails that store alone: the others
+    are indexed and nothing of the failed one is left published."""
+    from dicomaccel.archive.commit import PreparedInstance
+    from dicomaccel.archive.ingest import build_frame_index, scan
+    import mmap
+    import zlib
+
+    prepared, maps = [], []
+    for n in range(2):
+        data = ct_file(rows=8, columns=8, seed=10 + n)
+        fd, path = archive.files.create_temp()
+        os.write(fd, data)
+        mm = mmap.mmap(fd, len(data), access=mmap.ACCESS_READ)
+        os.close(fd)
+        header = scan(mm, len(data))
+        prepared.append(PreparedInstance(path, len(data), zlib.crc32(data), header,
+                                         build_frame_index(mm, header), mm))
+        maps.append(mm)
+    bad = prepared[1].header.sop_instance_uid
+    real_lookup = archive.index.lookup
+
+    def lookup(sop):
+        if sop == bad:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_lookup(sop)
+
+    archive.index.lookup = lookup
+    archive._committer._commit(prepared)
+    archive.index.lookup = real_lookup
+    assert archive.get(prepared[0].header.sop_instance_uid) is not None
+    assert isinstance(prepared[1].result, sqlite3.OperationalError)
+    assert archive.get(bad) is None
+    assert len(stored_files(archive.root)) == 1
+    assert tmp_files(archive.root) == [os.path.basename(prepared[1].temp_path)]  # the caller's to remove
+    for mm in maps:
+        mm.close()

@@ -29,7 +29,8 @@ A crash before step 3's flush returns may leave any subset of that batch on disk
 and deletes the rows whose file did not survive, then removes ``*.part`` files and files
 whose marker has no row (:mod:`.store`). A row from an earlier batch is never unconfirmed:
 each batch's transaction confirms the previous batch of its writer, whose flush completed
-before it began. So the index never names a missing or partial file, and nothing a client
+before it began (after a failed flush, whose stores were answered with a failure, nothing is
+confirmed until a flush succeeds). So the index never names a missing or partial file, and nothing a client
 was told is stored can be lost. With ``fsync=False`` step 3 skips the flush and the
 unconfirmed list: a process crash loses nothing (the kernel holds the data), a power
 failure may lose the last stores.
@@ -353,7 +354,7 @@ class Archive:
         if self._committer is not None:
             self._committer.close()
             self._writers.shutdown(wait=True)
-            self.index.confirm()  # the last batch was flushed before it was answered
+            self.index.confirm()  # if the last batch's flush succeeded
             self._committer = None
         self.index.close()
 

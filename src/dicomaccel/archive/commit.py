@@ -146,7 +146,7 @@ class GroupCommit:
             try:
                 if self._place(item):
                     todo.append(item)
-            except OSError as exc:
+            except Exception as exc:  # this store fails alone; the caller maps the error
                 item.result = exc
         if not todo:
             return
@@ -156,21 +156,31 @@ class GroupCommit:
         try:
             if durable_first:
                 self.files.flush()
+                self.index.flushed()
             results = self.index.put_batch(records, [item.replaces for item in todo])
-            if not durable_first and any(isinstance(r, InstanceRecord) for r in results):
-                self.files.flush()
-        except BaseException as exc:
+        except BaseException as exc:  # nothing of the batch is indexed: take the files back
             for item in todo:
                 self.files.remove(self._undo(item))
                 item.result = exc
             raise
+        flush_error = None
+        if not durable_first and any(isinstance(r, InstanceRecord) for r in results):
+            try:
+                self.files.flush()
+                self.index.flushed()
+            except OSError as exc:
+                # The rows are committed and name whole files, but their durability is unknown:
+                # no store of the batch is acknowledged. The rows stay unconfirmed, so start-up
+                # checks their files; a client that sends again is told "already stored".
+                log.error("flushing a committed batch failed: %s", exc)
+                flush_error = exc
         for item, result in zip(todo, results):
             if isinstance(result, InstanceRecord):
                 self.files.finish(item.published.marker)
                 if item.retired is not None:
                     self.files.remove(item.retired[0])
                     self.files.finish(item.retired[1])
-                item.result = StoreOutcome(result, None, False)
+                item.result = flush_error or StoreOutcome(result, None, False)
             elif isinstance(result, DuplicateRow):
                 # Another writer stored this UID between our lookup and our insert.
                 item.temp_path = self._undo(item)

@@ -105,12 +105,17 @@ class Index(abc.ABC):
         the same SOP Instance UID, else refuse it). Returns, per record, the record with
         ``stored_at`` set, :class:`DuplicateRow` if a row of that UID appeared meanwhile (a
         concurrent writer won), or the error that kept it out; one bad row does not fail
-        the others. With ``durable_on_commit`` False the rows stay *unconfirmed* until the
-        next ``put_batch`` of this index object or :meth:`confirm`."""
+        the others. With ``durable_on_commit`` False the rows stay *unconfirmed* until a
+        ``put_batch`` or :meth:`confirm` that follows a :meth:`flushed`."""
+
+    @abc.abstractmethod
+    def flushed(self) -> None:
+        """The archive's flush after the last batch succeeded: the rows committed so far
+        are durable (the next batch's transaction confirms them, at no extra write)."""
 
     @abc.abstractmethod
     def confirm(self) -> None:
-        """The archive's flush after the last batch returned: its rows are durable."""
+        """Confirm the rows :meth:`flushed` made durable now (when closing)."""
 
     @abc.abstractmethod
     def lookup(self, sop_instance_uid: str) -> tuple[str, int, int | None] | None:
@@ -221,6 +226,7 @@ class SQLiteIndex(Index):
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self._writer_id = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self._flushed = False  # set by flushed(), cleared when a batch confirms
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -366,7 +372,8 @@ class SQLiteIndex(Index):
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if self.fsync and not probe:
+            confirming = self.fsync and not probe and self._flushed
+            if confirming:
                 # The previous batch of this writer was flushed before this one started.
                 conn.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
             for row, replace_existing in items:
@@ -377,13 +384,18 @@ class SQLiteIndex(Index):
                     [(row[0], self._writer_id) for row, _ in items],
                 )
             conn.execute("ROLLBACK" if probe else "COMMIT")
+            if confirming:
+                self._flushed = False
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
+    def flushed(self) -> None:
+        self._flushed = True
+
     def confirm(self) -> None:
-        if not self.fsync:
+        if not (self.fsync and self._flushed):
             return
         with self._write_lock:
             self._writer.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
