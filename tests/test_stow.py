@@ -573,3 +573,14 @@ def test_a_killed_worker_is_replaced(server_factory):
         inst = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
         assert post(server, multipart([inst]))[0] == 200
     assert "exited with status" in server.log.read_text()
+
+    # A worker that dies soon after its start is restarted after a pause that doubles: one
+    # that cannot start is not respawned in a tight loop.
+    for _ in range(2):
+        young = next(p for p in _children(server.process.pid) if p not in before)
+        os.kill(young, sig.SIGKILL)
+        before.append(young)
+        assert wait_until(lambda: len(_children(server.process.pid)) == 2 and
+                          young not in _children(server.process.pid), timeout=30)
+    log = server.log.read_text()
+    assert "starting another in 1 s" in log and "starting another in 2 s" in log

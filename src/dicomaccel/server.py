@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import uvicorn
@@ -58,9 +59,16 @@ def _announce(config: ServeConfig, http: tuple, dimse_port: int) -> None:
     print("dicomaccel: ready", flush=True)
 
 
+# A worker that dies this soon after its start is restarted only after a pause, doubled at each
+# such death up to the maximum: a worker that cannot start must not be respawned in a tight loop.
+QUICK_DEATH_S = 5.0
+RESTART_PAUSE_S = (1.0, 10.0)
+
+
 def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket.socket) -> int:
-    children: dict[int, int] = {}  # pid -> worker number
+    children: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
     stopping = False
+    pause = RESTART_PAUSE_S[0]
 
     def spawn(number: int) -> None:
         pid = os.fork()
@@ -76,7 +84,7 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
                                    recover=False, with_dimse=number == 0, announce=False)
             finally:
                 os._exit(code)
-        children[pid] = number
+        children[pid] = (number, time.monotonic())
 
     def stop(signum, frame) -> None:
         nonlocal stopping
@@ -96,15 +104,24 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
     status = 0
     while children:
         pid, code = os.wait()
-        number = children.pop(pid, None)
-        if number is None:
+        if pid not in children:
             continue
+        number, started = children.pop(pid)
         if not stopping:
-            # A worker died under load (a crash, the OOM killer): serve on with a new one.
-            # Its temp files stay in tmp/ until the next start-up recovers them.
-            log.error("worker %d (pid %d) exited with status %d; starting another",
-                      number, pid, os.waitstatus_to_exitcode(code))
-            spawn(number)
+            # A worker died (a crash, the OOM killer): serve on with a new one. Its temp
+            # files stay in tmp/ until the next start-up recovers them.
+            wait = 0.0
+            if time.monotonic() - started < QUICK_DEATH_S:
+                wait, pause = pause, min(2 * pause, RESTART_PAUSE_S[1])
+            else:
+                pause = RESTART_PAUSE_S[0]
+            log.error("worker %d (pid %d) exited with status %d; starting another in %g s",
+                      number, pid, os.waitstatus_to_exitcode(code), wait)
+            deadline = time.monotonic() + wait
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not stopping:
+                spawn(number)
         elif os.waitstatus_to_exitcode(code) not in (0, -signal.SIGTERM):
             status = 1
     return status
