@@ -584,3 +584,46 @@ def test_a_killed_worker_is_replaced(server_factory):
                           young not in _children(server.process.pid), timeout=30)
     log = server.log.read_text()
     assert "starting another in 1 s" in log and "starting another in 2 s" in log
+
+
+def _vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} missing")
+
+
+def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
+    """The event loop holds at most SPILL_BYTES (1 MiB) of a part plus the hand-off being
+    written: a 200 MB upload, sent chunked, raises the server's peak RSS by well under 48 MiB."""
+    from dicomaccel.elements import encode_header
+    from dicomaccel.testing.files import multiframe_dataset, to_bytes
+
+    frames, rows, columns = 400, 512, 512
+    ds = multiframe_dataset(1, rows, columns)
+    ds.NumberOfFrames = frames
+    del ds.PixelData
+    head = to_bytes(ds) + encode_header(0x7FE00010, b"OW", frames * rows * columns * 2, False)
+    frame = bytes(rows * columns * 2)
+
+    def body():
+        yield b"--BOUNDARY\r\nContent-Type: application/dicom\r\n\r\n" + head
+        for _ in range(frames):
+            yield frame
+        yield b"\r\n--BOUNDARY--\r\n"
+
+    server = server_factory()
+    pid = server.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (proc(5))
+    before = _vm_kib(pid, "VmRSS")
+    url = urlsplit(server.http_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    conn.request("POST", "/dicomweb/studies", body=body(), encode_chunked=True,
+                 headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=BOUNDARY',
+                          "Accept": "application/dicom+json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()[:500]
+    conn.close()
+    assert _vm_kib(pid, "VmHWM") - before < 48 << 10
+    stored = [p for p in (server.data / "instances").rglob("*.dcm")]
+    assert len(stored) == 1 and stored[0].stat().st_size == len(head) + frames * rows * columns * 2
