@@ -669,3 +669,18 @@ def test_one_failing_store_in_a_batch_leaves_the_others_stored(archive):
     assert tmp_files(archive.root) == [os.path.basename(prepared[1].temp_path)]  # the caller's to remove
     for mm in maps:
         mm.close()
+
+
+def test_start_up_resets_a_damaged_flush_counter_file(tmp_path):
+    """flush.seq claiming a flush far in the future would make every flush look done; start-up
+    recovery (no writer running) starts the counters afresh, so the next store flushes."""
+    root = tmp_path / "data"
+    Archive(root).close()
+    with open(root / "flush.seq", "r+b") as f:
+        f.write((0).to_bytes(8, "little") + (2**63).to_bytes(8, "little"))
+    with Archive(root) as a:
+        calls = []
+        real = a.files._syncfs
+        a.files._syncfs = lambda: (calls.append(1), real())
+        a.store_bytes(ct_file(rows=4, columns=4, seed=77))
+        assert calls == [1]

@@ -241,6 +241,10 @@ class LocalFileStore(FileStore):
             return stored is not None and crc32_of(stored) == crc32
 
     def recover(self, is_indexed: Callable[[str], bool]) -> None:
+        if self._shared is not None:
+            # No writer runs during recovery: start the flush counters afresh, so a stale or
+            # damaged flush.seq can never make a flush look done.
+            self._shared.reset()
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
             m = _MARKER_RE.match(name)
@@ -290,6 +294,11 @@ class _SharedFlush:
             yield
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, byte)
+
+    def reset(self) -> None:
+        """Zero both counters (only while no other process uses this file)."""
+        with self._threads, self._locked(self._TICKETS), self._locked(self._FLUSH):
+            self.counters[:] = bytes(16)
 
     def _get(self, offset: int) -> int:
         return int.from_bytes(self.counters[offset:offset + 8], "little")
