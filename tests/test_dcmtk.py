@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from dicomaccel.testing import dcmtk_program, multipart, post
+from dicomaccel.testing import dcmtk_program, memory_kib, multipart, post
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import dataset_part, retag, sop_of
 
@@ -102,11 +102,6 @@ def test_getscu_written_files_equal_stored(shared_server, stored, tmp_path, leve
             assert dataset_part(data) == dataset_part(original), uid
 
 
-def _vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} missing")
 
 
 def test_large_instance_is_sent_in_windows(server_factory):
@@ -120,7 +115,7 @@ def test_large_instance_is_sent_in_windows(server_factory):
     study = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
     pid = server.process.pid
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (proc(5))
-    before = _vm_kib(pid, "VmRSS")
+    before = memory_kib(pid, "VmRSS")
     done = getscu(server.dimse_port, "-S", "STUDY", {"StudyInstanceUID": study}, "--ignore", "-pdu", "131072")
     assert final_counts(done)["Completed"] == 1
-    assert _vm_kib(pid, "VmHWM") - before < 32 << 10
+    assert memory_kib(pid, "VmHWM") - before < 32 << 10

@@ -14,18 +14,13 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicomaccel.testing import files as dicomgen
-from dicomaccel.testing import multipart, post
+from dicomaccel.testing import memory_kib, multipart, post
 from dicomaccel.testing.pdu import associate_rq, command_set, dataset_bytes, p_data, recv_pdu
 
 STUDY_GET = b"1.2.840.10008.5.1.4.1.2.2.3"
 MULTIFRAME = dicomgen.MULTIFRAME_CLASS.encode()
 
 
-def vm_rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def echo(port: int) -> bool:
@@ -76,7 +71,7 @@ def test_abuse_is_answered_and_memory_returns(server_factory):
     vanish_mid_c_get(port, study)
     assert echo(port)
     time.sleep(0.5)
-    baseline = vm_rss_mib(server.process.pid)
+    baseline = memory_kib(server.process.pid) / 1024
 
     for _ in range(10):
         assert answer(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(64)) in (0x07, None)  # garbage
@@ -100,9 +95,9 @@ def test_abuse_is_answered_and_memory_returns(server_factory):
 
     assert echo(port)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and vm_rss_mib(server.process.pid) > baseline + 24:
+    while time.monotonic() < deadline and memory_kib(server.process.pid) / 1024 > baseline + 24:
         time.sleep(0.2)
-    assert vm_rss_mib(server.process.pid) <= baseline + 24, (baseline, vm_rss_mib(server.process.pid))
+    assert memory_kib(server.process.pid) / 1024 <= baseline + 24, (baseline, memory_kib(server.process.pid) / 1024)
 
 
 def test_c_get_on_a_context_of_another_sop_class_is_refused(server_factory):

@@ -24,7 +24,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from dicomaccel.archive import Archive
 from dicomaccel.stow import create_app
 from dicomaccel.testing import files as dicomgen
-from dicomaccel.testing import multipart, post, run_asgi, wait_until
+from dicomaccel.testing import memory_kib, multipart, post, run_asgi, wait_until
 
 JSON = "application/dicom+json"
 REAL_FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "SC_rgb_rle_2frame.dcm",
@@ -588,11 +588,6 @@ def test_a_killed_worker_is_replaced(server_factory):
     assert pauses[-2] >= 1 and pauses[-1] == min(2 * pauses[-2], 10)
 
 
-def _vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} missing")
 
 
 def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
@@ -617,7 +612,7 @@ def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
     server = server_factory()
     pid = server.process.pid
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (proc(5))
-    before = _vm_kib(pid, "VmRSS")
+    before = memory_kib(pid, "VmRSS")
     url = urlsplit(server.http_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     conn.request("POST", "/dicomweb/studies", body=body(), encode_chunked=True,
@@ -626,6 +621,6 @@ def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()[:500]
     conn.close()
-    assert _vm_kib(pid, "VmHWM") - before < 48 << 10
+    assert memory_kib(pid, "VmHWM") - before < 48 << 10
     stored = [p for p in (server.data / "instances").rglob("*.dcm")]
     assert len(stored) == 1 and stored[0].stat().st_size == len(head) + frames * rows * columns * 2

@@ -16,7 +16,7 @@ data sets and PS3.10 files), :mod:`dicomaccel.testing.pdu` (pydicom: hand-built 
 from __future__ import annotations
 
 from .kernels import implementations
-from .server import RunningServer, dcmtk_program, start_server, wait_until
+from .server import RunningServer, dcmtk_program, memory_kib, start_server, wait_until
 from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "CONTENT_TYPE",
     "RunningServer",
     "dcmtk_program",
+    "memory_kib",
     "implementations",
     "multipart",
     "post",

@@ -73,6 +73,15 @@ def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
     return server
 
 
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process in KiB from /proc/PID/status (proc(5)): ``VmRSS`` (now),
+    ``VmHWM`` (peak; write ``5`` to /proc/PID/clear_refs to reset it)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"no {field} in /proc/{pid}/status")
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> bool:
     """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
     deadline = time.monotonic() + timeout
