@@ -10,7 +10,7 @@ listed in ``DicomModalities``, so the configuration lists the AE titles of the b
 
 Orthanc 1.10 binds its HTTP and DICOM ports on every interface and has no option to bind one
 address: run it in a network namespace that has only loopback (``unshare -n``), as
-:mod:`benchmarks.compare` does.
+:mod:`benchmarks.run` does.
 """
 
 from __future__ import annotations

@@ -385,6 +385,11 @@ class DcmqrscpPeer(Peer):
             raise RuntimeError(f"storescu into dcmqrscp failed ({done.returncode}): {done.stderr[-1000:]}")
 
 
+    def instance_count(self) -> int:
+        """Instances in dcmqrscp's storage area (one file each, besides its index)."""
+        return sum(1 for p in (self.workdir / "db").iterdir() if p.is_file() and p.name != "index.dat")
+
+
 class PynetdicomPeer(Peer):
     """The baseline pynetdicom C-GET SCP (:mod:`benchmarks.pynetdicom_scp`) on its own directory."""
 

@@ -6,14 +6,17 @@ At start-up it reads the header of every file under DIR with pydicom and builds 
 Patient ID / Study / Series / SOP Instance UID to file paths. Its EVT_C_GET handler yields the
 number of matches, then each matching dataset read with ``pydicom.dcmread``; pynetdicom encodes
 it in the accepted transfer syntax and sends it as a C-STORE sub-operation on the same
-association. The one departure from defaults: TCP_NODELAY on accepted sockets (see
-:func:`nodelay`). Binds 127.0.0.1 only. Prints ``pynetdicom-scp: C-GET SCP on dicom://127.0.0.1:PORT``
+association. FRAME level (PS3.4 Annex Y) on Composite Instance Root Retrieve – GET, with a
+Simple Frame List only, is added the way a pynetdicom user would add it: read the source with
+pydicom, build the new instance with pydicom (:func:`new_instance`). The one departure from
+defaults: TCP_NODELAY on accepted sockets (see :func:`nodelay`). Binds 127.0.0.1 only. Prints ``pynetdicom-scp: C-GET SCP on dicom://127.0.0.1:PORT``
 then ``pynetdicom-scp: ready``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import socket
 import sys
@@ -21,9 +24,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (
+    CompositeInstanceRootRetrieveGet,
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelGet,
     Verification,
@@ -90,8 +97,43 @@ def matches(index: Index, identifier) -> list[Path] | None:
     return [path for v in values for path in index[level].get(str(v), [])]
 
 
+def new_instance(path: Path, frames: list[int]) -> Dataset:
+    """The frames (1-based) of ``path`` as a new instance, built the plain pydicom way, with its
+    Frame Extraction Sequence item (PS3.4 Y.3.3)."""
+    ds = dcmread(path)
+    n = int(ds.NumberOfFrames)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        ds.PixelData = encapsulate([get_frame(ds.PixelData, f - 1, number_of_frames=n) for f in frames])
+    else:
+        size = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
+        pixels = ds.PixelData
+        ds.PixelData = b"".join(pixels[(f - 1) * size:f * size] for f in frames)
+    item = Dataset()
+    item.MultiFrameSourceSOPInstanceUID = ds.SOPInstanceUID
+    item.SimpleFrameList = frames
+    ds.FrameExtractionSequence = [item]
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.NumberOfFrames = len(frames)
+    return ds
+
+
+def handle_frames(ident, index: Index):
+    """FRAME level: one sub-operation, the new instance of the Simple Frame List's frames."""
+    found = index["IMAGE"].get(str(ident.get("SOPInstanceUID", "")))
+    yield 1
+    if not found or "SimpleFrameList" not in ident:
+        yield 0xC000, None
+        return
+    value = ident.SimpleFrameList
+    yield 0xFF00, new_instance(found[0], [int(value)] if isinstance(value, int) else [int(v) for v in value])
+
+
 def handle_get(event, index: Index):
     """EVT_C_GET handler: the number of sub-operations, then one (status, dataset) per match."""
+    if str(event.identifier.get("QueryRetrieveLevel", "")).strip().upper() == "FRAME":
+        yield from handle_frames(event.identifier, index)
+        return
     found = matches(index, event.identifier)
     if found is None:
         # 0xA900 Identifier Does Not Match SOP Class (PS3.4 C.4.3.1.3.1), after one announced
@@ -119,12 +161,13 @@ def nodelay(event) -> None:
 
 
 def make_ae(ae_title: str) -> AE:
-    """An AE accepting Verification, Patient and Study Root GET, and every storage SOP class with
+    """An AE accepting Verification, Patient and Study Root GET, Composite Instance Root GET, and every storage SOP class with
     both roles, so the SCU's SCP role for the C-STORE sub-operations can be accepted (PS3.4 C.5.3)."""
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(Verification)
     ae.add_supported_context(PatientRootQueryRetrieveInformationModelGet)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(CompositeInstanceRootRetrieveGet)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, scu_role=True, scp_role=True)
     ae.maximum_associations = 16
@@ -139,6 +182,7 @@ def main() -> None:
     parser.add_argument("--ae-title", default="PYNETDICOM_SCP")
     args = parser.parse_args()
 
+    logging.basicConfig(level=logging.WARNING)  # pynetdicom's handler errors reach the log
     index = build_index(args.dir)
     ae = make_ae(args.ae_title)
     server = ae.start_server(("127.0.0.1", args.port), block=False,

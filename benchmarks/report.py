@@ -1,22 +1,23 @@
-"""The report of :mod:`benchmarks.compare`: Markdown, PNG bar charts (matplotlib, Agg) and JSON.
+"""The report of :mod:`benchmarks.run`: Markdown, PNG bar charts (matplotlib, Agg) and JSON.
 
 :func:`write` takes the harness's results (a JSON-able dict; ``rows`` hold one entry per
 workload, method and peer with the raw figures of every run) and writes ``results.json``,
 ``report.md`` and the charts into a directory. :func:`summary` turns one row into medians with
 their spread; everything the Markdown shows is computed from ``results.json`` alone, so a report
-can be rebuilt from it (``python -m benchmarks.report results.json OUTDIR``).
+can be rebuilt from it (``python -m benchmarks report results.json OUTDIR``).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
-SECTIONS = (("ingest", "Ingest"), ("retrieve", "Retrieve (C-GET)"), ("frame", "Retrieve at FRAME level"))
+SECTIONS = (("ingest", "Ingest"), ("retrieve", "Retrieve (C-GET)"), ("frame", "Retrieve at FRAME level"),
+            ("latency", "Time to one instance: FRAME level against the whole instance"))
 PEER_ORDER = ("dicomaccel", "orthanc", "dcmqrscp", "pynetdicom")
-SHORT = {"ct": "CT", "multiframe": "multi-frame", "j2k": "JPEG 2000", "pydicom-data": "pydicom-data"}
+SHORT = {"ct": "CT", "multiframe": "multi-frame", "j2k": "JPEG 2000", "pydicom-data": "pydicom-data",
+         "large": "large"}
 COLOURS = {"dicomaccel": "#1b7837", "orthanc": "#2166ac", "dcmqrscp": "#b2182b", "pynetdicom": "#8073ac"}
 
 
@@ -167,6 +168,26 @@ def _refusals(data: dict) -> list[str]:
             for (label, peer), (offered, stored, counts) in merged.items()]
 
 
+def latency(data: dict) -> list[str]:
+    """Per FRAME source: dicomaccel's median time to the new instance of 1 and 10 frames, and how
+    many times faster that is than each peer sending the whole source instance."""
+    rows = [r for r in data["rows"] if r["section"] == "latency" and r["runs"]]
+    ms = {(r["label"], r["method"], r["peer"]): 1e3 * statistics.median(x["seconds"] for x in r["runs"])
+          for r in rows}
+    out = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        whole = {p: v for (lab, m, p), v in ms.items() if lab == label and m.startswith("IMAGE")}
+        for (lab, method, peer), v in ms.items():
+            if lab != label or peer != "dicomaccel" or not method.startswith("FRAME"):
+                continue
+            versus = ", ".join(f"{w / v:.1f}x {p} whole ({fig(w)} ms)" for p, w in whole.items())
+            out.append(f"| {label} | {method} | {fig(v)} | {versus or '-'} |")
+    if not out:
+        return []
+    return ["| source | request | dicomaccel ms | against the whole instance (IMAGE level) |",
+            "|---|---|---|---|", *out]
+
+
 def _load_range(data: dict) -> str:
     loads = [r["load1"] for row in data["rows"] for r in row["runs"]]
     if not loads:
@@ -242,6 +263,11 @@ def markdown(data: dict, charts: list[Path]) -> str:
     for section, title in SECTIONS:
         if any(r["section"] == section for r in data["rows"]):
             out += [f"## {title}", "", *_table(data, section), ""]
+    if frame_latency := latency(data):
+        out += ["### FRAME level against whole-instance retrieval", "",
+                "Median time from the C-GET-RQ to the received new instance (raw SCU, one C-GET per run), "
+                "against each peer sending the whole source instance to the same SCU.", "",
+                *frame_latency, ""]
     if data["frame_probe"]:
         out += ["## FRAME-level C-GET: what each peer answered", "",
                 "A Composite Instance Root Retrieve GET (1.2.840.10008.5.1.4.1.2.4.3) at FRAME level "
@@ -313,7 +339,7 @@ def draw_charts(data: dict, out: Path) -> list[Path]:
                                   ("peak", "server peak RSS, MiB (median, max)", "memory")):
         for section, title in SECTIONS:
             groups = _groups(data, section)
-            if not groups:
+            if not groups or section == "latency":  # one instance per run: the table says it all
                 continue
             peers = sorted({r["peer"] for _, _, rows in groups for r in rows}, key=_peer_rank)
             width = 0.8 / len(peers)
@@ -364,9 +390,3 @@ def write(data: dict, out: Path, charts: bool = True) -> list[Path]:
     md.write_text(markdown(data, pngs))
     return [md, raw, *pngs]
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m benchmarks.report results.json OUTDIR")
-    for path in write(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])):
-        print(path)

@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian's path, not PATH: pynetdicom installs Python apps of the same names (getscu, storescu).
-if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ]; then
+# dicom3tools' dciodvfy is the outside validator the IOD checks are compared with.
+if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ] || [ ! -x /usr/bin/dciodvfy ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk dicom3tools
     else
-        echo "warning: DCMTK (getscu, storescu) is missing and we are not root; its tests will skip" >&2
+        echo "warning: DCMTK or dicom3tools is missing and we are not root; their tests will skip" >&2
     fi
 fi
 
@@ -22,5 +23,5 @@ python3 -m pip install -q ".[test]"
 # Run from a directory where ./src is not importable, so the installed package (with its
 # compiled extensions) is what the tests exercise.
 export PYTHONDONTWRITEBYTECODE=1
-DICOMACCEL_REQUIRE_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests "$@"
+DICOMACCEL_REQUIRE_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests benchmarks/tests "$@"
 DICOMACCEL_NO_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests "$@"

@@ -1,0 +1,575 @@
+"""Clients: every way a workload moves data to or from a server, each timed the same way.
+
+Each function returns a dict with at least ``seconds`` (the timed span), ``first`` (seconds to
+the first stored or received instance, or None) and ``accepted`` (instances the server stored
+or sent); some add ``bytes``, ``client_cpu_s`` and ``failure_reasons``.
+
+- STOW-RS: :func:`stow_run` (one process per client, each on one keep-alive ``http.client``
+  connection) and :func:`large_upload_run` (one instance streamed with chunked encoding);
+- DCMTK: :func:`storescu` and :func:`getscu_run`, timed from their own logs by
+  :func:`dcmtk_log` (the one parser of DCMTK's log lines);
+- raw: :func:`drain_run`, a socket SCU that reads PDUs, answers each C-STORE-RQ with Success
+  and parses nothing else — what a server alone can push;
+- pynetdicom: :func:`pynetdicom_run`, an SCU that counts what arrives without decoding it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import multiprocessing
+import re
+import resource
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from itertools import repeat
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    CompositeInstanceRootRetrieveGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from benchmarks.corpus import Corpus
+from benchmarks.peers import Peer, dcmtk_env, dcmtk_program
+from dicomaccel.dimse import messages, pdu
+from dicomaccel.testing import pdu as rawpdu
+from dicomaccel.testing.stow import multipart
+
+RUN_TIMEOUT = 1800
+GETSCU_TITLE = "GETSCU"
+STORESCU_TITLE = "STORESCU"
+SCU_TITLE = "PYNETDICOM"
+DRAIN_TITLE = GETSCU_TITLE  # Orthanc answers C-GET only to the titles it lists (benchmarks/orthanc.py)
+
+
+# --------------------------------------------------------------------------------------------
+# STOW-RS
+
+def _stow_counts(body: bytes) -> tuple[int, int]:
+    """(stored, failed) from a STOW-RS response in JSON (PS3.18 Table 10.5.3-1)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return 0, 0
+    if isinstance(doc, list):
+        doc = doc[0] if doc else {}
+    count = lambda tag: len((doc.get(tag) or {}).get("Value") or [])  # noqa: E731
+    return count("00081199"), count("00081198")
+
+
+STOW_BOUNDARY = "dicomaccel-bench"
+STOW_CTYPE = f'multipart/related; type="application/dicom"; boundary={STOW_BOUNDARY}'
+
+
+def stow_body(paths: list[Path]) -> bytes:
+    """One STOW-RS request body holding the files ``paths``."""
+    return multipart((p.read_bytes() for p in paths), STOW_BOUNDARY)
+
+
+def _stow_client(port: int, path: str, mine: list[tuple[bytes, int]], barrier, results) -> None:
+    """One STOW-RS client process: connect, wait for the others, POST ``mine`` on one keep-alive
+    connection; put its counts, reasons, time stamps and own CPU seconds on ``results``."""
+    out = {"stored": 0, "failed": 0, "errors": [], "reasons": {}, "first": None, "start": None, "end": None,
+           "cpu": 0.0}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
+    try:
+        conn.connect()
+        barrier.wait(60)
+        cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
+        out["start"] = time.perf_counter()
+        for body, _ in mine:
+            conn.request("POST", path, body=body, headers={"Content-Type": STOW_CTYPE,
+                                                           "Accept": "application/dicom+json"})
+            resp = conn.getresponse()
+            text = resp.read()
+            ok, bad = _stow_counts(text)
+            for code in _failure_reasons(text):
+                out["reasons"][code] = out["reasons"].get(code, 0) + 1
+            if ok and out["first"] is None:
+                out["first"] = time.perf_counter()
+            out["stored"] += ok
+            out["failed"] += bad
+            if resp.status not in (200, 202, 409):
+                out["errors"].append(f"HTTP {resp.status}")
+        out["end"] = time.perf_counter()
+        out["cpu"] = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu
+    except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as exc:
+        barrier.abort()  # the others stop waiting for a client that will not come
+        out["errors"].append(repr(exc))
+    finally:
+        conn.close()
+        results.put(out)
+
+
+def _cpu_s(usage: resource.struct_rusage) -> float:
+    """User + system seconds of a ``resource.getrusage`` result."""
+    return usage.ru_utime + usage.ru_stime
+
+
+def stow_run(port: int, path: str, bodies: list[tuple[bytes, int]], clients: int) -> dict:
+    """POST every body, round robin over ``clients`` client processes (forked: they share the
+    prebuilt bodies), each with one keep-alive connection; all start at one barrier. Time runs
+    from the first client's start to the last client's end; ``client_cpu_s`` sums the clients'
+    own CPU over that span."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(clients), ctx.SimpleQueue()
+    procs = [ctx.Process(target=_stow_client, args=(port, path, bodies[i::clients], barrier, results), daemon=True)
+             for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    try:
+        outs = [results.get() for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    errors = [e for o in outs for e in o["errors"]]
+    stored = sum(o["stored"] for o in outs)
+    if errors and not stored:
+        raise RuntimeError(f"STOW-RS failed: {errors[:3]}")
+    start = min(o["start"] for o in outs if o["start"] is not None)
+    firsts = [o["first"] for o in outs if o["first"] is not None]
+    reasons: dict[str, int] = {}
+    for o in outs:
+        for code, n in o["reasons"].items():
+            reasons[code] = reasons.get(code, 0) + n
+    return {"seconds": max(o["end"] or time.perf_counter() for o in outs) - start,
+            "first": min(firsts) - start if firsts else None, "accepted": stored, "http_errors": len(errors),
+            "failure_reasons": reasons, "client_cpu_s": sum(o["cpu"] for o in outs)}
+
+
+def large_upload_run(port: int, path: str, file: Path, chunk: int = 1 << 20) -> dict:
+    """POST one instance read from ``file`` in ``chunk``-byte pieces with chunked transfer
+    coding, so neither side can know the size in advance and the client holds one chunk."""
+    head = f"--{STOW_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+
+    def body():
+        yield head
+        with open(file, "rb") as f:
+            while data := f.read(chunk):
+                yield data
+        yield f"\r\n--{STOW_BOUNDARY}--\r\n".encode()
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
+    try:
+        cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
+        start = time.perf_counter()
+        conn.request("POST", path, body=body(), encode_chunked=True,
+                     headers={"Content-Type": STOW_CTYPE, "Accept": "application/dicom+json"})
+        resp = conn.getresponse()
+        text = resp.read()
+        seconds = time.perf_counter() - start
+        cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu
+    finally:
+        conn.close()
+    stored, _ = _stow_counts(text)
+    if resp.status not in (200, 202, 409):
+        raise RuntimeError(f"large upload: HTTP {resp.status} {text[:300]!r}")
+    reasons: dict[str, int] = {}
+    for code in _failure_reasons(text):
+        reasons[code] = reasons.get(code, 0) + 1
+    return {"seconds": seconds, "first": seconds if stored else None, "accepted": stored,
+            "failure_reasons": reasons, "client_cpu_s": cpu}
+
+
+def _failure_reasons(body: bytes) -> list[str]:
+    """Failure Reason (0008,1197) of each Failed SOP Sequence item, as 0xXXXX ('none' if absent)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if isinstance(doc, list):
+        doc = doc[0] if doc else {}
+    out = []
+    for item in (doc.get("00081198") or {}).get("Value") or []:
+        value = (item.get("00081197") or {}).get("Value") or []
+        out.append(f"0x{int(value[0]):04X}" if value else "none")
+    return out
+
+
+
+# --------------------------------------------------------------------------------------------
+# DCMTK storescu and getscu, timed from their logs
+
+# DCMTK's logger (log4cplus) pattern: %Q is milliseconds with a microsecond fraction.
+DCMTK_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %p: %m%n
+"""
+_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) (\w+): (.*)$")
+
+
+def dcmtk_log(text: str) -> Iterator[tuple[float, str]]:
+    """(seconds since midnight, message) of each line of a log written with
+    :data:`DCMTK_LOG_CONFIG`; a log that crosses midnight keeps counting up."""
+    day, previous = 0.0, None
+    for line in text.splitlines():
+        m = _STAMP.match(line)
+        if not m:
+            continue
+        h, mi, s, ms, us = (int(g) for g in m.groups()[:5])
+        t = h * 3600 + mi * 60 + s + ms / 1e3 + us / 1e6 + day
+        if previous is not None and t < previous:
+            day += 86400
+            t += 86400
+        previous = t
+        yield t, m.group(7)
+
+
+def parse_storescu_log(text: str) -> tuple[float, float | None]:
+    """(seconds from the first Store Request to the last Store Response, seconds to the first
+    successful response) from a storescu log."""
+    sent = last = first = None
+    for t, message in dcmtk_log(text):
+        if message.startswith("Sending Store Request") and sent is None:
+            sent = t
+        elif message.startswith("Received Store Response"):
+            last = t
+            if first is None and "(Success" in message:
+                first = t
+    if sent is None or last is None:
+        raise RuntimeError(f"storescu log has no Store Request and Response:\n{text[-1500:]}")
+    return last - sent, None if first is None else first - sent
+
+
+def parse_getscu_log(text: str) -> tuple[float, float, int, int]:
+    """From a getscu log: (seconds from C-GET request to final response, seconds to the first
+    complete instance, C-STORE sub-operations answered Success, Number of Completed
+    Sub-operations in the final response)."""
+    sent = first = final = None
+    stored = completed = 0
+    for t, message in dcmtk_log(text):
+        if message.startswith("Sending C-GET Request"):
+            sent = t
+        elif message.startswith("Sending C-STORE Response (Success)"):
+            stored += 1
+            first = t if first is None else first
+        elif message.startswith("Received C-GET Response") and "(Pending)" not in message:
+            final = t
+        elif message.strip().startswith("Number of Completed Suboperations"):
+            completed = int(message.rsplit(":", 1)[1])
+    if sent is None or final is None or first is None:
+        raise RuntimeError(f"getscu log lacks the C-GET request, a stored instance or the final response:\n"
+                           f"{text[-1500:]}")
+    return final - sent, first - sent, stored, completed
+
+
+# storescu proposes uncompressed syntaxes unless told which compressed one to propose; it does
+# not propose a file's own syntax by itself. Syntaxes missing here go with the default proposal.
+STORESCU_SYNTAX = {
+    "1.2.840.10008.1.2.2": "-xb", "1.2.840.10008.1.2.1.99": "-xd", "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def storescu_groups(corpus: Corpus) -> list[tuple[list[str], list[Path]]]:
+    """(storescu transfer syntax options, files) per association: one per compressed syntax."""
+    groups: dict[str, list[Path]] = {}
+    for i, path in enumerate(corpus.files):
+        groups.setdefault(STORESCU_SYNTAX.get(corpus.syntax_of(i), ""), []).append(path)
+    return [([opt] if opt else [], files) for opt, files in groups.items()]
+
+
+def storescu(peer: Peer, corpus: Corpus, log_config: Path) -> tuple[float, float | None]:
+    """Send ``corpus`` with DCMTK ``storescu``, one association per transfer syntax group; (seconds
+    summed over the associations, seconds to the first success in the first association)."""
+    seconds, first, failed = 0.0, None, []
+    for options, files in storescu_groups(corpus):
+        # -R: propose only the SOP classes of the files (fewer than 128 contexts even for
+        # pydicom-data's mix); -nh: carry on past a refused file.
+        cmd = [dcmtk_program("storescu"), "--log-config", str(log_config), "-R", "-nh", *options,
+               "-aet", STORESCU_TITLE, "-aec", peer.ae_title, "127.0.0.1", str(peer.port), *map(str, files)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
+        try:
+            took, got = parse_storescu_log(done.stdout + done.stderr)
+        except RuntimeError as exc:
+            # storescu sent nothing in this association (it could not send the group's files):
+            # they count as not stored, the other groups still do.
+            failed.append(exc)
+            continue
+        if first is None and got is not None:
+            first = seconds + got
+        seconds += took
+    if first is None and failed:
+        raise failed[0]
+    return seconds, first
+
+
+def cstore_run(peer: Peer, corpus: Corpus, log_config: Path) -> dict:
+    """``corpus`` into an empty server by :func:`storescu`; counts what the server then holds."""
+    seconds, first = storescu(peer, corpus, log_config)
+    return {"seconds": seconds, "first": first, "accepted": peer.instance_count()}
+
+
+def getscu_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int, log_config: Path) -> dict:
+    """One C-GET by DCMTK ``getscu --ignore`` (timed from its log)."""
+    keys = ["-k", f"QueryRetrieveLevel={level}", "-k", f"StudyInstanceUID={corpus.study_uid}"]
+    if level == "SERIES":
+        keys += ["-k", f"SeriesInstanceUID={corpus.series_uid}"]
+    # +xv: accept JPEG 2000 lossless (besides uncompressed) so a compressed corpus can come as stored.
+    syntax = ["+xv"] if corpus.transfer_syntax == JPEG2000Lossless else []
+    cmd = [dcmtk_program("getscu"), "--log-config", str(log_config), "-S", "-aet", GETSCU_TITLE,
+           "-aec", peer.ae_title, "-pdu", str(max_pdu), "--ignore", *syntax, *keys, "127.0.0.1", str(peer.port)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
+    log = done.stdout + done.stderr
+    failed = [line.split(": ", 1)[-1] for line in log.splitlines()
+              if "ERROR:" in line or "(Failed" in line or "(Refused" in line]
+    if done.returncode != 0 or failed:
+        raise RuntimeError(f"getscu: {' / '.join(dict.fromkeys(failed)) or f'exit status {done.returncode}'}")
+    seconds, first, stored, completed = parse_getscu_log(log)
+    if stored != len(corpus.files) or completed != len(corpus.files):
+        raise RuntimeError(f"getscu received {stored}, final response reports {completed} completed, "
+                           f"expected {len(corpus.files)}")
+    return {"seconds": seconds, "first": first, "accepted": stored}
+
+
+# --------------------------------------------------------------------------------------------
+# C-GET: raw draining SCU, pynetdicom SCU
+
+
+class RetrieveRefused(RuntimeError):
+    """The peer refused the retrieve: association, presentation context or C-GET status."""
+
+
+def identifiers(corpus: Corpus, level: str, frames: list[list[int]] | None = None) -> list[Dataset]:
+    """The C-GET Identifiers (PS3.4 C.4.3.1.3) that fetch ``corpus`` at ``level``: one for STUDY
+    or SERIES, one per instance for IMAGE, and for FRAME one per instance asking for
+    ``frames[i]`` as a Simple Frame List (PS3.4 Y.6.1)."""
+    out = []
+    for sop, wanted in zip(corpus.sop_uids if level in ("IMAGE", "FRAME") else [None], frames or repeat(None)):
+        q = Dataset()
+        q.QueryRetrieveLevel = level
+        q.StudyInstanceUID = corpus.study_uid
+        if level != "STUDY":
+            q.SeriesInstanceUID = corpus.series_uid
+        if sop:
+            q.SOPInstanceUID = sop
+        if level == "FRAME":
+            q.SimpleFrameList = wanted
+        out.append(q)
+    return out
+
+
+def retrieve_model(level: str) -> str:
+    """FRAME level exists only in Composite Instance Root Retrieve (PS3.4 Y); the rest: Study Root."""
+    return CompositeInstanceRootRetrieveGet if level == "FRAME" else StudyRootQueryRetrieveInformationModelGet
+
+
+def _accepted(ac: bytes) -> set[int]:
+    """IDs of the presentation contexts an A-ASSOCIATE-AC body accepts (result 0, PS3.8 9.3.3.2)."""
+    out, pos = set(), pdu.ASSOCIATE_FIXED_LENGTH
+    while pos + pdu.ITEM_HEADER.size <= len(ac):
+        kind, length = pdu.ITEM_HEADER.unpack_from(ac, pos)
+        if kind == pdu.ITEM_PRESENTATION_CONTEXT_AC and ac[pos + 6] == pdu.PC_ACCEPTANCE:
+            out.add(ac[pos + 4])
+        pos += pdu.ITEM_HEADER.size + length
+    return out
+
+
+def drain_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int, frames: list[list[int]] | None = None) -> dict:
+    """C-GETs of ``corpus`` at ``level`` (see :func:`identifiers`) by a raw draining SCU on one
+    association: it reads every PDU, keeps only PDV headers and command sets, throws the data
+    set bytes away and answers each C-STORE-RQ with Success. Timed from sending the first
+    C-GET-RQ to the last final C-GET-RSP; ``first`` is the time to the first complete
+    instance, ``bytes`` the data set bytes received."""
+    model = retrieve_model(level)
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    if corpus.transfer_syntax == JPEG2000Lossless:
+        syntaxes.insert(0, JPEG2000Lossless)
+    contexts = [(1, model.encode(), [ImplicitVRLittleEndian.encode()]),
+                *((3 + 2 * i, uid.encode(), [ts.encode() for ts in syntaxes])
+                  for i, uid in enumerate(corpus.sop_classes))]
+    requests = [(rawpdu.dataset_bytes(q, implicit=True), i + 1) for i, q in enumerate(identifiers(corpus, level, frames))]
+    sock = socket.create_connection(("127.0.0.1", peer.port), timeout=RUN_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = sock.makefile("rb", buffering=1 << 20)
+    scratch = memoryview(bytearray(1 << 20))
+
+    def read(n: int) -> bytes:
+        data = stream.read(n)
+        if len(data) != n:
+            raise RuntimeError("drain: the peer closed the connection")
+        return data
+
+    def skip(n: int) -> None:
+        while n:
+            got = stream.readinto(scratch[:min(n, len(scratch))])
+            if not got:
+                raise RuntimeError("drain: the peer closed the connection")
+            n -= got
+
+    received = nbytes = 0
+    first = None
+    try:
+        sock.sendall(rawpdu.associate_rq(peer.ae_title.encode(), DRAIN_TITLE.encode(), contexts,
+                                         [(uid.encode(), 0, 1) for uid in corpus.sop_classes], max_pdu))
+        kind, length = pdu.PDU_HEADER.unpack(read(6))
+        body = read(length)
+        if kind != pdu.A_ASSOCIATE_AC:
+            raise RetrieveRefused("association rejected (A-ASSOCIATE-RJ)" if kind == pdu.A_ASSOCIATE_RJ
+                                  else f"association answered with PDU type 0x{kind:02X}")
+        if 1 not in _accepted(body):
+            raise RetrieveRefused(f"presentation context {model.name} not accepted")
+        start = time.perf_counter()
+        for identifier, message_id in requests:
+            request = messages.encode_command({
+                "AffectedSOPClassUID": model, "CommandField": messages.C_GET_RQ, "MessageID": message_id,
+                "Priority": messages.PRIORITY_MEDIUM, "CommandDataSetType": messages.DATASET_PRESENT})
+            sock.sendall(rawpdu.p_data(1, 3, request) + rawpdu.p_data(1, 2, identifier))
+            final = None
+            command, fragments = {}, []
+            while final is None:
+                kind, length = pdu.PDU_HEADER.unpack(read(6))
+                if kind != pdu.P_DATA_TF:
+                    raise RetrieveRefused(f"PDU type 0x{kind:02X} during the C-GET (A-ABORT: 7)")
+                while length:
+                    pdv_length, pcid, control = pdu.PDV_HEADER.unpack(read(6))
+                    length -= 4 + pdv_length
+                    if control & 1:
+                        fragments.append(read(pdv_length - 2))
+                        if not control & 2:
+                            continue
+                        command = messages.decode_command(b"".join(fragments))
+                        fragments.clear()
+                        if messages.has_dataset(command):
+                            continue  # answered when its data set has arrived
+                    else:
+                        skip(pdv_length - 2)
+                        if command.get("CommandField") == messages.C_STORE_RQ:
+                            nbytes += pdv_length - 2
+                        if not control & 2:
+                            continue
+                    if command["CommandField"] == messages.C_STORE_RQ:
+                        sock.sendall(rawpdu.p_data(pcid, 3, messages.encode_command({
+                            "AffectedSOPClassUID": command["AffectedSOPClassUID"],
+                            "CommandField": messages.C_STORE_RSP, "MessageIDBeingRespondedTo": command["MessageID"],
+                            "CommandDataSetType": messages.NO_DATASET, "Status": 0x0000,
+                            "AffectedSOPInstanceUID": command["AffectedSOPInstanceUID"]})))
+                        received += 1
+                        first = first or time.perf_counter() - start
+                    elif command["CommandField"] == messages.C_GET_RSP and command["Status"] not in (0xFF00, 0xFF01):
+                        final = command["Status"]
+            if final != 0x0000:
+                raise RetrieveRefused(f"C-GET final status 0x{final:04X} {command.get('ErrorComment', '')}".strip())
+        seconds = time.perf_counter() - start
+        sock.sendall(pdu.A_RELEASE_RQ_BYTES)
+        while (reply := pdu.PDU_HEADER.unpack(read(6)))[0] != pdu.A_RELEASE_RP:
+            skip(reply[1])
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.sendall(pdu.encode_abort(pdu.ABORT_SOURCE_USER, pdu.ABORT_REASON_NOT_SPECIFIED))
+        raise
+    finally:
+        stream.close()
+        sock.close()
+    expected = len(requests) if level == "FRAME" else len(corpus.files)
+    if received != expected:
+        raise RuntimeError(f"drain received {received} instances, expected {expected}")
+    return {"seconds": seconds, "first": first, "accepted": received, "bytes": nbytes}
+
+
+def _scu(corpus: Corpus, model: str, max_pdu: int, on_store):
+    ae = AE(ae_title=SCU_TITLE)
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = RUN_TIMEOUT
+    ae.add_requested_context(model)
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    if corpus.transfer_syntax == JPEG2000Lossless:
+        syntaxes.insert(0, JPEG2000Lossless)
+    for uid in corpus.sop_classes:
+        ae.add_requested_context(uid, syntaxes)
+
+    def on_open(event) -> None:
+        # As TCP_NODELAY=1 does for DCMTK: no Nagle delay on the small command PDUs.
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    roles = [build_role(uid, scp_role=True) for uid in corpus.sop_classes]
+    return ae, dict(ext_neg=roles, max_pdu=max_pdu,
+                    evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, on_open)])
+
+
+def pynetdicom_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int, frames: list[list[int]] | None = None) -> dict:
+    """C-GETs of ``corpus`` at ``level`` (see :func:`identifiers`) by a pynetdicom SCU that counts
+    what arrives without decoding it, all on one association."""
+    received: list[float] = []
+    nbytes = [0]
+
+    def on_store(event) -> int:
+        received.append(time.perf_counter())
+        nbytes[0] += len(event.request.DataSet.getbuffer())
+        return 0x0000
+
+    model = retrieve_model(level)
+    ae, kwargs = _scu(corpus, model, max_pdu, on_store)
+    assoc = ae.associate("127.0.0.1", peer.port, ae_title=peer.ae_title, **kwargs)
+    if assoc.is_rejected:
+        raise RetrieveRefused("association rejected (A-ASSOCIATE-RJ)")
+    if assoc.is_aborted or not assoc.is_established:
+        raise RetrieveRefused("association aborted or not established")
+    queries = identifiers(corpus, level, frames)
+    try:
+        if not any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):
+            raise RetrieveRefused(f"presentation context {model.name} not accepted")
+        start = time.perf_counter()
+        for q in queries:
+            final = None
+            for status, _ in assoc.send_c_get(q, model):
+                if status is None or "Status" not in status:
+                    raise RetrieveRefused("no C-GET response (timeout or abort)")
+                if status.Status not in (0xFF00, 0xFF01):
+                    final = status
+            if final is None or final.Status != 0x0000:
+                code = "none" if final is None else f"0x{final.Status:04X}"
+                comment = final.get("ErrorComment", "") if final is not None else ""
+                raise RetrieveRefused(f"C-GET final status {code} {comment}".strip())
+        seconds = time.perf_counter() - start
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if len(received) != (len(queries) if level == "FRAME" else len(corpus.files)):
+        raise RuntimeError(f"pynetdicom received {len(received)} instances")
+    return {"seconds": seconds, "first": received[0] - start, "accepted": len(received), "bytes": nbytes[0]}
+
+
+def forked(fn, *args):
+    """``fn(*args)`` in a forked process (its own interpreter lock; its CPU counts as a child's):
+    what it returns, or what it raises raised here."""
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            writer.send((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the parent as is
+            writer.send((False, exc))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    writer.close()
+    try:
+        ok, value = reader.recv()
+    except EOFError:
+        raise RuntimeError(f"{fn.__name__}: its process ended without an answer") from None
+    finally:
+        proc.join()
+    if not ok:
+        raise value
+    return value
+
+
+# Besides getscu, which needs its log configuration. The drain SCU runs in a process of its own.
+RETRIEVE_CLIENTS = {"pynetdicom": pynetdicom_run, "drain": lambda *args: forked(drain_run, *args)}
+

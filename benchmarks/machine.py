@@ -1,0 +1,195 @@
+"""The machine the benchmarks run on: what it is, what it can do, and what it is doing.
+
+- :func:`limits`: the disk and loopback limits that bound a server, measured in the same run
+  (sequential write + fdatasync; small files with fdatasync, with and without a directory
+  fsync; loopback TCP);
+- :func:`core_times` / :func:`core_busy`: the share of each core busy over a run;
+- :func:`harness_cpu_s`: CPU of this process and the clients it ran;
+- :func:`machine` and :func:`versions`: what the report names.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pynetdicom
+
+from benchmarks.orthanc import version as orthanc_version
+from benchmarks.peers import REPO, dcmtk_program
+
+def _write_file(path: Path, data: bytes, chunk: int, directory: int | None = None) -> None:
+    """Write ``data`` to a new file in ``chunk``-byte writes, fdatasync and close it; then fsync
+    ``directory`` (an open descriptor) if given, as a store that makes the new name durable does."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        for i in range(0, len(view), chunk):
+            os.write(fd, view[i:i + chunk])
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if directory is not None:
+        os.fsync(directory)
+
+
+def seq_write_mbps(where: Path, total: int = 256 << 20, chunk: int = 8 << 20, reps: int = 3) -> list[float]:
+    """MB/s of writing ``total`` bytes to one file in ``chunk``-byte writes plus one fdatasync."""
+    data, out = os.urandom(chunk) * (total // chunk), []
+    for _ in range(reps):
+        t = time.perf_counter()
+        _write_file(where / "seq.bin", data, chunk)
+        out.append(total / (time.perf_counter() - t) / 1e6)
+        os.unlink(where / "seq.bin")
+    return out
+
+
+def files_per_s(where: Path, size: int, threads: int, dir_sync: bool, seconds: float = 2.0,
+                most: int = 1000) -> float:
+    """Files/s of ``threads`` threads each writing ``size``-byte files (write, fdatasync, close,
+    and with ``dir_sync`` an fsync of the directory) for ``seconds`` or ``most`` files each."""
+    directory = where / f"files-{threads}-{int(dir_sync)}"
+    directory.mkdir()
+    data = os.urandom(size)
+    dfd = os.open(directory, os.O_RDONLY)
+    counts = [0] * threads
+
+    def writer(k: int) -> None:
+        deadline = time.perf_counter() + seconds
+        while counts[k] < most and time.perf_counter() < deadline:
+            _write_file(directory / f"{k}-{counts[k]}", data, size, dfd if dir_sync else None)
+            counts[k] += 1
+
+    t = time.perf_counter()
+    pool = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    rate = sum(counts) / (time.perf_counter() - t)
+    os.close(dfd)
+    shutil.rmtree(directory)
+    return rate
+
+
+def _tcp_send(port: int, total: int, chunk: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        block = b"\0" * chunk
+        for _ in range(total // chunk):
+            s.sendall(block)
+
+
+def tcp_mbps(total: int = 1 << 30, chunk: int = 1 << 20) -> float:
+    """MB/s of ``total`` bytes over loopback TCP from a sender process (``chunk``-byte sends) to
+    this one, timed by the receiver from accepting the connection to the sender's close."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = multiprocessing.get_context("fork").Process(
+            target=_tcp_send, args=(server.getsockname()[1], total, chunk), daemon=True)
+        sender.start()
+        conn, _ = server.accept()
+        t, got, buf = time.perf_counter(), 0, bytearray(chunk)
+        with conn:
+            while n := conn.recv_into(buf):
+                got += n
+        seconds = time.perf_counter() - t
+    sender.join()
+    if got != total:
+        raise RuntimeError(f"loopback TCP: received {got} of {total} bytes")
+    return total / seconds / 1e6
+
+
+def limits(where: Path, file_size: int) -> dict:
+    """Disk and loopback limits of this machine in ``where``'s file system (see the report)."""
+    print(f"measuring disk and loopback limits in {where} ...", flush=True)
+    seq = seq_write_mbps(where)
+    out = {"filesystem": str(where), "seq_write_mbps": statistics.median(seq), "seq_write_runs": seq,
+           "file_bytes": file_size,
+           "files_per_s": {str(n): {"write + fdatasync + close": files_per_s(where, file_size, n, False),
+                                    "write + fdatasync + close + directory fsync":
+                                        files_per_s(where, file_size, n, True)}
+                           for n in (1, 4)},
+           "tcp_mbps": tcp_mbps()}
+    print(f"limits: sequential write+fdatasync {out['seq_write_mbps']:.0f} MB/s, loopback TCP "
+          f"{out['tcp_mbps']:.0f} MB/s, {file_size} B files/s (1 and 4 threads) "
+          f"{', '.join(f'{v:.0f}' for n in out['files_per_s'].values() for v in n.values())}", flush=True)
+    return out
+
+
+
+def harness_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (and been waited for)."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+def core_times() -> list[tuple[int, int]]:
+    """(busy, total) jiffies of every core, from /proc/stat (proc(5))."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(f) for f in fields[:8]]
+            out.append((sum(ticks) - ticks[3] - ticks[4], sum(ticks)))  # idle, iowait
+    return out
+
+
+def core_busy(before: list[tuple[int, int]]) -> list[float]:
+    """Share of each core busy since ``before`` (everything on the machine: server, clients,
+    kernel threads flushing to disk)."""
+    return [(b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+            for (b0, t0), (b1, t1) in zip(before, core_times())]
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1),
+            "kernel": platform.release(), "os": _os_release(), "python": platform.python_version()}
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def versions() -> dict:
+    import dicomaccel
+    from dicomaccel import frames
+    getscu = dcmtk_program("getscu")
+    dcmtk = subprocess.run([getscu, "--version"], capture_output=True, text=True).stdout.split("\n")[0] if getscu else ""
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
+    out = {"dicomaccel": f"{getattr(dicomaccel, '__version__', '0.1.0')} @ {rev.stdout.strip() or '?'}"
+                         f"{' + uncommitted changes' if dirty.stdout.strip() else ''}",
+           "dicomaccel kernels": "compiled" if "_c" in frames.NativeFrames.__module__ else "pure Python",
+           "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__, "numpy": np.__version__,
+           "DCMTK": dcmtk.strip("$ ") or "absent", "Orthanc": orthanc_version() or "absent"}
+    try:
+        import openjpeg
+        out["pylibjpeg-openjpeg"] = openjpeg.__version__
+    except ImportError:
+        pass
+    return out
+

@@ -1,0 +1,568 @@
+"""The benchmark runner: every workload against every peer, interleaved, into one report.
+
+    python -m benchmarks run [--peers dicomaccel,orthanc,dcmqrscp,pynetdicom]
+                             [--workloads stow,cstore,cget,frame,large-upload] [--runs 5] [--out DIR]
+
+Peers (:mod:`benchmarks.peers`), installed from Debian's packages (as root; ``--install-peers``
+runs this when a package is missing):
+
+    apt-get install -y orthanc orthanc-dicomweb dcmtk
+
+- dicomaccel: ``dicomaccel serve`` of this checkout (STOW-RS, C-GET SCP incl. FRAME level), for
+  ingest with ``--workers`` from ``--dicomaccel-workers`` (default: the CPU count);
+- orthanc: Orthanc + DICOMweb plugin on a generated configuration (STOW-RS, C-STORE, C-GET SCP);
+- dcmqrscp: DCMTK's Q/R SCP (C-STORE and C-GET SCP), loaded with ``storescu``;
+- pynetdicom: the C-GET SCP of ``benchmarks/pynetdicom_scp.py`` (retrieve only; FRAME level done
+  with pydicom, the way a pynetdicom server would add it).
+
+Network isolation: Orthanc 1.10 and dcmqrscp cannot bind to one address, so when either is
+selected the runner re-runs itself, servers and clients alike, inside a private network
+namespace with only loopback (``unshare --net``, then ``ip link set lo up``); that needs root. Not
+root, or no ``unshare``: those two peers are skipped with a message. Every DCMTK process runs with
+``TCP_NODELAY=1`` (Debian's DCMTK leaves Nagle's algorithm on without it).
+
+Corpora (:mod:`benchmarks.corpus`, generated once, cached under ``--cache-dir``): a CT series
+(``--ct``), native multi-frame instances (``--multiframe``), JPEG 2000 lossless multi-frame
+instances (``--j2k`` of ``--j2k-frames`` frames), the files of pydicom-data (``--pydicom-data``;
+ingest only, accepted counts recorded per peer) and one instance of ``--large-size`` bytes.
+
+Workloads (clients in :mod:`benchmarks.clients`):
+
+- ``stow``: STOW-RS (PS3.18 10.5) with ``--stow-batch`` instances per request and
+  ``--stow-clients`` concurrent keep-alive clients (one process each), into a freshly started,
+  empty server (dicomaccel with --fsync always, Orthanc with SyncStorageArea: both fsync before
+  answering);
+- ``cstore``: DCMTK ``storescu`` over one association into a fresh Orthanc or dcmqrscp;
+- ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received (``--clients``) by
+  ``getscu --ignore``, by a pynetdicom SCU that does not decode what it receives and by
+  ``drain``, a raw socket SCU that discards the data sets unparsed;
+- ``frame``: a Composite Instance Root Retrieve C-GET at FRAME level (PS3.4 Annex Y) is offered
+  to every peer and its outcome recorded. Peers that answer it are measured retrieving every
+  10th frame of each multi-frame instance (pynetdicom SCU), and, with the raw SCU, one frame and
+  ten frames of the first instance of each multi-frame corpus; every peer fetches that whole
+  instance at IMAGE level with the raw SCU, the baseline a server without FRAME level leaves;
+- ``large-upload``: one ``--large-size`` instance streamed in one STOW-RS request with chunked
+  transfer coding, into a fresh server: time and peak memory.
+
+Runs are interleaved peer by peer (A B A B ...) so machine drift hits every side. Each figure is
+the median of ``--runs`` runs, with the spread (min-max). Server memory is the peak resident set
+(VmHWM, reset through /proc/PID/clear_refs before each run). Every run also records the CPU time
+of the server's process tree and of the client side, and the share of each core busy. Before
+the workloads, the runner measures the machine's limits (:func:`benchmarks.machine.limits`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import report
+from dicomaccel.config import parse_size
+from benchmarks.clients import (
+    DCMTK_LOG_CONFIG,
+    RETRIEVE_CLIENTS,
+    RetrieveRefused,
+    cstore_run,
+    drain_run,
+    forked,
+    getscu_run,
+    large_upload_run,
+    pynetdicom_run,
+    stow_body,
+    stow_run,
+    storescu,
+    storescu_groups,
+)
+from benchmarks.corpus import (
+    FRAME_STEP,
+    Corpus,
+    ct_corpus,
+    frame_lists,
+    j2k_corpus,
+    large_corpus,
+    multiframe_corpus,
+    pydicom_data_corpus,
+)
+from benchmarks.machine import core_busy, core_times, harness_cpu_s, limits, loadavg, machine, versions
+from benchmarks.orthanc import OrthancPeer
+from benchmarks.peers import (
+    REPO,
+    DcmqrscpPeer,
+    DicomaccelPeer,
+    Peer,
+    PeerUnavailable,
+    PynetdicomPeer,
+    RssSampler,
+    dcmtk_program,
+    install_signal_handlers,
+    stow,
+)
+
+NETNS_MARK = "DICOMACCEL_BENCH_NETNS"
+APT_PACKAGES = ("orthanc", "orthanc-dicomweb", "dcmtk")
+INSTALL = "apt-get install -y " + " ".join(APT_PACKAGES)
+
+
+class IngestDicomaccel(DicomaccelPeer):
+    # Orthanc fsyncs each file before answering (SyncStorageArea); so does this side. Its
+    # ``workers`` are set from --dicomaccel-workers.
+    fsync = "always"
+
+
+class Dcmqrscp(DcmqrscpPeer):
+    # +xv: accept JPEG 2000 lossless besides the uncompressed syntaxes, so storescu can load the
+    # JPEG 2000 corpus as is and a C-GET SCU that proposes it receives it as stored.
+    options = ("+xv",)
+
+
+PEERS: dict[str, type[Peer]] = {"dicomaccel": DicomaccelPeer, "orthanc": OrthancPeer,
+                                "dcmqrscp": Dcmqrscp, "pynetdicom": PynetdicomPeer}
+STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": (OrthancPeer, "/dicom-web/studies")}
+CSTORE_PEERS = ("orthanc", "dcmqrscp")
+NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
+WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload")
+CLIENTS = ("getscu", "pynetdicom", "drain")
+LEVELS = ("STUDY", "SERIES")
+
+
+@dataclass
+class Method:
+    """A row group of the report: a way of moving a corpus, and the peers that take part."""
+
+    section: str  # ingest | retrieve | frame | latency
+    corpus: Corpus
+    label: str
+    peers: list[str]
+    run: object  # callable(peer) -> dict, peer started
+    fresh: bool = False  # ingest: a new empty server per run
+
+
+def load(peer: Peer, corpus: Corpus, log_config: Path) -> str | None:
+    """Store ``corpus`` into a started peer the way it ingests (STOW-RS, else storescu); why not, or None."""
+    try:
+        if peer.name in STOW_PEERS:
+            stow(peer.http_port, corpus.files, path=STOW_PEERS[peer.name][1])
+            return None
+        before = peer.instance_count()
+        storescu(peer, corpus, log_config)
+        stored = peer.instance_count() - before
+        return None if stored == len(corpus.files) else f"storescu stored {stored} of {len(corpus.files)}"
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        return " ".join(str(exc).split())[:300]
+
+
+class Progress:
+    """A text bar per workload: ``[####......] 4/12 label: detail``."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, total, 0
+        print(f"== {label}", flush=True)
+
+    def step(self, detail: str) -> None:
+        self.done += 1
+        width = 20
+        filled = round(width * self.done / self.total)
+        print(f"  [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {detail}", flush=True)
+
+
+def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
+            errors: dict[str, str] | None = None) -> list[dict]:
+    """Run ``method`` ``runs`` times on each of its peers, interleaved; one result row per peer.
+    ``errors`` names peers that cannot take part (their corpus did not load) and why."""
+    rows = {name: {"section": method.section, "corpus": method.corpus.name, "label": method.corpus.label,
+                   "method": method.label, "peer": name, "instances": len(method.corpus.files),
+                   "bytes": method.corpus.nbytes, "runs": [], "error": (errors or {}).get(name)}
+            for name in method.peers}
+    bar = Progress(f"{method.corpus.name}: {method.label}", runs * len(method.peers))
+    for i in range(runs):
+        for name in method.peers:  # A B A B: drift hits every peer alike
+            row = rows[name]
+            if row["error"]:
+                bar.step(f"{name} run {i + 1}: skipped after failure")
+                continue
+            peer = None
+            try:
+                if method.fresh:
+                    # A new directory per run; the last run's files are emptied, not deleted
+                    # (see release_files).
+                    fresh = Path(tempfile.mkdtemp(prefix=f"ingest-{name}-", dir=work))
+                    peer = STOW_PEERS[name][0](fresh) if method.label.startswith("STOW") \
+                        else PEERS[name](fresh)
+                    peer.start([])
+                else:
+                    peer = started[name]
+                load = loadavg()
+                server_cpu, client_cpu, cores = peer.cpu_s(), harness_cpu_s(), core_times()
+                with RssSampler(peer) as rss:
+                    result = method.run(peer)
+                result["core_busy"] = core_busy(cores)
+                result.setdefault("bytes", method.corpus.nbytes)
+                # Client CPU: what this process and the clients it ran (getscu, storescu, STOW-RS
+                # processes) used, less the memory sampler's thread; STOW-RS clients count their own.
+                result.setdefault("client_cpu_s", harness_cpu_s() - client_cpu - rss.cpu_s)
+                result.update(peak_mib=rss.peak_mib, load1=load, server_cpu_s=peer.cpu_s() - server_cpu)
+                row["runs"].append(result)
+                rate = len(method.corpus.files) / result["seconds"]
+                bar.step(f"{name} run {i + 1}: {report.fig(rate)} inst/s "
+                         f"{report.fig(result['bytes'] / result['seconds'] / 1e6)} MB/s "
+                         f"peak RSS {rss.peak_mib:.0f} MiB accepted {result['accepted']} CPU ms/inst "
+                         f"server {report.fig(1e3 * result['server_cpu_s'] / len(method.corpus.files))} "
+                         f"client {report.fig(1e3 * result['client_cpu_s'] / len(method.corpus.files))}")
+            except (RuntimeError, OSError, PeerUnavailable, subprocess.TimeoutExpired, ValueError) as exc:
+                row["error"] = " ".join(f"{exc}{server_says(peer)}".split())[:400]
+                bar.step(f"{name} run {i + 1}: FAILED {row['error']}")
+            finally:
+                if method.fresh and peer is not None:
+                    peer.stop()
+                    release_files(peer.workdir)
+    return list(rows.values())
+
+
+def release_files(directory: Path) -> None:
+    """Empty every file of a finished run and keep the inodes until the harness ends.
+
+    Both ways of cleaning up between runs bias the next run on a VM whose root file system is
+    ext4 without a journal: deleting files makes every file creation of the next run scan past
+    the recently deleted inodes (a third of a server's CPU in a measured case), and keeping the
+    data makes the next run fill never-touched guest pages (new page-cache pages cost about
+    1 ms per 0.5 MB cold, 0.16 ms recycled). Truncating frees the pages for reuse and deletes
+    no inode."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            try:
+                os.truncate(os.path.join(root, name), 0)
+            except OSError:
+                pass
+
+
+_SERVER_ERROR = re.compile(r"^(E\d{4} [\d:.]+ \S+\] |.*\bERROR\b:? ?)(.*)$")
+
+
+def server_says(peer: Peer | None) -> str:
+    """`` (server: <its last two error lines>)`` from the peer's log, or ''."""
+    if peer is None:
+        return ""
+    lines = [m.group(2) for line in peer.log_tail(8000).splitlines() if (m := _SERVER_ERROR.match(line))]
+    return f" (server: {' / '.join(dict.fromkeys(lines[-2:]))[:300]})" if lines else ""
+
+
+def probe_frame(peer: Peer, corpus: Corpus, max_pdu: int) -> dict:
+    """Offer a FRAME-level Composite Instance Root Retrieve GET; what the peer answered."""
+    try:
+        result = pynetdicom_run(peer, corpus.head(1), "FRAME", max_pdu, [[1, 2, 3]])
+    except RetrieveRefused as exc:
+        return {"supported": False, "outcome": str(exc)}
+    except (RuntimeError, OSError, ValueError) as exc:
+        return {"supported": False, "outcome": f"error: {' '.join(str(exc).split())[:200]}"}
+    return {"supported": True, "outcome": f"0x0000 Success, {result['accepted']} instance of 3 frames"}
+
+
+
+def install_peers() -> None:
+    """Install the Debian packages of the peers when some are missing (root only)."""
+    missing = [p for p in APT_PACKAGES
+               if subprocess.run(["dpkg-query", "-W", "-f", "${Status}", p], capture_output=True,
+                                 text=True).stdout.strip() != "install ok installed"]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        print(f"--install-peers: not root, cannot install {' '.join(missing)}; run as root: {INSTALL}",
+              file=sys.stderr)
+        return
+    print(f"installing {' '.join(missing)} ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update"], env=env, check=False)
+    subprocess.run(["apt-get", "install", "-y", *APT_PACKAGES], env=env, check=True)
+
+
+def reexec_in_netns(argv: list[str]) -> int:
+    """Run this command again inside a new network namespace holding only loopback; its exit code.
+
+    The child runs in its own session, so a Ctrl-C reaches it once, forwarded from here; it stops
+    its servers by PID before it exits.
+    """
+    env = dict(os.environ, **{NETNS_MARK: "1"})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    child = subprocess.Popen(["unshare", "--net", "--", sys.executable, "-m", "benchmarks", "run", *argv],
+                             env=env, start_new_session=True)
+
+    def forward(signum, frame) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    return child.wait()
+
+
+def _csv(choices: tuple[str, ...], cast=str):
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [t for t in items if str(t) not in choices] if choices else []
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (got {text!r})")
+        return [cast(t) for t in items]
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", type=_csv(tuple(PEERS)), default=list(PEERS),
+                   help="comma-separated servers (default: all four)")
+    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
+                   help=f"comma-separated: {', '.join(WORKLOADS)} (default: all)")
+    p.add_argument("--clients", type=_csv(CLIENTS), default=list(CLIENTS),
+                   help="C-GET receivers: getscu, pynetdicom, drain (default: all three)")
+    p.add_argument("--levels", type=_csv(LEVELS), default=list(LEVELS), help="C-GET levels (default: STUDY,SERIES)")
+    p.add_argument("--runs", type=int, default=5, help="repetitions of every measurement (default 5)")
+    p.add_argument("--dicomaccel-workers", type=int, default=os.cpu_count() or 1,
+                   help="`dicomaccel serve --workers` for ingest (default: the CPU count)")
+    p.add_argument("--ct", type=int, default=200, help="CT instances (0: none; default 200)")
+    p.add_argument("--multiframe", type=int, default=4, help="native multi-frame instances (default 4)")
+    p.add_argument("--j2k", type=int, default=4, help="JPEG 2000 multi-frame instances (default 4)")
+    p.add_argument("--j2k-frames", type=int, default=100, help="frames per JPEG 2000 instance (default 100)")
+    p.add_argument("--pydicom-data", type=int, default=-1,
+                   help="pydicom-data files to ingest (-1: all that qualify, the default; 0: none)")
+    p.add_argument("--stow-batch", type=_csv((), int), default=[1, 20],
+                   help="instances per STOW-RS request (default 1,20)")
+    p.add_argument("--stow-clients", type=_csv((), int), default=[1, 2, 4],
+                   help="concurrent STOW-RS clients (default 1,2,4)")
+    p.add_argument("--large-size", type=parse_size, default=parse_size("2G"),
+                   help="size of the large-upload instance (default 2G)")
+    p.add_argument("--max-pdu", type=int, default=16384, help="receivers' Maximum Length (default 16384)")
+    p.add_argument("--out", type=Path, default=Path("bench-report"),
+                   help="directory for report.md, results.json and the PNG charts (default ./bench-report)")
+    p.add_argument("--cache-dir", type=Path,
+                   default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dicomaccel-bench",
+                   help="where generated corpora are kept between runs")
+    p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary server directories")
+    p.add_argument("--install-peers", action="store_true", help=f"as root, run `{INSTALL}` if a package is missing")
+    p.add_argument("--no-charts", action="store_true", help="skip the PNG charts (no matplotlib needed)")
+    return p
+
+
+def ingest_configs(n: int, batches: list[int], clients: list[int]) -> list[tuple[int, int]]:
+    """(instances per request, clients) pairs that differ for ``n`` instances: a batch is at most
+    ``n``, and there are never more clients than requests."""
+    out = []
+    for b in batches:
+        b = min(b, n)
+        for c in clients:
+            c = min(c, -(-n // b))
+            if (b, c) not in out:
+                out.append((b, c))
+    return out
+
+
+def plan(args, corpora: list[Corpus], available: list[str], log_config: Path) -> tuple[list[Method], list[Method]]:
+    """The ingest methods (fresh servers) and the retrieve methods (loaded servers)."""
+    ingest, retrieve = [], []
+    stow_peers = [p for p in available if p in STOW_PEERS]
+    for corpus in corpora:
+        if corpus.name == "large":
+            if "large-upload" in args.workloads and stow_peers:
+                ingest.append(Method("ingest", corpus, "STOW-RS 1 instance streamed (chunked)", stow_peers,
+                                     lambda peer, corpus=corpus: large_upload_run(
+                                         peer.http_port, STOW_PEERS[peer.name][1], corpus.files[0]), fresh=True))
+            continue
+        if "stow" in args.workloads and stow_peers:
+            for batch, clients in ingest_configs(len(corpus.files), args.stow_batch, args.stow_clients):
+                cache: dict = {}
+
+                def run(peer, corpus=corpus, batch=batch, clients=clients, cache=cache):
+                    if "bodies" not in cache:  # built once, outside the timing, shared by peers and runs
+                        cache["bodies"] = [(stow_body(corpus.files[i:i + batch]), 0)
+                                           for i in range(0, len(corpus.files), batch)]
+                    return stow_run(peer.http_port, STOW_PEERS[peer.name][1], cache["bodies"], clients)
+                label = f"STOW-RS {batch}/request, {clients} client{'s' if clients > 1 else ''}"
+                ingest.append(Method("ingest", corpus, label, stow_peers, run, fresh=True))
+        cstore_peers = [p for p in available if p in CSTORE_PEERS]
+        if "cstore" in args.workloads and cstore_peers and dcmtk_program("storescu"):
+            n = len(storescu_groups(corpus))
+            label = f"C-STORE storescu, {n} association{'s' if n > 1 else ''}"
+            ingest.append(Method("ingest", corpus, label, cstore_peers,
+                                 lambda peer, corpus=corpus: cstore_run(peer, corpus, log_config), fresh=True))
+        if not corpus.retrievable or "cget" not in args.workloads:
+            continue
+        for level in args.levels:
+            for client in args.clients:
+                if client == "getscu":
+                    run = (lambda peer, corpus=corpus, level=level:
+                           getscu_run(peer, corpus, level, args.max_pdu, log_config))
+                else:
+                    run = (lambda peer, corpus=corpus, level=level, scu=RETRIEVE_CLIENTS[client]:
+                           scu(peer, corpus, level, args.max_pdu))
+                retrieve.append(Method("retrieve", corpus, f"C-GET {level}, {client}", available, run))
+    return ingest, retrieve
+
+
+def frame_methods(corpora: list[Corpus], supported: list[str], started: list[str], max_pdu: int) -> list[Method]:
+    """For each multi-frame corpus: every 10th frame of every instance by a pynetdicom SCU (peers
+    answering FRAME level), then the time to one instance by the raw SCU: 1 and 10 frames of the
+    first instance (FRAME level), and that whole instance (IMAGE level, every peer)."""
+    out = []
+    for corpus in (c for c in corpora if c.retrievable and c.frames):
+        if supported:
+            out.append(Method("frame", corpus, f"C-GET FRAME every {FRAME_STEP}th frame, pynetdicom", supported,
+                              lambda peer, corpus=corpus, lists=frame_lists(corpus):
+                              pynetdicom_run(peer, corpus, "FRAME", max_pdu, lists)))
+        source, n = corpus.head(1), corpus.frames[0]
+        for label, wanted in (("FRAME 1 frame", [n // 2 + 1]), ("FRAME 10 frames", [1 + k * n // 10 for k in range(10)])):
+            if supported:
+                out.append(Method("latency", source, f"{label} of {n}, raw SCU", supported,
+                                  lambda peer, source=source, wanted=wanted:
+                                  forked(drain_run, peer, source, "FRAME", max_pdu, [wanted])))
+        out.append(Method("latency", source, f"IMAGE whole instance of {n} frames, raw SCU", started,
+                          lambda peer, source=source: forked(drain_run, peer, source, "IMAGE", max_pdu)))
+    return out
+
+
+def build_corpora(args) -> list[Corpus]:
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    corpora = []
+    if args.ct:
+        corpora.append(ct_corpus(args.cache_dir, args.ct))
+    if args.multiframe:
+        corpora.append(multiframe_corpus(args.cache_dir, args.multiframe))
+    if args.j2k:
+        corpora.append(j2k_corpus(args.cache_dir, args.j2k, args.j2k_frames))
+    if args.pydicom_data:
+        corpora.append(pydicom_data_corpus(args.pydicom_data))
+    if "large-upload" in args.workloads and args.large_size:
+        corpora.append(large_corpus(args.cache_dir, args.large_size))
+    for c in corpora:
+        print(f"corpus {c.name}: {len(c.files)} instances, {c.nbytes / 1e6:.1f} MB", flush=True)
+    print(f"corpora ready in {time.perf_counter() - t0:.1f} s (cache {args.cache_dir})", flush=True)
+    return corpora
+
+
+def start_loaded(available: list[str], retrievable: list[Corpus], work: Path, log_config: Path,
+                 data: dict) -> tuple[dict[str, Peer], dict[str, dict[str, str]]]:
+    """Every available peer started and loaded with ``retrievable``; (started peers, and per
+    corpus the peers that could not load it, with why)."""
+    started: dict[str, Peer] = {}
+    not_loaded: dict[str, dict[str, str]] = {}
+    for name in available:
+        t = time.perf_counter()
+        peer = PEERS[name](work / "retrieve")
+        try:
+            # The pynetdicom SCP indexes its directory at start-up: it gets the files first.
+            peer.start([f for c in retrievable for f in c.files] if name == "pynetdicom" else [])
+        except (PeerUnavailable, RuntimeError) as exc:
+            peer.stop()
+            data["skipped"][name + " (retrieve)"] = " ".join(str(exc).split())[:300]
+            print(f"peer {name} did not start for retrieval: {exc}", file=sys.stderr, flush=True)
+            continue
+        started[name] = peer
+        if name != "pynetdicom":
+            for corpus in retrievable:
+                if why := load(peer, corpus, log_config):
+                    not_loaded.setdefault(corpus.name, {})[name] = why
+                    print(f"{name}: {corpus.name} not loaded: {why}", file=sys.stderr, flush=True)
+        print(f"{name}: C-GET SCP on 127.0.0.1:{peer.port} (pid {peer.proc.pid}), loaded for retrieval "
+              f"in {time.perf_counter() - t:.1f} s", flush=True)
+    return started, not_loaded
+
+
+def run_harness(args, argv: list[str]) -> int:
+    install_signal_handlers()
+    began = time.time()
+    data: dict = {"command": shlex.join(["python", "-m", "benchmarks", "run", *argv]),
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "machine": machine(), "versions": versions(), "netns": os.environ.get(NETNS_MARK) == "1",
+                  "load_before": Path("/proc/loadavg").read_text().split()[:3], "skipped": {}, "rows": [],
+                  "frame_probe": {}, "runs": args.runs, "max_pdu": args.max_pdu,
+                  "dicomaccel_workers": args.dicomaccel_workers}
+    IngestDicomaccel.workers = args.dicomaccel_workers
+    available = []
+    for name in args.peers:
+        reason = PEERS[name].unavailable()
+        if name in NEEDS_NETNS and not data["netns"]:
+            reason = reason or ("binds every interface and cannot be limited to 127.0.0.1: needs root and "
+                                "`unshare -n` to run in a loopback-only network namespace")
+        if reason:
+            data["skipped"][name] = reason
+            print(f"skipping peer {name}: {reason}", file=sys.stderr, flush=True)
+        else:
+            available.append(name)
+    if not available:
+        print("no peer available", file=sys.stderr)
+        return 1
+    if "getscu" in args.clients and dcmtk_program("getscu") is None:
+        print("skipping receiver getscu: DCMTK getscu not installed (apt-get install -y dcmtk)", file=sys.stderr)
+        args.clients = [c for c in args.clients if c != "getscu"]
+
+    corpora = build_corpora(args)
+    data["corpora"] = [c.describe() for c in corpora]
+    work = Path(tempfile.mkdtemp(prefix="dicomaccel-bench-", dir=args.workdir))
+    started: dict[str, Peer] = {}
+    try:
+        ct = next((c for c in corpora if c.name == "ct"), None)
+        data["limits"] = limits(work, ct.files[0].stat().st_size if ct else 1 << 19)
+        log_config = work / "dcmtk-log.cfg"
+        log_config.write_text(DCMTK_LOG_CONFIG)
+        ingest, retrieve = plan(args, corpora, available, log_config)
+        for method in ingest:
+            data["rows"] += measure(method, args.runs, started, work)
+
+        retrievable = [c for c in corpora if c.retrievable]
+        wants_frames = "frame" in args.workloads and any(c.frames for c in retrievable)
+        if retrieve or wants_frames:
+            started, not_loaded = start_loaded(available, retrievable, work, log_config, data)
+            supported = []
+            if wants_frames:
+                source = next(c for c in retrievable if c.frames)
+                for name, peer in started.items():
+                    if name not in not_loaded.get(source.name, {}):
+                        data["frame_probe"][name] = probe_frame(peer, source, args.max_pdu)
+                        print(f"FRAME-level C-GET to {name}: {data['frame_probe'][name]['outcome']}", flush=True)
+                supported = [n for n, r in data["frame_probe"].items() if r["supported"]]
+                retrieve += frame_methods(retrievable, supported, list(started), args.max_pdu)
+            for method in retrieve:
+                method.peers = [p for p in method.peers if p in started]
+                if method.peers:
+                    data["rows"] += measure(method, args.runs, started, work, not_loaded.get(method.corpus.name))
+    finally:
+        for peer in started.values():
+            peer.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    data["seconds"] = round(time.time() - began, 1)
+    data["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    written = report.write(data, args.out, charts=not args.no_charts)
+    print(report.headline(data), flush=True)
+    print(f"report: {', '.join(str(p) for p in written)}", flush=True)
+    return 0 if all(r["runs"] for r in data["rows"]) else 1
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.runs < 1 or args.dicomaccel_workers < 1:
+        parser().error("--runs and --dicomaccel-workers must be at least 1")
+    if os.environ.get(NETNS_MARK) == "1":
+        # Inside the namespace made by reexec_in_netns: loopback starts down.
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        return run_harness(args, argv)
+    if args.install_peers:
+        install_peers()
+    wants_netns = [p for p in args.peers if p in NEEDS_NETNS and PEERS[p].unavailable() is None]
+    if wants_netns:
+        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
+            print(f"running in a loopback-only network namespace (unshare --net) for {', '.join(wants_netns)}",
+                  flush=True)
+            return reexec_in_netns(argv)  # same working directory: relative paths still hold
+        print(f"not root or no unshare/ip: cannot isolate {', '.join(wants_netns)} on loopback", file=sys.stderr)
+    return run_harness(args, argv)
