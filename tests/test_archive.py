@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from dicomaccel.archive import Archive, FrameIndex, InstanceRecord, StoreFailure
 from dicomaccel.archive import store as store_module
-from dicomaccel.status import FailureReason
+from dicomaccel.policy.store import StorePolicy
+from dicomaccel.status import FailureReason, WarningReason
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import (
     base_dataset,
+    complete_iod,
     compressed_file,
     ct_file,
     image_dataset,
@@ -230,18 +234,74 @@ def test_dataset_does_not_match_sop_class(archive):
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_sop_class_not_supported(tmp_path):
+def test_sop_class_policy(tmp_path):
+    ct = "1.2.840.10008.5.1.4.1.1.2"
     data = ct_file(rows=4, columns=4)
-    with Archive(tmp_path / "a", allowed_sop_classes=frozenset({"1.2.840.10008.5.1.4.1.1.4"})) as a:
+    with Archive(tmp_path / "a", policy=StorePolicy(reject_sop_classes={ct})) as a:
         err = expect_failure(a, data, FailureReason.SOP_CLASS_NOT_SUPPORTED)
-        assert err.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
-    with Archive(tmp_path / "b", allowed_sop_classes=frozenset({"1.2.840.10008.5.1.4.1.1.2"})) as b:
-        assert b.store_bytes(data).record.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
-    with Archive(tmp_path / "c") as c:  # default: any valid UID, but not garbage
+        assert err.sop_class_uid == ct
+    with Archive(tmp_path / "b") as b:  # default: the Storage SOP Classes, and only those
+        assert b.store_bytes(data).record.sop_class_uid == ct
+        for not_storage in ("1.2.840.10008.1.1", "1.2.3.999.1", "CT"):  # Verification, invented, garbage
+            ds = image_dataset(rows=4, columns=4)
+            ds.SOPClassUID = not_storage
+            err = expect_failure(b, to_bytes(ds), FailureReason.SOP_CLASS_NOT_SUPPORTED)
+            assert err.sop_instance_uid == ds.SOPInstanceUID
+    with Archive(tmp_path / "c", policy=StorePolicy(validation="off",
+                                                    accept_sop_classes={"1.2.3.999.1"})) as c:
         ds = image_dataset(rows=4, columns=4)
-        ds.SOPClassUID = "CT"
-        data = to_bytes(ds)
-        expect_failure(c, data, FailureReason.SOP_CLASS_NOT_SUPPORTED)
+        ds.SOPClassUID = "1.2.3.999.1"
+        assert c.store_bytes(to_bytes(ds)).record.sop_class_uid == "1.2.3.999.1"
+
+
+def test_same_instance_uid_with_another_sop_class_is_0119(archive):
+    ds = image_dataset(rows=4, columns=4)
+    archive.store_bytes(to_bytes(ds))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    complete_iod(ds)
+    err = expect_failure(archive, to_bytes(ds), FailureReason.CLASS_INSTANCE_CONFLICT)
+    assert (err.sop_class_uid, err.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert archive.get(ds.SOPInstanceUID).sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("validation", ["warn", "reject", "off"])
+def test_iod_validation_policy(tmp_path, validation):
+    ds = image_dataset(rows=4, columns=4)
+    del ds.ImageType  # Type 1, CT Image Module
+    del ds.PatientSex  # Type 2, Patient Module
+    with Archive(tmp_path, policy=StorePolicy(validation=validation)) as a:
+        if validation == "reject":
+            err = expect_failure(a, to_bytes(ds), FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+            assert [p.keyword for p in err.problems] == ["ImageType", "PatientSex"]
+            assert a.get(ds.SOPInstanceUID) is None
+            return
+        outcome = a.store_bytes(to_bytes(ds))
+        if validation == "off":
+            assert outcome.warning is None and outcome.problems == ()
+        else:
+            assert outcome.warning == WarningReason.DATASET_DOES_NOT_MATCH_SOP_CLASS
+            assert [(p.keyword, p.kind) for p in outcome.problems] == [("ImageType", "missing"),
+                                                                       ("PatientSex", "missing")]
+        assert a.get(ds.SOPInstanceUID) is not None
+
+
+def test_a_complete_iod_is_stored_without_warning(archive):
+    outcome = archive.store_bytes(ct_file(rows=4, columns=4))
+    assert outcome.warning is None and outcome.problems == ()
+
+
+def test_failure_after_the_header_names_the_instance(tmp_path):
+    # A710 while receiving: the header had arrived, so the report says which instance failed.
+    data = ct_file(rows=256, columns=256)
+    sop = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+    with Archive(tmp_path) as a:
+        incoming = a.begin()
+        incoming.write(data[:4096])
+        a.min_free_bytes = 1 << 62  # no disk has this much free: the next check fails
+        with pytest.raises(StoreFailure) as info:
+            incoming.write(data[4096:] + bytes(2 << 20))  # past the next space check
+        assert info.value.status == FailureReason.OUT_OF_STORAGE
+        assert (info.value.sop_class_uid, info.value.sop_instance_uid) == ("1.2.840.10008.5.1.4.1.1.2", sop)
 
 
 def test_study_uid_mismatch(archive):

@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (
 )
 
 from dicomaccel.testing import files as dicomgen
-from dicomaccel.testing import multipart, post
+from dicomaccel.testing import multipart, post, warnings_only
 from dicomaccel.testing.files import dataset_part, retag, sop_of
 from dicomaccel.testing.scu import assert_counts, c_get, failed_list, identifier
 
@@ -131,7 +131,7 @@ def corpus(shared_server) -> Corpus:
     instances = list(c.files.values())
     for i in range(0, len(instances), 60):
         status, _, body = post(shared_server, multipart(instances[i:i + 60]))
-        assert status == 200, body[:500]
+        assert warnings_only(status, body), body[:500]  # pydicom's files may not match their IOD
     return c
 
 

@@ -39,7 +39,7 @@ from pynetdicom.sop_class import (
 )
 
 from dicomaccel.testing import files as dicomgen
-from dicomaccel.testing import multipart, post
+from dicomaccel.testing import multipart, post, warnings_only
 from dicomaccel.testing.files import (
     MULTIFRAME_BYTE_CLASS,
     MULTIFRAME_CLASS,
@@ -129,7 +129,7 @@ def sources(shared_server, tmp_path_factory) -> dict[str, Source]:
     # A single-frame CT: no Number of Frames, so no multi-frame instance can be made of it.
     out["single-frame"] = _source(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16))
     status, _, body = post(shared_server, multipart([s.data for s in out.values()]))
-    assert status == 200, body[:500]
+    assert warnings_only(status, body), body[:500]  # pydicom's files may not match their IOD
     return out
 
 

@@ -38,6 +38,7 @@ from dicomaccel.retrieve.framelist import (
 from dicomaccel.status import Status
 from dicomaccel.testing.files import (
     MULTIFRAME_BYTE_CLASS,
+    MULTIFRAME_CLASS,
     MULTIFRAME_TRUECOLOR_CLASS,
     SC_SINGLE_BIT_CLASS,
     compressed_source,
@@ -383,6 +384,20 @@ def test_frame_dependent_attributes(tmp_path):
     assert new.ContributingEquipmentSequence[-1].ContributionDateTime.startswith(
         "20260304050607.89")
     assert src.ContentTime == "120000"
+
+
+def test_alternate_representation_sequence_is_dropped(tmp_path):
+    # The source's alternate encodings are of all its frames, not of the new subset.
+    ds, arr = make_source()
+    alt = Dataset()
+    alt.ReferencedSOPClassUID, alt.ReferencedSOPInstanceUID = MULTIFRAME_CLASS, "1.2.3.4.5"
+    ds.AlternateRepresentationSequence = [alt]
+    ds.PixelData = arr.tobytes()
+    path = write_file(ds, ExplicitVRLittleEndian, tmp_path / "with-alternates.dcm")
+    out = extract_frames(path, "SimpleFrameList", [2, 4], now=NOW)
+    new = check(out, path, "SimpleFrameList", [2, 4])
+    assert "AlternateRepresentationSequence" not in new
+    assert "AlternateRepresentationSequence" in dcmread(path, stop_before_pixels=True)
 
 
 def test_contiguous_frames_keep_frame_time(tmp_path):

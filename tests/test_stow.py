@@ -142,7 +142,10 @@ def test_lenient_framing(shared_server, variant):
 def test_unsupported_media_type_415(shared_server, content_type):
     status, headers, body = post(shared_server, b"--BOUNDARY--", content_type=content_type)
     assert status == 415
-    assert b"application/dicom" in body
+    # A Store Instances Response (PS3.18 10.5.3): the reason in Other Failures, the whole text
+    # in the Warning header.
+    assert reasons(body)["other"] == [0xC000]
+    assert "application/dicom" in headers["warning"]
 
 
 def test_content_encoding_415(shared_server):
@@ -468,13 +471,13 @@ def test_multipart_limits_413(shared_server):
     # Default limits of create_app / MultipartScanner: 10000 parts, 16384-byte header blocks.
     # Non-DICOM parts cost no temp file, so 10001 of them stay cheap.
     many = multipart([b"x"] * 10001, part_headers=b"Content-Type: text/plain\r\n")
-    status, _, resp = post(shared_server, many)
+    status, headers, resp = post(shared_server, many)
     assert status == 413, resp
-    assert b"more than 10000 parts" in resp
+    assert "more than 10000 parts" in headers["warning"] and reasons(resp)["other"] == [0xA700]
     long_headers = multipart([b"x"], part_headers=b"X-Pad: " + b"a" * 20000 + b"\r\n")
-    status, _, resp = post(shared_server, long_headers)
+    status, headers, resp = post(shared_server, long_headers)
     assert status == 413, resp
-    assert b"part headers longer than 16384 bytes" in resp
+    assert "part headers longer than 16384 bytes" in headers["warning"]
 
 
 def test_max_parts_after_stored_parts_202(tmp_path):
@@ -494,7 +497,7 @@ def test_max_parts_after_stored_parts_202(tmp_path):
         # Nothing stored before the limit: 413. (Non-DICOM parts: failures, not stored.)
         status, resp = run_asgi(app, [multipart([b"a", b"b", b"c"], part_headers=b"Content-Type: text/plain\r\n")])
         assert status == 413, resp
-        assert resp.startswith(b"Multipart body exceeds a limit: more than 2 parts")
+        assert _other_comments(resp)[0].startswith("Multipart body exceeds a limit: more than 2 parts")
         assert archive.get(sop_uid(data[2])) is None
     finally:
         app.close()

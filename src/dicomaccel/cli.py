@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULTS, LOG_LEVELS, ConfigError, load_toml, merged, parse_size
+from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
+from .syntaxes import is_valid_uid
 
 
 def _size(text: str) -> int:
@@ -30,6 +31,12 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def _uid(text: str) -> str:
+    if not is_valid_uid(text):
+        raise argparse.ArgumentTypeError(f"not a UID: {text!r}")
+    return text
 
 
 def _mib(n: int) -> str:
@@ -84,21 +91,43 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", metavar="N", type=_positive,
                        help="processes serving STOW-RS on the shared port (the first also serves "
                             f"DIMSE); store limits apply per worker (default: {d.workers})")
+    serve.add_argument("--validation", choices=VALIDATION_MODES,
+                       help="an instance that does not match its IOD: stored with warning B007 (warn), "
+                            f"refused with A900 (reject), or not checked (off) (default: {d.validation})")
+    serve.add_argument("--accept-sop-class", action="append", dest="accept_sop_classes", metavar="UID",
+                       type=_uid, help="also accept this SOP Class (repeatable; default: the Storage SOP "
+                                       "Classes of PS3.4 Annex B)")
+    serve.add_argument("--reject-sop-class", action="append", dest="reject_sop_classes", metavar="UID",
+                       type=_uid, help="refuse this SOP Class with 0122 (repeatable)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"(default: {d.log_level})")
+
+    check = sub.add_parser("check-config", help="check a configuration file and print the effective settings")
+    check.add_argument("file", type=Path, metavar="FILE")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = vars(parser.parse_args(argv))
-    if args.pop("command") == "serve":
+    command = args.pop("command")
+    if command == "check-config":
+        try:
+            config = merged(load_toml(args["file"]), {})
+        except ConfigError as exc:
+            print(f"dicomaccel: {exc}", file=sys.stderr)
+            return 2
+        print(f"# {args['file']}: valid; the effective settings (defaults where it sets nothing)")
+        print(as_toml(config), end="")
+        return 0
+    if command == "serve":
         from .server import run
 
         config_file = args.pop("config")
         if "fsync" in args:
             args["fsync"] = args["fsync"] == "always"
-        if "calling_ae_allow" in args:
-            args["calling_ae_allow"] = tuple(args["calling_ae_allow"])
+        for listed in ("calling_ae_allow", "accept_sop_classes", "reject_sop_classes"):
+            if listed in args:
+                args[listed] = tuple(args[listed])
         try:
             config = merged(load_toml(config_file) if config_file else {}, args)
         except ConfigError as exc:

@@ -24,7 +24,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS"]
+from .syntaxes import is_valid_uid
+
+__all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
+           "VALIDATION_MODES", "as_toml"]
 
 
 class ConfigError(ValueError):
@@ -56,12 +59,17 @@ class ServeConfig:
     min_free_bytes: int = 256 * 2**20
     log_level: str = "info"
     workers: int = 1
+    # Store policy (dicomaccel.policy.store): IOD validation and the accepted SOP Classes.
+    validation: str = "warn"
+    accept_sop_classes: tuple[str, ...] = ()
+    reject_sop_classes: tuple[str, ...] = ()
 
 
 DEFAULTS = ServeConfig()
 
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
+VALIDATION_MODES = ("off", "warn", "reject")
 _KEYS = {
     "data": ("data", "path"),
     "host": ("host", "str"),
@@ -83,6 +91,9 @@ _KEYS = {
     "min-free-space": ("min_free_bytes", "size"),
     "log-level": ("log_level", "level"),
     "workers": ("workers", "positive"),
+    "validation": ("validation", "validation"),
+    "accept-sop-class": ("accept_sop_classes", "uids"),
+    "reject-sop-class": ("reject_sop_classes", "uids"),
 }
 
 
@@ -145,10 +156,15 @@ def _convert(path, key: str, value, kind: str):
         if value not in ("always", "never"):
             raise wrong('"always" or "never"')
         return value == "always"
-    if kind == "level":
-        if value not in LOG_LEVELS:
-            raise wrong(" or ".join(f'"{v}"' for v in LOG_LEVELS))
+    if kind in ("level", "validation"):
+        choices = LOG_LEVELS if kind == "level" else VALIDATION_MODES
+        if value not in choices:
+            raise wrong(" or ".join(f'"{v}"' for v in choices))
         return value
+    if kind == "uids":
+        if not isinstance(value, list) or not all(isinstance(v, str) and is_valid_uid(v) for v in value):
+            raise wrong("a list of UIDs")
+        return tuple(value)
     if kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise wrong("a list of strings")
@@ -177,3 +193,28 @@ def _convert(path, key: str, value, kind: str):
 def merged(file_values: dict, flag_values: dict) -> ServeConfig:
     """Defaults, then the file's values, then the flags'."""
     return dataclasses.replace(DEFAULTS, **{**file_values, **flag_values})
+
+
+def as_toml(config: ServeConfig) -> str:
+    """Every setting of ``config`` under its configuration-file key, in TOML; settings without
+    a value (unlimited, or computed at start-up) are listed as comments."""
+    lines = []
+    for key, (name, kind) in _KEYS.items():
+        value = getattr(config, name)
+        if value is None:
+            lines.append(f"# {key}: not set (unlimited or computed at start-up)")
+        elif kind == "fsync":
+            lines.append(f'{key} = "{"always" if value else "never"}"')
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value}")
+        elif isinstance(value, tuple):
+            lines.append(f"{key} = [{', '.join(_quoted(v) for v in value)}]")
+        else:
+            lines.append(f"{key} = {_quoted(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -27,6 +27,7 @@ from .archive import Archive
 from .config import ServeConfig
 from .dimse import start_dimse_server
 from .dimse.messages import C_GET_RQ
+from .policy.store import StorePolicy
 from .retrieve import GET_SOP_CLASSES, CGetSCP
 from .stow import create_app
 
@@ -160,6 +161,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
     ``listeners`` is ``(http_socket, dimse_socket or None)`` already bound by a supervisor.
     """
     archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes,
+                      policy=StorePolicy.from_config(config),
                       recover=recover)
     app = create_app(
         archive,

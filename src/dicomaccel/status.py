@@ -15,6 +15,7 @@ class FailureReason(IntEnum):
 
     PROCESSING_FAILURE = 0x0110
     DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C; an "additional code" for STOW (IMPL)
+    CLASS_INSTANCE_CONFLICT = 0x0119  # PS3.7 C; an "additional code" for STOW (IMPL)
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_MEMORY = 0xA700  # PS3.2 J.4 sample: Refused, out of resources (memory)
     OUT_OF_STORAGE = 0xA710  # PS3.2 J.4 sample: Refused, out of resources (storage space)

@@ -1,10 +1,12 @@
 """The one table of transfer syntaxes (PS3.5 §10, Annex A), grouped by how their Pixel Data is
-laid out; the Pixel Data tags; dicomaccel's own UIDs.
+laid out; the Pixel Data tags; dicomaccel's own UIDs; what a valid UID looks like.
 
 Element and item header bytes (VRs, lengths, delimiters) belong to :mod:`.elements`.
 """
 
 from __future__ import annotations
+
+import re
 
 from . import __version__
 
@@ -56,3 +58,16 @@ DOUBLE_PIXEL_DATA = 0x7FE00009
 PIXEL_TAGS = frozenset((PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA))
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+
+
+_UID_RE = re.compile(r"(?:0|[0-9]+)(?:\.[0-9]+)*\Z")
+
+
+def is_valid_uid(uid: str | None) -> bool:
+    """True if ``uid`` is a syntactically valid UID (PS3.5 §9.1), leniently.
+
+    At most 64 characters of digits and dots with no empty component. A leading zero in a
+    multi-digit component is tolerated (common in the wild). Stored file names are built only
+    from UIDs that pass this check, so no path separator or ``..`` can reach the file system.
+    """
+    return bool(uid) and len(uid) <= 64 and _UID_RE.match(uid) is not None

@@ -52,10 +52,11 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..config import DEFAULTS
-from ..status import FailureReason
+from ..policy.store import StorePolicy
+from ..status import FailureReason, WarningReason
 from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, RecordList, SQLiteIndex
-from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, is_valid_uid, scan
+from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, identify, is_valid_uid, scan
 from .store import FileStore, LocalFileStore
 
 __all__ = [
@@ -81,6 +82,9 @@ SPACE_CHECK_INTERVAL = 1 << 20
 # feed() hands held buffers to the writer thread once this many bytes are held: one thread
 # hop per MiB, and at most two MiB per incoming instance held in memory.
 SPILL_BYTES = 1 << 20
+# Bytes of the start of each instance kept to name it in a failure report (IncomingInstance.named):
+# enough for the File Meta Information and the SOP Common attributes of usual data sets.
+HEAD_BYTES = 64 << 10
 # Writer threads shared by all incoming instances of an archive.
 WRITER_THREADS = 4
 
@@ -106,6 +110,7 @@ class IncomingInstance:
         self._held_bytes = 0
         self._spill: Future | None = None
         self._next_check = SPACE_CHECK_INTERVAL
+        self._head = bytearray()  # the first HEAD_BYTES, to name the instance in a failure
 
     def write(self, data) -> None:
         """Append ``data`` (any contiguous buffer) to the temp file before returning.
@@ -117,10 +122,14 @@ class IncomingInstance:
             full (the temp file is removed); 0110 on another I/O error.
         """
         self._check_open()
-        self._finish_spill()
         view = memoryview(data).cast("B")
-        self.bytes_written += view.nbytes
-        self._write_views([*self._take_held(), view])
+        self._keep_head(view)
+        try:
+            self._finish_spill()
+            self.bytes_written += view.nbytes
+            self._write_views([*self._take_held(), view])
+        except StoreFailure as failure:
+            raise self.named(failure) from None
 
     async def feed(self, data) -> None:
         """Event-loop side of :meth:`write`: no file I/O on the calling thread.
@@ -136,13 +145,17 @@ class IncomingInstance:
             As :meth:`write`, possibly for bytes fed earlier.
         """
         self._check_open()
-        n = memoryview(data).nbytes
+        view = memoryview(data)
+        self._keep_head(view)
         self._held.append(data)
-        self._held_bytes += n
-        self.bytes_written += n
+        self._held_bytes += view.nbytes
+        self.bytes_written += view.nbytes
         if self._held_bytes >= SPILL_BYTES:
             if self._spill is not None:
-                await asyncio.wrap_future(self._spill)
+                try:
+                    await asyncio.wrap_future(self._spill)
+                except StoreFailure as failure:
+                    raise self.named(failure) from None
             self._spill = self._archive._writers.submit(self._write_views, self._take_held())
 
     def commit(self, *, expected_study_uid: str | None = None) -> StoreOutcome:
@@ -170,19 +183,19 @@ class IncomingInstance:
                 # No writeback hint: the batch's flush follows at once.
                 self._write_views(self._take_held(), writeback=False)
             return self._archive._commit(self, expected_study_uid)
-        except StoreFailure:
-            raise
+        except StoreFailure as failure:
+            raise self.named(failure) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 log.exception("I/O error committing an instance")
-            raise _io_failure(exc) from exc
+            raise self.named(_io_failure(exc)) from exc
         except MemoryError:
             raise
         except Exception as exc:
             # Whatever went wrong, the peer gets a per-instance failure, not a dead request.
             log.exception("unexpected failure committing an instance")
-            raise StoreFailure(FailureReason.PROCESSING_FAILURE,
-                               "internal error while storing") from exc
+            raise self.named(StoreFailure(FailureReason.PROCESSING_FAILURE,
+                                           "internal error while storing")) from exc
         finally:
             self.abort()
 
@@ -197,7 +210,19 @@ class IncomingInstance:
             else:
                 self._discard()
 
+    def named(self, failure: StoreFailure) -> StoreFailure:
+        """``failure`` with the instance's UIDs, read from its first bytes if it has none
+        yet, so the peer can tell which instance failed (e.g. A700 or A710 while receiving)."""
+        if failure.sop_instance_uid is None and self._head:
+            failure.sop_class_uid, failure.sop_instance_uid = identify(bytes(self._head))
+        return failure
+
     # --- internals ---------------------------------------------------------------------
+    def _keep_head(self, view: memoryview) -> None:
+        missing = HEAD_BYTES - len(self._head)
+        if missing > 0:
+            self._head += view.cast("B")[:missing]
+
     def _check_open(self) -> None:
         if not self._open:
             raise RuntimeError("instance already committed or aborted")
@@ -281,8 +306,9 @@ class Archive:
         (default: refuse with 0111 Duplicate SOP Instance).
     min_free_bytes : int
         Refuse (A710) to start or continue receiving when free space is below this.
-    allowed_sop_classes : frozenset of str, optional
-        Accept only these SOP Class UIDs (0122 otherwise). Default: any valid UID.
+    policy : StorePolicy
+        Which SOP Classes are stored (0122 otherwise) and what an instance that breaks its
+        IOD gets (B007 or A900); default: the Storage SOP Classes, validation ``warn``.
     recover : bool
         Run start-up recovery (default). Worker processes sharing a data directory pass
         False: their parent recovered it before starting them, and recovering under a
@@ -291,11 +317,11 @@ class Archive:
 
     def __init__(self, path, *, fsync: bool = True, overwrite: bool = False,
                  min_free_bytes: int = DEFAULTS.min_free_bytes,
-                 allowed_sop_classes: frozenset[str] | None = None,
+                 policy: StorePolicy = StorePolicy(),
                  recover: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(path))
         self.min_free_bytes = min_free_bytes
-        self.allowed_sop_classes = allowed_sop_classes
+        self.policy = policy
         os.makedirs(self.root, exist_ok=True)
         self.files: FileStore = LocalFileStore(self.root, fsync=fsync)
         self.index: Index = SQLiteIndex(
@@ -397,14 +423,15 @@ class Archive:
             raise StoreFailure(FailureReason.CANNOT_UNDERSTAND, "empty instance")
         mm = mmap.mmap(incoming._fd, size, access=mmap.ACCESS_READ)
         try:
-            header = scan(mm, size)
+            header = scan(mm, size, validate=self.policy.validates)
             self._validate(header, expected_study_uid)
             frame_index = build_frame_index(mm, header)
             # Walking an encapsulated Pixel Data's items faults in (and around) a page per
             # fragment: drop them now rather than hold them while the batch flushes.
             mm.madvise(mmap.MADV_DONTNEED)
+            warning = WarningReason.DATASET_DOES_NOT_MATCH_SOP_CLASS if header.problems else None
             return self._committer.submit(PreparedInstance(
-                incoming._path, size, incoming._crc, header, frame_index, mm))
+                incoming._path, size, incoming._crc, header, frame_index, mm, warning))
         finally:
             try:
                 mm.close()
@@ -440,10 +467,7 @@ class Archive:
         if h.media_sop_instance_uid != h.sop_instance_uid:
             raise fail(mismatch, "Media Storage SOP Instance UID (0002,0003) differs from "
                                  "SOP Instance UID (0008,0018)")
-        if not is_valid_uid(h.sop_class_uid) or (
-            self.allowed_sop_classes is not None
-            and h.sop_class_uid not in self.allowed_sop_classes
-        ):
+        if not is_valid_uid(h.sop_class_uid) or not self.policy.accepts(h.sop_class_uid):
             raise fail(FailureReason.SOP_CLASS_NOT_SUPPORTED,
                        f"SOP Class {h.sop_class_uid[:64]!r} is not supported")
         for value, tag, name in (
@@ -458,6 +482,12 @@ class Archive:
             raise fail(FailureReason.STUDY_UID_MISMATCH,
                        f"Study Instance UID {h.study_uid} differs from the requested study "
                        f"{expected_study_uid[:64]}")
+        if h.problems and self.policy.validation == "reject":
+            failure = fail(FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                           f"{len(h.problems)} attribute(s) do not match the IOD: "
+                           + "; ".join(p.comment for p in h.problems[:3]))
+            failure.problems = h.problems
+            raise failure
 
 
 def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,

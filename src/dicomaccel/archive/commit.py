@@ -3,8 +3,9 @@
 Every store that reaches :meth:`GroupCommit.submit` has its bytes in a complete temp file,
 scanned and validated. The committer takes *all* stores queued at that moment as one batch:
 
-1. per instance, the duplicate rule (same bytes: already stored; different bytes: 0111 unless
-   the archive overwrites), then publish: rename to a marker, hard-link into ``instances/``;
+1. per instance, the duplicate rule (another SOP Class: 0119; same bytes: already stored;
+   different bytes: 0111 unless the archive overwrites), then publish: rename to a marker,
+   hard-link into ``instances/``;
 2. one index transaction for the batch's rows;
 3. one flush of the file system (:meth:`FileStore.flush`) for everything above, ordered after
    the commit when the index lives beside the files (SQLite: the flush also covers its WAL)
@@ -44,26 +45,30 @@ class StoreOutcome:
     record : InstanceRecord
         The index row (for an idempotent re-store: the row already there).
     warning : int or None
-        A :class:`~dicomaccel.status.WarningReason` value, or None (the archive stores the
-        bytes received and never coerces, so this is None today).
+        A :class:`~dicomaccel.status.WarningReason` value, or None: B007 when the data set
+        does not match its IOD and the policy stores it anyway.
     already_stored : bool
         Identical bytes were already stored under this SOP Instance UID.
+    problems : tuple of dicomaccel.policy.iod.Problem
+        What the IOD check found (the attributes a B007 names).
     """
 
     record: InstanceRecord
     warning: int | None
     already_stored: bool
+    problems: tuple = ()
 
 
 class PreparedInstance:
     """A complete, validated temp file waiting for the group commit."""
 
-    __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer",
+    __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer", "warning",
                  "published", "retired", "replaces", "result", "_done")
 
     def __init__(self, temp_path: str, size: int, crc32: int, header: Header,
-                 frame_index: FrameIndex | None, buffer) -> None:
+                 frame_index: FrameIndex | None, buffer, warning: int | None = None) -> None:
         self.temp_path = temp_path
+        self.warning = warning
         self.size = size
         self.crc32 = crc32
         self.header = header
@@ -74,6 +79,9 @@ class PreparedInstance:
         self.replaces = False
         self.result: StoreOutcome | BaseException | None = None
         self._done = threading.Event()
+
+    def outcome(self, record: InstanceRecord, already_stored: bool) -> StoreOutcome:
+        return StoreOutcome(record, self.warning, already_stored, self.header.problems)
 
 
 class GroupCommit:
@@ -180,7 +188,7 @@ class GroupCommit:
                 if item.retired is not None:
                     self.files.remove(item.retired[0])
                     self.files.finish(item.retired[1])
-                item.result = flush_error or StoreOutcome(result, None, False)
+                item.result = flush_error or item.outcome(result, False)
             elif isinstance(result, DuplicateRow):
                 # Another writer stored this UID between our lookup and our insert.
                 item.temp_path = self._undo(item)
@@ -194,11 +202,20 @@ class GroupCommit:
         h = item.header
         existing = self.index.lookup(h.sop_instance_uid)
         if existing is not None:
-            path, size, crc = existing
+            path, size, crc, sop_class = existing
+            if sop_class != h.sop_class_uid:
+                # PS3.7 C (0119 Class-Instance conflict): a SOP Instance UID names one
+                # instance of one SOP Class (PS3.3 C.12.1.1.1); no overwrite policy changes that.
+                item.result = StoreFailure(
+                    FailureReason.CLASS_INSTANCE_CONFLICT,
+                    f"SOP Instance UID is already stored with SOP Class {sop_class}",
+                    h.sop_class_uid, h.sop_instance_uid,
+                )
+                return False
             same = size == item.size and crc in (None, item.crc32) and \
                 self.files.same_bytes(path, item.buffer, item.size)
             if same:
-                item.result = StoreOutcome(self.index.get(h.sop_instance_uid), None, True)
+                item.result = item.outcome(self.index.get(h.sop_instance_uid), True)
                 return False
             if not self.overwrite:
                 item.result = StoreFailure(

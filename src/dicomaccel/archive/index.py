@@ -118,8 +118,9 @@ class Index(abc.ABC):
         """Confirm the rows :meth:`flushed` made durable now (when closing)."""
 
     @abc.abstractmethod
-    def lookup(self, sop_instance_uid: str) -> tuple[str, int, int | None] | None:
-        """``(path, size, crc32)`` of a stored instance, or None: what the duplicate rule needs."""
+    def lookup(self, sop_instance_uid: str) -> tuple[str, int, int | None, str] | None:
+        """``(path, size, crc32, sop_class_uid)`` of a stored instance, or None: what the
+        duplicate rule needs."""
 
     @abc.abstractmethod
     def unconfirmed(self) -> list[tuple[str, str, int, int | None]]:
@@ -402,12 +403,12 @@ class SQLiteIndex(Index):
 
     def lookup(self, sop_instance_uid: str):
         row = self._reader().execute(
-            "SELECT path, size, crc32 FROM instances WHERE sop_instance_uid = ?",
+            "SELECT path, size, crc32, sop_class_uid FROM instances WHERE sop_instance_uid = ?",
             (sop_instance_uid,),
         ).fetchone()
         if row is None:
             return None
-        return os.path.join(self.root, *row[0].split("/")), row[1], row[2]
+        return os.path.join(self.root, *row[0].split("/")), row[1], row[2], row[3]
 
     def unconfirmed(self):
         return self._reader().execute(

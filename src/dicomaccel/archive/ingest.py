@@ -35,6 +35,7 @@ from ..elements import (
     read_header,
 )
 from ..errors import ParseError
+from ..policy import iod
 from ..status import FailureReason
 from ..syntaxes import (
     DEFLATED,
@@ -48,6 +49,7 @@ from ..syntaxes import (
     IMPLICIT_VR_LE,
     NATIVE,
     PIXEL_TAGS,
+    is_valid_uid,
 )
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "scan",
     "build_frame_index",
     "is_valid_uid",
+    "identify",
 ]
 
 
@@ -71,6 +74,8 @@ class StoreFailure(Exception):
         Human-readable reason, safe to send to the peer (no paths, no host details).
     sop_class_uid, sop_instance_uid : str or None
         The instance's UIDs when they were read (and are syntactically valid UIDs).
+    problems : tuple of dicomaccel.policy.iod.Problem
+        For A900 from IOD validation: the attributes that do not match.
     """
 
     def __init__(
@@ -79,12 +84,26 @@ class StoreFailure(Exception):
         comment: str,
         sop_class_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        problems: tuple = (),
     ) -> None:
         super().__init__(f"{status:04X}: {comment}")
         self.status = int(status)
         self.comment = comment
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
+        self.problems = problems
+
+
+def identify(head) -> tuple[str | None, str | None]:
+    """(SOP Class UID, SOP Instance UID) read from the first bytes of a PS3.10 file, each None
+    where it cannot be read or is not a valid UID: what a failure report names when the
+    instance failed for another reason (out of space, I/O) after its header arrived."""
+    try:
+        h = scan(head)
+        found = (h.sop_class_uid or h.media_sop_class_uid, h.sop_instance_uid or h.media_sop_instance_uid)
+    except StoreFailure as partial:  # a prefix: usually "truncated", with what was seen
+        found = (partial.sop_class_uid, partial.sop_instance_uid)
+    return tuple(u if is_valid_uid(u) else None for u in found)
 
 
 class _Truncated(StoreFailure):
@@ -122,17 +141,6 @@ _WANTED = frozenset((
 
 ALTERNATE_REPRESENTATION_SEQUENCE = 0x00083001
 
-_UID_RE = re.compile(r"(?:0|[0-9]+)(?:\.[0-9]+)*\Z")
-
-
-def is_valid_uid(uid: str | None) -> bool:
-    """True if ``uid`` is a syntactically valid UID (PS3.5 §9.1), leniently.
-
-    At most 64 characters of digits and dots with no empty component. A leading zero in a
-    multi-digit component is tolerated (common in the wild). Stored file names are built only
-    from UIDs that pass this check, so no path separator or ``..`` can reach the file system.
-    """
-    return bool(uid) and len(uid) <= 64 and _UID_RE.match(uid) is not None
 
 
 @dataclass(frozen=True)
@@ -353,6 +361,7 @@ class Header:
     extended_offsets: tuple[int, int] | None  # (value offset, length) of (7FE0,0001)
     extended_lengths: tuple[int, int] | None  # (value offset, length) of (7FE0,0002)
     has_alternates: bool = False  # a top-level Alternate Representation Sequence (0008,3001)
+    problems: tuple = ()  # dicomaccel.policy.iod.Problem items, when the scan validated the IOD
 
 
 class _Scan:
@@ -517,7 +526,7 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
 
 def _scan_dataset(s: _Scan, pos: int, explicit: bool,
                   little: bool) -> tuple[dict, PixelDataHeader]:
-    """Walk the top-level data set to the Pixel Data header; collect ``_WANTED`` values."""
+    """Walk the top-level data set to the Pixel Data header (see :func:`_walk_dataset`)."""
     try:
         return _walk_dataset(s, pos, explicit, little)
     except ParseError as exc:  # from read_header, here or inside a sequence
@@ -526,6 +535,11 @@ def _scan_dataset(s: _Scan, pos: int, explicit: bool,
 
 def _walk_dataset(s: _Scan, pos: int, explicit: bool,
                   little: bool) -> tuple[dict, PixelDataHeader]:
+    """Every top-level element up to the Pixel Data header, as tag -> (value offset, length).
+
+    A sequence or UN of undefined length is walked; its length is that of its items (0: no
+    item), so "present but empty" reads the same for every encoding (PS3.5 7.5).
+    """
     found: dict[int, tuple[int, int]] = {}
     buf, end = s.buf, s.end
     wanted = _WANTED
@@ -534,6 +548,7 @@ def _walk_dataset(s: _Scan, pos: int, explicit: bool,
         tag, vr, ln, vpos = read_header(buf, pos, end, explicit, little)
         if tag in PIXEL_TAGS:
             pixel = PixelDataHeader(tag, pos, vpos, -1 if ln == UNDEFINED_LENGTH else ln)
+            found[tag] = (vpos, 1 if ln == UNDEFINED_LENGTH else ln)  # presence, for the IOD check
             break
         if tag in wanted:
             if ln == UNDEFINED_LENGTH or ln > end - vpos:
@@ -551,13 +566,13 @@ def _walk_dataset(s: _Scan, pos: int, explicit: bool,
                 f"at byte {pos}",
             )
         else:
-            if tag == ALTERNATE_REPRESENTATION_SEQUENCE:
-                found[tag] = (vpos, 0)  # presence is all the index keeps
             pos = s.skip_value(tag, vr, ln, vpos, explicit, little, 0)
+            # Undefined length: what lies between the header and the Sequence Delimitation Item.
+            found[tag] = (vpos, ln if ln != UNDEFINED_LENGTH else pos - vpos - 8)
     return found, pixel
 
 
-def scan(buffer, size: int | None = None) -> Header:
+def scan(buffer, size: int | None = None, *, validate: bool = False) -> Header:
     """Scan a PS3.10 file held in ``buffer`` (bytes-like or mmap) and validate its structure.
 
     Parameters
@@ -566,6 +581,9 @@ def scan(buffer, size: int | None = None) -> Header:
         The whole file.
     size : int, optional
         Number of valid bytes in ``buffer`` (default: ``len(buffer)``).
+    validate : bool
+        Also check the top-level data set against its IOD's tables
+        (:func:`dicomaccel.policy.iod.validate`); what is wrong goes to ``Header.problems``.
 
     Returns
     -------
@@ -588,7 +606,7 @@ def scan(buffer, size: int | None = None) -> Header:
             f"transfer syntax {ts[:64]!r} is not supported",
         )
     if ts in DEFLATED:
-        return _scan_deflated(s, meta, ds_pos)
+        return _scan_deflated(s, meta, ds_pos, validate)
     explicit = ts != IMPLICIT_VR_LE
     little = ts != EXPLICIT_VR_BE
     found, pixel = _scan_dataset(s, ds_pos, explicit, little)
@@ -609,10 +627,10 @@ def scan(buffer, size: int | None = None) -> Header:
             )
         elif plen > end - vpos:
             raise s.truncated("Pixel Data value", vpos)
-    return _make_header(s, meta, ds_pos, found, pixel, little)
+    return _make_header(s, meta, ds_pos, found, pixel, little, validate)
 
 
-def _scan_deflated(s: _Scan, meta: dict, ds_pos: int) -> Header:
+def _scan_deflated(s: _Scan, meta: dict, ds_pos: int, validate: bool) -> Header:
     """Inflate just enough of a deflated data set to scan its header (PS3.5 A.5).
 
     The inflated data set is scanned from a growing prefix (doubling), so memory is bounded
@@ -662,7 +680,8 @@ def _scan_deflated(s: _Scan, meta: dict, ds_pos: int) -> Header:
             "Pixel Data value in the deflated data set runs past its end",
         )
     # Offsets in the inflated stream address nothing in the stored file.
-    return _make_header(sub, meta, ds_pos, found, pixel._replace(offset=-1, value_offset=-1), True)
+    return _make_header(sub, meta, ds_pos, found, pixel._replace(offset=-1, value_offset=-1), True,
+                        validate)
 
 
 def _check_inflated(s: _Scan, size: int) -> None:
@@ -673,7 +692,8 @@ def _check_inflated(s: _Scan, size: int) -> None:
         )
 
 
-def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little) -> Header:
+def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little,
+                 validate: bool) -> Header:
     buf = s.buf
     u16 = U16LE if little else U16BE
 
@@ -726,12 +746,16 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little) 
                         f"Photometric Interpretation (0028,0004) is not a code string: {photometric[:16]!r}")
 
     frames = integer_string(0x00280008, "Number of Frames")
+    sop_class_uid = _uid(raw(0x00080016)) if 0x00080016 in found else None
+    problems = ()
+    if validate and sop_class_uid:
+        problems = tuple(iod.validate(sop_class_uid, {t: ln for t, (_, ln) in found.items()}, text))
     return Header(
         media_sop_class_uid=meta[0x00020002],
         media_sop_instance_uid=meta[0x00020003],
         transfer_syntax_uid=meta[0x00020010],
         dataset_offset=ds_pos,
-        sop_class_uid=_uid(raw(0x00080016)) if 0x00080016 in found else None,
+        sop_class_uid=sop_class_uid,
         sop_instance_uid=_uid(raw(0x00080018)) if 0x00080018 in found else None,
         patient_id=patient_id,
         patient_name=patient_name,
@@ -752,6 +776,7 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little) 
         extended_offsets=found.get(EXTENDED_OFFSET_TABLE),
         extended_lengths=found.get(EXTENDED_OFFSET_TABLE_LENGTHS),
         has_alternates=ALTERNATE_REPRESENTATION_SEQUENCE in found,
+        problems=problems,
     )
 
 

@@ -165,6 +165,10 @@ REMOVED_TAGS = (
     0x00200242,  # SOP Instance UID of Concatenation Source
     EXTENDED_OFFSET_TABLE,
     EXTENDED_OFFSET_TABLE_LENGTHS,
+    # Alternate Representation Sequence (SOP Common Module, PS3.3 Table C.12-1): its items name
+    # other encodings of the *source* instance; the new instance holds a frame subset, so
+    # none of them is an alternate representation of it.
+    0x00083001,
 ) + tuple(sorted(PIXEL_TAGS))
 # Signatures over bytes we change become false (PS3.15 C.1); removed at every level.
 SIGNATURE_TAGS = frozenset({0xFFFAFFFA, 0x4FFE0001})

@@ -155,8 +155,11 @@ class StowApp:
             self.executor.shutdown(wait=True)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        media = None
         try:
-            study_uid, media, boundary, headers = self._check_request(scope)
+            study_uid, media = self._check_request(scope, headers)
+            boundary = self._check_body(headers)
             try:
                 await self.gate.acquire()
             except GateBusy as busy:
@@ -164,13 +167,13 @@ class StowApp:
             try:
                 if not self.archive.writable():
                     raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
-                                   [(b"retry-after", b"60")])
+                                   [(b"retry-after", b"60")], FailureReason.OUT_OF_STORAGE)
                 upload = _Upload(self, study_uid)
                 result = await upload.run(receive, boundary, _base_url(scope, headers) + self.base_path)
             finally:
                 self.gate.release()
         except _Refusal as refusal:
-            await _plain(send, refusal.status, refusal.text, refusal.headers)
+            await _refuse(send, refusal, media)
             return
         status = result.http_status()
         if media == JSON_MEDIA_TYPE:
@@ -180,42 +183,69 @@ class StowApp:
         # PS3.18 §8.5 / RFC 9110 §10.2.3: a 503 says when to come back.
         await _respond(send, status, media, body, [(b"retry-after", b"60")] if status == 503 else ())
 
-    def _check_request(self, scope: Scope) -> tuple[str | None, str, str, dict[str, str]]:
-        """``(study_uid, response media type, boundary, headers)`` of an acceptable request.
+    def _check_request(self, scope: Scope, headers: dict[str, str]) -> tuple[str | None, str]:
+        """``(study_uid, response media type)`` of a request to one of our resources.
 
         Raises
         ------
         _Refusal
-            404, 405, 400, 406, 415 or 413, with the reason.
+            404, 405, 406 or 400 (a Study Instance UID that is not a UID), with the reason.
         """
         match = self._route.match(scope["path"])
         if not match:
             raise _Refusal(404, f"Not found. STOW-RS accepts POST {self.base_path}/studies[/{{StudyInstanceUID}}]")
         if scope["method"] != "POST":
             raise _Refusal(405, "Method not allowed: STOW-RS accepts POST", [(b"allow", b"POST")])
-        study_uid = match.group(1)
-        if study_uid is not None and not is_valid_uid(study_uid):
-            raise _Refusal(400, f"Invalid Study Instance UID in the request path: {study_uid[:80]!r}")
-        headers = _headers(scope)
         media = choose_media_type(headers.get("accept"))
         if media is None:
             raise _Refusal(406, "Not acceptable: the response is application/dicom+json or application/dicom+xml")
+        study_uid = match.group(1)
+        if study_uid is not None and not is_valid_uid(study_uid):
+            raise _Refusal(400, f"Invalid Study Instance UID in the request path: {study_uid[:80]!r}")
+        return study_uid, media
+
+    def _check_body(self, headers: dict[str, str]) -> str:
+        """The multipart boundary of an acceptable body (415, 400 or 413 otherwise)."""
         boundary = _boundary(headers)
         if self.max_request_bytes is not None:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_request_bytes:
                 raise _Refusal(413, f"Request body of {declared} bytes exceeds the limit of {self.max_request_bytes}")
-        return study_uid, media, boundary, headers
+        return boundary
+
+
+# The Failure Reason (PS3.18 I.2) a whole-request refusal reports in its Other Failures
+# Sequence item, by HTTP status: the body could not be understood, or resources ran out.
+_REASON_OF_STATUS = {400: FailureReason.CANNOT_UNDERSTAND, 408: FailureReason.PROCESSING_FAILURE,
+                     413: FailureReason.OUT_OF_MEMORY, 415: FailureReason.CANNOT_UNDERSTAND,
+                     503: FailureReason.OUT_OF_MEMORY}
 
 
 class _Refusal(Exception):
-    """The whole request is answered with ``status`` and a plain-text reason."""
+    """The whole request is answered with ``status``: a Store Instances Response whose Other
+    Failures Sequence holds ``reason`` once the response media type is known, else plain text."""
 
-    def __init__(self, status: int, text: str, headers=()) -> None:
+    def __init__(self, status: int, text: str, headers=(), reason: int | None = None) -> None:
         super().__init__(text)
         self.status = status
         self.text = text
         self.headers = tuple(headers)
+        self.reason = _REASON_OF_STATUS.get(status, FailureReason.PROCESSING_FAILURE) if reason is None else reason
+
+
+async def _refuse(send: Send, refusal: _Refusal, media: str | None) -> None:
+    """Answer a refused request. PS3.18 §10.5.3 lets a failure carry the Store Instances
+    Response, so once Accept has chosen its representation it does: one Other Failures
+    Sequence item with the Failure Reason and an Error Comment (64 characters of LO). The
+    whole reason also goes in a ``Warning`` header (RFC 9111 §5.5 form)."""
+    if media is None:
+        await _plain(send, refusal.status, refusal.text, refusal.headers)
+        return
+    response = StoreResponse(other_failures=[FailedInstance(refusal.reason, comment=refusal.text)])
+    body = (json.dumps(response.to_json(), separators=(",", ":")) if media == JSON_MEDIA_TYPE
+            else response.to_xml()).encode()
+    warning = "299 dicomaccel " + json.dumps(refusal.text.encode("ascii", "replace").decode())
+    await _respond(send, refusal.status, media, body, [*refusal.headers, (b"warning", warning.encode())])
 
 
 def _boundary(headers: dict[str, str]) -> str:
@@ -396,6 +426,7 @@ class _Upload:
                 sop_instance_uid=rec.sop_instance_uid,
                 retrieve_url=f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}",
                 warning_reason=outcome.warning,
+                problems=outcome.problems,
             ))
         response.other_failures.extend(self.other)
         if error is not None:
@@ -419,11 +450,11 @@ def _commit(incoming, study_uid: str | None) -> StoreOutcome | StoreFailure:
         return failure
     except MemoryError:
         incoming.abort()
-        return StoreFailure(FailureReason.OUT_OF_MEMORY, "out of memory while storing")
+        return incoming.named(StoreFailure(FailureReason.OUT_OF_MEMORY, "out of memory while storing"))
     except Exception:
         log.exception("unexpected failure committing an instance")
         incoming.abort()
-        return StoreFailure(FailureReason.PROCESSING_FAILURE, "processing failure")
+        return incoming.named(StoreFailure(FailureReason.PROCESSING_FAILURE, "processing failure"))
 
 
 def _failed(failure: StoreFailure) -> FailedInstance:
@@ -432,6 +463,7 @@ def _failed(failure: StoreFailure) -> FailedInstance:
         sop_class_uid=failure.sop_class_uid,
         sop_instance_uid=failure.sop_instance_uid,
         comment=failure.comment,
+        problems=failure.problems,
     )
 
 

@@ -4,6 +4,12 @@ JSON follows the DICOM JSON Model (PS3.18 Annex F): 8-digit upper-case hex tags 
 order, ``{"vr": ..., "Value": [...]}``; US values as numbers. XML follows the Native DICOM
 Model (PS3.19). No empty sequence is ever emitted: (0008,1198) appears only when something
 failed (Type 1C), (0008,1199) only when something was stored.
+
+Beyond PS3.18 Table I.1-1, every Failed SOP Sequence item carries an Error Comment
+(0000,0902) saying why, and an item whose instance breaks its IOD (Warning Reason B007 or
+Failure Reason A900) carries a Failed Attributes Sequence (0074,1048): one item per attribute,
+its tag in Selector Attribute (0072,0026) and what is wrong in Error Comment. (Microsoft's
+DICOM service names the attributes of a failure the same way; PS3.18 has no place for them.)
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ REFERENCED_SOP_INSTANCE_UID = ("00081155", "UI", "ReferencedSOPInstanceUID")
 WARNING_REASON = ("00081196", "US", "WarningReason")
 FAILURE_REASON = ("00081197", "US", "FailureReason")
 ERROR_COMMENT = ("00000902", "LO", "ErrorComment")
+FAILED_ATTRIBUTES_SEQUENCE = ("00741048", "SQ", "FailedAttributesSequence")
+SELECTOR_ATTRIBUTE = ("00720026", "AT", "SelectorAttribute")
+_WRONG = {"missing": "missing", "empty": "empty (Type 1)", "value": "not an enumerated value",
+          "vm": "wrong value multiplicity"}
 
 
 @dataclass
@@ -32,6 +42,7 @@ class StoredInstance:
     sop_instance_uid: str
     retrieve_url: str
     warning_reason: int | None = None
+    problems: tuple = ()  # dicomaccel.policy.iod.Problem: what a B007 names
 
 
 @dataclass
@@ -40,6 +51,7 @@ class FailedInstance:
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
     comment: str = ""
+    problems: tuple = ()  # what an A900 from IOD validation names
 
 
 @dataclass
@@ -97,10 +109,20 @@ def _uid_pair(sop_class_uid: str | None, sop_instance_uid: str | None) -> list:
     ]
 
 
+def _failed_attributes(problems) -> list:
+    if not problems:
+        return []
+    return [(FAILED_ATTRIBUTES_SEQUENCE, [
+        [(ERROR_COMMENT, [f"{p.keyword} {_WRONG.get(p.kind, p.kind)} ({p.module})"[:64]]),
+         (SELECTOR_ATTRIBUTE, [f"{p.tag:08X}"])]
+        for p in problems])]
+
+
 def _failed_item(f: FailedInstance) -> list:
-    item = _uid_pair(f.sop_class_uid, f.sop_instance_uid)
+    item = [(ERROR_COMMENT, [f.comment[:64]])] if f.comment else []
+    item += _uid_pair(f.sop_class_uid, f.sop_instance_uid)
     item.append((FAILURE_REASON, [f.failure_reason]))
-    return item
+    return item + _failed_attributes(f.problems)
 
 
 def _stored_item(s: StoredInstance) -> list:
@@ -108,7 +130,7 @@ def _stored_item(s: StoredInstance) -> list:
     item.append((RETRIEVE_URL, [s.retrieve_url]))
     if s.warning_reason:
         item.append((WARNING_REASON, [s.warning_reason]))
-    return item
+    return item + _failed_attributes(s.problems)
 
 
 def _other_item(f: FailedInstance) -> list:

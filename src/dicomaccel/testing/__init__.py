@@ -6,6 +6,7 @@ Imported from here (standard library only):
   compiled module (``"c"``), as the environment switches of :mod:`dicomaccel._compat` select them;
 - :func:`start_server` / :class:`RunningServer`: ``dicomaccel serve`` on ephemeral 127.0.0.1 ports;
 - :func:`multipart`, :func:`post`, :func:`run_asgi`: STOW-RS request bodies and two ways to send them;
+  :func:`warnings_only`: whether a STOW-RS answer stored everything;
 - :func:`dcmtk_program`, :func:`wait_until`.
 
 Submodules that need the declared dependencies: :mod:`dicomaccel.testing.files` (pydicom, NumPy:
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from .kernels import implementations
 from .server import RunningServer, dcmtk_program, memory_kib, start_server, wait_until
-from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi
+from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi, warnings_only
 
 __all__ = [
     "BOUNDARY",
@@ -31,4 +32,5 @@ __all__ = [
     "run_asgi",
     "start_server",
     "wait_until",
+    "warnings_only",
 ]

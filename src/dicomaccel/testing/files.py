@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_fragmented_frames
 from pydicom.pixels import pack_bits
@@ -27,6 +28,8 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+
+from ..policy.iod import iod_attributes
 
 MULTIFRAME_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture
 MULTIFRAME_BYTE_CLASS = "1.2.840.10008.5.1.4.1.1.7.2"  # Multi-frame Grayscale Byte SC
@@ -124,6 +127,39 @@ def _compress(ds: Dataset, transfer_syntax: str, arr=None, **kw) -> None:
     ds.compress(transfer_syntax, arr, encoding_plugin=plugin, **kw)
 
 
+# --- complete IODs -------------------------------------------------------------------------
+
+# Values for Type 1 attributes the builders below do not set themselves (PS3.3 C.7-C.8).
+_TYPE1_DEFAULTS = {
+    "ConversionType": "WSD",  # SC Equipment (C.8.6.1): workstation
+    "BurnedInAnnotation": "NO",  # SC Multi-frame Image (C.8.6.3)
+    "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+    "ImagePositionPatient": [0, 0, 0],
+    "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
+    "PixelSpacing": [0.5, 0.5],
+    "RescaleIntercept": 0,
+    "RescaleSlope": 1,
+    "PresentationLUTShape": "IDENTITY",
+    "LossyImageCompression": "00",
+}
+
+
+def complete_iod(ds: Dataset) -> Dataset:
+    """Add what ``ds`` lacks of its IOD's mandatory modules, so that the archive's IOD check
+    (:mod:`dicomaccel.policy.iod`) finds nothing: Type 2 attributes empty, Type 1 attributes
+    from :data:`_TYPE1_DEFAULTS`, a new Frame of Reference UID. Attributes already there stay."""
+    for tag, (keyword, kind, _module) in iod_attributes(str(ds.SOPClassUID)).items():
+        if tag in ds:
+            continue
+        if kind == "2":
+            ds.add_new(tag, dictionary_VR(tag), None)
+        elif keyword == "FrameOfReferenceUID":
+            ds.FrameOfReferenceUID = generate_uid()
+        elif keyword in _TYPE1_DEFAULTS:
+            setattr(ds, keyword, _TYPE1_DEFAULTS[keyword])
+    return ds
+
+
 # --- CT series and multi-frame instances ---------------------------------------------------
 
 
@@ -164,7 +200,7 @@ def ct_instance(study_uid: str, series_uid: str, number: int, rows: int = 512, c
     _set_geometry(ds, rows, columns, 16, 1, bits_stored=12)
     rng = np.random.default_rng(number if seed is None else seed)
     ds.PixelData = _pixel_bytes(rng, rows * columns, 16, 12)
-    return to_bytes(ds)
+    return to_bytes(complete_iod(ds))
 
 
 def ct_series(n: int, rows: int = 512, columns: int = 512) -> tuple[str, list[bytes]]:
@@ -184,7 +220,7 @@ def multiframe_dataset(frames: int, rows: int = 64, columns: int = 64, bits: int
     _set_geometry(ds, rows, columns, bits, samples)
     rng = np.random.default_rng(frames * 7 + rows)
     ds.PixelData = _pixel_bytes(rng, frames * rows * columns * (1 if bits == 1 else samples), bits)
-    return ds
+    return complete_iod(ds)
 
 
 def multiframe_instance(frames: int, rows: int = 64, columns: int = 64, bits: int = 16, samples: int = 1,
@@ -234,7 +270,7 @@ def image_dataset(frames: int = 1, rows: int = 512, columns: int = 512, bits: in
     if ds.PhotometricInterpretation == "YBR_FULL_422":
         count = frames * rows * columns * 2  # chroma subsampled (PS3.3 C.7.6.3.1.2)
     ds.PixelData = _pixel_bytes(np.random.default_rng(seed), count, bits, min(bits, 12))
-    return ds
+    return complete_iod(ds)
 
 
 def ct_file(ts: str = ExplicitVRLittleEndian, **kw) -> bytes:
@@ -343,7 +379,7 @@ def make_source(*, frames: int = 10, rows: int = 16, cols: int = 16, spp: int = 
             item.FrameContentSequence = [content]
             per_frame.append(item)
         ds.PerFrameFunctionalGroupsSequence = per_frame
-    return ds, arr
+    return complete_iod(ds), arr
 
 
 def native_source(directory, *, ts=ExplicitVRLittleEndian, name="native.dcm", **kw) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -74,3 +75,14 @@ def run_asgi(app, body_chunks: Iterable[bytes], on_chunk: Callable[[int], None] 
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], body
+
+
+def warnings_only(status: int, body: bytes) -> bool:
+    """True if a STOW-RS JSON response says every instance was stored: 200, or 202 whose only
+    cause is Warning Reasons (e.g. B007 for test files that do not match their IOD)."""
+    if status == 200:
+        return True
+    if status != 202:
+        return False
+    doc = json.loads(body)
+    return "00081198" not in doc and "0008119A" not in doc and "00081199" in doc
