@@ -16,6 +16,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELos
 
 from dicomaccel.archive import Archive, FrameIndex, InstanceRecord, StoreFailure
 from dicomaccel.archive import store as store_module
+from dicomaccel.config import ConfigError
+from dicomaccel.policy.rules import compile_rules
 from dicomaccel.policy.store import StorePolicy
 from dicomaccel.status import FailureReason, WarningReason
 from dicomaccel.testing import files as dicomgen
@@ -744,3 +746,87 @@ def test_start_up_resets_a_damaged_flush_counter_file(tmp_path):
         a.files._syncfs = lambda: (calls.append(1), real())
         a.store_bytes(ct_file(rows=4, columns=4, seed=77))
         assert calls == [1]
+
+
+def _rules(coerce=(), discard=()) -> StorePolicy:
+    c, d = compile_rules(tuple(coerce), tuple(discard))
+    return StorePolicy(coerce=c, discard=d)
+
+
+def test_coercion_rewrites_the_header_and_records_the_previous_values(tmp_path):
+    ds = image_dataset(rows=8, columns=8)
+    ds.InstitutionName = "Old Name"
+    data = to_bytes(ds)
+    policy = _rules(coerce=[{"tag": "InstitutionName", "value": "General Hospital"},
+                            {"tag": "(0010,0021)", "value": "HOSP-{PatientID}"},
+                            {"tag": "PatientName", "value": "Never^Used", "only_if_empty": True}])
+    with Archive(tmp_path, policy=policy) as a:
+        outcome = a.store_bytes(data)
+        assert outcome.warning == WarningReason.COERCION_OF_DATA_ELEMENTS
+        assert [(c.keyword, c.action) for c in outcome.changes] == [
+            ("InstitutionName", "coerced"), ("IssuerOfPatientID", "coerced")]
+        stored = pydicom.dcmread(outcome.record.path)
+        assert stored.InstitutionName == "General Hospital"
+        assert stored.IssuerOfPatientID == f"HOSP-{ds.PatientID}"
+        assert stored.PatientName == ds.PatientName  # the condition kept it
+        (item,) = stored.OriginalAttributesSequence
+        assert item.ReasonForTheAttributeModification == "COERCE"
+        assert item.ModifyingSystem == "DICOMACCEL" and item.AttributeModificationDateTime
+        previous = item.ModifiedAttributesSequence[0]
+        assert previous.InstitutionName == "Old Name"
+        assert "IssuerOfPatientID" in previous and not previous.IssuerOfPatientID  # was absent
+        # Pixel Data untouched, the frame index built on the new file.
+        assert stored.PixelData == ds.PixelData
+        assert outcome.record.size == os.path.getsize(outcome.record.path)
+        # Sending the same instance again is idempotent, though the rewrite stamped the time.
+        again = a.store_bytes(data)
+        assert again.already_stored and again.warning == WarningReason.COERCION_OF_DATA_ELEMENTS
+        assert tmp_files(a.root) == []
+
+
+def test_discard_rules_remove_private_blocks_tags_and_group_lengths(tmp_path):
+    ds = image_dataset(rows=8, columns=8)
+    ds.add_new(0x00090010, "LO", "ACME 1.1")
+    ds.add_new(0x00091001, "LO", "secret")
+    ds.add_new(0x00090011, "LO", "OTHER")
+    ds.add_new(0x00091101, "LO", "kept")
+    ds.OperatorsName = "Someone"
+    data = to_bytes(ds)
+    # A retired group length (PS3.5 7.2), which pydicom does not write: put it in by hand.
+    at = data.index(b"\x18\x00\x50\x00DS")  # (0018,0050), the first element of group 0018
+    data = data[:at] + b"\x18\x00\x00\x00UL\x04\x00" + bytes(4) + data[at:]
+    policy = _rules(discard=[{"private_creator": "ACME 1.1"}, {"tag": "OperatorsName"},
+                             {"group_length": True}])
+    with Archive(tmp_path, policy=policy) as a:
+        outcome = a.store_bytes(data)
+        assert outcome.warning == WarningReason.ELEMENTS_DISCARDED
+        assert {c.tag for c in outcome.changes} == {0x00090010, 0x00091001, 0x00081070, 0x00180000}
+        stored = pydicom.dcmread(outcome.record.path)
+        for tag in (0x00090010, 0x00091001, 0x00081070, 0x00180000):
+            assert tag not in stored
+        assert stored[0x00091101].value == "kept" and stored[0x00090011].value == "OTHER"
+        previous = stored.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+        assert previous[0x00091001].value == "secret" and previous[0x00090010].value == "ACME 1.1"
+        assert previous.OperatorsName == "Someone"
+
+
+def test_rules_in_a_deflated_instance(tmp_path):
+    ds = image_dataset(rows=8, columns=8)
+    data = to_bytes(ds, DeflatedExplicitVRLittleEndian)
+    with Archive(tmp_path, policy=_rules(coerce=[{"tag": "InstitutionName", "value": "X"}])) as a:
+        outcome = a.store_bytes(data)
+        stored = pydicom.dcmread(outcome.record.path)
+        assert stored.InstitutionName == "X" and stored.PixelData == ds.PixelData
+        assert stored.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize(("coerce", "discard", "message"), [
+    ([{"tag": "NoSuchKeyword", "value": "x"}], [], "keyword"),
+    ([{"tag": "SOPInstanceUID", "value": "1.2"}], [], "cannot be coerced"),
+    ([{"tag": "InstitutionName"}], [], "needs tag and value"),
+    ([], [{"tag": "StudyInstanceUID"}], "cannot be discarded"),
+    ([], [{"tag": "(0009,0010)", "private_creator": "X"}], "exactly one"),
+])
+def test_bad_rules_are_refused_with_the_reason(coerce, discard, message):
+    with pytest.raises(ConfigError, match=message):
+        compile_rules(tuple(coerce), tuple(discard))

@@ -198,3 +198,42 @@ def test_real_files_get_their_verdict_and_nothing_is_lost(server_factory, valida
         assert not failed and list(stored.values()) == [None, 0xB007, 0xB007, None]
     else:
         assert list(failed.values()) == [0xA900, 0xA900] and list(stored.values()) == [None, None]
+
+
+def test_coercion_b000_and_discard_b006_from_the_configuration_file(server_factory, tmp_path):
+    config = tmp_path / "dicomaccel.toml"
+    config.write_text('''
+[[coerce]]
+tag = "InstitutionName"
+value = "General Hospital"
+[[discard]]
+private_creator = "ACME 1.1"
+''')
+    server = server_factory("--config", str(config))
+    coerced = _ct(InstitutionName="Somewhere")
+    # Already what the rule sets: not coerced.
+    discarded = _ct(InstitutionName="General Hospital")
+    discarded.add_new(0x00090010, "LO", "ACME 1.1")
+    discarded.add_new(0x00091001, "LO", "secret")
+    untouched = _ct(InstitutionName="General Hospital")
+    status, doc = _store(server, coerced, discarded, untouched)
+    assert status == 202
+    items = {_value(i, "00081155"): i for i in _items(doc, "00081199")}
+    assert _value(items[coerced.SOPInstanceUID], "00081196") == 0xB000
+    assert _value(items[discarded.SOPInstanceUID], "00081196") == 0xB006
+    assert _value(items[untouched.SOPInstanceUID], "00081196") is None
+    named = [(_value(a, "00720026"), _value(a, "00000902"))
+             for a in _items(items[coerced.SOPInstanceUID], "00741048")]
+    assert named == [("00080080", "InstitutionName coerced")]
+    # The stored files, read back from the archive with pydicom.
+    from dicomaccel.archive import Archive
+
+    with Archive(server.data, recover=False) as archive:
+        stored = pydicom.dcmread(archive.get(coerced.SOPInstanceUID).path)
+        assert stored.InstitutionName == "General Hospital"
+        item = stored.OriginalAttributesSequence[-1]
+        assert item.ReasonForTheAttributeModification == "COERCE"
+        assert item.ModifiedAttributesSequence[0].InstitutionName == "Somewhere"
+        stored = pydicom.dcmread(archive.get(discarded.SOPInstanceUID).path)
+        assert 0x00091001 not in stored
+        assert stored.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0][0x00091001].value == "secret"

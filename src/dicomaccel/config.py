@@ -63,6 +63,9 @@ class ServeConfig:
     validation: str = "warn"
     accept_sop_classes: tuple[str, ...] = ()
     reject_sop_classes: tuple[str, ...] = ()
+    # [[coerce]] and [[discard]] tables of the configuration file (dicomaccel.policy.rules).
+    coerce: tuple[dict, ...] = ()
+    discard: tuple[dict, ...] = ()
 
 
 DEFAULTS = ServeConfig()
@@ -94,6 +97,8 @@ _KEYS = {
     "validation": ("validation", "validation"),
     "accept-sop-class": ("accept_sop_classes", "uids"),
     "reject-sop-class": ("reject_sop_classes", "uids"),
+    "coerce": ("coerce", "tables"),
+    "discard": ("discard", "tables"),
 }
 
 
@@ -161,6 +166,10 @@ def _convert(path, key: str, value, kind: str):
         if value not in choices:
             raise wrong(" or ".join(f'"{v}"' for v in choices))
         return value
+    if kind == "tables":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise wrong(f"an array of tables ([[{key}]])")
+        return tuple(value)
     if kind == "uids":
         if not isinstance(value, list) or not all(isinstance(v, str) and is_valid_uid(v) for v in value):
             raise wrong("a list of UIDs")
@@ -209,6 +218,10 @@ def as_toml(config: ServeConfig) -> str:
             lines.append(f"{key} = {str(value).lower()}")
         elif isinstance(value, (int, float)):
             lines.append(f"{key} = {value}")
+        elif kind == "tables":
+            for table in value:
+                lines.append(f"[[{key}]]")
+                lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else _quoted(str(v))}" for k, v in table.items()]
         elif isinstance(value, tuple):
             lines.append(f"{key} = [{', '.join(_quoted(v) for v in value)}]")
         else:

@@ -53,10 +53,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..config import DEFAULTS
 from ..policy.store import StorePolicy
-from ..status import FailureReason, WarningReason
+from ..status import FailureReason
 from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, RecordList, SQLiteIndex
 from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, identify, is_valid_uid, scan
+from .rewrite import rewrite
 from .store import FileStore, LocalFileStore
 
 __all__ = [
@@ -216,6 +217,13 @@ class IncomingInstance:
         if failure.sop_instance_uid is None and self._head:
             failure.sop_class_uid, failure.sop_instance_uid = identify(bytes(self._head))
         return failure
+
+    def replace_file(self, fd: int, path: str, size: int, crc32: int) -> None:
+        """Make another complete temp file this instance's (a rewrite); the received one goes."""
+        old_fd, old_path = self._fd, self._path
+        self._fd, self._path, self._in_file, self._crc = fd, path, size, crc32
+        os.close(old_fd)
+        self._archive.files.remove(old_path)
 
     # --- internals ---------------------------------------------------------------------
     def _keep_head(self, view: memoryview) -> None:
@@ -422,16 +430,28 @@ class Archive:
         if size == 0:
             raise StoreFailure(FailureReason.CANNOT_UNDERSTAND, "empty instance")
         mm = mmap.mmap(incoming._fd, size, access=mmap.ACCESS_READ)
+        changes, received_crc = [], None
         try:
             header = scan(mm, size, validate=self.policy.validates)
+            if self.policy.rewrites:
+                new = rewrite(self.files, incoming._fd, mm, size, header,
+                              self.policy.coerce, self.policy.discard)
+                if new is not None:
+                    # The rewritten file replaces the received one: scan and check it instead.
+                    received_crc = incoming._crc
+                    mm.close()
+                    incoming.replace_file(new.fd, new.path, new.size, new.crc32)
+                    size, changes = new.size, new.changes
+                    mm = mmap.mmap(new.fd, size, access=mmap.ACCESS_READ)
+                    header = scan(mm, size, validate=self.policy.validates)
             self._validate(header, expected_study_uid)
             frame_index = build_frame_index(mm, header)
             # Walking an encapsulated Pixel Data's items faults in (and around) a page per
             # fragment: drop them now rather than hold them while the batch flushes.
             mm.madvise(mmap.MADV_DONTNEED)
-            warning = WarningReason.DATASET_DOES_NOT_MATCH_SOP_CLASS if header.problems else None
             return self._committer.submit(PreparedInstance(
-                incoming._path, size, incoming._crc, header, frame_index, mm, warning))
+                incoming._path, size, incoming._crc, header, frame_index, mm,
+                self.policy.warning(header.problems, changes), changes, received_crc))
         finally:
             try:
                 mm.close()
@@ -491,7 +511,7 @@ class Archive:
 
 
 def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,
-            crc32: int) -> InstanceRecord:
+            crc32: int, received_crc32: int | None) -> InstanceRecord:
     return InstanceRecord(
         patient_id=h.patient_id,
         patient_name=h.patient_name,
@@ -518,4 +538,5 @@ def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,
         pixel_tag=h.pixel_tag,
         has_alternates=h.has_alternates,
         crc32=crc32,
+        received_crc32=received_crc32,
     )

@@ -51,24 +51,30 @@ class StoreOutcome:
         Identical bytes were already stored under this SOP Instance UID.
     problems : tuple of dicomaccel.policy.iod.Problem
         What the IOD check found (the attributes a B007 names).
+    changes : tuple of dicomaccel.policy.rules.Change
+        What the coercion and discard rules changed (B000, B006).
     """
 
     record: InstanceRecord
     warning: int | None
     already_stored: bool
     problems: tuple = ()
+    changes: tuple = ()
 
 
 class PreparedInstance:
     """A complete, validated temp file waiting for the group commit."""
 
     __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer", "warning",
-                 "published", "retired", "replaces", "result", "_done")
+                 "changes", "received_crc32", "published", "retired", "replaces", "result", "_done")
 
     def __init__(self, temp_path: str, size: int, crc32: int, header: Header,
-                 frame_index: FrameIndex | None, buffer, warning: int | None = None) -> None:
+                 frame_index: FrameIndex | None, buffer, warning: int | None = None,
+                 changes=(), received_crc32: int | None = None) -> None:
         self.temp_path = temp_path
         self.warning = warning
+        self.changes = tuple(changes)
+        self.received_crc32 = received_crc32  # set when the policy rewrote the received bytes
         self.size = size
         self.crc32 = crc32
         self.header = header
@@ -81,7 +87,7 @@ class PreparedInstance:
         self._done = threading.Event()
 
     def outcome(self, record: InstanceRecord, already_stored: bool) -> StoreOutcome:
-        return StoreOutcome(record, self.warning, already_stored, self.header.problems)
+        return StoreOutcome(record, self.warning, already_stored, self.header.problems, self.changes)
 
 
 class GroupCommit:
@@ -159,7 +165,7 @@ class GroupCommit:
         if not todo:
             return
         records = [self._record(item.header, item.published.path, item.size, item.frame_index,
-                                item.crc32) for item in todo]
+                                item.crc32, item.received_crc32) for item in todo]
         durable_first = self.index.durable_on_commit
         try:
             if durable_first:
@@ -202,7 +208,7 @@ class GroupCommit:
         h = item.header
         existing = self.index.lookup(h.sop_instance_uid)
         if existing is not None:
-            path, size, crc, sop_class = existing
+            path, size, crc, sop_class, received_crc = existing
             if sop_class != h.sop_class_uid:
                 # PS3.7 C (0119 Class-Instance conflict): a SOP Instance UID names one
                 # instance of one SOP Class (PS3.3 C.12.1.1.1); no overwrite policy changes that.
@@ -212,8 +218,11 @@ class GroupCommit:
                     h.sop_class_uid, h.sop_instance_uid,
                 )
                 return False
-            same = size == item.size and crc in (None, item.crc32) and \
-                self.files.same_bytes(path, item.buffer, item.size)
+            # The same instance again: the same bytes, or, when the policy rewrote it (the
+            # rewrite stamps the time), the same received bytes.
+            same = (size == item.size and crc in (None, item.crc32)
+                    and self.files.same_bytes(path, item.buffer, item.size)) or \
+                (item.received_crc32 is not None and received_crc == item.received_crc32)
             if same:
                 item.result = item.outcome(self.index.get(h.sop_instance_uid), True)
                 return False

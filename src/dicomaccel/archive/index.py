@@ -65,6 +65,9 @@ class InstanceRecord:
     has_alternates: bool = False
     stored_at: float = 0.0  # time.time() of the index commit
     crc32: int | None = None  # CRC-32 of the whole file (None for rows of schema version 2)
+    # CRC-32 of the bytes as received, when the store policy rewrote them (coercion,
+    # discard): what makes sending the same instance again idempotent. None otherwise.
+    received_crc32: int | None = None
 
 
 class Index(abc.ABC):
@@ -118,9 +121,9 @@ class Index(abc.ABC):
         """Confirm the rows :meth:`flushed` made durable now (when closing)."""
 
     @abc.abstractmethod
-    def lookup(self, sop_instance_uid: str) -> tuple[str, int, int | None, str] | None:
-        """``(path, size, crc32, sop_class_uid)`` of a stored instance, or None: what the
-        duplicate rule needs."""
+    def lookup(self, sop_instance_uid: str) -> tuple[str, int, int | None, str, int | None] | None:
+        """``(path, size, crc32, sop_class_uid, received_crc32)`` of a stored instance, or
+        None: what the duplicate rule needs."""
 
     @abc.abstractmethod
     def unconfirmed(self) -> list[tuple[str, str, int, int | None]]:
@@ -147,7 +150,7 @@ _COLUMNS = (
     "n_columns", "samples_per_pixel", "bits_allocated", "photometric_interpretation",
     "planar_configuration", "path", "size", "dataset_offset", "pixel_tag", "pixel_offset",
     "pixel_value_offset", "pixel_length", "frame_index", "has_alternates", "stored_at",
-    "crc32",
+    "crc32", "received_crc32",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -176,7 +179,8 @@ CREATE TABLE IF NOT EXISTS instances (
     frame_index BLOB,
     has_alternates INTEGER NOT NULL,
     stored_at REAL NOT NULL,
-    crc32 INTEGER
+    crc32 INTEGER,
+    received_crc32 INTEGER
 );
 CREATE INDEX IF NOT EXISTS instances_study_series
     ON instances (study_uid, series_uid, instance_number);
@@ -185,10 +189,12 @@ CREATE TABLE IF NOT EXISTS unconfirmed (
     sop_instance_uid TEXT PRIMARY KEY,
     writer TEXT NOT NULL
 );
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;
 """
 # Version 2 -> 3: the file's CRC-32 and the unconfirmed list (created by _SCHEMA).
 _MIGRATE_2_3 = "ALTER TABLE instances ADD COLUMN crc32 INTEGER"
+# Version 3 -> 4: the received bytes' CRC-32 of rewritten instances.
+_MIGRATE_3_4 = "ALTER TABLE instances ADD COLUMN received_crc32 INTEGER"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 _ALTERNATES = _COLUMNS.index("has_alternates")
 _ORDER = (
@@ -241,6 +247,8 @@ class SQLiteIndex(Index):
                 version = self._writer.execute("PRAGMA user_version").fetchone()[0]
                 if version == 2:
                     self._writer.execute(_MIGRATE_2_3)
+                if version in (2, 3):
+                    self._writer.execute(_MIGRATE_3_4)
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._writer.execute(statement)
@@ -295,6 +303,7 @@ class SQLiteIndex(Index):
             has_alternates=bool(d["has_alternates"]),
             stored_at=d["stored_at"],
             crc32=d["crc32"],
+            received_crc32=d["received_crc32"],
         )
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
@@ -337,7 +346,7 @@ class SQLiteIndex(Index):
             record.dataset_offset, record.pixel_tag, record.pixel_offset,
             record.pixel_value_offset, record.pixel_length,
             None if fi is None else fi.to_blob(), int(record.has_alternates), stored_at,
-            record.crc32,
+            record.crc32, record.received_crc32,
         )
 
     def put_batch(self, records, replace_existing):
@@ -403,12 +412,13 @@ class SQLiteIndex(Index):
 
     def lookup(self, sop_instance_uid: str):
         row = self._reader().execute(
-            "SELECT path, size, crc32, sop_class_uid FROM instances WHERE sop_instance_uid = ?",
+            "SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"
+            " WHERE sop_instance_uid = ?",
             (sop_instance_uid,),
         ).fetchone()
         if row is None:
             return None
-        return os.path.join(self.root, *row[0].split("/")), row[1], row[2], row[3]
+        return os.path.join(self.root, *row[0].split("/")), *row[1:]
 
     def unconfirmed(self):
         return self._reader().execute(

@@ -427,6 +427,7 @@ class _Upload:
                 retrieve_url=f"{base_url}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_instance_uid}",
                 warning_reason=outcome.warning,
                 problems=outcome.problems,
+                changes=outcome.changes,
             ))
         response.other_failures.extend(self.other)
         if error is not None:

@@ -8,8 +8,10 @@ failed (Type 1C), (0008,1199) only when something was stored.
 Beyond PS3.18 Table I.1-1, every Failed SOP Sequence item carries an Error Comment
 (0000,0902) saying why, and an item whose instance breaks its IOD (Warning Reason B007 or
 Failure Reason A900) carries a Failed Attributes Sequence (0074,1048): one item per attribute,
-its tag in Selector Attribute (0072,0026) and what is wrong in Error Comment. (Microsoft's
-DICOM service names the attributes of a failure the same way; PS3.18 has no place for them.)
+its tag in Selector Attribute (0072,0026) and what is wrong in Error Comment; an instance
+stored with B000 or B006 names there, the same way, each attribute coerced or discarded.
+(Microsoft's DICOM service names the attributes of a failure the same way; PS3.18 has no
+place for them.)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class StoredInstance:
     retrieve_url: str
     warning_reason: int | None = None
     problems: tuple = ()  # dicomaccel.policy.iod.Problem: what a B007 names
+    changes: tuple = ()  # dicomaccel.policy.rules.Change: what B000 / B006 name
 
 
 @dataclass
@@ -109,13 +112,14 @@ def _uid_pair(sop_class_uid: str | None, sop_instance_uid: str | None) -> list:
     ]
 
 
-def _failed_attributes(problems) -> list:
-    if not problems:
+def _failed_attributes(problems, changes=()) -> list:
+    named = [(f"{p.keyword} {_WRONG.get(p.kind, p.kind)} ({p.module})", p.tag) for p in problems]
+    named += [(f"{c.keyword} {c.action}", c.tag) for c in changes]
+    if not named:
         return []
     return [(FAILED_ATTRIBUTES_SEQUENCE, [
-        [(ERROR_COMMENT, [f"{p.keyword} {_WRONG.get(p.kind, p.kind)} ({p.module})"[:64]]),
-         (SELECTOR_ATTRIBUTE, [f"{p.tag:08X}"])]
-        for p in problems])]
+        [(ERROR_COMMENT, [comment[:64]]), (SELECTOR_ATTRIBUTE, [f"{tag:08X}"])]
+        for comment, tag in named])]
 
 
 def _failed_item(f: FailedInstance) -> list:
@@ -130,7 +134,7 @@ def _stored_item(s: StoredInstance) -> list:
     item.append((RETRIEVE_URL, [s.retrieve_url]))
     if s.warning_reason:
         item.append((WARNING_REASON, [s.warning_reason]))
-    return item + _failed_attributes(s.problems)
+    return item + _failed_attributes(s.problems, s.changes)
 
 
 def _other_item(f: FailedInstance) -> list:
