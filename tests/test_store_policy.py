@@ -237,3 +237,20 @@ private_creator = "ACME 1.1"
         stored = pydicom.dcmread(archive.get(discarded.SOPInstanceUID).path)
         assert 0x00091001 not in stored
         assert stored.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0][0x00091001].value == "secret"
+
+
+def test_processing_failure_0110_and_unknown_syntax_c122_name_the_instance(server_factory):
+    server = server_factory()
+    blocked, unknown_syntax = _ct(), _ct()
+    # A plain file where the study's directory must go: publishing fails with an I/O error.
+    (server.data / "instances").mkdir(exist_ok=True)
+    (server.data / "instances" / blocked.StudyInstanceUID).write_text("in the way")
+    data = to_bytes(unknown_syntax)
+    data = data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.9\0", 1)  # File Meta (0002,0010)
+    status, _, body = post(server, multipart([to_bytes(blocked), data]))
+    assert status == 409
+    failed = {_value(i, "00081155"): (_value(i, "00081150"), _value(i, "00081197"), _value(i, "00000902"))
+              for i in _items(json.loads(body), "00081198")}
+    assert failed[blocked.SOPInstanceUID][:2] == (CT, 0x0110)
+    assert str(server.data) not in failed[blocked.SOPInstanceUID][2]  # no paths to the peer
+    assert failed[unknown_syntax.SOPInstanceUID][:2] == (CT, 0xC122)
