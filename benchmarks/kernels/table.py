@@ -52,6 +52,10 @@ ROWS = [
     Row("encaps: frame N from the table, {layout}", "test_encaps::test_frame[bot-{impl}]",
         "`pydicom.encaps.get_frame`", "test_encaps::test_pydicom_get_frame[bot]", "<= 5 µs"),
     # The rest of the suite.
+    Row("ingest: header scan + IOD check of a CT (every stored instance)", "test_ingest::test_scan_and_validate",
+        "`pydicom.dcmread(stop_before_pixels=True)`", "test_ingest::test_pydicom_header", ">= 1x"),
+    Row("ingest: header scan alone", "test_ingest::test_scan",
+        "`pydicom.dcmread(stop_before_pixels=True)`", "test_ingest::test_pydicom_header", ">= 1x"),
     Row("multipart: same near-misses", "test_multipart::test_near_miss[{impl}]",
         "python-multipart `MultipartParser`, same chunks", "test_multipart::test_near_miss_python_multipart"),
     Row("multipart: {parts} parts of 2 KiB, 64 KiB chunks", "test_multipart::test_small_parts[{impl}]",
