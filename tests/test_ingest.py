@@ -381,6 +381,20 @@ def test_deflate_bomb_is_refused(monkeypatch):
     assert "truncated: value of (FFFC,FFFC)" in failure(meta + stream).comment
 
 
+def test_deflated_header_beyond_its_bound_is_refused(monkeypatch):
+    # No Pixel Data: everything inflated is header, held in memory while scanned.
+    import dicomaccel.archive.ingest as ingest
+
+    ds = image_dataset(rows=4, columns=4)
+    del ds.PixelData
+    ds.add_new(0x00091010, "OB", b"\0" * (3 << 20))  # 3 MiB of a private value
+    data = to_bytes(ds, DeflatedExplicitVRLittleEndian)
+    monkeypatch.setattr(ingest, "MAX_INFLATED_HEADER", 1 << 20)
+    assert "more than 1048576 bytes before its Pixel Data" in failure(data).comment
+    monkeypatch.setattr(ingest, "MAX_INFLATED_HEADER", 4 << 20)
+    assert scan(data).pixel_tag == 0
+
+
 @pytest.mark.parametrize("raw", [b"99999999999999999999", b"1_0", b"+2147483648"])
 def test_instance_number_outside_is_is_c000(raw):
     ds = image_dataset(rows=4, columns=4)

@@ -9,9 +9,11 @@ import os
 import queue
 import re
 import socket
+import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,9 +21,10 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from dicomaccel.archive import Archive
+from dicomaccel.archive.ingest import scan
 from dicomaccel.stow import create_app
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import memory_kib, multipart, post, run_asgi, wait_until
@@ -627,3 +630,29 @@ def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
     assert memory_kib(pid, "VmHWM") - before < 48 << 10
     stored = [p for p in (server.data / "instances").rglob("*.dcm")]
     assert len(stored) == 1 and stored[0].stat().st_size == len(head) + frames * rows * columns * 2
+
+
+def test_deflate_bomb_is_refused_in_bounded_memory(server_factory):
+    # 1.9 MB of deflate stream that inflates to 1.875 GiB of data set without Pixel Data: the
+    # scan stops at the 64 MiB bound on a deflated header (C000), and server memory stays
+    # near that bound instead of growing with the inflated size.
+    ds = dicomgen.image_dataset(rows=4, columns=4)
+    del ds.PixelData
+    plain = dicomgen.to_bytes(ds)
+    deflated = dicomgen.to_bytes(ds, DeflatedExplicitVRLittleEndian)
+    size = 15 << 27  # 1.875 GiB
+    # The data set, then a padding element (FFFC,FFFC) declared that long, then its zeros.
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, size)
+    zeros = bytes(1 << 24)
+    stream = [z.compress(plain[scan(plain).dataset_offset:] + padding)]
+    stream += [z.compress(zeros) for _ in range(size >> 24)] + [z.flush()]
+    data = deflated[:scan(deflated).dataset_offset] + b"".join(stream)
+    assert len(data) < 2_000_000
+    server = server_factory()
+    pid = server.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (proc(5))
+    before = memory_kib(pid, "VmRSS")
+    status, _, body = post(server, multipart([data]))
+    assert status == 409 and reasons(body)["failed"] == [(ds.SOPInstanceUID, 0xC000)]
+    assert memory_kib(pid, "VmHWM") - before < 100 << 10

@@ -122,10 +122,13 @@ _CS_VALUE = re.compile(r"[A-Z0-9 _]{0,16}")
 # Nested sequences deeper than this are refused: real IODs nest a handful of levels, and a
 # bound keeps hostile input from exhausting the stack.
 MAX_SEQUENCE_DEPTH = 64
-# A deflated data set (PS3.5 A.5) inflating beyond this is refused as a decompression bomb.
-# The header scan keeps the inflated prefix up to the Pixel Data header in memory (for a
-# data set without Pixel Data, all of it), so this also bounds that memory.
+# A deflated data set (PS3.5 A.5) inflating beyond this is refused as a decompression bomb;
+# what follows the Pixel Data header is inflated a MiB at a time and dropped.
 MAX_INFLATED_SIZE = 1 << 30
+# The header scan keeps the inflated data set up to the Pixel Data header in memory (for a
+# data set without Pixel Data, all of it): more than this is refused, so a deflated instance
+# costs at most this much memory, whatever it inflates to.
+MAX_INFLATED_HEADER = 64 << 20
 
 
 # The data set attributes the index and the frame index need.
@@ -633,9 +636,11 @@ def scan(buffer, size: int | None = None, *, validate: bool = False) -> Header:
 def _scan_deflated(s: _Scan, meta: dict, ds_pos: int, validate: bool) -> Header:
     """Inflate just enough of a deflated data set to scan its header (PS3.5 A.5).
 
-    The inflated data set is scanned from a growing prefix (doubling), so memory is bounded
-    by the header plus one step, not by the pixel data; the rest is inflated and discarded
-    only to check that the Pixel Data value fits and that the deflate stream is intact.
+    The inflated data set is scanned from a growing prefix (steps doubling up to 8 MiB), so
+    memory is bounded by the header (at most :data:`MAX_INFLATED_HEADER`) plus one step, not
+    by the pixel data; the rest is inflated a MiB at a time and discarded, only to check that
+    the Pixel Data value fits, that the whole stays under :data:`MAX_INFLATED_SIZE` and that
+    the deflate stream is intact.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending = memoryview(s.buf)[ds_pos:s.end]
@@ -643,31 +648,40 @@ def _scan_deflated(s: _Scan, meta: dict, ds_pos: int, validate: bool) -> Header:
     step = 1 << 16
     try:
         while True:
-            inflated += inflater.decompress(pending, step)
+            # Never more than one byte past the header bound: the bound is what is checked.
+            room = MAX_INFLATED_HEADER + 1 - len(inflated)
+            inflated += inflater.decompress(pending, min(step, room))
             pending = inflater.unconsumed_tail
             # After the end of the deflate stream, trailing bytes go to unused_data and are
             # ignored; unconsumed_tail may still be set, so check eof too.
             finished = not pending or inflater.eof
             if finished:
-                inflated += inflater.flush()
-            sub = _Scan(inflated, len(inflated))
+                inflated += inflater.flush(room)
+            _check_inflated(s, len(inflated))
+            sub = _Scan(inflated, min(len(inflated), MAX_INFLATED_HEADER))
             sub.media_class, sub.media_instance = s.media_class, s.media_instance
             try:
                 found, pixel = _scan_dataset(sub, 0, True, True)
             except _Truncated:
-                if finished:
+                if finished and len(inflated) <= MAX_INFLATED_HEADER:
                     raise
             else:
                 if pixel.tag or finished:
                     break
-            _check_inflated(s, len(inflated))
-            step *= 2
+            if len(inflated) > MAX_INFLATED_HEADER:
+                raise s.failure(
+                    FailureReason.CANNOT_UNDERSTAND,
+                    f"deflated data set holds more than {MAX_INFLATED_HEADER} bytes before its "
+                    "Pixel Data (or has none and inflates beyond that)",
+                )
+            step = min(2 * step, 8 << 20)  # small steps: a large one is a second copy in memory
         total = len(inflated)
         while pending and not inflater.eof:
             total += len(inflater.decompress(pending, 1 << 20))
             pending = inflater.unconsumed_tail
             _check_inflated(s, total)
-        total += len(inflater.flush())
+        total += len(inflater.flush(1 << 20))
+        _check_inflated(s, total)
     except zlib.error as exc:
         raise s.failure(
             FailureReason.CANNOT_UNDERSTAND,
