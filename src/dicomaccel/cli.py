@@ -85,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest single instance, e.g. 2G (default: unlimited)")
     serve.add_argument("--body-timeout", metavar="S", type=_seconds,
                        help=f"seconds a STOW-RS upload may send nothing before 408 (default: {d.body_timeout:g})")
+    serve.add_argument("--header-timeout", metavar="S", type=_seconds,
+                       help=f"seconds a request's header section may take to arrive before 408 "
+                            f"(default: {d.header_timeout:g})")
+    serve.add_argument("--max-header-size", metavar="SIZE", type=_size, dest="max_header_bytes",
+                       help=f"largest request header section; beyond it 431 (default: {d.max_header_bytes >> 10}K)")
+    serve.add_argument("--keepalive-timeout", metavar="S", type=_seconds,
+                       help=f"close an idle keep-alive connection after this many seconds "
+                            f"(default: {d.keepalive_timeout:g})")
+    serve.add_argument("--max-connections", metavar="N", type=_positive,
+                       help=f"open HTTP connections per worker; beyond it 503 (default: {d.max_connections})")
     serve.add_argument("--min-free-space", metavar="SIZE", type=_size, dest="min_free_bytes",
                        help=f"free disk space kept in reserve; below it stores fail with A710 "
                             f"(default: {_mib(d.min_free_bytes)})")

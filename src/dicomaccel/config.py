@@ -56,6 +56,11 @@ class ServeConfig:
     max_request_bytes: int | None = None
     max_instance_bytes: int | None = None
     body_timeout: float = 60.0
+    # The HTTP front end (dicomaccel.http_server): what one connection may hold.
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 << 10
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1024
     min_free_bytes: int = 256 * 2**20
     log_level: str = "info"
     workers: int = 1
@@ -91,6 +96,10 @@ _KEYS = {
     "max-request-size": ("max_request_bytes", "size"),
     "max-instance-size": ("max_instance_bytes", "size"),
     "body-timeout": ("body_timeout", "seconds"),
+    "header-timeout": ("header_timeout", "seconds"),
+    "max-header-size": ("max_header_bytes", "size"),
+    "keepalive-timeout": ("keepalive_timeout", "seconds"),
+    "max-connections": ("max_connections", "positive"),
     "min-free-space": ("min_free_bytes", "size"),
     "log-level": ("log_level", "level"),
     "workers": ("workers", "positive"),

@@ -1,4 +1,5 @@
-"""Both services in one event loop: STOW-RS under uvicorn and the C-GET SCP, sharing one archive.
+"""Both services in one event loop: STOW-RS on :mod:`.http_server` and the C-GET SCP, sharing
+one archive.
 
 With ``workers > 1`` a supervisor process recovers the archive, binds both ports and forks
 that many workers. Every worker serves STOW-RS on the one shared HTTP socket (the kernel
@@ -20,13 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import uvicorn
 import uvloop
 
 from .archive import Archive
 from .config import ServeConfig
 from .dimse import start_dimse_server
 from .dimse.messages import C_GET_RQ
+from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .retrieve import GET_SOP_CLASSES, CGetSCP
 from .stow import create_app
@@ -156,8 +157,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                 with_dimse: bool = True, announce: bool = True) -> None:
     """Run until SIGINT/SIGTERM.
 
-    In-flight stores get uvicorn's graceful-shutdown window (30 s) to finish; parts whose
-    bytes all arrived are committed before the archive closes, the rest are discarded.
+    In-flight stores get 30 s to finish; parts whose bytes all arrived are committed before
+    the archive closes, the rest are discarded.
     ``listeners`` is ``(http_socket, dimse_socket or None)`` already bound by a supervisor.
     """
     archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes,
@@ -172,19 +173,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         max_instance_bytes=config.max_instance_bytes,
         body_timeout=config.body_timeout,
     )
-    http = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.http_port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_level=config.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=30,
-        )
-    )
+    http = HTTPServer(app, HTTPLimits(config.header_timeout, config.max_header_bytes,
+                                      config.keepalive_timeout, config.max_connections))
     dimse = None
     try:
         try:
@@ -204,16 +194,19 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     max_dataset_size=MAX_IDENTIFIER_SIZE,
                     sock=None if listeners is None else listeners[1],
                 )
-            # Bound here, not by uvicorn, so a busy port is an OSError we report plainly.
+            # A busy port is an OSError we report plainly.
             listener = listeners[0] if listeners is not None else \
-                socket.create_server((config.host, config.http_port))
-            task = asyncio.create_task(http.serve(sockets=[listener]))
-            while not http.started and not task.done():
-                await asyncio.sleep(0.01)
+                socket.create_server((config.host, config.http_port), backlog=1024)
+            await http.start(listener)
             if announce:
                 _announce(config, listener.getsockname()[:2], dimse.port)
-            # uvicorn owns SIGINT/SIGTERM: when it returns, stop the DIMSE side too.
-            await task
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            # In-flight stores get 30 s; parts whose bytes all arrived are committed.
+            await http.stop(grace=30)
         finally:
             if dimse is not None:
                 dimse.close()

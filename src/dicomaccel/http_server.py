@@ -1,0 +1,384 @@
+"""A lean HTTP/1.1 server (RFC 9112) for one ASGI application: where STOW-RS bytes enter.
+
+``dicomaccel serve`` runs the STOW-RS ASGI app on this instead of a general-purpose ASGI
+server. It does less, so each request costs less of the one event-loop thread (the GIL), and
+it bounds what a hostile or broken client can hold:
+
+- a request's header section must arrive within ``header_timeout`` seconds of its first byte
+  (a trickle of header lines gets 408 and the connection closed);
+- a header section over ``max_header_bytes`` gets 431; a keep-alive connection idle for
+  ``keepalive_timeout`` seconds is closed;
+- at most ``max_connections`` connections are open; one more gets 503 and is closed.
+
+Request bodies reach the application as the ``bytes`` the parser (httptools, llhttp) hands
+over: no copy, one ASGI ``http.request`` message each. Reading from the socket pauses while
+more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to the sender).
+``Expect: 100-continue`` is answered when the application first asks for the body. A response
+the application ends before reading the whole body closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+from .config import DEFAULTS
+
+__all__ = ["HTTPLimits", "HTTPServer"]
+
+log = logging.getLogger("dicomaccel.http")
+
+HIGH_WATER = 4 << 20  # body bytes buffered for the application before reading pauses
+LOW_WATER = 1 << 20  # ... and resumes
+# Bytes received while the header section is incomplete, body bytes in the same reads
+# included: bounds what one endless header line can make the parser hold.
+MAX_PENDING_HEAD = 1 << 20
+# Closing on a request body not read to its end (an early refusal): keep reading and
+# dropping it this long, or this much, after the response, so that the client, still
+# sending, reads the response instead of a connection reset (RFC 9112 §9.6).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    """The bounds on every connection (defaults: :data:`dicomaccel.config.DEFAULTS`)."""
+
+    header_timeout: float = DEFAULTS.header_timeout
+    max_header_bytes: int = DEFAULTS.max_header_bytes
+    keepalive_timeout: float = DEFAULTS.keepalive_timeout
+    max_connections: int = DEFAULTS.max_connections
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _simple_response(status: int, text: str) -> bytes:
+    body = (text + "\n").encode()
+    return (f"HTTP/1.1 {status} {_phrase(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+class _Request:
+    """One request's body on its way to the application."""
+
+    __slots__ = ("chunks", "buffered", "complete", "event", "disconnected", "expect_continue")
+
+    def __init__(self, expect_continue: bool) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.complete = False
+        self.disconnected = False
+        self.event = asyncio.Event()
+        self.expect_continue = expect_continue
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: "HTTPServer") -> None:
+        self.server = server
+        self.limits = server.limits
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.timer: asyncio.TimerHandle | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.pending_head = 0
+        self.in_head = False
+        self.request: _Request | None = None
+        self.task: asyncio.Task | None = None
+        self.paused = False
+        self.closed = False
+        self.lingering = 0  # > 0: closing, bytes still accepted and dropped
+
+    # --- transport events ---------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if len(self.server.connections) >= self.limits.max_connections:
+            transport.write(_simple_response(503, f"Too many connections (at most {self.limits.max_connections})"))
+            transport.close()
+            self.closed = True
+            return
+        self.server.connections.add(self)
+        self._arm(self.limits.keepalive_timeout, self._idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.lingering -= min(len(data), self.lingering)
+            if not self.lingering:
+                self._close()
+            return
+        if self.closed:
+            return
+        if self.request is None or self.in_head:
+            self.pending_head += len(data)
+            if self.pending_head > MAX_PENDING_HEAD + self.limits.max_header_bytes:
+                self._refuse(431, "Request header section too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrade is not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"Malformed HTTP request: {exc}")
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self._disarm()
+        if self.request is not None and not self.request.complete:
+            self.request.disconnected = True
+            self.request.event.set()
+
+    def pause_writing(self) -> None:  # the asyncio transport's flow control; drain() does the rest
+        pass
+
+    # --- parser callbacks (httptools) ---------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.header_bytes, self.in_head = b"", [], 0, True
+        self._arm(self.limits.header_timeout, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        self._count(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        if self.closed:
+            return
+        self.in_head = False
+        self.pending_head = 0
+        self._disarm()
+        parsed = httptools.parse_url(self.url)
+        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
+        self.request = _Request(expect)
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.parser.get_http_version(), "method": self.parser.get_method().decode(),
+            "scheme": "http", "path": parsed.path.decode("utf-8", "replace"), "raw_path": parsed.path,
+            "query_string": parsed.query or b"", "root_path": "", "headers": self.headers,
+            "server": self.server.address, "client": self.transport.get_extra_info("peername"),
+        }
+        self.task = self.loop.create_task(self._run(scope, self.request, self.parser.should_keep_alive()))
+        self.server.tasks.add(self.task)
+        self.task.add_done_callback(self.server.tasks.discard)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.request
+        request.chunks.append(body)
+        request.buffered += len(body)
+        request.event.set()
+        if request.buffered > HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        self.request.complete = True
+        self.request.event.set()
+        # One request at a time: a pipelined next request waits in the socket.
+        if not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    # --- the application ------------------------------------------------------------------
+    async def _run(self, scope: dict, request: _Request, keep_alive: bool) -> None:
+        started = finished = False
+        chunked = False
+
+        async def receive() -> dict:
+            if request.expect_continue:
+                request.expect_continue = False
+                if not request.chunks and not request.complete:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            while not request.chunks and not request.complete and not request.disconnected:
+                request.event.clear()
+                await request.event.wait()
+            if request.disconnected:
+                return {"type": "http.disconnect"}
+            body = request.chunks.popleft() if request.chunks else b""
+            request.buffered -= len(body)
+            if self.paused and not request.complete and request.buffered < LOW_WATER:
+                self.paused = False
+                self.transport.resume_reading()
+            return {"type": "http.request", "body": body,
+                    "more_body": bool(request.chunks) or not request.complete}
+
+        async def send(message: dict) -> None:
+            nonlocal started, finished, chunked, keep_alive
+            if self.closed or finished:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                lines = [f"HTTP/1.1 {status} {_phrase(status)}".encode()]
+                names = set()
+                for name, value in message.get("headers", ()):
+                    names.add(name.lower())
+                    lines.append(name + b": " + value)
+                if b"content-length" not in names:
+                    chunked = True
+                    lines.append(b"transfer-encoding: chunked")
+                if not request.complete:
+                    keep_alive = False  # the rest of the body would be read as a request
+                if not keep_alive:
+                    lines.append(b"connection: close")
+                self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                more = message.get("more_body", False)
+                if chunked:
+                    if body:
+                        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+                    if not more:
+                        self.transport.write(b"0\r\n\r\n")
+                elif body:
+                    self.transport.write(body)
+                if not more:
+                    finished = True
+
+        try:
+            await self.server.app(scope, receive, send)
+        except Exception:
+            log.exception("HTTP request failed")
+            if not started and not self.closed:
+                self.transport.write(_simple_response(500, "Internal server error"))
+            keep_alive = False
+        if not finished and started:
+            keep_alive = False
+        self._next(keep_alive and finished)
+
+    def _next(self, keep_alive: bool) -> None:
+        unread = self.request is not None and not self.request.complete
+        self.request = None
+        self.task = None
+        if self.closed:
+            return
+        if unread and not self.server.stopping:
+            self._linger()
+            return
+        if not keep_alive or self.server.stopping:
+            self._close()
+            return
+        self._arm(self.limits.keepalive_timeout, self._idle)
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # --- limits ---------------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > self.limits.max_header_bytes:
+            self._refuse(431, f"Request header section larger than {self.limits.max_header_bytes} bytes")
+
+    def _header_timeout(self) -> None:
+        self._refuse(408, f"Request header section not received within {self.limits.header_timeout:g} s")
+
+    def _idle(self) -> None:
+        if self.request is None:
+            self._close()
+
+    def _refuse(self, status: int, text: str) -> None:
+        if self.closed or self.lingering:
+            return
+        if self.request is None:  # no response under way: say why
+            self.transport.write(_simple_response(status, text))
+        self._linger()
+        # The parser raises on what follows; nothing more is read.
+        raise _Stop
+
+    def _arm(self, delay: float, callback) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(delay, self._fire, callback)
+
+    def _fire(self, callback) -> None:
+        self.timer = None
+        try:
+            callback()
+        except _Stop:
+            pass
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _linger(self) -> None:
+        """Close after the response, reading and dropping what the client still sends."""
+        self._disarm()
+        self.lingering = LINGER_BYTES
+        self.server.connections.discard(self)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self._arm(LINGER_SECONDS, self._close)
+
+    def _close(self) -> None:
+        self.lingering = 0
+        if not self.closed:
+            self.closed = True
+            self._disarm()
+            self.server.connections.discard(self)
+            self.transport.close()
+
+
+class _Stop(Exception):
+    """Raised out of a parser callback or timer once a connection is refused and closing."""
+
+
+class HTTPServer:
+    """Serve ``app`` (ASGI 3, http scope only) on an already bound listening socket."""
+
+    def __init__(self, app, limits: HTTPLimits = HTTPLimits()) -> None:
+        self.app = app
+        self.limits = limits
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping = False
+        self.address: tuple | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, sock) -> None:
+        self.address = sock.getsockname()[:2]
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Guarded(self), sock=sock, backlog=1024)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, close idle connections, give requests under way ``grace`` seconds."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.request is None:
+                conn._close()
+        if self.tasks:
+            done, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+        for conn in list(self.connections):
+            conn._close()
+
+
+class _Guarded(_Connection):
+    """A connection whose parser callbacks may stop it (:class:`_Stop`) without the exception
+    reaching the event loop."""
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except _Stop:
+            pass
