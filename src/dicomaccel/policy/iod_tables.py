@@ -44,6 +44,17 @@ Attribute = tuple[int, str, str]
 # --- Modules -------------------------------------------------------------------------------
 # name -> (PS3.3 reference, attributes). The reference is the module's clause and, where
 # given, in brackets, the table that lists its attributes.
+# The Type 1 attributes of the Image Pixel Description Macro (PS3.3 Table C.7-11c) that the
+# modality modules below restate with the same types.
+_PIXEL_DESCRIPTION: tuple[Attribute, ...] = (
+    (0x00280002, "SamplesPerPixel", "1"),
+    (0x00280004, "PhotometricInterpretation", "1"),
+    (0x00280100, "BitsAllocated", "1"),
+    (0x00280101, "BitsStored", "1"),
+    (0x00280102, "HighBit", "1"),
+    (0x00280103, "PixelRepresentation", "1"),
+)
+
 MODULES: dict[str, tuple[str, tuple[Attribute, ...]]] = {
     # --- Common composite modules (PS3.3 C.7, C.12) ---
     "Patient": ("C.7.1.1 (Table C.7-1)", (
@@ -188,12 +199,7 @@ MODULES: dict[str, tuple[str, tuple[Attribute, ...]]] = {
     )),
     # --- US (PS3.3 C.8.5.6) ---
     "US Image": ("C.8.5.6", (
-        (0x00280002, "SamplesPerPixel", "1"),
-        (0x00280004, "PhotometricInterpretation", "1"),
-        (0x00280100, "BitsAllocated", "1"),
-        (0x00280101, "BitsStored", "1"),
-        (0x00280102, "HighBit", "1"),
-        (0x00280103, "PixelRepresentation", "1"),
+        *_PIXEL_DESCRIPTION,
         (0x00080008, "ImageType", "2"),
     )),
     # --- Secondary Capture (PS3.3 C.8.6) ---
@@ -207,12 +213,7 @@ MODULES: dict[str, tuple[str, tuple[Attribute, ...]]] = {
     "X-Ray Image": ("C.8.7.1", (
         (0x00080008, "ImageType", "1"),
         (0x00281040, "PixelIntensityRelationship", "1"),
-        (0x00280002, "SamplesPerPixel", "1"),
-        (0x00280004, "PhotometricInterpretation", "1"),
-        (0x00280100, "BitsAllocated", "1"),
-        (0x00280101, "BitsStored", "1"),
-        (0x00280102, "HighBit", "1"),
-        (0x00280103, "PixelRepresentation", "1"),
+        *_PIXEL_DESCRIPTION,
     )),
     "X-Ray Acquisition": ("C.8.7.2", (
         (0x00180060, "KVP", "2"),
@@ -265,12 +266,7 @@ MODULES: dict[str, tuple[str, tuple[Attribute, ...]]] = {
     )),
     "DX Image": ("C.8.11.3", (
         (0x00080008, "ImageType", "1"),
-        (0x00280002, "SamplesPerPixel", "1"),
-        (0x00280004, "PhotometricInterpretation", "1"),
-        (0x00280100, "BitsAllocated", "1"),
-        (0x00280101, "BitsStored", "1"),
-        (0x00280102, "HighBit", "1"),
-        (0x00280103, "PixelRepresentation", "1"),
+        *_PIXEL_DESCRIPTION,
         (0x00281040, "PixelIntensityRelationship", "1"),
         (0x00281041, "PixelIntensityRelationshipSign", "1"),
         (0x00281052, "RescaleIntercept", "1"),
@@ -317,12 +313,7 @@ MODULES: dict[str, tuple[str, tuple[Attribute, ...]]] = {
         (0x00089207, "VolumeBasedCalculationTechnique", "1"),
         (0x00089208, "ComplexImageComponent", "1"),
         (0x00089209, "AcquisitionContrast", "1"),
-        (0x00280002, "SamplesPerPixel", "1"),
-        (0x00280004, "PhotometricInterpretation", "1"),
-        (0x00280100, "BitsAllocated", "1"),
-        (0x00280101, "BitsStored", "1"),
-        (0x00280102, "HighBit", "1"),
-        (0x00280103, "PixelRepresentation", "1"),
+        *_PIXEL_DESCRIPTION,
     )),
     "MR Series": ("C.8.13.6", (
         (0x00080060, "Modality", "1"),
