@@ -656,3 +656,46 @@ def test_deflate_bomb_is_refused_in_bounded_memory(server_factory):
     status, _, body = post(server, multipart([data]))
     assert status == 409 and reasons(body)["failed"] == [(ds.SOPInstanceUID, 0xC000)]
     assert memory_kib(pid, "VmHWM") - before < 100 << 10
+
+
+def test_trickling_uploads_are_408_and_free_their_slots(server_factory):
+    # Two slots; two clients trickle a byte a second for 40 s (well inside the body timeout),
+    # a third sends a normal store that may wait 20 s for a slot. The trickles are cut once
+    # the grace period (10 s) is over, so the store gets a slot; held for their 40 s, the
+    # slots would have left it a 503.
+    server = server_factory("--max-concurrent-stores", "2", "--store-queue-wait", "20",
+                            "--min-upload-rate", "1K")
+    body = multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)])
+    url = urlsplit(server.http_url)
+    answers: list[bytes] = []
+
+    def trickle():
+        sock = socket.create_connection((url.hostname, url.port), timeout=60)
+        sock.sendall(f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; "
+                     f"type=\"application/dicom\"; boundary=BOUNDARY\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        try:
+            for i in range(40):
+                sock.sendall(body[i:i + 1])
+                time.sleep(1)
+        except OSError:
+            pass
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+        answers.append(data)
+        sock.close()
+
+    threads = [threading.Thread(target=trickle) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    status, _, resp = post(server, body)
+    for t in threads:
+        t.join()
+    assert status == 200, resp
+    assert len(answers) == 2
+    for data in answers:
+        assert data.startswith(b"HTTP/1.1 408 ") and b"less than 1024 bytes/s" in data, data[:300]

@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest single instance, e.g. 2G (default: unlimited)")
     serve.add_argument("--body-timeout", metavar="S", type=_seconds,
                        help=f"seconds a STOW-RS upload may send nothing before 408 (default: {d.body_timeout:g})")
+    serve.add_argument("--min-upload-rate", metavar="SIZE", type=_size,
+                       help=f"bytes/s a STOW-RS body must average once 10 s have passed; slower gets 408 "
+                            f"and frees its slot, 0 for none (default: {d.min_upload_rate >> 10}K)")
     serve.add_argument("--header-timeout", metavar="S", type=_seconds,
                        help=f"seconds a request's header section may take to arrive before 408 "
                             f"(default: {d.header_timeout:g})")

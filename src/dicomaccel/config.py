@@ -56,6 +56,7 @@ class ServeConfig:
     max_request_bytes: int | None = None
     max_instance_bytes: int | None = None
     body_timeout: float = 60.0
+    min_upload_rate: int = 8 << 10  # bytes/s a STOW-RS body must average after 10 s; 0: none
     # The HTTP front end (dicomaccel.http_server): what one connection may hold.
     header_timeout: float = 10.0
     max_header_bytes: int = 64 << 10
@@ -96,6 +97,7 @@ _KEYS = {
     "max-request-size": ("max_request_bytes", "size"),
     "max-instance-size": ("max_instance_bytes", "size"),
     "body-timeout": ("body_timeout", "seconds"),
+    "min-upload-rate": ("min_upload_rate", "size"),
     "header-timeout": ("header_timeout", "seconds"),
     "max-header-size": ("max_header_bytes", "size"),
     "keepalive-timeout": ("keepalive_timeout", "seconds"),

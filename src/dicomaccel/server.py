@@ -172,6 +172,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         max_request_bytes=config.max_request_bytes,
         max_instance_bytes=config.max_instance_bytes,
         body_timeout=config.body_timeout,
+        min_upload_rate=config.min_upload_rate,
     )
     http = HTTPServer(app, HTTPLimits(config.header_timeout, config.max_header_bytes,
                                       config.keepalive_timeout, config.max_connections))

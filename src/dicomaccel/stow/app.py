@@ -55,6 +55,7 @@ def create_app(
     max_parts: int = 10000,
     commits_in_flight: int = 4,
     body_timeout: float | None = DEFAULTS.body_timeout,
+    min_upload_rate: int = DEFAULTS.min_upload_rate,
     executor: ThreadPoolExecutor | None = None,
 ) -> "StowApp":
     """Build the STOW-RS ASGI application over ``archive``.
@@ -79,6 +80,10 @@ def create_app(
     body_timeout : float, optional
         Seconds a request may go without sending body data before it is answered 408 and
         its store slot freed (a stalled client must not hold a slot); ``None``: no limit.
+    min_upload_rate : int
+        Bytes per second a body must average, from its start, once :data:`RATE_GRACE` seconds
+        have passed; a slower one is answered 408 and its slot freed (a trickle must not hold
+        a slot either). 0: no minimum.
     """
     return StowApp(
         archive,
@@ -93,8 +98,14 @@ def create_app(
         max_parts=max_parts,
         commits_in_flight=commits_in_flight,
         body_timeout=body_timeout,
+        min_upload_rate=min_upload_rate,
         executor=executor,
     )
+
+
+# Seconds of a body's start exempt from the minimum upload rate (connection ramp-up, a
+# client that builds the next part before sending it).
+RATE_GRACE = 10.0
 
 
 class StowApp:
@@ -109,6 +120,7 @@ class StowApp:
         max_parts: int,
         commits_in_flight: int,
         body_timeout: float | None,
+        min_upload_rate: int,
         executor: ThreadPoolExecutor | None,
     ) -> None:
         self.archive = archive
@@ -119,6 +131,7 @@ class StowApp:
         self.max_parts = max_parts
         self.commits_in_flight = max(1, commits_in_flight)
         self.body_timeout = body_timeout
+        self.min_upload_rate = min_upload_rate
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(
             max_workers=max(4, gate.limit * self.commits_in_flight), thread_name_prefix="stow-commit"
@@ -291,6 +304,7 @@ class _Upload:
         self.other: list[FailedInstance] = []  # parts that are not instances
         self.incoming = None
         self.part_bytes = 0
+        self.last_data = self.loop.time()  # when body bytes last arrived
 
     async def run(self, receive: Receive, boundary: str, base_url: str) -> StoreResponse:
         """Store the body; the response to send.
@@ -323,16 +337,18 @@ class _Upload:
         # One timer for the whole body, armed while we wait for the client and disarmed while
         # we work (wait_for() per chunk would create a Task per chunk).
         stall = asyncio.timeout(None)
+        started = self.loop.time()
         try:
             async with stall:
                 while True:
-                    if app.body_timeout is not None:
-                        stall.reschedule(self.loop.time() + app.body_timeout)
+                    stall.reschedule(self._deadline(started, request_bytes))
                     message = await receive()
                     stall.reschedule(None)
                     if message["type"] == "http.disconnect":
                         raise _ClientGone
                     chunk = message.get("body", b"")
+                    if chunk:
+                        self.last_data = self.loop.time()
                     request_bytes += len(chunk)
                     if app.max_request_bytes is not None and request_bytes > app.max_request_bytes:
                         return (413, f"Request body exceeds the limit of {app.max_request_bytes} bytes")
@@ -350,7 +366,9 @@ class _Upload:
         except TimeoutError:
             if not stall.expired():
                 raise
-            return (408, f"Request timeout: no body data for {app.body_timeout:g} s")
+            if app.body_timeout is not None and self.loop.time() - self.last_data >= app.body_timeout:
+                return (408, f"Request timeout: no body data for {app.body_timeout:g} s")
+            return (408, f"Request timeout: the body arrives at less than {app.min_upload_rate} bytes/s")
         except LimitExceeded as exc:  # too many parts or a header block too long: 413 (PS3.18 §8.5)
             return (413, f"Multipart body exceeds a limit: {exc}")
         except ParseError as exc:
@@ -358,6 +376,17 @@ class _Upload:
         except _InstanceTooLarge as exc:
             return (413, str(exc))
         return None
+
+    def _deadline(self, started: float, received: int) -> float | None:
+        """When the next body bytes must have come: within the body timeout, and before the
+        average rate since ``started`` falls below the minimum (after the grace period)."""
+        app, now = self.app, self.loop.time()
+        deadlines = []
+        if app.body_timeout is not None:
+            deadlines.append(now + app.body_timeout)
+        if app.min_upload_rate:
+            deadlines.append(started + RATE_GRACE + (received + 1) / app.min_upload_rate)
+        return min(deadlines) if deadlines else None
 
     async def _handle(self, events: list) -> None:
         for kind, value in events:
