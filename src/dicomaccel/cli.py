@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", metavar="N", type=_positive,
                        help="processes serving STOW-RS on the shared port (the first also serves "
                             f"DIMSE); store limits apply per worker (default: {d.workers})")
+    serve.add_argument("--tls-cert", metavar="FILE", type=Path,
+                       help="PEM certificate (chain): serve HTTPS on the HTTP port (default: plain HTTP)")
+    serve.add_argument("--tls-key", metavar="FILE", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-ca", metavar="FILE", type=Path, help="PEM CA certificates that client certificates are checked against")
+    serve.add_argument("--tls-require-client-cert", action="store_true", help="refuse TLS clients without a valid certificate")
+    serve.add_argument("--dimse-tls-port", metavar="PORT", type=int,
+                       help="also accept DICOM over TLS on this port (2762 is registered for it)")
     serve.add_argument("--validation", choices=VALIDATION_MODES,
                        help="an instance that does not match its IOD: stored with warning B007 (warn), "
                             f"refused with A900 (reject), or not checked (off) (default: {d.validation})")

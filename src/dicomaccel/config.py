@@ -65,6 +65,12 @@ class ServeConfig:
     min_free_bytes: int = 256 * 2**20
     log_level: str = "info"
     workers: int = 1
+    # TLS (dicomaccel.tls): HTTPS on the HTTP port, DICOM TLS on dimse_tls_port.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_require_client_cert: bool = False
+    dimse_tls_port: int | None = None
     # Store policy (dicomaccel.policy.store): IOD validation and the accepted SOP Classes.
     validation: str = "warn"
     accept_sop_classes: tuple[str, ...] = ()
@@ -105,6 +111,11 @@ _KEYS = {
     "min-free-space": ("min_free_bytes", "size"),
     "log-level": ("log_level", "level"),
     "workers": ("workers", "positive"),
+    "tls-cert": ("tls_cert", "path"),
+    "tls-key": ("tls_key", "path"),
+    "tls-ca": ("tls_ca", "path"),
+    "tls-require-client-cert": ("tls_require_client_cert", "bool"),
+    "dimse-tls-port": ("dimse_tls_port", "port"),
     "validation": ("validation", "validation"),
     "accept-sop-class": ("accept_sop_classes", "uids"),
     "reject-sop-class": ("reject_sop_classes", "uids"),
@@ -211,8 +222,15 @@ def _convert(path, key: str, value, kind: str):
 
 
 def merged(file_values: dict, flag_values: dict) -> ServeConfig:
-    """Defaults, then the file's values, then the flags'."""
-    return dataclasses.replace(DEFAULTS, **{**file_values, **flag_values})
+    """Defaults, then the file's values, then the flags'; checked as a whole."""
+    config = dataclasses.replace(DEFAULTS, **{**file_values, **flag_values})
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls-cert and tls-key go together")
+    if config.tls_cert is None and (config.dimse_tls_port is not None or config.tls_require_client_cert):
+        raise ConfigError("dimse-tls-port and tls-require-client-cert need tls-cert and tls-key")
+    if config.tls_require_client_cert and config.tls_ca is None:
+        raise ConfigError("tls-require-client-cert needs tls-ca to verify client certificates")
+    return config
 
 
 def as_toml(config: ServeConfig) -> str:

@@ -168,7 +168,7 @@ class _Connection(asyncio.Protocol):
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": self.parser.get_http_version(), "method": self.parser.get_method().decode(),
-            "scheme": "http", "path": parsed.path.decode("utf-8", "replace"), "raw_path": parsed.path,
+            "scheme": self.server.scheme, "path": parsed.path.decode("utf-8", "replace"), "raw_path": parsed.path,
             "query_string": parsed.query or b"", "root_path": "", "headers": self.headers,
             "server": self.server.address, "client": self.transport.get_extra_info("peername"),
         }
@@ -350,12 +350,15 @@ class HTTPServer:
         self.tasks: set[asyncio.Task] = set()
         self.stopping = False
         self.address: tuple | None = None
+        self.scheme = "http"
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, sock) -> None:
+    async def start(self, sock, ssl=None) -> None:
+        """Accept on ``sock``; with an ``ssl`` context, HTTPS."""
         self.address = sock.getsockname()[:2]
+        self.scheme = "http" if ssl is None else "https"
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Guarded(self), sock=sock, backlog=1024)
+        self._server = await loop.create_server(lambda: _Guarded(self), sock=sock, backlog=1024, ssl=ssl)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, close idle connections, give requests under way ``grace`` seconds."""

@@ -31,6 +31,7 @@ from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .retrieve import GET_SOP_CLASSES, CGetSCP
 from .stow import create_app
+from .tls import server_context
 
 log = logging.getLogger("dicomaccel")
 
@@ -46,15 +47,20 @@ def run(config: ServeConfig) -> int:
     try:
         http_sock = socket.create_server((config.host, config.http_port), backlog=1024)
         dimse_sock = socket.create_server((config.host, config.dimse_port), backlog=128)
+        tls_sock = None if config.dimse_tls_port is None else \
+            socket.create_server((config.host, config.dimse_tls_port), backlog=128)
     except OSError as exc:
         print(f"dicomaccel: {exc}", file=sys.stderr)
         return 1
-    return _supervise(config, http_sock, dimse_sock)
+    return _supervise(config, http_sock, dimse_sock, tls_sock)
 
 
-def _announce(config: ServeConfig, http: tuple, dimse_port: int) -> None:
-    print(f"dicomaccel: STOW-RS on http://{http[0]}:{http[1]}/dicomweb/studies", flush=True)
+def _announce(config: ServeConfig, http: tuple, dimse_port: int, tls_port: int | None) -> None:
+    scheme = "https" if config.tls_cert is not None else "http"
+    print(f"dicomaccel: STOW-RS on {scheme}://{http[0]}:{http[1]}/dicomweb/studies", flush=True)
     print(f"dicomaccel: C-GET SCP on dicom://{config.host}:{dimse_port} (AE {config.ae_title})", flush=True)
+    if tls_port is not None:
+        print(f"dicomaccel: DICOM TLS on dicom+tls://{config.host}:{tls_port}", flush=True)
     print(f"dicomaccel: archive in {Path(config.data).resolve()}", flush=True)
     if config.workers > 1:
         print(f"dicomaccel: {config.workers} worker processes", flush=True)
@@ -67,7 +73,8 @@ QUICK_DEATH_S = 5.0
 RESTART_PAUSE_S = (1.0, 10.0)
 
 
-def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket.socket) -> int:
+def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket.socket,
+               tls_sock: socket.socket | None) -> int:
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
     stopping = False
     pause = RESTART_PAUSE_S[0]
@@ -82,7 +89,9 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 if number != 0:
                     dimse_sock.close()
-                code = _run_worker(config, (http_sock, dimse_sock if number == 0 else None),
+                    if tls_sock is not None:
+                        tls_sock.close()
+                code = _run_worker(config, (http_sock, *((dimse_sock, tls_sock) if number == 0 else (None, None))),
                                    recover=False, with_dimse=number == 0, announce=False)
             finally:
                 os._exit(code)
@@ -102,7 +111,8 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
     for number in range(config.workers):
         spawn(number)
     # Connections made before a worker reaches accept() wait in the listen backlog.
-    _announce(config, http_sock.getsockname()[:2], dimse_sock.getsockname()[1])
+    _announce(config, http_sock.getsockname()[:2], dimse_sock.getsockname()[1],
+              None if tls_sock is None else tls_sock.getsockname()[1])
     status = 0
     while children:
         pid, code = os.wait()
@@ -159,7 +169,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
 
     In-flight stores get 30 s to finish; parts whose bytes all arrived are committed before
     the archive closes, the rest are discarded.
-    ``listeners`` is ``(http_socket, dimse_socket or None)`` already bound by a supervisor.
+    ``listeners`` is ``(http_socket, dimse_socket or None, dimse_tls_socket or None)``
+    already bound by a supervisor.
     """
     archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes,
                       policy=StorePolicy.from_config(config),
@@ -195,12 +206,18 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     max_dataset_size=MAX_IDENTIFIER_SIZE,
                     sock=None if listeners is None else listeners[1],
                 )
+            tls = None if config.tls_cert is None else server_context(
+                str(config.tls_cert), str(config.tls_key), None if config.tls_ca is None else str(config.tls_ca),
+                config.tls_require_client_cert)
+            if dimse is not None and tls is not None and config.dimse_tls_port is not None:
+                await dimse.listen_tls(tls, config.host, config.dimse_tls_port,
+                                       sock=None if listeners is None else listeners[2])
             # A busy port is an OSError we report plainly.
             listener = listeners[0] if listeners is not None else \
                 socket.create_server((config.host, config.http_port), backlog=1024)
-            await http.start(listener)
+            await http.start(listener, ssl=tls)
             if announce:
-                _announce(config, listener.getsockname()[:2], dimse.port)
+                _announce(config, listener.getsockname()[:2], dimse.port, dimse.tls_port)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

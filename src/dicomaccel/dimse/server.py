@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from typing import Iterable, Mapping
 
 from ..config import DEFAULTS
@@ -29,6 +30,7 @@ class DIMSEServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._server: asyncio.base_events.Server | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
         self._connections: set[DIMSEProtocol] = set()
         self._associations: set[DIMSEProtocol] = set()
 
@@ -42,6 +44,22 @@ class DIMSEServer:
         return self.sockets[0].getsockname()[1]
 
     @property
+    def tls_port(self) -> int | None:
+        """The TLS listener's port (:meth:`listen_tls`), or None."""
+        return self._tls_server.sockets[0].getsockname()[1] if self._tls_server is not None else None
+
+    async def listen_tls(self, context: ssl_module.SSLContext, host: str | None = None, port: int = 0,
+                         sock=None, backlog: int = 128) -> None:
+        """Also accept associations over TLS (PS3.15 B.9, the BCP 195 profile) with
+        ``context``; they share this server's handlers and association limit."""
+        loop = asyncio.get_running_loop()
+        factory = lambda: DIMSEProtocol(self, self.config)  # noqa: E731
+        if sock is not None:
+            self._tls_server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=context)
+        else:
+            self._tls_server = await loop.create_server(factory, host, port, backlog=backlog, ssl=context)
+
+    @property
     def active_associations(self) -> int:
         """Associations accepted and not yet released, aborted or closed."""
         return len(self._associations)
@@ -53,14 +71,16 @@ class DIMSEServer:
 
     def close(self) -> None:
         """Stop listening and abort every association (A-ABORT, source 0)."""
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for protocol in list(self._connections):
             protocol.abort(close=True)
 
     async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                await server.wait_closed()
 
     async def __aenter__(self) -> DIMSEServer:
         return self

@@ -60,9 +60,10 @@ def identifier(level: str, **keys) -> Dataset:
     return ds
 
 
-def associate(port: int, model, storage, on_store, ae_title: str = "CGETTEST"):
+def associate(port: int, model, storage, on_store, ae_title: str = "CGETTEST", tls_args=None):
     """An established association to 127.0.0.1:``port`` offering ``model``, Verification and, as
-    SCP, each (SOP Class, transfer syntaxes) of ``storage``."""
+    SCP, each (SOP Class, transfer syntaxes) of ``storage``; over TLS with ``tls_args``
+    (pynetdicom's ``(ssl_context, server_hostname)``)."""
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(model)
@@ -70,13 +71,14 @@ def associate(port: int, model, storage, on_store, ae_title: str = "CGETTEST"):
     for sop_class, syntaxes in storage:
         ae.add_requested_context(sop_class, list(syntaxes))
     roles = [build_role(sop_class, scp_role=True) for sop_class in dict(storage)]
-    assoc = ae.associate("127.0.0.1", port, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = ae.associate("127.0.0.1", port, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)],
+                         tls_args=tls_args)
     assert assoc.is_established
     return assoc
 
 
 def c_get(port: int, model, ident: Dataset, storage=CT_EXPLICIT, priority: int = 0, on_store=None,
-          msg_id: int = 7) -> GetResult:
+          msg_id: int = 7, tls_args=None) -> GetResult:
     """One C-GET on a new association; ``on_store(event, received)`` may answer each C-STORE
     (default: Success)."""
     received: list[Received] = []
@@ -87,7 +89,7 @@ def c_get(port: int, model, ident: Dataset, storage=CT_EXPLICIT, priority: int =
                                  rq.DataSet.getvalue(), rq.Priority))
         return on_store(event, received) if on_store else 0x0000
 
-    assoc = associate(port, model, storage, handler)
+    assoc = associate(port, model, storage, handler, tls_args=tls_args)
     try:
         responses = list(assoc.send_c_get(ident, model, msg_id=msg_id, priority=priority))
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-_LISTEN = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on (\S+)")
+_LISTEN = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP|DICOM TLS) on (\S+)")
 
 
 @dataclass
@@ -23,6 +23,7 @@ class RunningServer:
     log: Path
     http_url: str | None = None
     dimse_port: int | None = None
+    dimse_tls_port: int | None = None
 
     @property
     def stow_url(self) -> str:
@@ -63,10 +64,13 @@ def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
             break
         m = _LISTEN.search(line)
         if m:
+            port = int(m.group(2).rsplit(":", 1)[1].split()[0]) if m.group(1) != "STOW-RS" else None
             if m.group(1) == "STOW-RS":
                 server.http_url = m.group(2).split("/dicomweb")[0]
+            elif m.group(1) == "DICOM TLS":
+                server.dimse_tls_port = port
             else:
-                server.dimse_port = int(m.group(2).rsplit(":", 1)[1].split()[0])
+                server.dimse_port = port
     if server.http_url is None:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
