@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
+from .access import TokenFile
 from .syntaxes import is_valid_uid
 
 
@@ -111,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-require-client-cert", action="store_true", help="refuse TLS clients without a valid certificate")
     serve.add_argument("--dimse-tls-port", metavar="PORT", type=int,
                        help="also accept DICOM over TLS on this port (2762 is registered for it)")
+    serve.add_argument("--auth-token-file", metavar="FILE", type=Path,
+                       help="require a bearer token from this file (one per line, optional scopes: store, "
+                            "read, admin; 'sha256:HEX' for a hashed token); default: no authentication")
     serve.add_argument("--validation", choices=VALIDATION_MODES,
                        help="an instance that does not match its IOD: stored with warning B007 (warn), "
                             f"refused with A900 (reject), or not checked (off) (default: {d.validation})")
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 args[listed] = tuple(args[listed])
         try:
             config = merged(load_toml(config_file) if config_file else {}, args)
+            if config.auth_token_file is not None:
+                TokenFile.load(config.auth_token_file)  # refuse a bad file before serving
         except ConfigError as exc:
             print(f"dicomaccel: {exc}", file=sys.stderr)
             return 2

@@ -71,6 +71,8 @@ class ServeConfig:
     tls_ca: Path | None = None
     tls_require_client_cert: bool = False
     dimse_tls_port: int | None = None
+    # Bearer tokens for the HTTP services (dicomaccel.access); None: no authentication.
+    auth_token_file: Path | None = None
     # Store policy (dicomaccel.policy.store): IOD validation and the accepted SOP Classes.
     validation: str = "warn"
     accept_sop_classes: tuple[str, ...] = ()
@@ -116,6 +118,7 @@ _KEYS = {
     "tls-ca": ("tls_ca", "path"),
     "tls-require-client-cert": ("tls_require_client_cert", "bool"),
     "dimse-tls-port": ("dimse_tls_port", "port"),
+    "auth-token-file": ("auth_token_file", "path"),
     "validation": ("validation", "validation"),
     "accept-sop-class": ("accept_sop_classes", "uids"),
     "reject-sop-class": ("reject_sop_classes", "uids"),

@@ -30,6 +30,8 @@ from .dimse.messages import C_GET_RQ
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .retrieve import GET_SOP_CLASSES, CGetSCP
+from .access import TokenFile, require
+from .ops import scope_needed, with_ops
 from .stow import create_app
 from .tls import server_context
 
@@ -185,7 +187,10 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         body_timeout=config.body_timeout,
         min_upload_rate=config.min_upload_rate,
     )
-    http = HTTPServer(app, HTTPLimits(config.header_timeout, config.max_header_bytes,
+    front = with_ops(app, archive)
+    if config.auth_token_file is not None:
+        front = require(front, TokenFile.load(config.auth_token_file), scope_needed)
+    http = HTTPServer(front, HTTPLimits(config.header_timeout, config.max_header_bytes,
                                       config.keepalive_timeout, config.max_connections))
     dimse = None
     try:

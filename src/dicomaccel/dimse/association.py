@@ -571,6 +571,7 @@ class DIMSEProtocol(asyncio.Protocol):
 
     def _reject(self, rejection: Rejection) -> None:
         logger.info("association rejected from %s: %s", self._peer(), rejection)
+        self._server._rejected(self)
         self._transport.write(pdu.encode_associate_rj(rejection.result, rejection.source, rejection.reason))
         self._start_artim()
 

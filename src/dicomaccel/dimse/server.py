@@ -6,6 +6,7 @@ import asyncio
 import ssl as ssl_module
 from typing import Iterable, Mapping
 
+from .. import metrics
 from ..config import DEFAULTS
 from .association import DIMSEProtocol
 from .config import (
@@ -99,6 +100,10 @@ class DIMSEServer:
 
     def _associated(self, protocol: DIMSEProtocol) -> None:
         self._associations.add(protocol)
+        metrics.ASSOCIATIONS.labels(metrics.WORKER, "accepted").inc()
+
+    def _rejected(self, protocol: DIMSEProtocol) -> None:
+        metrics.ASSOCIATIONS.labels(metrics.WORKER, "rejected").inc()
 
     def _disassociated(self, protocol: DIMSEProtocol) -> None:
         self._associations.discard(protocol)

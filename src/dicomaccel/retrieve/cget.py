@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from .. import metrics
 from ..archive import Archive, InstanceRecord
 from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.negotiation import PresentationContext
@@ -205,6 +206,9 @@ class CGetSCP:
                 break
             category = await self.store(assoc, record, priority, without_bulk)
             counters.record(category, record.sop_instance_uid)
+            metrics.CGET_SUBOPERATIONS.labels(metrics.WORKER, category).inc()
+            if category != "failure":
+                metrics.BYTES_OUT.labels(metrics.WORKER).inc(record.size - record.dataset_offset)
             if counters.remaining and not request.cancelled.is_set():
                 await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
         await self._final(assoc, request, counters)

@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
+from .. import metrics
 from ..archive import Archive, StoreFailure, StoreOutcome, is_valid_uid
 from ..config import DEFAULTS
 from ..errors import LimitExceeded, ParseError
@@ -168,15 +170,30 @@ class StowApp:
             self.executor.shutdown(wait=True)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.monotonic()
+        status = 500
+        try:
+            status = await self._store(scope, receive, send)
+        finally:
+            metrics.STOW_REQUESTS.labels(metrics.WORKER, str(status)).inc()
+            metrics.STORE_SECONDS.labels(metrics.WORKER).observe(time.monotonic() - started)
+
+    async def _store(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer one request; its HTTP status."""
         headers = _headers(scope)
         media = None
         try:
             study_uid, media = self._check_request(scope, headers)
             boundary = self._check_body(headers)
+            metrics.QUEUE_DEPTH.labels(metrics.WORKER).set(self.gate.waiting + 1)
+            waiting = time.monotonic()
             try:
                 await self.gate.acquire()
             except GateBusy as busy:
                 raise _Refusal(503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())]) from None
+            finally:
+                metrics.QUEUE_DEPTH.labels(metrics.WORKER).set(self.gate.waiting)
+            metrics.QUEUE_WAIT.labels(metrics.WORKER).observe(time.monotonic() - waiting)
             try:
                 if not self.archive.writable():
                     raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
@@ -187,14 +204,20 @@ class StowApp:
                 self.gate.release()
         except _Refusal as refusal:
             await _refuse(send, refusal, media)
-            return
+            return refusal.status
         status = result.http_status()
+        for stored in result.stored:
+            outcome = "warning" if stored.warning_reason else "stored"
+            metrics.STOW_INSTANCES.labels(metrics.WORKER, outcome, f"{stored.warning_reason or 0:04X}").inc()
+        for failed in result.failed:
+            metrics.STOW_INSTANCES.labels(metrics.WORKER, "failed", f"{failed.failure_reason:04X}").inc()
         if media == JSON_MEDIA_TYPE:
             body = json.dumps(result.to_json(), separators=(",", ":")).encode()
         else:
             body = result.to_xml().encode()
         # PS3.18 §8.5 / RFC 9110 §10.2.3: a 503 says when to come back.
         await _respond(send, status, media, body, [(b"retry-after", b"60")] if status == 503 else ())
+        return status
 
     def _check_request(self, scope: Scope, headers: dict[str, str]) -> tuple[str | None, str]:
         """``(study_uid, response media type)`` of a request to one of our resources.
@@ -338,6 +361,7 @@ class _Upload:
         # we work (wait_for() per chunk would create a Task per chunk).
         stall = asyncio.timeout(None)
         started = self.loop.time()
+        received = metrics.BYTES_IN.labels(metrics.WORKER)
         try:
             async with stall:
                 while True:
@@ -349,6 +373,7 @@ class _Upload:
                     chunk = message.get("body", b"")
                     if chunk:
                         self.last_data = self.loop.time()
+                        received.inc(len(chunk))
                     request_bytes += len(chunk)
                     if app.max_request_bytes is not None and request_bytes > app.max_request_bytes:
                         return (413, f"Request body exceeds the limit of {app.max_request_bytes} bytes")

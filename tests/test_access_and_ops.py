@@ -1,0 +1,89 @@
+"""Bearer tokens in front of STOW-RS, and the operations endpoints (/health, /ready, /metrics),
+against a real server with `requests`."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import requests
+from pydicom.uid import generate_uid
+
+from dicomaccel.testing import multipart
+from dicomaccel.testing.files import ct_instance
+
+CT_TYPE = 'multipart/related; type="application/dicom"; boundary=BOUNDARY'
+
+
+def _tokens(tmp_path) -> str:
+    path = tmp_path / "tokens"
+    hashed = hashlib.sha256(b"admin-secret").hexdigest()
+    path.write_text(f"# token scopes\nmodality-secret store\nviewer-secret read\nsha256:{hashed} admin store\n")
+    return str(path)
+
+
+def _samples(text: str) -> dict[tuple[str, str], float]:
+    """Prometheus text samples as (name, labels without the worker label) -> value."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("dicomaccel_") or "{" not in line:
+            continue
+        name, rest = line.split("{", 1)
+        labels, value = rest.rsplit("} ", 1)
+        kept = ",".join(p for p in labels.split(",") if not p.startswith("worker="))
+        out[name, kept] = float(value)
+    return out
+
+
+def _stow(server, token=None):
+    headers = {"Content-Type": CT_TYPE}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = multipart([ct_instance(generate_uid(), generate_uid(), 1, 8, 8)])
+    return requests.post(f"{server.stow_url}/studies", data=body, headers=headers, timeout=30)
+
+
+def test_tokens_scopes_and_nothing_touched_without_them(server_factory, tmp_path):
+    server = server_factory("--auth-token-file", _tokens(tmp_path))
+    for token in (None, "wrong", "sha256:" + "0" * 64):
+        resp = _stow(server, token)
+        assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+    resp = _stow(server, "viewer-secret")  # valid, but no store scope
+    assert resp.status_code == 403 and 'scope="store"' in resp.headers["WWW-Authenticate"]
+    assert not list((server.data / "instances").rglob("*.dcm"))  # nothing reached the archive
+    assert not list((server.data / "tmp").iterdir())
+    assert _stow(server, "modality-secret").status_code == 200
+    assert _stow(server, "admin-secret").status_code == 200  # stored hashed in the file
+    # Health and readiness stay open; metrics need the admin scope.
+    assert requests.get(f"{server.http_url}/health", timeout=10).status_code == 200
+    assert requests.get(f"{server.http_url}/ready", timeout=10).json()["status"] == "ready"
+    assert requests.get(f"{server.http_url}/metrics", timeout=10).status_code == 401
+    metrics = requests.get(f"{server.http_url}/metrics", headers={"Authorization": "Bearer admin-secret"},
+                           timeout=10)
+    assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+    samples = _samples(metrics.text)
+    assert samples[("dicomaccel_stow_instances_total", 'outcome="stored",reason="0000"')] == 2
+    assert samples[("dicomaccel_free_bytes", "")] > 0
+
+
+def test_metrics_count_outcomes_and_c_get(server_factory):
+    server = server_factory()
+    ok = _stow(server)
+    assert ok.status_code == 200
+    bad = requests.post(f"{server.stow_url}/studies", data=multipart([b"not dicom"]),
+                        headers={"Content-Type": CT_TYPE}, timeout=30)
+    assert bad.status_code == 409
+    samples = _samples(requests.get(f"{server.http_url}/metrics", timeout=10).text)
+    assert samples[("dicomaccel_stow_instances_total", 'outcome="failed",reason="C000"')] == 1
+    assert samples[("dicomaccel_stow_requests_total", 'status="200"')] == 1
+    assert samples[("dicomaccel_stow_requests_total", 'status="409"')] == 1
+    assert samples[("dicomaccel_bytes_received_total", "")] > 0
+
+
+def test_a_bad_token_file_stops_the_server_with_a_message(tmp_path):
+    bad = tmp_path / "tokens"
+    bad.write_text("secret superuser\n")
+    done = subprocess.run([sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(tmp_path / "d"),
+                           "--auth-token-file", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown scope(s) ['superuser']" in done.stderr
