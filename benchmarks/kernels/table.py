@@ -135,11 +135,14 @@ def _verdict(target: str, ratio: float, ours: float) -> str:
     return f"{target} ({'met' if met else 'missed'})"
 
 
-def rows(json_data: dict, impl: str) -> list[dict]:
-    """The table rows of `impl` whose ours benchmark is in `json_data`."""
+def rows(json_data: dict, impl: str | None) -> list[dict]:
+    """The table rows of `impl` whose ours benchmark is in `json_data` (None: the rows of code
+    that has no twin)."""
     found = {key(b): b for b in json_data.get("benchmarks", [])}
     out = []
     for spec in ROWS:
+        if ("{impl}" in spec.ours) != (impl is not None):
+            continue  # kernel rows go in a per-implementation table, the others in their own
         ours_b = found.get(spec.ours.format(impl=impl))
         if ours_b is None:
             continue
@@ -161,7 +164,7 @@ def rows(json_data: dict, impl: str) -> list[dict]:
             "baseline": spec.baseline_label,
             "baseline_time": baseline,
             "ratio": ratio,
-            "target": _verdict(spec.target, ratio, ours) if impl == "compiled" else "-",
+            "target": _verdict(spec.target, ratio, ours) if impl in ("compiled", None) else "-",
         })
     return out
 
@@ -175,11 +178,12 @@ def table(json_data: dict) -> str:
         lines.append("\nQuick mode: workloads and rounds cut down; the numbers check the plumbing, "
                      "not the speed.")
     used = set()
-    for impl in IMPLS:
+    for impl in (*IMPLS, None):
         found = rows(json_data, impl)
         if not found:
             continue
-        what = "compiled kernels" if impl == "compiled" else "pure-Python twins"
+        what = {"compiled": "compiled kernels", "twin": "pure-Python twins",
+                None: "code without twins (ingest)"}[impl]
         lines += [
             "",
             f"## {what}: best round ({STAT}) per call; ratio = baseline {STAT} / ours {STAT}",
