@@ -144,3 +144,17 @@ def test_many_large_header_sections_do_not_keep_memory(server_factory):
         sock.close()
         assert answer.startswith(b"HTTP/1.1 431 ")
     assert memory_kib(pid, "VmRSS") - before < 16 << 10
+
+
+def test_post_without_length_gets_411(server_factory):
+    # HTTP/1.0 without Content-Length: a request body has no length then (RFC 9112 §6.3), so
+    # the server says what is missing instead of reading the body as the next request.
+    server = server_factory()
+    body = multipart([ct_file(rows=4, columns=4)])
+    sock = _connect(server)
+    sock.sendall(b"POST /dicomweb/studies HTTP/1.0\r\n" + CONTENT_TYPE.encode() + b"\r\n" + body)
+    sock.shutdown(socket.SHUT_WR)
+    answer = _read_all(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 411 "), answer[:300]
+    assert not list((server.data / "instances").rglob("*.dcm"))

@@ -132,6 +132,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, f"Malformed HTTP request: {exc}")
 
+    def _framed(self) -> bool:
+        return any(n in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
+
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.server.connections.discard(self)
@@ -162,6 +165,10 @@ class _Connection(asyncio.Protocol):
         self.in_head = False
         self.pending_head = 0
         self._disarm()
+        if self.parser.get_method() in (b"POST", b"PUT") and not self._framed():
+            # RFC 9112 §6.3: a request without Content-Length or chunked coding has no body;
+            # what such a client sends after its headers would be read as the next request.
+            self._refuse(411, "Length Required: send Content-Length or Transfer-Encoding: chunked")
         parsed = httptools.parse_url(self.url)
         expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
         self.request = _Request(expect)
