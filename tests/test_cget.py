@@ -427,3 +427,31 @@ def test_stalled_association_does_not_block_others(shared_server, corpus):
         thread.join(60)
     assert outcome["slow"].final.Status == 0x0000
     assert_counts(outcome["slow"].final, 200)
+
+
+def test_garbage_identifier_is_c000(shared_server):
+    # Random bytes that pydicom alone would read as elements of VR UN: not a data set
+    # (elements out of order, values past the end), so C000 Unable to process, not A900.
+    import random
+    import socket
+    import struct
+
+    from dicomaccel.dimse import messages
+    from dicomaccel.testing import pdu as raw
+
+    model = b"1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET
+    sock = socket.create_connection(("127.0.0.1", shared_server.dimse_port), timeout=30)
+    sock.sendall(raw.associate_rq(contexts=((1, model, (b"1.2.840.10008.1.2",)),)))
+    assert raw.recv_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+    command = messages.encode_command({"AffectedSOPClassUID": model.decode(), "CommandField": messages.C_GET_RQ,
+                                       "MessageID": 1, "Priority": 0,
+                                       "CommandDataSetType": messages.DATASET_PRESENT})
+    garbage = random.Random(7).randbytes(64)
+    sock.sendall(raw.p_data(1, 3, command) + raw.p_data(1, 2, garbage))
+    kind, body = raw.recv_pdu(sock)
+    assert kind == 0x04  # P-DATA-TF
+    (length,) = struct.unpack(">L", body[:4])
+    response = messages.decode_command(body[6:4 + length])
+    sock.close()
+    assert response["CommandField"] == messages.C_GET_RSP
+    assert response["Status"] == 0xC000 and "Identifier" in response["ErrorComment"]

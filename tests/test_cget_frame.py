@@ -254,6 +254,8 @@ def test_aa01_single_frame_source(shared_server, sources):
     source = sources["single-frame"]
     assert source.sop_class == CTImageStorage
     check_failure(frame_get(shared_server, source, "SimpleFrameList", [1]), source.uid, 0xAA01)
+    # A frame list that is malformed in itself is AA04 first, whatever the source.
+    check_failure(frame_get(shared_server, source, "SimpleFrameList", [0]), source.uid, 0xAA04)
 
 
 def test_aa02_frames_cannot_be_extracted(shared_server, sources):

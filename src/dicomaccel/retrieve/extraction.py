@@ -304,7 +304,13 @@ def extract_frames(
         )
     with open(path, "rb") as f:
         ds, pixel_offset = _read_header(f, record)
-        n = _number_of_frames(ds)
+        try:
+            n = _number_of_frames(ds)
+        except FrameExtractionError as exc:
+            if exc.status == Status.CANNOT_CREATE_NEW_OBJECT and keyword != "TimeRange":
+                # A malformed frame list is AA04 whatever the source is (PS3.4 Table Y.4-2).
+                build_frame_list(keyword, values, 1, None)
+            raise
         timing = frame_timing(ds, n)
         frame_list = build_frame_list(keyword, values, n, timing)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

@@ -15,6 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
+from ..elements import UNDEFINED_LENGTH, read_header
+from ..errors import ParseError
 from ..status import Status
 from ..syntaxes import EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
@@ -109,11 +111,31 @@ def decode_identifier(data: bytes | None, transfer_syntax: str | None) -> Datase
 def _read(data: bytes, transfer_syntax: str | None) -> Dataset:
     implicit = transfer_syntax == IMPLICIT_VR_LE
     little = transfer_syntax != EXPLICIT_VR_BE
+    _check_structure(data, implicit, little)
     ds = read_dataset(BytesIO(data), implicit, little)
     # Force every element to decode now, so a malformed value fails here, not later.
     for elem in ds.iterall():
         _ = elem.value
     return ds
+
+
+def _check_structure(data: bytes, implicit: bool, little: bool) -> None:
+    """Refuse what is not a data set before pydicom, which reads almost any bytes as elements
+    of VR UN: top-level elements in strictly ascending tag order (PS3.5 7.1), each value
+    inside the data. A sequence of undefined length ends the walk (pydicom reads it)."""
+    pos, end, last = 0, len(data), -1
+    while pos < end:
+        try:
+            tag, _, length, value = read_header(data, pos, end, not implicit, little)
+        except ParseError as exc:
+            raise IdentifierError(f"Identifier cannot be decoded: {exc}"[:64], Status.UNABLE_TO_PROCESS) from None
+        if tag <= last:
+            raise IdentifierError(f"Identifier elements out of order at byte {pos}", Status.UNABLE_TO_PROCESS)
+        if length == UNDEFINED_LENGTH:
+            return
+        if length > end - value:
+            raise IdentifierError(f"Identifier value past its end at byte {pos}", Status.UNABLE_TO_PROCESS)
+        last, pos = tag, value + length
 
 
 def parse_identifier(sop_class_uid: str, ds: Dataset) -> RetrieveRequest:
