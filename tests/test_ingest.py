@@ -415,3 +415,20 @@ def test_photometric_interpretation_not_a_code_string_is_c000():
     data = data.replace(pi, b"MONOCHROM\xc92"[: len(pi)])
     err = failure(data)
     assert err.status == FailureReason.CANNOT_UNDERSTAND and "Photometric" in err.comment
+
+
+def test_too_many_fragments_are_refused():
+    # 100,000 empty fragments for 2 frames: a frame index of 2.4 MB for 800 KB of items.
+    ds = image_dataset(rows=4, columns=4)
+    ds.NumberOfFrames = 2
+    data = to_bytes(ds)
+    h = scan(data)
+    items = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * 100_001  # an empty Basic Offset Table, then fragments
+    pixel = (b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    meta_ts = b"1.2.840.10008.1.2.1\x00"
+    data = data[:h.pixel_offset].replace(meta_ts, b"1.2.840.10008.1.2.5\x00", 1) + pixel  # RLE Lossless
+    header = scan(data)
+    with pytest.raises(StoreFailure) as err:
+        build_frame_index(data, header)
+    assert err.value.status == FailureReason.CANNOT_UNDERSTAND
+    assert "100000 fragments" in err.value.comment

@@ -131,6 +131,13 @@ MAX_INFLATED_SIZE = 1 << 30
 MAX_INFLATED_HEADER = 64 << 20
 
 
+# Encapsulated Pixel Data (PS3.5 A.4) may split a frame into any number of fragments, empty
+# ones included; the frame index costs 24 bytes per fragment. More fragments than one per
+# MIN_BYTES_PER_FRAGMENT bytes of the value (or FRAGMENTS_PER_FRAME per frame, for tiny
+# values) is refused: real encoders write one fragment per frame or fragments of kilobytes.
+MIN_BYTES_PER_FRAGMENT = 64
+FRAGMENTS_PER_FRAME = 16
+
 # The data set attributes the index and the frame index need.
 _WANTED = frozenset((
     0x00080005,  # Specific Character Set
@@ -845,6 +852,17 @@ def _encapsulated_index(buffer, header: Header) -> FrameIndex | None:
         buffer, header.number_of_frames if indexable else 1, offset=header.pixel_value_offset,
         extended_offsets=eot, extended_lengths=eotl,
     )
+    offsets, lengths = ef.fragment_offsets, ef.fragment_lengths
+    if len(offsets):
+        span = offsets[-1] + lengths[-1] - header.pixel_value_offset
+        most = max(FRAGMENTS_PER_FRAME * header.number_of_frames, span // MIN_BYTES_PER_FRAGMENT)
+        if len(offsets) > most:
+            raise StoreFailure(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"Pixel Data holds {len(offsets)} fragments in {span} bytes: more than {most} "
+                f"(at most one per {MIN_BYTES_PER_FRAGMENT} bytes, or {FRAGMENTS_PER_FRAME} per frame)",
+                header.sop_class_uid, header.sop_instance_uid,
+            )
     if not indexable:
         return None
     return FrameIndex(
