@@ -115,3 +115,53 @@ def test_c_get_on_a_context_of_another_sop_class_is_refused(server_factory):
     assert pdu_type == 0x04
     # Status (0000,0900) US = 0x0122 SOP Class Not Supported, in the C-GET-RSP command.
     assert b"\x00\x00\x00\x09\x02\x00\x00\x00\x22\x01" in body
+
+
+def _alive(socks) -> int:
+    """How many of ``socks`` the server still holds open (b"" from recv: closed by it)."""
+    alive = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            alive += sock.recv(1) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    return alive
+
+
+def test_connections_waiting_to_associate_are_capped(server_factory):
+    # 40 connections each sending most of an A-ASSOCIATE-RQ that claims 256 KiB and never
+    # finishing it: with --max-associations 4, only 4 + PENDING_SLACK (16) are admitted; the
+    # rest are closed at once, so memory before association stays bounded. Once they are
+    # gone, an association works again.
+    from dicomaccel.testing import memory_kib, wait_until
+
+    server = server_factory("--max-associations", "4")
+    pid = server.process.pid
+    before = memory_kib(pid, "VmRSS")
+    partial = struct.pack(">BxL", 0x01, 256 * 1024) + b"\0" * (250 * 1024)
+    held = []
+    for _ in range(40):
+        sock = socket.create_connection(("127.0.0.1", server.dimse_port), timeout=10)
+        try:
+            sock.sendall(partial)
+            held.append(sock)
+        except OSError:
+            sock.close()
+    assert wait_until(lambda: _alive(held) == 4 + 16, timeout=10), _alive(held)
+    assert memory_kib(pid, "VmRSS") - before < 20 << 10  # at most 20 x 256 KiB buffered
+    for sock in held:
+        sock.close()
+    ae = AE(ae_title="AFTER")
+    ae.add_requested_context(Verification)
+
+    def associates() -> bool:
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMACCEL")
+        if assoc.is_established:
+            assoc.release()
+            return True
+        return False
+
+    assert wait_until(associates, timeout=10, interval=0.2)

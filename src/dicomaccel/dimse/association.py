@@ -392,10 +392,17 @@ class DIMSEProtocol(asyncio.Protocol):
             except (OSError, AttributeError):
                 pass
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)  # type: ignore[attr-defined]
-        self._server._connection_made(self)
+        if not self._server._connection_made(self):
+            # More connections than associations allowed plus the pending slack: each could
+            # make us buffer a large A-ASSOCIATE-RQ, so this one is closed before it is read.
+            self._discard = True
+            transport.abort()
+            return
         self._event("Evt5")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._discard and self not in self._server._connections:
+            return  # refused in connection_made: the state machine never started
         self._event("Evt17")
         self._teardown("connection closed")
         self._stop_artim()

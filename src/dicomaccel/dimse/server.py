@@ -22,6 +22,14 @@ from .config import (
 MIN_MAX_PDU = 1024
 
 
+# Connections beyond max_associations that are still admitted, so that a peer arriving at the
+# limit gets its A-ASSOCIATE-RJ (2, 3, 2) rather than a closed connection; beyond that, a
+# new connection is closed at once. Every admitted connection may buffer one A-ASSOCIATE-RQ
+# of up to MAX_ASSOCIATE_RQ_LENGTH, so memory before association is bounded by
+# (max_associations + PENDING_SLACK) x 256 KiB.
+PENDING_SLACK = 16
+
+
 class DIMSEServer:
     """A listening DIMSE acceptor; returned by :func:`start_dimse_server`.
 
@@ -91,8 +99,14 @@ class DIMSEServer:
         await self.wait_closed()
 
     # Called by the protocol.
-    def _connection_made(self, protocol: DIMSEProtocol) -> None:
+    def _connection_made(self, protocol: DIMSEProtocol) -> bool:
+        """Admit a new connection, or refuse it (False) when associations and connections
+        still waiting for theirs already reach ``max_associations + PENDING_SLACK``."""
+        if len(self._connections) >= self.config.max_associations + PENDING_SLACK:
+            metrics.ASSOCIATIONS.labels(metrics.WORKER, "refused").inc()
+            return False
         self._connections.add(protocol)
+        return True
 
     def _connection_lost(self, protocol: DIMSEProtocol) -> None:
         self._connections.discard(protocol)
