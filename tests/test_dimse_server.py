@@ -617,3 +617,16 @@ def test_non_ascii_affected_sop_class_is_answered_and_the_association_goes_on(se
         assert b"1.2.840.10008.1.1" in body  # answered with the context's SOP Class
         sock.sendall(echo_rq(2, b"1.2.840.10008.1.1\x00"))
         assert recv_pdu(sock)[0] == 0x04  # and the next request is served
+
+
+def test_tiny_maximum_length_is_rejected(serve):
+    # A peer asking for 16-byte PDUs would make us send 12 header bytes per 2-4 bytes of data;
+    # below 4096 the association is rejected (1, 1, 1). 4096 itself is accepted; 0 means no limit.
+    server = serve()
+    for max_length, expected in ((16, 0x03), (4095, 0x03), (4096, 0x02), (0, 0x02)):
+        with raw_connect(server.port) as sock:
+            sock.sendall(associate_rq(max_length=max_length))
+            pdu_type, body = recv_pdu(sock)
+            assert pdu_type == expected, max_length
+            if expected == 0x03:
+                assert body[1:4] == bytes((1, 1, 1))  # permanent, service user, no reason

@@ -432,3 +432,13 @@ def test_too_many_fragments_are_refused():
         build_frame_index(data, header)
     assert err.value.status == FailureReason.CANNOT_UNDERSTAND
     assert "100000 fragments" in err.value.comment
+
+
+def test_nul_in_specific_character_set_is_c000():
+    # Found by fuzz/fuzz_ingest.py: a NUL inside a character set name made the codec lookup
+    # raise ValueError, which escaped the scan (the store would have been a 0110).
+    ds = image_dataset(rows=4, columns=4)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    data = to_bytes(ds).replace(b"ISO_IR 100", b"ISO_IR\x00100", 1)
+    err = failure(data)
+    assert err.status == FailureReason.CANNOT_UNDERSTAND and "Specific Character Set" in err.comment

@@ -739,7 +739,7 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little,
         )
         patient_id = _decode_pn_lo(raw(0x00100020), charsets, False).strip() \
             if 0x00100020 in found else ""
-    except (UnicodeDecodeError, LookupError) as exc:
+    except (UnicodeDecodeError, LookupError, ValueError) as exc:  # ValueError: a NUL in a charset name
         raise s.failure(
             FailureReason.CANNOT_UNDERSTAND,
             f"Patient's Name / Patient ID cannot be decoded with Specific Character Set "

@@ -74,6 +74,10 @@ class Acceptance:
     peer_max_pdu: int
 
 
+# The smallest Maximum Length (PS3.8 D.1) we accept from a peer; DCMTK's own floor is the same.
+MIN_PEER_MAX_PDU = 4096
+
+
 def check_provider(rq: pdu.AssociateRQ, active_associations: int, config: ServerConfig) -> Rejection | None:
     """The service-provider's checks of AE-6 (PS3.8 §9.2.2): protocol version and capacity."""
     # PS3.8 Table 9-11: bit 0 set means version 1; the other bits are not tested.
@@ -90,8 +94,9 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
     """The service-user's answer to an A-ASSOCIATE indication.
 
     Rejects (source 1) an unknown application context (reason 2), a wrong called AE title
-    when ``require_called_ae`` is set (reason 7) and a calling AE title outside
-    ``calling_ae_allow`` (reason 3). Otherwise accepts, answering every proposed context:
+    when ``require_called_ae`` is set (reason 7), a calling AE title outside
+    ``calling_ae_allow`` (reason 3) and a Maximum Length below :data:`MIN_PEER_MAX_PDU`
+    (reason 1). Otherwise accepts, answering every proposed context:
 
     - an abstract syntax in ``supported_abstract_syntaxes`` (Verification always is) gets
       the first of *our* ``transfer_syntaxes`` the peer proposed;
@@ -116,6 +121,10 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
         return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLED_AE_NOT_RECOGNIZED)
     if config.calling_ae_allow is not None and rq.calling_ae not in config.calling_ae_allow:
         return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED)
+    if rq.max_length and rq.max_length < MIN_PEER_MAX_PDU:
+        # PS3.8 D.1 sets no lower bound, but each P-DATA-TF costs 12 bytes of headers and
+        # one PDU of work: a peer asking for tiny PDUs makes us send more headers than data.
+        return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_NO_REASON)
 
     contexts: dict[int, PresentationContext] = {}
     results: list[tuple[int, int, str | None]] = []
