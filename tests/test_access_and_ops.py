@@ -87,3 +87,35 @@ def test_a_bad_token_file_stops_the_server_with_a_message(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(tmp_path / "d"),
                            "--auth-token-file", str(bad)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown scope(s) ['superuser']" in done.stderr
+
+
+def test_json_access_log_has_one_line_per_request_and_association(server_factory):
+    import json as _json
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from dicomaccel.testing import wait_until
+
+    server = server_factory("--log-format", "json", "--log-level", "info")
+    assert _stow(server).status_code == 200
+    bad = requests.post(f"{server.stow_url}/studies", data=multipart([b"not dicom"]),
+                        headers={"Content-Type": CT_TYPE}, timeout=30)
+    assert bad.status_code == 409
+    ae = AE(ae_title="LOGGER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMACCEL")
+    assert assoc.is_established
+    assoc.release()
+
+    def events():
+        lines = [_json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+        return [e for e in lines if e["logger"] == "dicomaccel.access"]
+
+    assert wait_until(lambda: len(events()) >= 3, timeout=10)
+    stow = [e for e in events() if e["event"] == "stow"]
+    assert [(e["status"], e["stored"], e["failed"], e["reasons"]) for e in stow] == [
+        (200, 1, 0, []), (409, 0, 1, ["C000"])]
+    assert stow[0]["bytes"] > 0 and stow[0]["path"] == "/dicomweb/studies"
+    (association,) = [e for e in events() if e["event"] == "association"]
+    assert association["calling_ae"] == "LOGGER" and association["outcome"] == "accepted"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from . import __version__
 from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
 from .access import TokenFile
+from .logs import configure
 from .syntaxes import is_valid_uid
 
 
@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "Classes of PS3.4 Annex B)")
     serve.add_argument("--reject-sop-class", action="append", dest="reject_sop_classes", metavar="UID",
                        type=_uid, help="refuse this SOP Class with 0122 (repeatable)")
-    serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"(default: {d.log_level})")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"(default: {d.log_level}); info adds the access log")
+    serve.add_argument("--log-format", choices=("text", "json"),
+                       help=f"one readable line, or one JSON object, per log record (default: {d.log_format})")
 
     check = sub.add_parser("check-config", help="check a configuration file and print the effective settings")
     check.add_argument("file", type=Path, metavar="FILE")
@@ -159,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"dicomaccel: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(level=config.log_level.upper(),
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure(config.log_level, config.log_format)
         return run(config)
     return 2
 

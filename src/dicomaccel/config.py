@@ -64,6 +64,7 @@ class ServeConfig:
     max_connections: int = 1024
     min_free_bytes: int = 256 * 2**20
     log_level: str = "info"
+    log_format: str = "text"
     workers: int = 1
     # TLS (dicomaccel.tls): HTTPS on the HTTP port, DICOM TLS on dimse_tls_port.
     tls_cert: Path | None = None
@@ -112,6 +113,7 @@ _KEYS = {
     "max-connections": ("max_connections", "positive"),
     "min-free-space": ("min_free_bytes", "size"),
     "log-level": ("log_level", "level"),
+    "log-format": ("log_format", "log_format"),
     "workers": ("workers", "positive"),
     "tls-cert": ("tls_cert", "path"),
     "tls-key": ("tls_key", "path"),
@@ -186,8 +188,8 @@ def _convert(path, key: str, value, kind: str):
         if value not in ("always", "never"):
             raise wrong('"always" or "never"')
         return value == "always"
-    if kind in ("level", "validation"):
-        choices = LOG_LEVELS if kind == "level" else VALIDATION_MODES
+    if kind in ("level", "validation", "log_format"):
+        choices = {"level": LOG_LEVELS, "validation": VALIDATION_MODES, "log_format": ("text", "json")}[kind]
         if value not in choices:
             raise wrong(" or ".join(f'"{v}"' for v in choices))
         return value

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from dicomaccel.errors import ParseError
+from dicomaccel.logs import access
 from dicomaccel.status import Status, status_category
 
 from . import fsm, messages, pdu
@@ -561,6 +562,9 @@ class DIMSEProtocol(asyncio.Protocol):
             self._send_cap = acceptance.peer_max_pdu
         self._server._associated(self)
         self._transport.write(acceptance.pdu)
+        access("association", f"{self._peer()} {self.assoc.calling_ae} -> {self.assoc.called_ae} accepted",
+               peer=str(self._peer()), calling_ae=self.assoc.calling_ae, called_ae=self.assoc.called_ae,
+               outcome="accepted", contexts=len(self._accepted_ids))
         logger.info(
             "association accepted: %s -> %s from %s, %d/%d contexts",
             self.assoc.calling_ae,
@@ -579,6 +583,11 @@ class DIMSEProtocol(asyncio.Protocol):
     def _reject(self, rejection: Rejection) -> None:
         logger.info("association rejected from %s: %s", self._peer(), rejection)
         self._server._rejected(self)
+        rq = self._rq
+        access("association", f"{self._peer()} rejected ({rejection.result}/{rejection.source}/{rejection.reason})",
+               peer=str(self._peer()), calling_ae=rq.calling_ae if rq else None,
+               called_ae=rq.called_ae if rq else None, outcome="rejected",
+               rejection=[rejection.result, rejection.source, rejection.reason])
         self._transport.write(pdu.encode_associate_rj(rejection.result, rejection.source, rejection.reason))
         self._start_artim()
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from .. import metrics
+from ..logs import access
 from ..archive import Archive, StoreFailure, StoreOutcome, is_valid_uid
 from ..config import DEFAULTS
 from ..errors import LimitExceeded, ParseError
@@ -171,15 +172,20 @@ class StowApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
-        status = 500
+        report: dict = {"status": 500}
         try:
-            status = await self._store(scope, receive, send)
+            await self._store(scope, receive, send, report)
         finally:
-            metrics.STOW_REQUESTS.labels(metrics.WORKER, str(status)).inc()
-            metrics.STORE_SECONDS.labels(metrics.WORKER).observe(time.monotonic() - started)
+            seconds = time.monotonic() - started
+            metrics.STOW_REQUESTS.labels(metrics.WORKER, str(report["status"])).inc()
+            metrics.STORE_SECONDS.labels(metrics.WORKER).observe(seconds)
+            client = scope.get("client") or ("", 0)
+            access("stow", f'{client[0]} {scope.get("method")} {scope.get("path")} {report["status"]}',
+                   client=client[0], method=scope.get("method"), path=scope.get("path"),
+                   seconds=round(seconds, 6), **report)
 
-    async def _store(self, scope: Scope, receive: Receive, send: Send) -> int:
-        """Answer one request; its HTTP status."""
+    async def _store(self, scope: Scope, receive: Receive, send: Send, report: dict) -> None:
+        """Answer one request; what happened goes into ``report`` (status, counts, reasons)."""
         headers = _headers(scope)
         media = None
         try:
@@ -203,9 +209,15 @@ class StowApp:
             finally:
                 self.gate.release()
         except _Refusal as refusal:
+            report.update(status=refusal.status, reason=f"{refusal.reason:04X}", error=refusal.text)
             await _refuse(send, refusal, media)
-            return refusal.status
+            return
         status = result.http_status()
+        report.update(status=status, stored=sum(not s.warning_reason for s in result.stored),
+                      warned=sum(bool(s.warning_reason) for s in result.stored), failed=len(result.failed),
+                      reasons=sorted({f"{s.warning_reason:04X}" for s in result.stored if s.warning_reason}
+                                     | {f"{f.failure_reason:04X}" for f in result.failed + result.other_failures}),
+                      bytes=upload.received)
         for stored in result.stored:
             outcome = "warning" if stored.warning_reason else "stored"
             metrics.STOW_INSTANCES.labels(metrics.WORKER, outcome, f"{stored.warning_reason or 0:04X}").inc()
@@ -217,7 +229,6 @@ class StowApp:
             body = result.to_xml().encode()
         # PS3.18 §8.5 / RFC 9110 §10.2.3: a 503 says when to come back.
         await _respond(send, status, media, body, [(b"retry-after", b"60")] if status == 503 else ())
-        return status
 
     def _check_request(self, scope: Scope, headers: dict[str, str]) -> tuple[str | None, str]:
         """``(study_uid, response media type)`` of a request to one of our resources.
@@ -328,6 +339,7 @@ class _Upload:
         self.incoming = None
         self.part_bytes = 0
         self.last_data = self.loop.time()  # when body bytes last arrived
+        self.received = 0  # body bytes
 
     async def run(self, receive: Receive, boundary: str, base_url: str) -> StoreResponse:
         """Store the body; the response to send.
@@ -374,6 +386,7 @@ class _Upload:
                     if chunk:
                         self.last_data = self.loop.time()
                         received.inc(len(chunk))
+                        self.received += len(chunk)
                     request_bytes += len(chunk)
                     if app.max_request_bytes is not None and request_bytes > app.max_request_bytes:
                         return (413, f"Request body exceeds the limit of {app.max_request_bytes} bytes")
