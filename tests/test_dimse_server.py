@@ -630,3 +630,27 @@ def test_tiny_maximum_length_is_rejected(serve):
             assert pdu_type == expected, max_length
             if expected == 0x03:
                 assert body[1:4] == bytes((1, 1, 1))  # permanent, service user, no reason
+
+
+def test_ae_permissions_refuse_the_contexts_an_ae_may_not_use(server_factory, tmp_path):
+    # From the configuration file: WORKSTATION may retrieve, MODALITY may not (its C-GET
+    # context is refused, result 1, while Verification on the same association works).
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    config = tmp_path / "dicomaccel.toml"
+    config.write_text('[ae-permissions]\nWORKSTATION = ["get"]\nMODALITY = []\n')
+    server = server_factory("--config", str(config))
+    for calling, expected in (("WORKSTATION", True), ("MODALITY", False), ("UNLISTED", False)):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMACCEL")
+        assert assoc.is_established
+        get_ok = any(cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet
+                     for cx in assoc.accepted_contexts)
+        assert get_ok == expected, calling
+        rejected = [cx.result for cx in assoc.rejected_contexts
+                    if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet]
+        assert rejected == ([] if expected else [0x01])
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()

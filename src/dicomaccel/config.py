@@ -78,6 +78,9 @@ class ServeConfig:
     validation: str = "warn"
     accept_sop_classes: tuple[str, ...] = ()
     reject_sop_classes: tuple[str, ...] = ()
+    # [ae-permissions] table of the configuration file: calling AE title -> what it may do
+    # over DIMSE ("get"; C-STORE, C-FIND and C-MOVE will add theirs). None: everything.
+    ae_permissions: dict[str, tuple[str, ...]] | None = None
     # [[coerce]] and [[discard]] tables of the configuration file (dicomaccel.policy.rules).
     coerce: tuple[dict, ...] = ()
     discard: tuple[dict, ...] = ()
@@ -88,6 +91,7 @@ DEFAULTS = ServeConfig()
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
+DIMSE_PERMISSIONS = ("get",)  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
     "host": ("host", "str"),
@@ -124,6 +128,7 @@ _KEYS = {
     "validation": ("validation", "validation"),
     "accept-sop-class": ("accept_sop_classes", "uids"),
     "reject-sop-class": ("reject_sop_classes", "uids"),
+    "ae-permissions": ("ae_permissions", "permissions"),
     "coerce": ("coerce", "tables"),
     "discard": ("discard", "tables"),
 }
@@ -193,6 +198,12 @@ def _convert(path, key: str, value, kind: str):
         if value not in choices:
             raise wrong(" or ".join(f'"{v}"' for v in choices))
         return value
+    if kind == "permissions":
+        if not isinstance(value, dict) or not all(
+                isinstance(ae, str) and 0 < len(ae) <= 16 and isinstance(p, list)
+                and all(x in DIMSE_PERMISSIONS for x in p) for ae, p in value.items()):
+            raise wrong(f"a table of AE title = [permissions] ({', '.join(DIMSE_PERMISSIONS)})")
+        return {ae: tuple(p) for ae, p in value.items()}
     if kind == "tables":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise wrong(f"an array of tables ([[{key}]])")
@@ -252,6 +263,9 @@ def as_toml(config: ServeConfig) -> str:
             lines.append(f"{key} = {str(value).lower()}")
         elif isinstance(value, (int, float)):
             lines.append(f"{key} = {value}")
+        elif kind == "permissions":
+            lines.append(f"[{key}]")
+            lines += [f"{_quoted(ae)} = [{', '.join(_quoted(p) for p in perms)}]" for ae, perms in value.items()]
         elif kind == "tables":
             for table in value:
                 lines.append(f"[[{key}]]")

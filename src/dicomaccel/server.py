@@ -210,6 +210,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
                     max_dataset_size=MAX_IDENTIFIER_SIZE,
                     sock=None if listeners is None else listeners[1],
+                    context_permissions={uid: "get" for uid in GET_SOP_CLASSES},
+                    ae_permissions=config.ae_permissions,
                 )
             tls = None if config.tls_cert is None else server_context(
                 str(config.tls_cert), str(config.tls_key), None if config.tls_ca is None else str(config.tls_ca),

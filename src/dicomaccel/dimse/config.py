@@ -56,3 +56,7 @@ class ServerConfig:
     require_called_ae: bool = False
     calling_ae_allow: frozenset[str] | None = None
     max_dataset_size: int = 1 << 28
+    # Per-AE permissions: abstract syntax -> the permission it needs ("get", ...), and
+    # calling AE title -> its permissions. None: every AE may use every service.
+    context_permissions: Mapping[str, str] = field(default_factory=dict)
+    ae_permissions: Mapping[str, frozenset[str]] | None = None

@@ -96,7 +96,8 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
     Rejects (source 1) an unknown application context (reason 2), a wrong called AE title
     when ``require_called_ae`` is set (reason 7), a calling AE title outside
     ``calling_ae_allow`` (reason 3) and a Maximum Length below :data:`MIN_PEER_MAX_PDU`
-    (reason 1). Otherwise accepts, answering every proposed context:
+    (reason 1). With ``ae_permissions``, a context whose abstract syntax needs a permission
+    (``context_permissions``) the calling AE lacks is refused (result 1). Otherwise accepts, answering every proposed context:
 
     - an abstract syntax in ``supported_abstract_syntaxes`` (Verification always is) gets
       the first of *our* ``transfer_syntaxes`` the peer proposed;
@@ -129,8 +130,18 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
     contexts: dict[int, PresentationContext] = {}
     results: list[tuple[int, int, str | None]] = []
     accepted_syntaxes: set[str] = set()
+    granted = None if config.ae_permissions is None else config.ae_permissions.get(rq.calling_ae, frozenset())
     for pc in rq.contexts:
         proposed = tuple(pc.transfer_syntaxes)
+        needed = config.context_permissions.get(pc.abstract_syntax)
+        if granted is not None and needed is not None and needed not in granted:
+            # The calling AE may not use this service: its context is refused, result 1
+            # user-rejection (PS3.8 Table 9-18), and the rest of the association stands.
+            contexts[pc.id] = PresentationContext(
+                pc.id, pc.abstract_syntax, None, pdu.PC_USER_REJECTION, False, False, proposed
+            )
+            results.append((pc.id, pdu.PC_USER_REJECTION, proposed[0]))
+            continue
         role = rq.roles.get(pc.abstract_syntax)
         supported = pc.abstract_syntax == VERIFICATION_SOP_CLASS or pc.abstract_syntax in config.supported_abstract_syntaxes
         ts: str | None = None

@@ -142,6 +142,8 @@ async def start_dimse_server(
     backlog: int = 128,
     reuse_port: bool | None = None,
     sock=None,
+    context_permissions: Mapping[str, str] | None = None,
+    ae_permissions: Mapping[str, Iterable[str]] | None = None,
 ) -> DIMSEServer:
     """Listen for DICOM associations on the running event loop (run it on uvloop).
 
@@ -185,6 +187,10 @@ async def start_dimse_server(
     sock : socket.socket, optional
         An already listening socket to serve instead of binding ``host``/``port`` (a
         supervisor binds before it starts worker processes).
+    context_permissions, ae_permissions : mapping, optional
+        Abstract syntax -> the permission it needs, and calling AE title -> its permissions;
+        with ``ae_permissions`` given, an AE (listed or not) lacking a context's permission
+        has that context refused (result 1, user-rejection).
 
     Returns
     -------
@@ -207,6 +213,9 @@ async def start_dimse_server(
         require_called_ae=require_called_ae,
         calling_ae_allow=None if calling_ae_allow is None else frozenset(a.strip() for a in calling_ae_allow),
         max_dataset_size=max_dataset_size,
+        context_permissions=dict(context_permissions or {}),
+        ae_permissions=None if ae_permissions is None else
+        {ae.strip(): frozenset(p) for ae, p in ae_permissions.items()},
     )
     server = DIMSEServer(config)
     loop = asyncio.get_running_loop()
