@@ -119,3 +119,31 @@ def test_json_access_log_has_one_line_per_request_and_association(server_factory
     assert stow[0]["bytes"] > 0 and stow[0]["path"] == "/dicomweb/studies"
     (association,) = [e for e in events() if e["event"] == "association"]
     assert association["calling_ae"] == "LOGGER" and association["outcome"] == "accepted"
+
+
+def test_oidc_jwts_from_a_local_jwks(server_factory, tmp_path):
+    import json as _json
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = _json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", alg="RS256", use="sig")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(_json.dumps({"keys": [jwk]}))
+    server = server_factory("--jwt-jwks", str(jwks), "--jwt-issuer", "https://idp.test",
+                            "--jwt-audience", "dicomaccel")
+
+    def token(signer=key, **claims):
+        body = {"iss": "https://idp.test", "aud": "dicomaccel", "exp": int(time.time()) + 300,
+                "scope": "store read", **claims}
+        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": "k1"})
+
+    assert _stow(server, token()).status_code == 200
+    assert _stow(server, token(scope="read")).status_code == 403
+    for bad in (token(exp=int(time.time()) - 10), token(aud="someone-else"), token(iss="https://evil.test"),
+                token(signer=other), jwt.encode({"scope": "store"}, "a-shared-secret-that-is-32-bytes-long", algorithm="HS256")):
+        assert _stow(server, bad).status_code == 401

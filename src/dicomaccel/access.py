@@ -12,6 +12,9 @@ their SHA-256). Scopes: ``store`` (STOW-RS), ``read`` (retrieval and query), ``a
 (metrics). A request without a valid ``Authorization: Bearer`` token gets 401 with
 ``WWW-Authenticate: Bearer`` (RFC 6750 §3); a valid token without the scope gets 403. Neither
 touches the archive: the check runs before the application sees the request.
+
+``--jwt-jwks FILE --jwt-issuer ISS --jwt-audience AUD`` accepts OAuth2/OIDC bearer JWTs too
+(:class:`JWTVerifier`); a request passes with either kind of credential.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-__all__ = ["TokenFile", "require", "SCOPES"]
+__all__ = ["TokenFile", "JWTVerifier", "AnyOf", "credentials", "require", "SCOPES"]
 
 SCOPES = ("store", "read", "admin")
 DEFAULT_SCOPES = frozenset(("store", "read"))
@@ -71,12 +74,10 @@ class TokenFile:
     def scopes(self, authorization: str | None) -> frozenset[str] | None:
         """The scopes of a request's ``Authorization`` header value, or None if it holds no
         valid bearer token. Every entry is compared, so the time does not tell which matched."""
-        if not authorization:
+        token = _bearer(authorization)
+        if token is None:
             return None
-        kind, _, token = authorization.strip().partition(" ")
-        if kind.lower() != "bearer" or not token.strip():
-            return None
-        digest = _digest(token.strip())
+        digest = _digest(token)
         found = None
         for known, scopes in self.entries:
             if hmac.compare_digest(known, digest):
@@ -84,9 +85,82 @@ class TokenFile:
         return found
 
 
-def require(app, tokens: TokenFile, scope_of):
-    """``app`` behind the token check. ``scope_of(asgi_scope)`` names the scope a request needs,
-    or None when it is open (health)."""
+class JWTVerifier:
+    """OAuth2/OIDC bearer JWTs (RFC 7519), verified against a local JWKS file (RFC 7517).
+
+    The signature must verify with the key of the token's ``kid`` (asymmetric algorithms
+    only: RS*, PS*, ES*, EdDSA), and ``iss``, ``aud`` and ``exp`` must be present and right.
+    The granted scopes are the ``scope`` claim's space-separated values (RFC 8693 §4.2).
+    Nothing is fetched: the JWKS file is read once at start-up.
+    """
+
+    ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+    def __init__(self, jwks_path: str | Path, issuer: str, audience: str) -> None:
+        import jwt
+
+        self._jwt = jwt
+        try:
+            self.keys = jwt.PyJWKSet.from_json(Path(jwks_path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the JWKS file {jwks_path}: {exc.strerror}") from None
+        except (jwt.PyJWKSetError, ValueError) as exc:
+            raise ConfigError(f"{jwks_path}: not a usable JWKS: {exc}") from None
+        self.issuer, self.audience = issuer, audience
+
+    def scopes(self, authorization: str | None) -> frozenset[str] | None:
+        token = _bearer(authorization)
+        if token is None:
+            return None
+        jwt = self._jwt
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = next((k for k in self.keys.keys if kid is None or k.key_id == kid), None)
+            if key is None:
+                return None
+            claims = jwt.decode(token, key.key, algorithms=list(self.ALGORITHMS), audience=self.audience,
+                                issuer=self.issuer, options={"require": ["exp", "iss", "aud"]})
+        except jwt.PyJWTError:
+            return None
+        scope = claims.get("scope", "")
+        return frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+
+
+class AnyOf:
+    """Credentials accepted by any of several checkers (a token file, a JWT verifier)."""
+
+    def __init__(self, checkers) -> None:
+        self.checkers = list(checkers)
+
+    def scopes(self, authorization: str | None) -> frozenset[str] | None:
+        for checker in self.checkers:
+            granted = checker.scopes(authorization)
+            if granted is not None:
+                return granted
+        return None
+
+
+def credentials(config) -> AnyOf | None:
+    """The credential checkers a :class:`~dicomaccel.config.ServeConfig` asks for, or None
+    when authentication is off."""
+    checkers = []
+    if config.auth_token_file is not None:
+        checkers.append(TokenFile.load(config.auth_token_file))
+    if config.jwt_jwks is not None:
+        checkers.append(JWTVerifier(config.jwt_jwks, config.jwt_issuer, config.jwt_audience))
+    return AnyOf(checkers) if checkers else None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    kind, _, token = authorization.strip().partition(" ")
+    return token.strip() if kind.lower() == "bearer" and token.strip() else None
+
+
+def require(app, tokens, scope_of):
+    """``app`` behind the token check (``tokens``: anything with ``scopes(authorization)``).
+    ``scope_of(asgi_scope)`` names the scope a request needs, or None when it is open."""
 
     async def guarded(scope, receive, send):
         if scope["type"] != "http":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
-from .access import TokenFile
+from .access import credentials
 from .logs import configure
 from .syntaxes import is_valid_uid
 
@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-token-file", metavar="FILE", type=Path,
                        help="require a bearer token from this file (one per line, optional scopes: store, "
                             "read, admin; 'sha256:HEX' for a hashed token); default: no authentication")
+    serve.add_argument("--jwt-jwks", metavar="FILE", type=Path,
+                       help="also accept OAuth2/OIDC bearer JWTs signed by a key of this JWKS file "
+                            "(scopes from the 'scope' claim); needs --jwt-issuer and --jwt-audience")
+    serve.add_argument("--jwt-issuer", metavar="ISS", help="the 'iss' every JWT must carry")
+    serve.add_argument("--jwt-audience", metavar="AUD", help="the 'aud' every JWT must carry")
     serve.add_argument("--validation", choices=VALIDATION_MODES,
                        help="an instance that does not match its IOD: stored with warning B007 (warn), "
                             f"refused with A900 (reject), or not checked (off) (default: {d.validation})")
@@ -156,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 args[listed] = tuple(args[listed])
         try:
             config = merged(load_toml(config_file) if config_file else {}, args)
-            if config.auth_token_file is not None:
-                TokenFile.load(config.auth_token_file)  # refuse a bad file before serving
+            credentials(config)  # refuse a bad token or JWKS file before serving
         except ConfigError as exc:
             print(f"dicomaccel: {exc}", file=sys.stderr)
             return 2

@@ -74,6 +74,10 @@ class ServeConfig:
     dimse_tls_port: int | None = None
     # Bearer tokens for the HTTP services (dicomaccel.access); None: no authentication.
     auth_token_file: Path | None = None
+    # OAuth2/OIDC bearer JWTs checked against a local JWKS file (all three or none).
+    jwt_jwks: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
     # Store policy (dicomaccel.policy.store): IOD validation and the accepted SOP Classes.
     validation: str = "warn"
     accept_sop_classes: tuple[str, ...] = ()
@@ -125,6 +129,9 @@ _KEYS = {
     "tls-require-client-cert": ("tls_require_client_cert", "bool"),
     "dimse-tls-port": ("dimse_tls_port", "port"),
     "auth-token-file": ("auth_token_file", "path"),
+    "jwt-jwks": ("jwt_jwks", "path"),
+    "jwt-issuer": ("jwt_issuer", "str"),
+    "jwt-audience": ("jwt_audience", "str"),
     "validation": ("validation", "validation"),
     "accept-sop-class": ("accept_sop_classes", "uids"),
     "reject-sop-class": ("reject_sop_classes", "uids"),
@@ -244,6 +251,8 @@ def merged(file_values: dict, flag_values: dict) -> ServeConfig:
         raise ConfigError("tls-cert and tls-key go together")
     if config.tls_cert is None and (config.dimse_tls_port is not None or config.tls_require_client_cert):
         raise ConfigError("dimse-tls-port and tls-require-client-cert need tls-cert and tls-key")
+    if len({config.jwt_jwks is None, config.jwt_issuer is None, config.jwt_audience is None}) > 1:
+        raise ConfigError("jwt-jwks, jwt-issuer and jwt-audience go together")
     if config.tls_require_client_cert and config.tls_ca is None:
         raise ConfigError("tls-require-client-cert needs tls-ca to verify client certificates")
     return config

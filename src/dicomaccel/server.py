@@ -30,7 +30,7 @@ from .dimse.messages import C_GET_RQ
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .retrieve import GET_SOP_CLASSES, CGetSCP
-from .access import TokenFile, require
+from .access import credentials, require
 from .ops import scope_needed, with_ops
 from .stow import create_app
 from .tls import server_context
@@ -188,8 +188,9 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         min_upload_rate=config.min_upload_rate,
     )
     front = with_ops(app, archive)
-    if config.auth_token_file is not None:
-        front = require(front, TokenFile.load(config.auth_token_file), scope_needed)
+    checkers = credentials(config)
+    if checkers is not None:
+        front = require(front, checkers, scope_needed)
     http = HTTPServer(front, HTTPLimits(config.header_timeout, config.max_header_bytes,
                                       config.keepalive_timeout, config.max_connections))
     dimse = None
