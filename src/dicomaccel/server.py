@@ -34,6 +34,7 @@ from .access import credentials, require
 from .ops import scope_needed, with_ops
 from .stow import create_app
 from .tls import server_context
+from .wado import create_wado_app
 
 log = logging.getLogger("dicomaccel")
 
@@ -187,7 +188,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         body_timeout=config.body_timeout,
         min_upload_rate=config.min_upload_rate,
     )
-    front = with_ops(app, archive)
+    front = with_ops(create_wado_app(archive, fallback=app), archive)
     checkers = credentials(config)
     if checkers is not None:
         front = require(front, checkers, scope_needed)

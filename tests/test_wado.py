@@ -1,0 +1,74 @@
+"""WADO-RS on the STOW-RS port (PS3.18 §10.4): the Retrieve URLs of a STOW-RS response answer,
+read by dicomweb-client and `requests`; frames come from the frame index."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import RLELossless, generate_uid
+
+from dicomaccel.testing import multipart, post
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing.files import compressed_file
+
+
+def _load(server):
+    study, series = generate_uid(), generate_uid()
+    cts = [dicomgen.ct_instance(study, series, i + 1, 16, 16) for i in range(3)]
+    mf = dicomgen.multiframe_instance(5, 8, 8, study_uid=study)
+    rle = compressed_file(RLELossless, frames=4, rows=8, columns=8)
+    status, _, body = post(server, multipart([*cts, mf, rle]))
+    assert status in (200, 202), body[:300]
+    return study, series, cts, mf, rle
+
+
+def test_dicomweb_client_reads_back_what_was_stored(server_factory):
+    server = server_factory()
+    study, series, cts, mf, rle = _load(server)
+    client = DICOMwebClient(url=server.stow_url)
+    got = client.retrieve_study(study)
+    assert sorted(ds.SOPInstanceUID for ds in got) == sorted(
+        pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in [*cts, mf])
+    one = pydicom.dcmread(io.BytesIO(cts[1]))
+    ds = client.retrieve_instance(study, series, one.SOPInstanceUID)
+    assert ds.PixelData == one.PixelData
+    # As stored, byte for byte, with transfer-syntax=*.
+    resp = requests.get(f"{server.stow_url}/studies/{study}/series/{series}/instances/{one.SOPInstanceUID}",
+                        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                        timeout=30)
+    assert resp.status_code == 200 and cts[1] in resp.content
+
+
+def test_frames_native_and_encapsulated(server_factory):
+    server = server_factory()
+    study, series, cts, mf, rle = _load(server)
+    client = DICOMwebClient(url=server.stow_url)
+    src = pydicom.dcmread(io.BytesIO(mf))
+    size = 8 * 8 * 2
+    frames = client.retrieve_instance_frames(study, src.SeriesInstanceUID, src.SOPInstanceUID, [2, 5])
+    assert frames == [src.PixelData[size:2 * size], src.PixelData[4 * size:5 * size]]
+    enc = pydicom.dcmread(io.BytesIO(rle))
+    url = f"{server.stow_url}/studies/{enc.StudyInstanceUID}/series/{enc.SeriesInstanceUID}/instances/{enc.SOPInstanceUID}"
+    resp = requests.get(f"{url}/frames/3", headers={"Accept": 'multipart/related; type="image/x-dicom-rle"'},
+                        timeout=30)
+    assert resp.status_code == 200
+    assert 'type="image/x-dicom-rle"' in resp.headers["Content-Type"]
+    assert b"transfer-syntax=1.2.840.10008.1.2.5" in resp.content
+    expected = pydicom.encaps.get_frame(enc.PixelData, 2, number_of_frames=4)
+    assert expected in resp.content
+
+
+def test_errors(server_factory):
+    server = server_factory()
+    study, series, cts, mf, rle = _load(server)
+    src = pydicom.dcmread(io.BytesIO(mf))
+    url = f"{server.stow_url}/studies/{study}/series/{src.SeriesInstanceUID}/instances/{src.SOPInstanceUID}"
+    assert requests.get(f"{url}/frames/0", timeout=30).status_code == 400
+    assert requests.get(f"{url}/frames/x", timeout=30).status_code == 400
+    assert requests.get(f"{url}/frames/6", timeout=30).status_code == 404
+    assert requests.get(f"{server.stow_url}/studies/1.2.3", timeout=30).status_code == 404
+    resp = requests.get(f"{server.stow_url}/studies/{study}", headers={"Accept": "application/pdf"}, timeout=30)
+    assert resp.status_code == 406
