@@ -42,6 +42,24 @@ def test_dicomweb_client_reads_back_what_was_stored(server_factory):
     assert resp.status_code == 200 and cts[1] in resp.content
 
 
+def test_compressed_instance_is_decompressed_unless_asked_as_stored(server_factory):
+    server = server_factory()
+    _, _, _, _, rle = _load(server)
+    enc = pydicom.dcmread(io.BytesIO(rle))
+    client = DICOMwebClient(url=server.stow_url)
+    ds = client.retrieve_instance(enc.StudyInstanceUID, enc.SeriesInstanceUID, enc.SOPInstanceUID,
+                                  media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # decompressed for us
+    assert (ds.pixel_array == enc.pixel_array).all()
+    url = f"{server.stow_url}/studies/{enc.StudyInstanceUID}/series/{enc.SeriesInstanceUID}/instances/{enc.SOPInstanceUID}"
+    resp = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                        timeout=30)
+    assert rle in resp.content and b"transfer-syntax=1.2.840.10008.1.2.5" in resp.content
+    # No transfer-syntax parameter: Explicit VR Little Endian, the PS3.18 §8.7.3.5.2 default.
+    resp = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=30)
+    assert b"transfer-syntax=1.2.840.10008.1.2.1\r\n" in resp.content and rle not in resp.content
+
+
 def test_frames_native_and_encapsulated(server_factory):
     server = server_factory()
     study, series, cts, mf, rle = _load(server)

@@ -19,16 +19,13 @@ Nothing found is 404; an Accept that allows no multipart form we produce is 406.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import re
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-
 from .archive import Archive, InstanceRecord
+from .retrieve.extraction import file_meta_bytes
 from .retrieve.transcode import TranscodeError, transcode
-from .syntaxes import EXPLICIT_VR_LE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .syntaxes import EXPLICIT_VR_LE
 
 __all__ = ["create_wado_app"]
 
@@ -126,16 +123,7 @@ async def _instances(send, archive: Archive, study, series, sop, accept: str) ->
 def _transcoded(record: InstanceRecord, target: str) -> bytes:
     with open(record.path, "rb") as f:
         dataset = transcode(f.read(), target)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = record.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = record.sop_instance_uid
-    meta.TransferSyntaxUID = target
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    buf = io.BytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue() + dataset
+    return file_meta_bytes(record.sop_class_uid, record.sop_instance_uid, target) + dataset
 
 
 async def _frames(send, archive: Archive, sop: str, frame_list: str, accept: str) -> None:

@@ -227,18 +227,7 @@ class ExtractedInstance:
 
     def file_meta_bytes(self) -> bytes:
         """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1)."""
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = self.sop_class_uid
-        meta.MediaStorageSOPInstanceUID = self.sop_instance_uid
-        meta.TransferSyntaxUID = self.transfer_syntax_uid
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        buf = DicomBytesIO()
-        buf.is_little_endian = True
-        buf.is_implicit_VR = False
-        buf.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buf, meta, enforce_standard=True)
-        return buf.getvalue()
+        return file_meta_bytes(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid)
 
     def to_file_bytes(self) -> bytes:
         """The whole PS3.10 file in memory (tests, embedders)."""
@@ -250,6 +239,24 @@ class ExtractedInstance:
             f.write(self.file_meta_bytes())
             for part in self.dataset:
                 f.write(part)
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """Preamble, ``DICM`` and a File Meta Information group (PS3.10 §7.1) naming dicomaccel as
+    the implementation: what a data set we send as a file (a new FRAME-level instance, a
+    transcoded WADO-RS instance) is prefixed with."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
 
 
 def extract_frames(
