@@ -90,3 +90,43 @@ def test_errors(server_factory):
     assert requests.get(f"{server.stow_url}/studies/1.2.3", timeout=30).status_code == 404
     resp = requests.get(f"{server.stow_url}/studies/{study}", headers={"Accept": "application/pdf"}, timeout=30)
     assert resp.status_code == 406
+
+
+def test_one_bit_frames_are_repacked_from_their_bit_offset(server_factory):
+    from pydicom.pixels import pack_bits, pixel_array
+
+    server = server_factory()
+    data = dicomgen.multiframe_instance(3, 5, 5, bits=1)  # 25 bits a frame: not byte aligned
+    assert post(server, multipart([data]))[0] in (200, 202)
+    src = pydicom.dcmread(io.BytesIO(data))
+    client = DICOMwebClient(url=server.stow_url)
+    got = client.retrieve_instance_frames(src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID, [2, 3])
+    assert got == [pack_bits(pixel_array(src, index=k)) for k in (1, 2)]
+
+
+def test_a_slow_reader_does_not_make_the_server_buffer_the_study(server_factory):
+    # 52 MB streamed to a client that reads 64 KiB and stops: the server waits on the socket
+    # (write back-pressure) instead of queueing the rest of the file in memory.
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    from dicomaccel.testing import memory_kib
+
+    server = server_factory()
+    data = dicomgen.multiframe_instance(400, 256, 256)
+    assert post(server, multipart([data]))[0] in (200, 202)
+    src = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    pid = server.process.pid
+    before = memory_kib(pid, "VmRSS")
+    url = urlsplit(server.http_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.sendall(f"GET /dicomweb/studies/{src.StudyInstanceUID} HTTP/1.1\r\nHost: x\r\n"
+                 'Accept: multipart/related; type="application/dicom"; transfer-syntax=*\r\n\r\n'.encode())
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    time.sleep(1.5)  # the server has had time to read the whole file, if it were to
+    grew = memory_kib(pid, "VmRSS") - before
+    sock.close()
+    assert grew < 24 << 10, f"server RSS grew {grew} KiB"
+    assert post(server, multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 8, 8)]))[0] == 200

@@ -12,7 +12,8 @@ it bounds what a hostile or broken client can hold:
 
 Request bodies reach the application as the ``bytes`` the parser (httptools, llhttp) hands
 over: no copy, one ASGI ``http.request`` message each. Reading from the socket pauses while
-more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to the sender).
+more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to the sender), and
+a streamed response waits while more than :data:`WRITE_HIGH_WATER` bytes wait for the client.
 ``Expect: 100-continue`` is answered when the application first asks for the body. A response
 the application ends before reading the whole body closes the connection.
 """
@@ -29,11 +30,12 @@ import httptools
 
 from .config import DEFAULTS
 
-__all__ = ["HTTPLimits", "HTTPServer"]
+__all__ = ["HTTPLimits", "HTTPServer", "ClientDisconnected"]
 
 log = logging.getLogger("dicomaccel.http")
 
 HIGH_WATER = 4 << 20  # body bytes buffered for the application before reading pauses
+WRITE_HIGH_WATER = 4 << 20  # response bytes the transport holds before a streaming send waits
 LOW_WATER = 1 << 20  # ... and resumes
 # Bytes received while the header section is incomplete, body bytes in the same reads
 # included: bounds what one endless header line can make the parser hold.
@@ -100,10 +102,12 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.lingering = 0  # > 0: closing, bytes still accepted and dropped
+        self.drained: asyncio.Future | None = None  # set while the peer reads slower than we write
 
     # --- transport events ---------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if len(self.server.connections) >= self.limits.max_connections:
             transport.write(_simple_response(503, f"Too many connections (at most {self.limits.max_connections})"))
             transport.close()
@@ -136,6 +140,7 @@ class _Connection(asyncio.Protocol):
         return any(n in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
 
     def connection_lost(self, exc) -> None:
+        self.resume_writing()  # a sender waiting to write wakes and sees the connection gone
         self.closed = True
         self.server.connections.discard(self)
         self._disarm()
@@ -143,8 +148,15 @@ class _Connection(asyncio.Protocol):
             self.request.disconnected = True
             self.request.event.set()
 
-    def pause_writing(self) -> None:  # the asyncio transport's flow control; drain() does the rest
-        pass
+    def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark unsent: ``send`` now waits."""
+        if self.drained is None:
+            self.drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self.drained = self.drained, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # --- parser callbacks (httptools) ---------------------------------------------------
     def on_message_begin(self) -> None:
@@ -225,8 +237,11 @@ class _Connection(asyncio.Protocol):
 
         async def send(message: dict) -> None:
             nonlocal started, finished, chunked, keep_alive
-            if self.closed or finished:
+            if finished:
                 return
+            if self.closed:
+                # Stops an application streaming a response nobody reads any more.
+                raise ClientDisconnected("the client closed the connection")
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
@@ -248,16 +263,22 @@ class _Connection(asyncio.Protocol):
                 more = message.get("more_body", False)
                 if chunked:
                     if body:
-                        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+                        self.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
                     if not more:
                         self.transport.write(b"0\r\n\r\n")
                 elif body:
                     self.transport.write(body)
                 if not more:
                     finished = True
+                elif self.drained is not None:
+                    # Write-side back-pressure: a response streamed to a slow reader holds at
+                    # most the transport's high-water mark (WRITE_HIGH_WATER), not the file.
+                    await self.drained
 
         try:
             await self.server.app(scope, receive, send)
+        except ClientDisconnected:
+            keep_alive = False
         except Exception:
             log.exception("HTTP request failed")
             if not started and not self.closed:
@@ -341,6 +362,10 @@ class _Connection(asyncio.Protocol):
             self._disarm()
             self.server.connections.discard(self)
             self.transport.close()
+
+
+class ClientDisconnected(OSError):
+    """``send`` after the client closed the connection."""
 
 
 class _Stop(Exception):

@@ -19,6 +19,7 @@ Nothing found is 404; an Accept that allows no multipart form we produce is 406.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import re
 
@@ -150,31 +151,33 @@ async def _frames(send, archive: Archive, sop: str, frame_list: str, accept: str
         if _wanted_syntax(accept, "application/octet-stream") is None:
             raise _Refused(406, 'Not acceptable: native frames are multipart/related; type="application/octet-stream"')
         media, part_type = "application/octet-stream", "application/octet-stream"
-    data = await asyncio.get_running_loop().run_in_executor(None, _read_frames, record, [n - 1 for n in numbers])
+    # Streamed a frame at a time: memory holds one frame, whatever the list asks for.
     boundary = os.urandom(12).hex()
-    body = b"".join(_part_head(boundary, part_type) + frame + b"\r\n" for frame in data)
-    body += f"--{boundary}--\r\n".encode()
     await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", f'multipart/related; type="{media}"; boundary={boundary}'.encode()),
-        (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+        (b"content-type", f'multipart/related; type="{media}"; boundary={boundary}'.encode())]})
+    loop = asyncio.get_running_loop()
+    head = _part_head(boundary, part_type)
+    for n in numbers:
+        frame = await loop.run_in_executor(None, _read_frame, record, n - 1)
+        await send({"type": "http.response.body", "body": head + frame + b"\r\n", "more_body": True})
+    await send({"type": "http.response.body", "body": f"--{boundary}--\r\n".encode()})
 
 
-def _read_frames(record: InstanceRecord, ks: list[int]) -> list[bytes]:
+def _read_frame(record: InstanceRecord, k: int) -> bytes:
+    """Frame ``k`` (0-based) of a stored instance, from its frame index: the file ranges
+    that hold it, shifted by the frames kernel when frames are not byte aligned."""
     index = record.frame_index
     with open(record.path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
         if not index.encapsulated and not index.byte_aligned:
-            data = f.read()
-            frames = index.native_frames(data)
-            return [bytes(frames.frame(k)) for k in ks]
-        out = []
-        for k in ks:
-            pieces = []
-            for start, end in index.frame_ranges(k):
-                f.seek(start)
-                pieces.append(f.read(end - start))
-            out.append(b"".join(pieces))
-        return out
+            return bytes(index.native_frames(mm).frame(k))
+        return b"".join(mm[start:end] for start, end in index.frame_ranges(k))
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a view of the kernel's is still alive; the map goes with it
+            pass
 
 
 def _part_head(boundary: str, content_type: str) -> bytes:
