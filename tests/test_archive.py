@@ -824,6 +824,8 @@ def test_rules_in_a_deflated_instance(tmp_path):
     ([{"tag": "NoSuchKeyword", "value": "x"}], [], "keyword"),
     ([{"tag": "SOPInstanceUID", "value": "1.2"}], [], "cannot be coerced"),
     ([{"tag": "InstitutionName"}], [], "needs tag and value"),
+    ([{"tag": "Rows", "value": "4"}], [], "not a text attribute"),
+    ([{"tag": "(0009,1001)", "value": "x"}], [], "not a text attribute"),
     ([], [{"tag": "StudyInstanceUID"}], "cannot be discarded"),
     ([], [{"tag": "(0009,0010)", "private_creator": "X"}], "exactly one"),
 ])

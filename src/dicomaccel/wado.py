@@ -94,8 +94,9 @@ async def _instances(send, archive: Archive, study, series, sop, accept: str) ->
     wanted = _wanted_syntax(accept, "application/dicom")
     if wanted is None:
         raise _Refused(406, 'Not acceptable: instances are multipart/related; type="application/dicom"')
+    # Lazy: each row becomes a record (its frame index decoded) only when its part is sent.
     records = archive.find(study_uids=[study], series_uids=None if series is None else [series],
-                           sop_instance_uids=None if sop is None else [sop])
+                           sop_instance_uids=None if sop is None else [sop], lazy=True)
     if not records:
         raise _Refused(404, "No such study, series or instance")
     boundary = os.urandom(12).hex()

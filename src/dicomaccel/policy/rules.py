@@ -36,6 +36,9 @@ __all__ = ["CoerceRule", "DiscardRule", "Change", "compile_rules", "apply_rules"
 MODIFYING_SYSTEM = "DICOMACCEL"
 _TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?")
 _FIELD = re.compile(r"\{([A-Za-z0-9]+)\}")
+# The VRs whose values are text, which a template can set (PS3.5 Table 6.2-1).
+_TEXT_VRS = frozenset(("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
+                       "UC", "UI", "UR", "UT"))
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ def compile_rules(coerce: tuple[dict, ...], discard: tuple[dict, ...]) -> tuple[
         if tag >> 16 in (0x0002, 0x7FE0) or tag in (0x00080016, 0x00080018):
             raise ConfigError(f"{where}: ({tag >> 16:04X},{tag & 0xFFFF:04X}) cannot be coerced "
                               "(File Meta, SOP Class/Instance UID and Pixel Data keep their values)")
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = None
+        if vr not in _TEXT_VRS:
+            raise ConfigError(f"{where}: ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a text attribute of the "
+                              "data dictionary; coercion sets text values (PS3.5 Table 6.2-1)")
         if not isinstance(table["value"], str) or not isinstance(table.get("only_if_empty", False), bool):
             raise ConfigError(f"{where}: value must be a string and only_if_empty true or false")
         unknown = [k for k in _FIELD.findall(table["value"]) if tag_for_keyword(k) is None]
