@@ -16,6 +16,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -23,9 +25,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .ingest import FrameIndex
+from .ingest import QUERY_KEYS, FrameIndex, StoreFailure, scan
 
-__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "RecordList"]
+__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "RecordList", "QUERY_FIELDS",
+           "fold_case", "SCHEMA_VERSION"]
+
+log = logging.getLogger("dicomaccel.archive")
+
+# The query keys of ingest.QUERY_KEYS, as InstanceRecord fields and index columns.
+QUERY_FIELDS = tuple(name for name, _, _ in QUERY_KEYS)
+
+
+def fold_case(value: str | None) -> str:
+    """Person Name as the ``*_folded`` columns hold it, for case-insensitive matching, which
+    PS3.4 C.2.2.2.1 allows for PN (Unicode case folding)."""
+    return (value or "").casefold()
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,21 @@ class InstanceRecord:
     # CRC-32 of the bytes as received, when the store policy rewrote them (coercion,
     # discard): what makes sending the same instance again idempotent. None otherwise.
     received_crc32: int | None = None
+    # Query keys (ingest.QUERY_KEYS): "" or None when absent.
+    specific_character_set: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    referring_physician_name: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_id: str = ""
+    series_number: int | None = None
+    performed_procedure_step_start_date: str = ""
+    performed_procedure_step_start_time: str = ""
 
 
 class Index(abc.ABC):
@@ -150,8 +179,21 @@ _COLUMNS = (
     "n_columns", "samples_per_pixel", "bits_allocated", "photometric_interpretation",
     "planar_configuration", "path", "size", "dataset_offset", "pixel_tag", "pixel_offset",
     "pixel_value_offset", "pixel_length", "frame_index", "has_alternates", "stored_at",
-    "crc32", "received_crc32",
+    "crc32", "received_crc32", *QUERY_FIELDS, "patient_name_folded",
+    "referring_physician_name_folded",
 )
+# Version 5: the query keys (text columns default to ''), Person Names case-folded for
+# matching, and indexes on the matching columns (PS3.18 §10.6, PS3.4 C.6).
+_QUERY_COLUMNS = {name: "INTEGER" if name == "series_number" else "TEXT NOT NULL DEFAULT ''"
+                  for name in (*QUERY_FIELDS, "patient_name_folded", "referring_physician_name_folded")}
+_QUERY_INDEXES = """
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+CREATE INDEX IF NOT EXISTS instances_patient_name ON instances (patient_name_folded, study_uid);
+CREATE INDEX IF NOT EXISTS instances_study_date ON instances (study_date, study_uid);
+CREATE INDEX IF NOT EXISTS instances_accession ON instances (accession_number);
+CREATE INDEX IF NOT EXISTS instances_modality ON instances (modality, study_uid);
+"""
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -180,7 +222,8 @@ CREATE TABLE IF NOT EXISTS instances (
     has_alternates INTEGER NOT NULL,
     stored_at REAL NOT NULL,
     crc32 INTEGER,
-    received_crc32 INTEGER
+    received_crc32 INTEGER,
+""" + ",\n".join(f"    {name} {kind}" for name, kind in _QUERY_COLUMNS.items()) + """
 );
 CREATE INDEX IF NOT EXISTS instances_study_series
     ON instances (study_uid, series_uid, instance_number);
@@ -189,12 +232,15 @@ CREATE TABLE IF NOT EXISTS unconfirmed (
     sop_instance_uid TEXT PRIMARY KEY,
     writer TEXT NOT NULL
 );
-PRAGMA user_version = 4;
+""" + _QUERY_INDEXES + f"""
+PRAGMA user_version = {SCHEMA_VERSION};
 """
 # Version 2 -> 3: the file's CRC-32 and the unconfirmed list (created by _SCHEMA).
 _MIGRATE_2_3 = "ALTER TABLE instances ADD COLUMN crc32 INTEGER"
 # Version 3 -> 4: the received bytes' CRC-32 of rewritten instances.
 _MIGRATE_3_4 = "ALTER TABLE instances ADD COLUMN received_crc32 INTEGER"
+# Version 4 -> 5: the query key columns, back-filled from the files' headers (_backfill).
+_MIGRATE_4_5 = [f"ALTER TABLE instances ADD COLUMN {name} {kind}" for name, kind in _QUERY_COLUMNS.items()]
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 _ALTERNATES = _COLUMNS.index("has_alternates")
 _ORDER = (
@@ -249,13 +295,49 @@ class SQLiteIndex(Index):
                     self._writer.execute(_MIGRATE_2_3)
                 if version in (2, 3):
                     self._writer.execute(_MIGRATE_3_4)
+                if version in (2, 3, 4):
+                    for statement in _MIGRATE_4_5:
+                        self._writer.execute(statement)
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._writer.execute(statement)
+                if version in (2, 3, 4):
+                    self._backfill(version)
                 self._writer.execute("COMMIT")
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
+
+    def _backfill(self, version: int) -> None:
+        """Fill the query key columns of rows written before version 5 from their files'
+        headers (inside the migration's transaction)."""
+        conn = self._writer
+        rows = conn.execute("SELECT sop_instance_uid, path, patient_name FROM instances").fetchall()
+        log.warning("index: migrating %s from schema version %d to %d: adding the query keys "
+                    "(QIDO-RS, C-FIND) and back-filling %d row(s) from their files",
+                    self.db_path, version, SCHEMA_VERSION, len(rows))
+        started = time.monotonic()
+        assign = ", ".join(f"{name} = ?" for name in (*QUERY_FIELDS, "patient_name_folded",
+                                                      "referring_physician_name_folded"))
+        unread = 0
+        for sop, rel, patient_name in rows:
+            header = _read_header(os.path.join(self.root, *rel.split("/")))
+            if header is None:
+                unread += 1
+                values = [None if name == "series_number" else "" for name in QUERY_FIELDS]
+                values += [fold_case(patient_name), ""]
+            else:
+                values = [getattr(header, name) for name in QUERY_FIELDS]
+                values += [fold_case(patient_name), fold_case(header.referring_physician_name)]
+            conn.execute(f"UPDATE instances SET {assign} WHERE sop_instance_uid = ?", (*values, sop))
+        log.warning("index: migration to schema version %d done in %.1f s (%d file(s) could not "
+                    "be read; their query keys stay empty)", SCHEMA_VERSION,
+                    time.monotonic() - started, unread)
+
+    def read(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
+        """Run one read-only statement on this thread's reader connection (the query engine's
+        way in, :mod:`dicomaccel.query`); parameters are always bound, never formatted in."""
+        return self._reader().execute(sql, parameters).fetchall()
 
     def _connect(self) -> sqlite3.Connection:
         if self._closed:
@@ -304,6 +386,7 @@ class SQLiteIndex(Index):
             stored_at=d["stored_at"],
             crc32=d["crc32"],
             received_crc32=d["received_crc32"],
+            **{name: d[name] for name in QUERY_FIELDS},
         )
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
@@ -347,6 +430,8 @@ class SQLiteIndex(Index):
             record.pixel_value_offset, record.pixel_length,
             None if fi is None else fi.to_blob(), int(record.has_alternates), stored_at,
             record.crc32, record.received_crc32,
+            *[getattr(record, name) for name in QUERY_FIELDS],
+            fold_case(record.patient_name), fold_case(record.referring_physician_name),
         )
 
     def put_batch(self, records, replace_existing):
@@ -487,6 +572,15 @@ class DuplicateRow:
     """:meth:`Index.put_batch` refused a row: its SOP Instance UID was stored meanwhile."""
 
     __slots__ = ()
+
+
+def _read_header(path: str):
+    """The scanned header of a stored file, or None if it cannot be read (migration)."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return scan(mm)
+    except (OSError, ValueError, StoreFailure):
+        return None
 
 
 def _refusal(exc: Exception):

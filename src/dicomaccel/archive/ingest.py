@@ -60,6 +60,7 @@ __all__ = [
     "build_frame_index",
     "is_valid_uid",
     "identify",
+    "QUERY_KEYS",
 ]
 
 
@@ -150,6 +151,29 @@ _WANTED = frozenset((
 ))
 
 ALTERNATE_REPRESENTATION_SEQUENCE = 0x00083001
+
+# The other query keys the index holds (QIDO-RS, PS3.18 Table 10.6.1-5; C-FIND, PS3.4 Tables
+# C.6-1, C.6-2, C.6-5), decoded from the scan's offsets at no more cost than a slice each:
+# (Header / InstanceRecord field, tag, VR). Patient's Name and ID, the UIDs and Instance
+# Number are read above with their own checks. DA and TM values are kept in their current
+# form (the ACR-NEMA "." and ":" separators of PS3.5 Table 6.2-1 dropped) so a string
+# comparison orders them; a value that cannot be decoded is stored empty, never refused.
+QUERY_KEYS = (
+    ("specific_character_set", 0x00080005, "CS"),
+    ("study_date", 0x00080020, "DA"),
+    ("study_time", 0x00080030, "TM"),
+    ("accession_number", 0x00080050, "SH"),
+    ("modality", 0x00080060, "CS"),
+    ("referring_physician_name", 0x00080090, "PN"),
+    ("study_description", 0x00081030, "LO"),
+    ("series_description", 0x0008103E, "LO"),
+    ("patient_birth_date", 0x00100030, "DA"),
+    ("patient_sex", 0x00100040, "CS"),
+    ("study_id", 0x00200010, "SH"),
+    ("series_number", 0x00200011, "IS"),
+    ("performed_procedure_step_start_date", 0x00400244, "DA"),
+    ("performed_procedure_step_start_time", 0x00400245, "TM"),
+)
 
 
 
@@ -372,6 +396,21 @@ class Header:
     extended_lengths: tuple[int, int] | None  # (value offset, length) of (7FE0,0002)
     has_alternates: bool = False  # a top-level Alternate Representation Sequence (0008,3001)
     problems: tuple = ()  # dicomaccel.policy.iod.Problem items, when the scan validated the IOD
+    # QUERY_KEYS ("" or None when absent).
+    specific_character_set: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    referring_physician_name: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_id: str = ""
+    series_number: int | None = None
+    performed_procedure_step_start_date: str = ""
+    performed_procedure_step_start_time: str = ""
 
 
 class _Scan:
@@ -798,7 +837,37 @@ def _make_header(s: _Scan, meta, ds_pos, found, pixel: PixelDataHeader, little,
         extended_lengths=found.get(EXTENDED_OFFSET_TABLE_LENGTHS),
         has_alternates=ALTERNATE_REPRESENTATION_SEQUENCE in found,
         problems=problems,
+        **_query_keys(buf, found, charsets),
     )
+
+
+def _query_keys(buf, found: dict, charsets: list[str] | None) -> dict:
+    """The :data:`QUERY_KEYS` present in ``found``, decoded (absent ones keep their defaults)."""
+    out = {}
+    for name, tag, vr in QUERY_KEYS:
+        where = found.get(tag)
+        if where is None:
+            continue
+        vpos, ln = where
+        raw = bytes(buf[vpos:vpos + ln])
+        if vr in ("PN", "LO", "SH"):
+            # Text in the Specific Character Set; leading and trailing spaces are not
+            # significant (PS3.5 Table 6.2-1).
+            try:
+                value = _decode_pn_lo(raw, charsets, vr == "PN").strip(" ")
+            except (UnicodeDecodeError, LookupError, ValueError):
+                value = raw.decode("latin-1").strip(" \x00")
+        else:  # CS, DA, TM, IS: the default repertoire
+            value = raw.decode("latin-1").strip(" \x00")
+            if vr == "DA":
+                value = value.replace(".", "")
+            elif vr == "TM":
+                value = value.replace(":", "")
+            elif vr == "IS":
+                first = value.split("\\")[0].strip(" ")
+                value = int(first) if _IS_VALUE.fullmatch(first) else None
+        out[name] = value
+    return out
 
 
 def build_frame_index(buffer, header: Header) -> FrameIndex | None:
