@@ -128,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "Classes of PS3.4 Annex B)")
     serve.add_argument("--reject-sop-class", action="append", dest="reject_sop_classes", metavar="UID",
                        type=_uid, help="refuse this SOP Class with 0122 (repeatable)")
+    serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
+                       help="let browser viewers from this origin (e.g. https://viewer.example:3000, or *) "
+                            "use the DICOMweb services: CORS headers and OPTIONS preflight (repeatable; "
+                            "default: none)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"(default: {d.log_level}); info adds the access log")
     serve.add_argument("--log-format", choices=("text", "json"),
                        help=f"one readable line, or one JSON object, per log record (default: {d.log_format})")
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         config_file = args.pop("config")
         if "fsync" in args:
             args["fsync"] = args["fsync"] == "always"
-        for listed in ("calling_ae_allow", "accept_sop_classes", "reject_sop_classes"):
+        for listed in ("calling_ae_allow", "accept_sop_classes", "reject_sop_classes", "cors_origins"):
             if listed in args:
                 args[listed] = tuple(args[listed])
         try:

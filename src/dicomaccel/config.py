@@ -88,6 +88,9 @@ class ServeConfig:
     # [[coerce]] and [[discard]] tables of the configuration file (dicomaccel.policy.rules).
     coerce: tuple[dict, ...] = ()
     discard: tuple[dict, ...] = ()
+    # Origins browser viewers may read the DICOMweb services from (dicomaccel.cors); "*" for
+    # any; empty: no CORS headers.
+    cors_origins: tuple[str, ...] = ()
 
 
 DEFAULTS = ServeConfig()
@@ -138,6 +141,7 @@ _KEYS = {
     "ae-permissions": ("ae_permissions", "permissions"),
     "coerce": ("coerce", "tables"),
     "discard": ("discard", "tables"),
+    "cors-origin": ("cors_origins", "list"),
 }
 
 

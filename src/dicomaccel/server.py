@@ -31,6 +31,7 @@ from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .retrieve import GET_SOP_CLASSES, CGetSCP
 from .access import credentials, require
+from .cors import with_cors
 from .ops import scope_needed, with_ops
 from .stow import create_app
 from .tls import server_context
@@ -192,6 +193,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
     checkers = credentials(config)
     if checkers is not None:
         front = require(front, checkers, scope_needed)
+    front = with_cors(front, config.cors_origins)  # outermost: a preflight carries no credentials
     http = HTTPServer(front, HTTPLimits(config.header_timeout, config.max_header_bytes,
                                       config.keepalive_timeout, config.max_connections))
     dimse = None

@@ -13,25 +13,44 @@
   (or ``application/octet-stream; transfer-syntax=*``). A frame number that is not a positive
   integer is 400; one beyond the last frame is 404.
 
-Nothing found is 404; an Accept that allows no multipart form we produce is 406.
+- ``GET .../metadata`` (study, series, instance): the DICOM JSON Model (PS3.18 Annex F),
+  or with an XML Accept the Native DICOM Model (PS3.19 §A.1) one instance per part; built
+  an instance at a time (:mod:`.wado_metadata`, :mod:`.native_xml`), gzip-coded on request.
+- ``GET .../instances/{sop}/bulkdata/{tag path}``: one value, from its byte range in the file
+  (:mod:`.wado_bulkdata`), multipart or single part, with byte ranges.
+- ``GET .../instances/{sop}/rendered`` and ``.../frames/{n}/rendered``: JPEG or PNG
+  (:mod:`.wado_rendered`).
+
+Every 200 carries ``ETag`` and ``Last-Modified`` (:func:`.wado_http.validators`) and a
+matching ``If-None-Match`` / ``If-Modified-Since`` gets 304. Nothing found is 404; an Accept
+that allows no form we produce is 406; a malformed parameter is 400, with a plain-text reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import mmap
-import os
 import re
 
 from .archive import Archive, InstanceRecord
 from .retrieve.extraction import file_meta_bytes
 from .retrieve.transcode import TranscodeError, transcode
 from .syntaxes import EXPLICIT_VR_LE
+from .wado_bulkdata import locate, parse_tag_path, read_value
+from .wado_http import (GzipSend, Refused, Request, new_boundary, not_modified, parse_range, part_head,
+                        send_not_modified, text_response, validators)
+from .wado_metadata import instance_json_bytes
+from .wado_rendered import render, render_options
 
-__all__ = ["create_wado_app"]
+__all__ = ["create_wado_app", "FRAME_MEDIA"]
+
+log = logging.getLogger("dicomaccel.wado")
 
 _UID = r"([0-9][0-9.]{0,63})"
 READ_CHUNK = 1 << 20
+# Instances whose metadata one worker-thread call builds (fewer hand-offs, bounded memory).
+METADATA_BATCH = 8
 # Media types of encapsulated frames by transfer syntax (PS3.18 Table 8.7.3-2).
 FRAME_MEDIA = {
     "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
@@ -40,38 +59,43 @@ FRAME_MEDIA = {
     "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
     "1.2.840.10008.1.2.5": "image/x-dicom-rle",
 }
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status, self.text = status, text
+_TAIL = re.compile(r"^(?:/(metadata|rendered)|/frames/([^/]+)(/rendered)?|/bulkdata/(.+?))?/?$")
 
 
 def create_wado_app(archive: Archive, base_path: str = "/dicomweb", fallback=None):
     """The WADO-RS ASGI app over ``archive``; requests it does not serve go to ``fallback``
     (the STOW-RS app on the same paths), or get 404."""
     base = base_path.rstrip("/")
-    route = re.compile(rf"^{re.escape(base)}/studies/{_UID}(?:/series/{_UID}(?:/instances/{_UID}"
-                       rf"(?:/frames/([^/]+))?)?)?/?$")
+    route = re.compile(rf"^{re.escape(base)}/studies/{_UID}(?:/series/{_UID}(?:/instances/{_UID})?)?(/.*)?$")
 
     async def app(scope, receive, send):
         match = route.match(scope.get("path", "")) if scope["type"] == "http" else None
-        if match is None or scope.get("method") != "GET":
+        tail = _TAIL.match(match.group(4) or "") if match is not None else None
+        if tail is not None:
+            resource, frames, frames_rendered, bulk = tail.groups()
+            if match.group(3) is None and (resource == "rendered" or frames or bulk):
+                tail = None  # frames, bulk data and rendered are resources of an instance
+        if tail is None or scope.get("method") != "GET":
             if fallback is not None:
                 await fallback(scope, receive, send)
             else:
-                await _text(send, 404, "Not found")
+                await text_response(send, 404, "Not found")
             return
-        study, series, sop, frames = match.groups()
-        accept = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"accept"), "")
+        study, series, sop = match.group(1), match.group(2), match.group(3)
+        request = Request(scope)
         try:
-            if frames is not None:
-                await _frames(send, archive, sop, frames, accept)
+            if resource == "metadata":
+                await _metadata(send, request, archive, base, study, series, sop)
+            elif resource == "rendered" or frames_rendered:
+                await _rendered(send, request, archive, study, series, sop, frames)
+            elif frames is not None:
+                await _frames(send, request, archive, study, series, sop, frames)
+            elif bulk is not None:
+                await _bulkdata(send, request, archive, study, series, sop, bulk)
             else:
-                await _instances(send, archive, study, series, sop, accept)
-        except _Refused as refused:
-            await _text(send, refused.status, refused.text)
+                await _instances(send, request, archive, study, series, sop)
+        except Refused as refused:
+            await text_response(send, refused.status, refused.text)
 
     return app
 
@@ -90,23 +114,48 @@ def _wanted_syntax(accept: str, media: str) -> str | None:
     return None
 
 
-async def _instances(send, archive: Archive, study, series, sop, accept: str) -> None:
-    wanted = _wanted_syntax(accept, "application/dicom")
+def _instance(archive: Archive, study: str, series: str | None, sop: str) -> InstanceRecord:
+    """The record of one instance, 404 unless it is in that study (and series)."""
+    record = archive.get(sop)
+    if record is None or record.study_uid != study or (series is not None and record.series_uid != series):
+        raise Refused(404, "No such instance")
+    return record
+
+
+async def _start(send, request: Request, records, variant: str, headers: list = (), gzip: bool = False):
+    """Send the 200 response head with validators and return the ``send`` for the body
+    (gzip-coding it if asked); or answer 304 and return None."""
+    loop = asyncio.get_running_loop()
+    v = await loop.run_in_executor(None, validators, records, variant)
+    if not_modified(request, v):
+        await send_not_modified(send, v)
+        return None
+    if gzip:
+        send = GzipSend(send)
+    await send({"type": "http.response.start", "status": 200, "headers": [*headers, *v.headers()]})
+    return send
+
+
+async def _instances(send, request: Request, archive: Archive, study, series, sop) -> None:
+    wanted = _wanted_syntax(request.header("accept"), "application/dicom")
     if wanted is None:
-        raise _Refused(406, 'Not acceptable: instances are multipart/related; type="application/dicom"')
+        raise Refused(406, 'Not acceptable: instances are multipart/related; type="application/dicom"')
     # Lazy: each row becomes a record (its frame index decoded) only when its part is sent.
     records = archive.find(study_uids=[study], series_uids=None if series is None else [series],
                            sop_instance_uids=None if sop is None else [sop], lazy=True)
     if not records:
-        raise _Refused(404, "No such study, series or instance")
-    boundary = os.urandom(12).hex()
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", f'multipart/related; type="application/dicom"; boundary={boundary}'.encode())]})
+        raise Refused(404, "No such study, series or instance")
+    boundary = new_boundary()
+    send = await _start(send, request, records, f"dicom:{wanted}", headers=[
+            (b"content-type", f'multipart/related; type="application/dicom"; boundary={boundary}'.encode()),
+            (b"vary", b"accept")])
+    if send is None:
+        return
     loop = asyncio.get_running_loop()
     for record in records:
         if wanted in ("*", record.transfer_syntax_uid):
             syntax = record.transfer_syntax_uid
-            head = _part_head(boundary, f"application/dicom; transfer-syntax={syntax}")
+            head = part_head(boundary, f"application/dicom; transfer-syntax={syntax}")
             await send({"type": "http.response.body", "body": head, "more_body": True})
             with open(record.path, "rb") as f:
                 while chunk := await loop.run_in_executor(None, f.read, READ_CHUNK):
@@ -116,7 +165,7 @@ async def _instances(send, archive: Archive, study, series, sop, accept: str) ->
                 data = await loop.run_in_executor(None, _transcoded, record, wanted)
             except (TranscodeError, OSError):
                 continue  # PS3.18 10.4.1.3: an instance we cannot send in that syntax is left out
-            head = _part_head(boundary, f"application/dicom; transfer-syntax={wanted}")
+            head = part_head(boundary, f"application/dicom; transfer-syntax={wanted}")
             await send({"type": "http.response.body", "body": head + data, "more_body": True})
         await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
     await send({"type": "http.response.body", "body": f"--{boundary}--\r\n".encode()})
@@ -128,36 +177,49 @@ def _transcoded(record: InstanceRecord, target: str) -> bytes:
     return file_meta_bytes(record.sop_class_uid, record.sop_instance_uid, target) + dataset
 
 
-async def _frames(send, archive: Archive, sop: str, frame_list: str, accept: str) -> None:
+def _frame_numbers(frame_list: str) -> list[int]:
     try:
         numbers = [int(x) for x in frame_list.split(",")]
     except ValueError:
-        raise _Refused(400, f"Bad frame list {frame_list[:40]!r}: comma-separated numbers from 1") from None
+        raise Refused(400, f"Bad frame list {frame_list[:40]!r}: comma-separated numbers from 1") from None
     if not numbers or min(numbers) < 1:
-        raise _Refused(400, "Frame numbers start at 1")
-    record = archive.get(sop)
-    if record is None or record.frame_index is None:
-        raise _Refused(404, "No such instance with frames")
+        raise Refused(400, "Frame numbers start at 1")
+    return numbers
+
+
+async def _frames(send, request: Request, archive: Archive, study, series, sop, frame_list: str) -> None:
+    numbers = _frame_numbers(frame_list)
+    record = _instance(archive, study, series, sop)
+    await _send_frames(send, request, record, numbers, f"frames:{frame_list}")
+
+
+async def _send_frames(send, request: Request, record: InstanceRecord, numbers: list[int], variant: str) -> None:
+    if record.frame_index is None:
+        raise Refused(404, "No such instance with frames")
     index = record.frame_index
     beyond = [n for n in numbers if n > index.number_of_frames]
     if beyond:
-        raise _Refused(404, f"Frame {beyond[0]} beyond the last ({index.number_of_frames})")
+        raise Refused(404, f"Frame {beyond[0]} beyond the last ({index.number_of_frames})")
     syntax = record.transfer_syntax_uid
+    accept = request.header("accept")
     if index.encapsulated:
         media = FRAME_MEDIA.get(syntax, "application/octet-stream")
         if _wanted_syntax(accept, media) is None and _wanted_syntax(accept, "application/octet-stream") is None:
-            raise _Refused(406, f'Not acceptable: these frames are multipart/related; type="{media}"')
+            raise Refused(406, f'Not acceptable: these frames are multipart/related; type="{media}"')
         part_type = f"{media}; transfer-syntax={syntax}"
     else:
         if _wanted_syntax(accept, "application/octet-stream") is None:
-            raise _Refused(406, 'Not acceptable: native frames are multipart/related; type="application/octet-stream"')
+            raise Refused(406, 'Not acceptable: native frames are multipart/related; type="application/octet-stream"')
         media, part_type = "application/octet-stream", "application/octet-stream"
     # Streamed a frame at a time: memory holds one frame, whatever the list asks for.
-    boundary = os.urandom(12).hex()
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", f'multipart/related; type="{media}"; boundary={boundary}'.encode())]})
+    boundary = new_boundary()
+    send = await _start(send, request, [record], variant, headers=[
+            (b"content-type", f'multipart/related; type="{media}"; boundary={boundary}'.encode()),
+            (b"vary", b"accept")])
+    if send is None:
+        return
     loop = asyncio.get_running_loop()
-    head = _part_head(boundary, part_type)
+    head = part_head(boundary, part_type)
     for n in numbers:
         frame = await loop.run_in_executor(None, _read_frame, record, n - 1)
         await send({"type": "http.response.body", "body": head + frame + b"\r\n", "more_body": True})
@@ -181,12 +243,163 @@ def _read_frame(record: InstanceRecord, k: int) -> bytes:
             pass
 
 
-def _part_head(boundary: str, content_type: str) -> bytes:
-    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+# --- metadata ------------------------------------------------------------------------------
 
 
-async def _text(send, status: int, text: str) -> None:
-    body = (text + "\n").encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+def _metadata_form(request: Request) -> str:
+    """"json" or "xml" from the Accept header (PS3.18 §8.7.3: application/dicom+json, or
+    multipart/related; type="application/dicom+xml"); 406 otherwise."""
+    for media_range in request.accept():
+        kind = media_range.type
+        if kind in ("application/dicom+json", "application/json", "application/*", "*/*"):
+            return "json"
+        if kind == "application/dicom+xml" or (
+                kind in ("multipart/related", "multipart/*")
+                and media_range.params.get("type", "").lower() == "application/dicom+xml"):
+            return "xml"
+    raise Refused(406, 'Not acceptable: metadata is application/dicom+json or '
+                       'multipart/related; type="application/dicom+xml"')
+
+
+def _metadata_batch(records: list, base_url: str) -> list[bytes | None]:
+    out = []
+    for record in records:
+        url = f"{base_url}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_instance_uid}"
+        try:
+            out.append(instance_json_bytes(record, url))
+        except Exception:  # a stored file pydicom cannot read: left out, not the whole study
+            log.warning("metadata of %s: cannot read %s", record.sop_instance_uid, record.path, exc_info=True)
+            out.append(None)
+    return out
+
+
+async def _metadata(send, request: Request, archive: Archive, base: str, study, series, sop) -> None:
+    import json
+
+    from .native_xml import to_native_xml
+
+    form = _metadata_form(request)
+    records = archive.find(study_uids=[study], series_uids=None if series is None else [series],
+                           sop_instance_uids=None if sop is None else [sop], lazy=True)
+    if not records:
+        raise Refused(404, "No such study, series or instance")
+    gzip = request.accepts_gzip()
+    boundary = new_boundary()
+    content_type = "application/dicom+json" if form == "json" else \
+        f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
+    send = await _start(send, request, records, f"metadata:{form}:{'gzip' if gzip else ''}", headers=[
+        (b"content-type", content_type.encode()), (b"vary", b"accept, accept-encoding")], gzip=gzip)
+    if send is None:
+        return
+    loop = asyncio.get_running_loop()
+    base_url = request.base_url() + base
+    first = True
+    if form == "json":
+        await send({"type": "http.response.body", "body": b"[", "more_body": True})
+    for i in range(0, len(records), METADATA_BATCH):
+        batch = await loop.run_in_executor(None, _metadata_batch, records[i:i + METADATA_BATCH], base_url)
+        for data in batch:
+            if data is None:
+                continue
+            if form == "xml":
+                data = part_head(boundary, "application/dicom+xml") + to_native_xml(json.loads(data)) + b"\r\n"
+            elif not first:
+                data = b"," + data
+            first = False
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+    end = b"]" if form == "json" else f"--{boundary}--\r\n".encode()
+    await send({"type": "http.response.body", "body": end})
+
+
+# --- bulk data -----------------------------------------------------------------------------
+
+
+def _bulk_form(request: Request) -> str:
+    """"multipart" (PS3.18's form for bulk data, the default) or "single" (an Accept of
+    application/octet-stream itself); 406 otherwise."""
+    for media_range in request.accept():
+        kind = media_range.type
+        if kind == "application/octet-stream":
+            return "single"
+        if kind in ("*/*", "multipart/*") or (
+                kind == "multipart/related"
+                and media_range.params.get("type", "application/octet-stream").lower() in ("application/octet-stream", "*/*")):
+            return "multipart"
+    raise Refused(406, 'Not acceptable: bulk data is multipart/related; type="application/octet-stream" '
+                       "or application/octet-stream")
+
+
+async def _bulkdata(send, request: Request, archive: Archive, study, series, sop, tag_path: str) -> None:
+    path = parse_tag_path(tag_path)
+    record = _instance(archive, study, series, sop)
+    if path.steps == (record.pixel_tag,) and record.pixel_length < 0 and record.frame_index is not None:
+        # Encapsulated Pixel Data: its frames, each in its compressed media type.
+        numbers = list(range(1, record.frame_index.number_of_frames + 1))
+        await _send_frames(send, request, record, numbers, f"bulk:{path}")
+        return
+    form = _bulk_form(request)
+    loop = asyncio.get_running_loop()
+    located = await loop.run_in_executor(None, locate, record, path)
+    size = located.length
+    v = await loop.run_in_executor(None, validators, [record], f"bulk:{path}:{form}")
+    if not_modified(request, v):
+        await send_not_modified(send, v)
+        return
+    if_range = request.header("if-range").strip()
+    span = parse_range(request.header("range"), size) if not if_range or if_range == v.etag else None
+    start, end = span if span is not None else (0, size)
+    status = 206 if span is not None else 200
+    content_range = f"bytes {start}-{end - 1}/{size}" if span is not None else None
+    headers = [*v.headers(), (b"vary", b"accept"), (b"accept-ranges", b"bytes")]
+    if form == "single":
+        head, tail = b"", b""
+        headers.append((b"content-type", b"application/octet-stream"))
+        if content_range:
+            headers.append((b"content-range", content_range.encode()))
+    else:
+        boundary = new_boundary()
+        extra = (f"Content-Range: {content_range}",) if content_range else ()
+        head = part_head(boundary, "application/octet-stream", *extra)
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        headers.append((b"content-type",
+                        f'multipart/related; type="application/octet-stream"; boundary={boundary}'.encode()))
+    headers.append((b"content-length", str(len(head) + end - start + len(tail)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if head:
+        await send({"type": "http.response.body", "body": head, "more_body": True})
+    pos = start
+    while pos < end:
+        chunk = await loop.run_in_executor(None, read_value, record, located, pos, min(end, pos + READ_CHUNK))
+        if not chunk:
+            break
+        pos += len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": tail})
+
+
+# --- rendered ------------------------------------------------------------------------------
+
+
+async def _rendered(send, request: Request, archive: Archive, study, series, sop, frame_list) -> None:
+    options = render_options(request)
+    number = 1
+    if frame_list is not None:
+        numbers = _frame_numbers(frame_list)
+        if len(numbers) != 1:
+            raise Refused(400, "Rendered frames: one frame number at a time")
+        number = numbers[0]
+    record = _instance(archive, study, series, sop)
+    if not record.pixel_tag:
+        raise Refused(406, f"Not acceptable: the instance has no Pixel Data to render as {options.media_type}")
+    if number > max(1, record.number_of_frames):
+        raise Refused(404, f"Frame {number} beyond the last ({record.number_of_frames})")
+    loop = asyncio.get_running_loop()
+    v = await loop.run_in_executor(None, validators, [record], f"{options.key()}:{number}")
+    if not_modified(request, v):
+        await send_not_modified(send, v)
+        return
+    image = await loop.run_in_executor(None, render, record.path, number - 1, options)
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", options.media_type.encode()), (b"content-length", str(len(image)).encode()),
+        (b"vary", b"accept"), *v.headers()]})
+    await send({"type": "http.response.body", "body": image})
