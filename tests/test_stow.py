@@ -506,20 +506,17 @@ def test_max_parts_after_stored_parts_202(tmp_path):
     app = create_app(archive, max_parts=2)
     data = [dicomgen.ct_instance(generate_uid(), generate_uid(), i, 16, 16) for i in (1, 2, 3)]
     body = multipart(data)
-    try:
-        status, resp = run_asgi(app, [body])
-        assert status == 202, resp
-        r = reasons(resp)
-        assert r["stored"] == [sop_uid(d) for d in data[:2]] and r["other"] == [0xC000]
-        third = body.index(b"\r\n--BOUNDARY\r\n", body.index(data[1])) + len(b"\r\n--BOUNDARY\r\n")
-        assert _other_comments(resp) == [f"Multipart body exceeds a limit: more than 2 parts (at byte {third})"]
-        # Nothing stored before the limit: 413. (Non-DICOM parts: failures, not stored.)
-        status, resp = run_asgi(app, [multipart([b"a", b"b", b"c"], part_headers=b"Content-Type: text/plain\r\n")])
-        assert status == 413, resp
-        assert _other_comments(resp)[0].startswith("Multipart body exceeds a limit: more than 2 parts")
-        assert archive.get(sop_uid(data[2])) is None
-    finally:
-        app.close()
+    status, resp = run_asgi(app, [body])
+    assert status == 202, resp
+    r = reasons(resp)
+    assert r["stored"] == [sop_uid(d) for d in data[:2]] and r["other"] == [0xC000]
+    third = body.index(b"\r\n--BOUNDARY\r\n", body.index(data[1])) + len(b"\r\n--BOUNDARY\r\n")
+    assert _other_comments(resp) == [f"Multipart body exceeds a limit: more than 2 parts (at byte {third})"]
+    # Nothing stored before the limit: 413. (Non-DICOM parts: failures, not stored.)
+    status, resp = run_asgi(app, [multipart([b"a", b"b", b"c"], part_headers=b"Content-Type: text/plain\r\n")])
+    assert status == 413, resp
+    assert _other_comments(resp)[0].startswith("Multipart body exceeds a limit: more than 2 parts")
+    assert archive.get(sop_uid(data[2])) is None
     for d in data[:2]:
         assert Path(archive.get(sop_uid(d)).path).read_bytes() == d
     archive.close()

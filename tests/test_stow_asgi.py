@@ -29,10 +29,7 @@ def test_reserve_crossed_between_parts_fails_the_rest_with_a710(tmp_path):
         if remaining == 1:  # the first part is complete: now the disk "fills up"
             archive.min_free_bytes = 1 << 62
 
-    try:
-        status, resp = run_asgi(app, pieces, squeeze)
-    finally:
-        app.close()
+    status, resp = run_asgi(app, pieces, squeeze)
     assert status == 202
     doc = json.loads(resp)
     assert [i["00081197"]["Value"][0] for i in doc["00081198"]["Value"]] == [0xA710]

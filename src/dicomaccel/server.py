@@ -241,5 +241,4 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                 dimse.close()
                 await dimse.wait_closed()
     finally:
-        app.close()
         archive.close()

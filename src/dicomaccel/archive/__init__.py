@@ -13,8 +13,10 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    writer thread every :data:`SPILL_BYTES`; :meth:`IncomingInstance.write` writes at once.
    The writer appends to a temp file in ``tmp/``, folds the bytes into a CRC-32 and starts
    their writeback (``sync_file_range``), so the disk works while the rest arrives.
-2. :meth:`IncomingInstance.commit` (a worker thread) writes what is left, maps the file,
-   scans the header, validates it, builds the frame index: still nothing is visible.
+2. :meth:`IncomingInstance.commit_async` (or the blocking :meth:`IncomingInstance.commit`)
+   has a writer thread write what is left, map the file, scan the header, validate it and
+   build the frame index: still nothing is visible. The instance is then queued for the
+   group commit; no thread waits for it.
 3. The group commit (:mod:`.commit`) takes every instance ready at that moment: duplicate
    rule, rename to a *pending* marker, link into ``instances/``, one index transaction for
    the batch, which also lists the batch's rows as *unconfirmed*, then **one** ``syncfs``
@@ -22,7 +24,8 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    markers and the SQLite WAL durable together. That ``syncfs`` also serves the other
    processes on this data directory whose writes came before it began
    (:class:`.store._SharedFlush`).
-4. Only then is any store of the batch answered; markers are dropped afterwards.
+4. Only then is any store of the batch answered (the committer thread resolves the
+   caller's future); markers are dropped afterwards.
 
 A crash before step 3's flush returns may leave any subset of that batch on disk. Start-up
 (:meth:`Archive.__init__`) therefore checks every unconfirmed row's file (size and CRC-32)
@@ -35,9 +38,8 @@ was told is stored can be lost. With ``fsync=False`` step 3 skips the flush and 
 unconfirmed list: a process crash loses nothing (the kernel holds the data), a power
 failure may lose the last stores.
 
-Thread safety: ``feed()`` on one event loop per instance; ``write()`` and ``commit()`` from
-any thread (``commit()`` blocks: run it in a pool, several at once); ``get``/``find`` from
-any thread. Stores of one SOP Instance UID never share a batch, so two concurrent stores of
+Thread safety: ``feed()`` and ``commit_async()`` on one event loop per instance; ``write()``
+and ``commit()`` from any thread (``commit()`` blocks); ``get``/``find`` from any thread. Stores of one SOP Instance UID never share a batch, so two concurrent stores of
 one UID cannot both win.
 """
 
@@ -48,6 +50,7 @@ import errno
 import logging
 import mmap
 import os
+import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -161,7 +164,7 @@ class IncomingInstance:
 
     def commit(self, *, expected_study_uid: str | None = None) -> StoreOutcome:
         """Validate, index and publish the received instance; return once it is durable.
-        Blocking; run it in a thread.
+        Blocking; run it in a thread (on an event loop, use :meth:`commit_async`).
 
         Parameters
         ----------
@@ -178,27 +181,83 @@ class IncomingInstance:
             With the Failure Reason; the temp file is removed and nothing is indexed.
         """
         self._check_open()
+        done = threading.Event()
+        box: list = []
+        self._prepare(expected_study_uid, lambda result: (box.append(result), done.set()))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def commit_async(self, *, expected_study_uid: str | None = None) -> asyncio.Future:
+        """Event-loop side of :meth:`commit`: a future of the :class:`StoreOutcome` (or of the
+        :class:`StoreFailure`), resolved once the instance is durable.
+
+        The rest of the work runs on the archive's threads and never waits on the loop: a
+        writer thread writes what is still held, scans, validates and builds the frame index,
+        then queues the instance for the group commit, whose thread resolves the future after
+        the batch's flush. Two thread hand-offs per instance (loop → writer, committer →
+        loop) instead of four through a blocked worker thread.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def finished(result) -> None:
+            try:
+                loop.call_soon_threadsafe(_settle, future, result)
+            except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+                pass
+
+        self._archive._writers.submit(self._prepare, expected_study_uid, finished)
+        return future
+
+    def _prepare(self, expected_study_uid: str | None, finished) -> None:
+        """Writer side of a commit: finish the file, prepare it, queue it for the group
+        commit; ``finished(outcome or failure)`` is called exactly once, from this thread on
+        failure, else from the committer's."""
         try:
             self._finish_spill()
             if self._held:
                 # No writeback hint: the batch's flush follows at once.
                 self._write_views(self._take_held(), writeback=False)
-            return self._archive._commit(self, expected_study_uid)
-        except StoreFailure as failure:
-            raise self.named(failure) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                log.exception("I/O error committing an instance")
-            raise self.named(_io_failure(exc)) from exc
-        except MemoryError:
-            raise
-        except Exception as exc:
-            # Whatever went wrong, the peer gets a per-instance failure, not a dead request.
-            log.exception("unexpected failure committing an instance")
-            raise self.named(StoreFailure(FailureReason.PROCESSING_FAILURE,
-                                           "internal error while storing")) from exc
-        finally:
+            item = self._archive._prepare(self, expected_study_uid)
+        except BaseException as exc:
             self.abort()
+            finished(self._failure(exc))
+            return
+
+        def committed(item: PreparedInstance) -> None:
+            _close_map(item.buffer)
+            self.abort()
+            result = item.result
+            finished(self._failure(result) if isinstance(result, BaseException) else result)
+
+        item.on_done = committed
+        try:
+            self._archive._committer.enqueue(item)
+        except BaseException as exc:  # the archive is closing
+            _close_map(item.buffer)
+            self.abort()
+            finished(self._failure(exc))
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """What the caller of a commit gets for ``exc``: a named :class:`StoreFailure`, except
+        for what is not about this instance (KeyboardInterrupt, SystemExit)."""
+        if isinstance(exc, StoreFailure):
+            return self.named(exc)
+        if isinstance(exc, OSError):
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.error("I/O error committing an instance", exc_info=exc)
+            return self.named(_io_failure(exc))
+        if isinstance(exc, MemoryError):
+            return self.named(StoreFailure(FailureReason.OUT_OF_MEMORY, "out of memory while storing"))
+        if isinstance(exc, Exception):
+            # Whatever went wrong, the peer gets a per-instance failure, not a dead request.
+            log.error("unexpected failure committing an instance", exc_info=exc)
+            return self.named(StoreFailure(FailureReason.PROCESSING_FAILURE,
+                                           "internal error while storing"))
+        return exc
 
     def abort(self) -> None:
         """Discard the temp file (idempotent; safe while a hand-off is being written)."""
@@ -290,6 +349,24 @@ class IncomingInstance:
         if fd >= 0:
             os.close(fd)
             self._archive.files.remove(self._path)
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if future.cancelled():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        # A traceback still references a kernel view of the map; the mapping goes away
+        # with the last reference.
+        pass
 
 
 def _io_failure(exc: OSError) -> StoreFailure:
@@ -424,8 +501,10 @@ class Archive:
         incoming.write(data)
         return incoming.commit(expected_study_uid=expected_study_uid)
 
-    def _commit(self, incoming: IncomingInstance,
-                expected_study_uid: str | None) -> StoreOutcome:
+    def _prepare(self, incoming: IncomingInstance,
+                 expected_study_uid: str | None) -> PreparedInstance:
+        """Scan, rewrite if the policy says so, validate and index the frames of a complete
+        temp file (a writer thread); the instance is ready for the group commit."""
         size = incoming._in_file
         if size == 0:
             raise StoreFailure(FailureReason.CANNOT_UNDERSTAND, "empty instance")
@@ -449,16 +528,12 @@ class Archive:
             # Walking an encapsulated Pixel Data's items faults in (and around) a page per
             # fragment: drop them now rather than hold them while the batch flushes.
             mm.madvise(mmap.MADV_DONTNEED)
-            return self._committer.submit(PreparedInstance(
-                incoming._path, size, incoming._crc, header, frame_index, mm,
-                self.policy.warning(header.problems, changes), changes, received_crc))
-        finally:
-            try:
-                mm.close()
-            except BufferError:
-                # A traceback still references a kernel view of the map; the mapping goes
-                # away with the last reference.
-                pass
+        except BaseException:
+            _close_map(mm)
+            raise
+        return PreparedInstance(
+            incoming._path, size, incoming._crc, header, frame_index, mm,
+            self.policy.warning(header.problems, changes), changes, received_crc)
 
     def _validate(self, h: Header, expected_study_uid: str | None) -> None:
         # Report the data set's UIDs, else the File Meta copies, and only valid ones.

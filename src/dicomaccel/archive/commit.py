@@ -10,7 +10,9 @@ scanned and validated. The committer takes *all* stores queued at that moment as
 3. one flush of the file system (:meth:`FileStore.flush`) for everything above, ordered after
    the commit when the index lives beside the files (SQLite: the flush also covers its WAL)
    and before it when the index is durable on its own;
-4. the stores are answered, markers dropped, overwritten files removed.
+4. the stores are answered (each item's ``on_done`` callback, called on this thread: an event
+   loop's future is resolved from here, with no thread waiting in between), markers dropped,
+   overwritten files removed.
 
 So a store's critical path holds one flush, shared by everyone in its batch; while a batch
 flushes, the next one gathers. A batch holds at most one store per SOP Instance UID; a second
@@ -66,11 +68,12 @@ class PreparedInstance:
     """A complete, validated temp file waiting for the group commit."""
 
     __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer", "warning",
-                 "changes", "received_crc32", "published", "retired", "replaces", "result", "_done")
+                 "changes", "received_crc32", "published", "retired", "replaces", "result", "on_done")
 
     def __init__(self, temp_path: str, size: int, crc32: int, header: Header,
                  frame_index: FrameIndex | None, buffer, warning: int | None = None,
-                 changes=(), received_crc32: int | None = None) -> None:
+                 changes=(), received_crc32: int | None = None,
+                 on_done: Callable[["PreparedInstance"], None] | None = None) -> None:
         self.temp_path = temp_path
         self.warning = warning
         self.changes = tuple(changes)
@@ -84,7 +87,7 @@ class PreparedInstance:
         self.retired: tuple[str, str] | None = None  # (old path, obsolete marker)
         self.replaces = False
         self.result: StoreOutcome | BaseException | None = None
-        self._done = threading.Event()
+        self.on_done = on_done  # called once on the committer thread when ``result`` is set
 
     def outcome(self, record: InstanceRecord, already_stored: bool) -> StoreOutcome:
         return StoreOutcome(record, self.warning, already_stored, self.header.problems, self.changes)
@@ -105,17 +108,13 @@ class GroupCommit:
         self._thread = threading.Thread(target=self._run, name="archive-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, item: PreparedInstance) -> StoreOutcome:
-        """Queue ``item`` and block until its batch is durable (or failed)."""
+    def enqueue(self, item: PreparedInstance) -> None:
+        """Queue ``item``; its ``on_done`` is called once its batch is durable (or failed)."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("archive is closed")
             self._queue.append(item)
             self._cond.notify()
-        item._done.wait()
-        if isinstance(item.result, BaseException):
-            raise item.result
-        return item.result
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread (idempotent)."""
@@ -148,7 +147,7 @@ class GroupCommit:
             finally:
                 for item in batch:
                     if item.result is not None:
-                        item._done.set()
+                        _answer(item)
                 retry = [item for item in batch if item.result is None]
                 if retry:  # lost a race with another process for the UID: decide again
                     with self._cond:
@@ -253,3 +252,10 @@ class GroupCommit:
         if item.published is None:
             return item.temp_path
         return self.files.unpublish(item.published)
+
+
+def _answer(item: PreparedInstance) -> None:
+    try:
+        item.on_done(item)
+    except Exception:  # a caller's callback must not stop the committer
+        log.exception("store completion callback failed")

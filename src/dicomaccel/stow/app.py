@@ -4,8 +4,8 @@ A request body is fed to the multipart scanner as it arrives; each part's bytes 
 scanner's memoryviews of the body chunks) go to the archive's writer threads a MiB at a time
 (:meth:`IncomingInstance.feed`), so the event loop never writes a file and memory stays
 bounded whatever the upload size. A part is committed (parsed, validated, then published,
-indexed and flushed by the archive's group commit) in a worker thread while the next part
-streams in.
+indexed and flushed by the archive's group commit) with
+:meth:`IncomingInstance.commit_async` while the next part streams in.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from .. import metrics
 from ..logs import access
-from ..archive import Archive, StoreFailure, StoreOutcome, is_valid_uid
+from ..archive import Archive, StoreFailure, is_valid_uid
 from ..config import DEFAULTS
 from ..errors import LimitExceeded, ParseError
 from ..multipart import PART_BEGIN, PART_DATA, PART_END, MultipartScanner, parse_content_type
@@ -59,7 +58,6 @@ def create_app(
     commits_in_flight: int = 4,
     body_timeout: float | None = DEFAULTS.body_timeout,
     min_upload_rate: int = DEFAULTS.min_upload_rate,
-    executor: ThreadPoolExecutor | None = None,
 ) -> "StowApp":
     """Build the STOW-RS ASGI application over ``archive``.
 
@@ -79,7 +77,7 @@ def create_app(
         Most parts accepted in one request (413 beyond, like a part header block over 16384
         bytes; 202 with an Other Failure if earlier parts were stored).
     commits_in_flight : int
-        Parts of one request being committed in worker threads while the body keeps streaming.
+        Parts of one request being committed (on the archive's threads) while the body keeps streaming.
     body_timeout : float, optional
         Seconds a request may go without sending body data before it is answered 408 and
         its store slot freed (a stalled client must not hold a slot); ``None``: no limit.
@@ -102,7 +100,6 @@ def create_app(
         commits_in_flight=commits_in_flight,
         body_timeout=body_timeout,
         min_upload_rate=min_upload_rate,
-        executor=executor,
     )
 
 
@@ -124,7 +121,6 @@ class StowApp:
         commits_in_flight: int,
         body_timeout: float | None,
         min_upload_rate: int,
-        executor: ThreadPoolExecutor | None,
     ) -> None:
         self.archive = archive
         self.base_path = base_path.rstrip("/")
@@ -135,10 +131,6 @@ class StowApp:
         self.commits_in_flight = max(1, commits_in_flight)
         self.body_timeout = body_timeout
         self.min_upload_rate = min_upload_rate
-        self._own_executor = executor is None
-        self.executor = executor or ThreadPoolExecutor(
-            max_workers=max(4, gate.limit * self.commits_in_flight), thread_name_prefix="stow-commit"
-        )
         self._route = re.compile(rf"^{re.escape(self.base_path)}/studies(?:/([^/]+))?/?$")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,13 +154,8 @@ class StowApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    def close(self) -> None:
-        if self._own_executor:
-            self.executor.shutdown(wait=True)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
@@ -326,7 +313,7 @@ def _boundary(headers: dict[str, str]) -> str:
 
 class _Upload:
     """One request body being stored: each part streams into an archive temp file and is
-    committed in a worker thread while the body goes on; the outcome of every part is kept
+    committed on the archive's threads while the body goes on; the outcome of every part is kept
     in body order for the Store Instances Response."""
 
     def __init__(self, app: StowApp, study_uid: str | None) -> None:
@@ -466,7 +453,7 @@ class _Upload:
             self.order.append(_failed(failure))
 
     async def _commit_part(self) -> None:
-        fut = self.loop.run_in_executor(self.app.executor, _commit, self.incoming, self.study_uid)
+        fut = self.incoming.commit_async(expected_study_uid=self.study_uid)
         self.incoming = None
         self.commits.append(fut)
         self.order.append(fut)
@@ -482,10 +469,13 @@ class _Upload:
             if isinstance(entry, FailedInstance):
                 response.failed.append(entry)
                 continue
-            outcome = entry.result()
-            if isinstance(outcome, StoreFailure):
-                response.failed.append(_failed(outcome))
+            failure = entry.exception()
+            if failure is not None:
+                if not isinstance(failure, StoreFailure):
+                    raise failure
+                response.failed.append(_failed(failure))
                 continue
+            outcome = entry.result()
             rec = outcome.record
             studies.add(rec.study_uid)
             response.stored.append(StoredInstance(
@@ -509,20 +499,6 @@ class _Upload:
         if study:
             response.study_retrieve_url = f"{base_url}/studies/{study}"
         return response
-
-
-def _commit(incoming, study_uid: str | None) -> StoreOutcome | StoreFailure:
-    try:
-        return incoming.commit(expected_study_uid=study_uid)
-    except StoreFailure as failure:
-        return failure
-    except MemoryError:
-        incoming.abort()
-        return incoming.named(StoreFailure(FailureReason.OUT_OF_MEMORY, "out of memory while storing"))
-    except Exception:
-        log.exception("unexpected failure committing an instance")
-        incoming.abort()
-        return incoming.named(StoreFailure(FailureReason.PROCESSING_FAILURE, "processing failure"))
 
 
 def _failed(failure: StoreFailure) -> FailedInstance:
