@@ -38,7 +38,7 @@ from .retrieve.extraction import file_meta_bytes
 from .retrieve.transcode import TranscodeError, transcode
 from .syntaxes import EXPLICIT_VR_LE
 from .wado_bulkdata import locate, parse_tag_path, read_value
-from .wado_http import (GzipSend, Refused, Request, new_boundary, not_modified, parse_range, part_head,
+from .wado_http import (GzipSend, Refused, Request, boundary_for, not_modified, parse_range, part_head,
                         send_not_modified, text_response, validators)
 from .wado_metadata import instance_json_bytes
 from .wado_rendered import render, render_options
@@ -122,18 +122,22 @@ def _instance(archive: Archive, study: str, series: str | None, sop: str) -> Ins
     return record
 
 
-async def _start(send, request: Request, records, variant: str, headers: list = (), gzip: bool = False):
-    """Send the 200 response head with validators and return the ``send`` for the body
-    (gzip-coding it if asked); or answer 304 and return None."""
+async def _start(send, request: Request, records, variant: str, content_type: str, headers: list = (),
+                 gzip: bool = False):
+    """Send the 200 response head with validators; ``content_type`` may hold ``{boundary}``.
+    Returns ``(send for the body, boundary)``, the send gzip-coding if asked; or answers 304
+    and returns ``(None, None)``."""
     loop = asyncio.get_running_loop()
     v = await loop.run_in_executor(None, validators, records, variant)
     if not_modified(request, v):
         await send_not_modified(send, v)
-        return None
+        return None, None
+    boundary = boundary_for(v)
     if gzip:
         send = GzipSend(send)
-    await send({"type": "http.response.start", "status": 200, "headers": [*headers, *v.headers()]})
-    return send
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", content_type.replace("{boundary}", boundary).encode()), *headers, *v.headers()]})
+    return send, boundary
 
 
 async def _instances(send, request: Request, archive: Archive, study, series, sop) -> None:
@@ -145,10 +149,9 @@ async def _instances(send, request: Request, archive: Archive, study, series, so
                            sop_instance_uids=None if sop is None else [sop], lazy=True)
     if not records:
         raise Refused(404, "No such study, series or instance")
-    boundary = new_boundary()
-    send = await _start(send, request, records, f"dicom:{wanted}", headers=[
-            (b"content-type", f'multipart/related; type="application/dicom"; boundary={boundary}'.encode()),
-            (b"vary", b"accept")])
+    send, boundary = await _start(send, request, records, f"dicom:{wanted}",
+                                  'multipart/related; type="application/dicom"; boundary={boundary}',
+                                  [(b"vary", b"accept")])
     if send is None:
         return
     loop = asyncio.get_running_loop()
@@ -212,10 +215,8 @@ async def _send_frames(send, request: Request, record: InstanceRecord, numbers: 
             raise Refused(406, 'Not acceptable: native frames are multipart/related; type="application/octet-stream"')
         media, part_type = "application/octet-stream", "application/octet-stream"
     # Streamed a frame at a time: memory holds one frame, whatever the list asks for.
-    boundary = new_boundary()
-    send = await _start(send, request, [record], variant, headers=[
-            (b"content-type", f'multipart/related; type="{media}"; boundary={boundary}'.encode()),
-            (b"vary", b"accept")])
+    send, boundary = await _start(send, request, [record], variant,
+                                  f'multipart/related; type="{media}"; boundary={{boundary}}', [(b"vary", b"accept")])
     if send is None:
         return
     loop = asyncio.get_running_loop()
@@ -284,11 +285,10 @@ async def _metadata(send, request: Request, archive: Archive, base: str, study, 
     if not records:
         raise Refused(404, "No such study, series or instance")
     gzip = request.accepts_gzip()
-    boundary = new_boundary()
     content_type = "application/dicom+json" if form == "json" else \
-        f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
-    send = await _start(send, request, records, f"metadata:{form}:{'gzip' if gzip else ''}", headers=[
-        (b"content-type", content_type.encode()), (b"vary", b"accept, accept-encoding")], gzip=gzip)
+        'multipart/related; type="application/dicom+xml"; boundary={boundary}'
+    send, boundary = await _start(send, request, records, f"metadata:{form}:{'gzip' if gzip else ''}", content_type,
+                                  [(b"vary", b"accept, accept-encoding")], gzip=gzip)
     if send is None:
         return
     loop = asyncio.get_running_loop()
@@ -357,7 +357,7 @@ async def _bulkdata(send, request: Request, archive: Archive, study, series, sop
         if content_range:
             headers.append((b"content-range", content_range.encode()))
     else:
-        boundary = new_boundary()
+        boundary = boundary_for(v)
         extra = (f"Content-Range: {content_range}",) if content_range else ()
         head = part_head(boundary, "application/octet-stream", *extra)
         tail = f"\r\n--{boundary}--\r\n".encode()

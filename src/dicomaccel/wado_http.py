@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 __all__ = ["Refused", "Request", "MediaRange", "Validators", "validators", "not_modified",
-           "parse_range", "text_response", "GzipSend", "part_head"]
+           "parse_range", "text_response", "GzipSend", "part_head", "boundary_for"]
 
 
 class Refused(Exception):
@@ -86,11 +86,19 @@ class Request:
 
     def base_url(self) -> str:
         """``scheme://host`` as the client addressed us (the Host header, else our address)."""
+        scheme = self.scope.get("scheme", "http")
         host = self.header("host")
+        server = self.scope.get("server") or ("localhost", None)
         if not host:
-            server = self.scope.get("server") or ("localhost", None)
             host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-        return f"{self.scope.get('scheme', 'http')}://{host}{self.scope.get('root_path', '')}"
+        elif (not host.endswith("]") and ":" not in host or host.endswith("]")) and server[1] is not None \
+                and server[1] != {"http": 80, "https": 443}.get(scheme) \
+                and not self.header("x-forwarded-host") and not self.header("forwarded"):
+            # A Host without the port (dicomweb-client sends one) on a direct connection to a
+            # non-default port: the URIs we hand out must name the port we listen on. Behind
+            # a proxy (Forwarded / X-Forwarded-Host present) the Host is taken as it is.
+            host = f"{host}:{server[1]}"
+        return f"{scheme}://{host}{self.scope.get('root_path', '')}"
 
 
 class Validators:
@@ -174,7 +182,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
                 raise Refused(416, f"Range not satisfiable: the value has {size} bytes")
             return max(0, size - n), size
         start = int(first)
-        end = int(last) + 1 if last else size
+        end = int(last) + 1 if last else max(size, start + 1)
     except ValueError:
         return None
     if start < 0 or end <= start:
@@ -189,8 +197,11 @@ def part_head(boundary: str, content_type: str, *extra: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def new_boundary() -> str:
-    return os.urandom(12).hex()
+def boundary_for(v: Validators) -> str:
+    """The multipart boundary of a representation: derived from its ETag, so that the same
+    ETag always names the same bytes (a strong validator, RFC 9110 §8.8.1); 96 bits no
+    stored byte sequence can aim at, since it changes with the content it would sit in."""
+    return hashlib.blake2b(v.etag.encode(), digest_size=12, person=b"boundary").hexdigest()
 
 
 async def text_response(send, status: int, text: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
