@@ -27,7 +27,7 @@ from pathlib import Path
 from .syntaxes import is_valid_uid
 
 __all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
-           "VALIDATION_MODES", "as_toml"]
+           "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS"]
 
 
 class ConfigError(ValueError):
@@ -95,10 +95,14 @@ class ServeConfig:
 
 DEFAULTS = ServeConfig()
 
+# QIDO-RS: the most matches one response holds; a request's limit may ask for fewer, and more
+# matches than are returned are announced with a Warning header (PS3.18 §8.3.4.4).
+QIDO_MAX_RESULTS = 1000
+
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
-DIMSE_PERMISSIONS = ("get",)  # the DIMSE services an [ae-permissions] entry can grant
+DIMSE_PERMISSIONS = ("get", "find")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
     "host": ("host", "str"),

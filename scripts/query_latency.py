@@ -1,0 +1,139 @@
+"""QIDO-RS study search latency on an index of N synthetic instances (default 100,000).
+
+    python scripts/query_latency.py [--instances 100000] [--queries 400] [--data DIR]
+
+Fills an index directly (no files: rows through ``SQLiteIndex.put_batch``, 40 instances per
+study, 2 series per study, 5,000 patients), then times ``GET /dicomweb/studies?PatientName=<prefix>*``
+through the QIDO-RS ASGI app in-process (engine, SQL, DICOM JSON encoding; no sockets), with
+random name prefixes, and prints p50/p99 in ms. The issue's target is p50 <= 10 ms,
+p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+
+from dicomaccel.archive.index import InstanceRecord, SQLiteIndex
+
+FAMILY = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
+          "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor",
+          "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez",
+          "Clark", "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright",
+          "Scott", "Torres", "Nguyen", "Hill", "Flores", "Green", "Adams", "Nelson", "Baker",
+          "Hall", "Rivera", "Campbell", "Mitchell", "Carter", "Roberts", "Müller", "Schmidt"]
+GIVEN = ["James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "David",
+         "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Anna"]
+MODALITIES = ["CT", "MR", "US", "CR", "DX", "PT", "NM", "MG"]
+
+
+def fill(index: SQLiteIndex, root: str, instances: int, per_study: int = 40, patients: int = 5000) -> None:
+    rng = random.Random(11)
+    names = [f"{rng.choice(FAMILY)}{i % 97}^{rng.choice(GIVEN)}" for i in range(patients)]
+    batch = []
+    for s in range(instances // per_study):
+        p = rng.randrange(patients)
+        study = f"1.2.826.0.1.99.{s}"
+        date = f"20{rng.randrange(10, 27):02d}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
+        for k in range(per_study):
+            series = f"{study}.{k % 2}"
+            sop = f"{series}.{k}"
+            batch.append(InstanceRecord(
+                patient_id=f"PID{p:06d}", patient_name=names[p], study_uid=study, series_uid=series,
+                sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1", number_of_frames=1,
+                path=os.path.join(root, "instances", f"{sop}.dcm"), size=525000, dataset_offset=350,
+                pixel_offset=1100, pixel_value_offset=1112, pixel_length=524288, frame_index=None,
+                instance_number=k + 1, rows=512, columns=512, bits_allocated=16,
+                photometric_interpretation="MONOCHROME2", study_date=date, study_time="101500",
+                accession_number=f"ACC{s:07d}", modality=MODALITIES[(s + k % 2) % len(MODALITIES)],
+                referring_physician_name="Ref^Doctor", study_description="Synthetic",
+                series_description=f"Series {k % 2}", patient_birth_date="19700101",
+                patient_sex="O", study_id=str(s), series_number=k % 2 + 1))
+            if len(batch) == 2000:
+                index.put_batch(batch, [False] * len(batch))
+                batch = []
+    if batch:
+        index.put_batch(batch, [False] * len(batch))
+
+
+class _FakeArchive:
+    def __init__(self, index):
+        self.index = index
+
+
+async def _get(app, path: str, query: str) -> tuple[int, bytes]:
+    out = {}
+    body = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
+             "headers": [(b"host", b"localhost")], "scheme": "http"}
+    await app(scope, receive, send)
+    return out["status"], b"".join(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args()
+    from dicomaccel.qido import create_qido_app
+
+    root = args.data or tempfile.mkdtemp(prefix="qido-latency-")
+    os.makedirs(root, exist_ok=True)
+    index = SQLiteIndex(os.path.join(root, "index.sqlite3"), root, fsync=False)
+    t0 = time.perf_counter()
+    count = index.read("SELECT count(*) FROM instances")[0][0]
+    if count < args.instances:
+        fill(index, root, args.instances)
+        count = index.read("SELECT count(*) FROM instances")[0][0]
+    print(f"index: {count} instances in {root} (filled in {time.perf_counter() - t0:.1f} s)")
+    app = create_qido_app(_FakeArchive(index))
+    rng = random.Random(5)
+
+    async def run():
+        results = {}
+        for label, make in (
+            ("PatientName=<family prefix>*", lambda: f"PatientName={rng.choice(FAMILY)[:3]}*"),
+            ("PatientName=<family><n>^*", lambda: f"PatientName={rng.choice(FAMILY)}{rng.randrange(97)}^*"),
+            ("PatientName=*<given>* (leading wildcard)", lambda: f"PatientName=*{rng.choice(GIVEN).lower()}*"),
+            ("StudyDate=<one year>", lambda: "StudyDate=20{0}0101-20{0}1231".format(rng.randrange(10, 26))),
+            ("no filter, limit=100", lambda: "limit=100"),
+        ):
+            times, sizes = [], []
+            for _ in range(args.queries if "leading" not in label else args.queries // 4):
+                q = make()
+                if "limit" not in q:
+                    q += "&limit=100"
+                t = time.perf_counter()
+                status, body = await _get(app, "/dicomweb/studies", q)
+                times.append((time.perf_counter() - t) * 1000)
+                assert status in (200, 204), (status, body[:200])
+                sizes.append(body.count(b'"0020000D"'))
+            times.sort()
+            results[label] = (statistics.median(times), times[int(len(times) * 0.99) - 1],
+                              statistics.mean(sizes))
+        return results
+
+    for label, (p50, p99, n) in asyncio.run(run()).items():
+        print(f"GET /studies?{label:45s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  (mean {n:.1f} studies)")
+    index.close()
+
+
+if __name__ == "__main__":
+    main()
