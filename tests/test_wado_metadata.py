@@ -20,7 +20,7 @@ from PIL import Image
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import multipart, post
@@ -32,7 +32,7 @@ THRESHOLD = 1024
 NATIVE_XML = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
 
 
-def _rich_ct(study: str, series: str, number: int, *, implicit: bool = False) -> bytes:
+def _rich_ct(study: str, series: str, number: int, *, syntax: str = pydicom.uid.ExplicitVRLittleEndian) -> bytes:
     """A 16x16 CT with a window, known pixels, a long LT, a private OB over the threshold and
     an Icon Image Sequence whose pixels are bulk data too (a nested BulkDataURI)."""
     ds = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(study, series, number, 16, 16)))
@@ -50,13 +50,14 @@ def _rich_ct(study: str, series: str, number: int, *, implicit: bool = False) ->
     icon.PixelData = bytes(i % 251 for i in range(64 * 64))
     ds.IconImageSequence = Sequence([icon])
     ds.ReferencedImageSequence = Sequence([])  # an empty sequence
-    return to_bytes(ds, ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian)
+    return to_bytes(ds, syntax)
 
 
 @pytest.fixture(scope="module")
 def loaded(shared_server):
     study, series = generate_uid(), generate_uid()
-    cts = [_rich_ct(study, series, 1), _rich_ct(study, series, 2, implicit=True), _rich_ct(study, series, 3)]
+    cts = [_rich_ct(study, series, 1), _rich_ct(study, series, 2, syntax=ImplicitVRLittleEndian),
+           _rich_ct(study, series, 3), _rich_ct(study, series, 4, syntax=DeflatedExplicitVRLittleEndian)]
     mono1 = pydicom.dcmread(io.BytesIO(cts[0]))
     mono1.SOPInstanceUID, mono1.SeriesInstanceUID = generate_uid(), generate_uid()
     mono1.PhotometricInterpretation = "MONOCHROME1"
@@ -108,7 +109,7 @@ def test_metadata_equals_pydicoms_json_and_bulk_data_is_served(loaded):
     server, study, series, files, datasets, by_sop = loaded
     client = DICOMwebClient(url=server.stow_url)
     series_meta = client.retrieve_series_metadata(study, series)
-    assert len(series_meta) == 3
+    assert len(series_meta) == 4
     checked = 0
     for meta in series_meta:
         stored = by_sop[meta["00080018"]["Value"][0]]
@@ -120,7 +121,7 @@ def test_metadata_equals_pydicoms_json_and_bulk_data_is_served(loaded):
         assert client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"]) == [ds.PixelData]
         assert meta["00091002"]["InlineBinary"]  # under the threshold: inline
         assert "BulkDataURI" in meta["00091001"] and "BulkDataURI" in meta["00204000"]
-    assert checked == 3 * 3  # LT, private OB, icon pixels, in each (implicit VR one included)
+    assert checked == 4 * 3  # LT, private OB, icon pixels, in each (Implicit VR and deflated included)
     one = datasets[series_meta[1]["00080018"]["Value"][0]]
     assert client.retrieve_instance_metadata(study, series, one.SOPInstanceUID) == series_meta[1]
     study_meta = client.retrieve_study_metadata(study)
@@ -137,7 +138,7 @@ def test_metadata_as_native_dicom_model_xml(loaded):
     message = BytesParser(policy=HTTP).parsebytes(
         f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + resp.content)
     parts = [p for p in message.iter_parts()]
-    assert len(parts) == 3 and all(p.get_content_type() == "application/dicom+xml" for p in parts)
+    assert len(parts) == 4 and all(p.get_content_type() == "application/dicom+xml" for p in parts)
     for part in parts:
         root = ET.fromstring(part.get_payload(decode=True))
         assert root.tag == f"{NATIVE_XML}NativeDicomModel"

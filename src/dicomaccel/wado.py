@@ -40,7 +40,7 @@ from .syntaxes import EXPLICIT_VR_LE
 from .wado_bulkdata import locate, parse_tag_path, read_value
 from .wado_http import (GzipSend, Refused, Request, boundary_for, not_modified, parse_range, part_head,
                         send_not_modified, text_response, validators)
-from .wado_metadata import instance_json_bytes
+from .wado_metadata import MetadataCache
 from .wado_rendered import render, render_options
 
 __all__ = ["create_wado_app", "FRAME_MEDIA"]
@@ -66,6 +66,7 @@ def create_wado_app(archive: Archive, base_path: str = "/dicomweb", fallback=Non
     """The WADO-RS ASGI app over ``archive``; requests it does not serve go to ``fallback``
     (the STOW-RS app on the same paths), or get 404."""
     base = base_path.rstrip("/")
+    cache = MetadataCache()
     route = re.compile(rf"^{re.escape(base)}/studies/{_UID}(?:/series/{_UID}(?:/instances/{_UID})?)?(/.*)?$")
 
     async def app(scope, receive, send):
@@ -85,7 +86,7 @@ def create_wado_app(archive: Archive, base_path: str = "/dicomweb", fallback=Non
         request = Request(scope)
         try:
             if resource == "metadata":
-                await _metadata(send, request, archive, base, study, series, sop)
+                await _metadata(send, request, archive, cache, base, study, series, sop)
             elif resource == "rendered" or frames_rendered:
                 await _rendered(send, request, archive, study, series, sop, frames)
             elif frames is not None:
@@ -262,19 +263,20 @@ def _metadata_form(request: Request) -> str:
                        'multipart/related; type="application/dicom+xml"')
 
 
-def _metadata_batch(records: list, base_url: str) -> list[bytes | None]:
+def _metadata_batch(cache: MetadataCache, records: list, base_url: str) -> list[bytes | None]:
     out = []
     for record in records:
         url = f"{base_url}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_instance_uid}"
         try:
-            out.append(instance_json_bytes(record, url))
+            out.append(cache.get(record, url))
         except Exception:  # a stored file pydicom cannot read: left out, not the whole study
             log.warning("metadata of %s: cannot read %s", record.sop_instance_uid, record.path, exc_info=True)
             out.append(None)
     return out
 
 
-async def _metadata(send, request: Request, archive: Archive, base: str, study, series, sop) -> None:
+async def _metadata(send, request: Request, archive: Archive, cache: MetadataCache, base: str, study, series,
+                    sop) -> None:
     import json
 
     from .native_xml import to_native_xml
@@ -297,7 +299,7 @@ async def _metadata(send, request: Request, archive: Archive, base: str, study, 
     if form == "json":
         await send({"type": "http.response.body", "body": b"[", "more_body": True})
     for i in range(0, len(records), METADATA_BATCH):
-        batch = await loop.run_in_executor(None, _metadata_batch, records[i:i + METADATA_BATCH], base_url)
+        batch = await loop.run_in_executor(None, _metadata_batch, cache, records[i:i + METADATA_BATCH], base_url)
         for data in batch:
             if data is None:
                 continue

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from .syntaxes import IMPLICIT_VR_LE
+from .syntaxes import DEFLATED, IMPLICIT_VR_LE
 
-__all__ = ["BULK_DATA_THRESHOLD", "BULK_VRS", "instance_json", "instance_json_bytes"]
+__all__ = ["BULK_DATA_THRESHOLD", "BULK_VRS", "instance_json", "instance_json_bytes", "MetadataCache"]
 
 # The one threshold: a value of a bulk VR longer than this many bytes becomes a BulkDataURI
 # (PS3.18 §8.7.3.5.5 leaves the size to the origin server). Pixel Data always does.
@@ -42,8 +44,10 @@ PIXEL_TAGS = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
 
 def instance_json(record, instance_url: str) -> dict:
     """The JSON Model object of one stored instance (``record``: its InstanceRecord)."""
+    # A deflated data set (PS3.5 A.5) has no file offsets a deferred value could be read from.
+    defer = None if record.transfer_syntax_uid in DEFLATED else BULK_DATA_THRESHOLD
     with open(record.path, "rb") as f:
-        ds = dcmread(f, stop_before_pixels=True, defer_size=BULK_DATA_THRESHOLD)
+        ds = dcmread(f, stop_before_pixels=True, defer_size=defer)
         bulk = f"{instance_url}/bulkdata/"
         out = _dataset(ds, bulk, "")
         if record.pixel_tag:
@@ -103,3 +107,37 @@ def _dataset(ds: Dataset, bulk: str, path: str) -> dict:
         else:
             out[key] = elem.to_json_dict(None, BULK_DATA_THRESHOLD)
     return out
+
+
+class MetadataCache:
+    """Recently built JSON of instances, up to ``max_bytes`` (least recently used out first).
+
+    Keyed by what makes the JSON: the file (SOP Instance UID, CRC-32, size: a replaced
+    instance is a new key) and the instance URL its BulkDataURIs start with. A viewer reads a
+    study's metadata again and again; pydicom's parse costs about 1 ms an instance.
+    """
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, record, instance_url: str) -> bytes:
+        if record.crc32 is None:  # no identity for the bytes: not cached
+            return instance_json_bytes(record, instance_url)
+        key = (record.sop_instance_uid, record.crc32, record.size, instance_url)
+        with self._lock:
+            data = self._entries.get(key)
+            if data is not None:
+                self._entries.move_to_end(key)
+                return data
+        data = instance_json_bytes(record, instance_url)
+        with self._lock:
+            if key not in self._entries and len(data) <= self.max_bytes:
+                self._entries[key] = data
+                self._bytes += len(data)
+                while self._bytes > self.max_bytes:
+                    _, old = self._entries.popitem(last=False)
+                    self._bytes -= len(old)
+        return data
