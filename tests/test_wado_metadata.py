@@ -26,15 +26,13 @@ from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import multipart, post
 from dicomaccel.testing.files import compressed_file, to_bytes
 
-# The server's threshold (dicomaccel.wado_metadata.BULK_DATA_THRESHOLD), restated: a test of
-# the published behaviour, not of the constant.
-THRESHOLD = 1024
 NATIVE_XML = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
 
 
 def _rich_ct(study: str, series: str, number: int, *, syntax: str = pydicom.uid.ExplicitVRLittleEndian) -> bytes:
-    """A 16x16 CT with a window, known pixels, a long LT, a private OB over the threshold and
-    an Icon Image Sequence whose pixels are bulk data too (a nested BulkDataURI)."""
+    """A 16x16 CT with a window, known pixels, a long LT, a private OB over the 1 KiB bulk data
+    threshold (and one under it) and an Icon Image Sequence whose 4 KiB of pixels are bulk data
+    too (a nested BulkDataURI)."""
     ds = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(study, series, number, 16, 16)))
     ds.PixelData = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 10).tobytes()
     ds.WindowCenter, ds.WindowWidth = 100, 400

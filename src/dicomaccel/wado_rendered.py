@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .wado_http import Refused, Request
+from .wado_http import MediaRange, Refused, Request
 
 __all__ = ["RenderOptions", "render_options", "render_media_type", "render"]
 
@@ -58,8 +58,6 @@ def render_media_type(request: Request) -> str:
     Accept header; 406 if it allows neither JPEG nor PNG."""
     param = request.param("accept")
     if param is not None:
-        from .wado_http import MediaRange
-
         ranges = [MediaRange(x) for x in param.split(",") if x.strip()]
     else:
         ranges = request.accept()
