@@ -26,10 +26,12 @@ import uvloop
 from .archive import Archive
 from .config import ServeConfig
 from .dimse import start_dimse_server
-from .dimse.messages import C_GET_RQ
+from .dimse.messages import C_FIND_RQ, C_GET_RQ
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
+from .qido import create_qido_app
 from .retrieve import GET_SOP_CLASSES, CGetSCP
+from .retrieve.cfind import FIND_SOP_CLASSES, CFindSCP
 from .access import credentials, require
 from .cors import with_cors
 from .ops import scope_needed, with_ops
@@ -189,7 +191,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         body_timeout=config.body_timeout,
         min_upload_rate=config.min_upload_rate,
     )
-    front = with_ops(create_wado_app(archive, fallback=app), archive)
+    front = with_ops(create_wado_app(archive, fallback=create_qido_app(archive, fallback=app)), archive)
     checkers = credentials(config)
     if checkers is not None:
         front = require(front, checkers, scope_needed)
@@ -204,8 +206,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     config.host,
                     config.dimse_port,
                     ae_title=config.ae_title,
-                    handlers={C_GET_RQ: CGetSCP(archive)},
-                    supported_abstract_syntaxes=GET_SOP_CLASSES,
+                    handlers={C_GET_RQ: CGetSCP(archive), C_FIND_RQ: CFindSCP(archive)},
+                    supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES,
                     max_associations=config.max_associations,
                     require_called_ae=config.require_called_ae,
                     calling_ae_allow=config.calling_ae_allow,
@@ -214,7 +216,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
                     max_dataset_size=MAX_IDENTIFIER_SIZE,
                     sock=None if listeners is None else listeners[1],
-                    context_permissions={uid: "get" for uid in GET_SOP_CLASSES},
+                    context_permissions={**{uid: "get" for uid in GET_SOP_CLASSES},
+                                         **{uid: "find" for uid in FIND_SOP_CLASSES}},
                     ae_permissions=config.ae_permissions,
                 )
             tls = None if config.tls_cert is None else server_context(
