@@ -4,6 +4,7 @@ Root FIND), loaded over STOW-RS, queried by DCMTK findscu and pynetdicom."""
 from __future__ import annotations
 
 import subprocess
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from pynetdicom.sop_class import (
 from dicomaccel.testing import multipart, post, start_server
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import retag
-from dicomaccel.testing.pdu import dataset_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,13 +133,16 @@ def test_bad_identifiers(loaded):
     assert status == 0xC000
 
 
-def _raw_find(server, identifier: bytes, cancel: bool = False):
-    """A C-FIND-RQ with ``identifier`` as given (and a C-CANCEL-RQ right behind it): the final
-    status, or (status, number of Pending responses) with ``cancel``."""
+def _raw_find(server, identifier: bytes):
+    """The final status of a C-FIND-RQ carrying ``identifier`` exactly as given (through
+    pynetdicom's DIMSE layer, its reactor paused as its own send_c_find does)."""
     ae = AE(ae_title="FINDTEST")
     ae.add_requested_context(STUDY_ROOT, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMACCEL")
     assert assoc.is_established
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
     try:
         context = assoc._get_valid_context(STUDY_ROOT, "", "scu")
         req = C_FIND()
@@ -148,28 +151,34 @@ def _raw_find(server, identifier: bytes, cancel: bool = False):
         req.Priority = 2
         req.Identifier = BytesIO(identifier)
         assoc.dimse.send_msg(req, context.context_id)
-        if cancel:
-            assoc.send_c_cancel(7, context.context_id)
-        pending = 0
         while True:
             _, rsp = assoc.dimse.get_msg(block=True)
-            if rsp is None:
-                raise AssertionError("association ended before the final response")
-            if rsp.Status == 0xFF00:
-                pending += 1
-                continue
-            return (rsp.Status, pending) if cancel else rsp.Status
+            assert rsp is not None, "no final response"
+            if rsp.Status != 0xFF00:
+                return rsp.Status
     finally:
+        assoc._reactor_checkpoint.set()
         assoc.release()
 
 
 def test_cancel_ends_with_fe00(loaded):
+    """pynetdicom sends the C-FIND-RQ when send_c_find is called; a C-CANCEL-RQ sent right
+    behind it arrives while the search runs (PS3.4 C.4.1.3.1)."""
     server, k = loaded
     ident = _ident("IMAGE", StudyInstanceUID=k["S3"], SeriesInstanceUID=k["S3a"], SOPInstanceUID="")
-    status, pending = _raw_find(server, dataset_bytes(ident), cancel=True)
-    assert status == 0xFE00 and pending < 120
-    # The association is still usable afterwards, and without the cancel all 120 come back.
-    assert len(_pending(_find(server, STUDY_ROOT, ident))) == 120
+    ae = AE(ae_title="FINDTEST")
+    ae.add_requested_context(STUDY_ROOT, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMACCEL")
+    try:
+        responses = assoc.send_c_find(ident, STUDY_ROOT, msg_id=9)
+        context = assoc._get_valid_context(STUDY_ROOT, "", "scu")
+        assoc.send_c_cancel(9, context.context_id)
+        statuses = [status.Status for status, _ in responses]
+        assert statuses[-1] == 0xFE00 and statuses.count(0xFF00) < 120
+        # The association goes on; without a cancel all 120 come back.
+        assert len(_pending(list(assoc.send_c_find(ident, STUDY_ROOT)))) == 120
+    finally:
+        assoc.release()
 
 
 def test_pynetdicom_cancel_after_first_response(loaded):
