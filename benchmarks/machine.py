@@ -3,6 +3,8 @@
 - :func:`limits`: the disk and loopback limits that bound a server, measured in the same run
   (sequential write + fdatasync; small files with fdatasync, with and without a directory
   fsync; loopback TCP);
+- :func:`stow_floor`: the STOW-RS floor, a minimal C server (``floor.c``) that only reads each
+  request and makes its body a durable file, driven by the same clients as the servers;
 - :func:`core_times` / :func:`core_busy`: the share of each core busy over a run;
 - :func:`harness_cpu_s`: CPU of this process and the clients it ran;
 - :func:`machine` and :func:`versions`: what the report names.
@@ -125,6 +127,42 @@ def limits(where: Path, file_size: int) -> dict:
           f"{', '.join(f'{v:.0f}' for n in out['files_per_s'].values() for v in n.values())}", flush=True)
     return out
 
+
+
+def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, ...] = (1, 4),
+               runs: int = 3) -> dict:
+    """Requests/s and server CPU ms per request of ``floor.c`` for ``bodies`` (one instance
+    each), per client count: the median of ``runs`` (see the report). Empty if gcc is missing."""
+    from benchmarks.clients import stow_run  # clients imports this module's neighbours only
+    from benchmarks.peers import process_cpu_s
+
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        return {}
+    binary = where / "stow-floor"
+    subprocess.run([gcc, "-O2", "-pthread", "-o", str(binary), str(Path(__file__).with_name("floor.c"))],
+                   check=True)
+    out = {}
+    for n in clients:
+        rates, cpus = [], []
+        for _ in range(runs):
+            files = where / f"floor-{n}-{len(rates)}"
+            files.mkdir()
+            proc = subprocess.Popen([str(binary), str(files)], stdout=subprocess.PIPE, text=True)
+            try:
+                port = int(proc.stdout.readline().split()[1])
+                cpu = process_cpu_s(proc.pid)
+                result = stow_run(port, "/", bodies, n)
+                cpus.append(1e3 * (process_cpu_s(proc.pid) - cpu) / len(bodies))
+                rates.append(len(bodies) / result["seconds"])
+            finally:
+                proc.kill()
+                proc.wait()
+            for f in files.iterdir():  # emptied, not deleted: see run.release_files
+                os.truncate(f, 0)
+        out[str(n)] = {"per_s": statistics.median(rates), "runs": rates, "cpu_ms": statistics.median(cpus)}
+    print("STOW-RS floor: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s" for n, v in out.items()), flush=True)
+    return out
 
 
 def harness_cpu_s() -> float:

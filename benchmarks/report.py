@@ -10,6 +10,7 @@ can be rebuilt from it (``python -m benchmarks report results.json OUTDIR``).
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -211,9 +212,18 @@ def _limits(data: dict) -> list[str]:
            *[f"| {lim['file_bytes']} B files, {kind}, {n} thread{'s' if n != '1' else ''} | "
              f"{fig(files[n][kind])} files/s |" for kind in next(iter(files.values())) for n in files],
            f"| loopback TCP, one sender and one receiver process, 1 GiB in 1 MiB sends | {fig(lim['tcp_mbps'])} MB/s |",
+           *[f"| STOW-RS floor (benchmarks/floor.c: read, write, fdatasync, directory fsync; no parsing, "
+             f"no index), {n} client{'s' if n != '1' else ''}, CT 1/request (median of {len(v['runs'])}; "
+             f"{', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} requests/s, server CPU "
+             f"{fig(v['cpu_ms'])} ms/request |" for n, v in lim.get("stow_floor", {}).items()],
            ""]
+    floor = lim.get("stow_floor", {})
     for row in data["rows"]:
         s = summary(row)
+        m = re.fullmatch(r"STOW-RS 1/request, (\d+) clients?", row["method"])
+        if s and row["corpus"] == "ct" and m and m.group(1) in floor:
+            out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
+                       f"{s['rate'] / floor[m.group(1)]['per_s']:.0%} of the STOW-RS floor.")
         if s and row["peer"] == "dicomaccel" and row["corpus"] == "multiframe" and row["method"].startswith("STOW"):
             out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['seq_write_mbps']:.0%} of sequential write + fdatasync.")

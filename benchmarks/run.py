@@ -95,7 +95,7 @@ from benchmarks.corpus import (
     multiframe_corpus,
     pydicom_data_corpus,
 )
-from benchmarks.machine import core_busy, core_times, harness_cpu_s, limits, loadavg, machine, versions
+from benchmarks.machine import core_busy, core_times, harness_cpu_s, limits, loadavg, machine, stow_floor, versions
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
     REPO,
@@ -512,6 +512,9 @@ def run_harness(args, argv: list[str]) -> int:
     try:
         ct = next((c for c in corpora if c.name == "ct"), None)
         data["limits"] = limits(work, ct.files[0].stat().st_size if ct else 1 << 19)
+        if ct is not None and "stow" in args.workloads:
+            data["limits"]["stow_floor"] = stow_floor(work, [(stow_body([f]), 0) for f in ct.files],
+                                                      tuple(args.stow_clients))
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(DCMTK_LOG_CONFIG)
         ingest, retrieve = plan(args, corpora, available, log_config)
