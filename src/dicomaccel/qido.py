@@ -28,6 +28,7 @@ import re
 from urllib.parse import parse_qsl
 
 from .config import QIDO_MAX_RESULTS
+from .native_xml import to_native_xml
 from .query import attributes as attrs
 from .query.attributes import BY_TAG, LEVELS, QIDO_DEFAULTS
 from .query.dicom_json import has_non_ascii, to_json_model
@@ -217,8 +218,6 @@ def _media_type(accept: str) -> str:
 
 
 def _multipart_xml(models: list[dict]) -> tuple[bytes, bytes]:
-    from .native_xml import to_native_xml
-
     boundary = os.urandom(12).hex()
     parts = []
     for model in models:

@@ -73,16 +73,21 @@ def search(index, query: Query) -> SearchResult:
         page = " LIMIT -1 OFFSET ?"
         page_args = [query.offset]
     key = LEVEL_COLUMN[level]
+    # With matching keys, "+" keeps SQLite from walking the whole table in the order of the
+    # study/series index (to save a sort) instead of using the index of the matching column
+    # (measured on 100,000 rows: 28 ms against 8 ms for a leading wild card); without any,
+    # walking that index in order is what lets LIMIT stop early.
+    plus = "+" if where else ""
     if level == "IMAGE":
         columns = [key] + [a.column for a in plain]
         rows = index.read(f"SELECT {', '.join(columns)} FROM instances{where}"
-                          f" ORDER BY {_IMAGE_ORDER}{page}", args + page_args)
+                          f" ORDER BY {plus}{_IMAGE_ORDER}{page}", args + page_args)
         more = query.limit is not None and len(rows) > query.limit
         if more:
             rows = rows[:query.limit]
     else:
         keys = [r[0] for r in index.read(
-            f"SELECT {key} FROM instances{where} GROUP BY {key} ORDER BY {key}{page}",
+            f"SELECT {key} FROM instances{where} GROUP BY {plus}{key} ORDER BY {plus}{key}{page}",
             args + page_args)]
         more = query.limit is not None and len(keys) > query.limit
         if more:
