@@ -236,8 +236,9 @@ def test_not_acceptable_and_routes(shared_server):
     assert post(shared_server, multipart([data]), path="/dicomweb/studies/../../etc")[0] in (400, 404)
     url = urlsplit(shared_server.http_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    conn.request("GET", "/dicomweb/studies")
-    assert conn.getresponse().status == 405
+    conn.request("DELETE", "/dicomweb/studies")  # GET is QIDO-RS; nothing deletes
+    resp = conn.getresponse()
+    assert resp.status == 405 and b"POST" in resp.getheader("allow", "").encode()
 
 
 def _raw_connection(server) -> socket.socket:
