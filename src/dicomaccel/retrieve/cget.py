@@ -47,7 +47,8 @@ from .identifier import (
 )
 from .transcode import TARGETS, TranscodeError, encode_dataset, transcode
 
-__all__ = ["CGetSCP", "SubOperations", "alternate_groups", "MAX_SUBOPERATIONS"]
+__all__ = ["CGetSCP", "SubOperations", "alternate_groups", "match_records", "one_per_image", "pick_context",
+           "MAX_SUBOPERATIONS"]
 
 log = logging.getLogger("dicomaccel.retrieve")
 
@@ -177,7 +178,7 @@ class CGetSCP:
 
         records, groups = await loop.run_in_executor(None, self._match, query)
         if groups:
-            records = _one_per_image(assoc, records, groups)
+            records = one_per_image(assoc, records, groups)
         if len(records) > MAX_SUBOPERATIONS:
             await assoc.respond(request, Status.OUT_OF_RESOURCES_SUBOPERATIONS,
                                 ErrorComment=f"{len(records)} matches exceed 65535 sub-operations")
@@ -185,13 +186,7 @@ class CGetSCP:
         await self.run_suboperations(assoc, request, query, records)
 
     def _match(self, query: RetrieveRequest) -> tuple[list[InstanceRecord], list[list[int]]]:
-        # Records are built as the sub-operations reach them: the first instance leaves
-        # without waiting for the whole study's records.
-        records = self.archive.find(**query.match_keys(), lazy=True)
-        # PS3.4 C.4.3.3.1: one encoding per image for PATIENT/STUDY/SERIES; an IMAGE-level
-        # request names its instances, so each named one is sent.
-        groups = alternate_groups(records) if query.level != "IMAGE" and records.has_alternates else []
-        return records, groups
+        return match_records(self.archive, query)
 
     async def run_suboperations(self, assoc: Association, request: Request, query: RetrieveRequest,
                                 records: list[InstanceRecord]) -> None:
@@ -282,7 +277,7 @@ class CGetSCP:
             return _FrameFailure(Status.UNABLE_TO_PROCESS, "source SOP Instance UID not found")
         # Y.3.3: the new instance keeps the source's SOP Class and transfer syntax. The
         # negotiated contexts no longer change, so reading them here is safe.
-        context = _pick_context(assoc.storage_contexts(record.sop_class_uid), record.transfer_syntax_uid, False)
+        context = pick_context(assoc.storage_contexts(record.sop_class_uid), record.transfer_syntax_uid, False)
         if context is None:
             # PS3.4 C.4.3.3.1: no usable presentation context -> the sub-operation fails,
             # found out before any work is done.
@@ -344,7 +339,7 @@ class CGetSCP:
             # PS3.4 C.4.3.3.1: no suitable presentation context -> this sub-operation fails.
             log.info("no accepted Storage SCP context for %s (%s)", record.sop_instance_uid, record.sop_class_uid)
             return "failure"
-        context = _pick_context(contexts, record.transfer_syntax_uid, without_bulk)
+        context = pick_context(contexts, record.transfer_syntax_uid, without_bulk)
         if context is None:
             log.info("SCU accepted no transfer syntax we can produce for %s", record.sop_instance_uid)
             return "failure"
@@ -433,8 +428,11 @@ def _failed_list(counters: SubOperations, request: Request) -> bytes:
     return encode_dataset(ds, request.transfer_syntax)
 
 
-def _pick_context(contexts: list[PresentationContext], stored: str,
-                  without_bulk: bool) -> PresentationContext | None:
+def pick_context(contexts: list[PresentationContext], stored: str,
+                 without_bulk: bool) -> PresentationContext | None:
+    """The context to send an instance stored in ``stored`` on (PS3.4 C.4.3.3.1): the stored
+    syntax, else one we transcode to; None if none is usable. ``contexts`` need only a
+    ``transfer_syntax`` attribute (our contexts, or an embedder's)."""
     by_syntax: dict[str, PresentationContext] = {}
     for c in contexts:
         by_syntax.setdefault(c.transfer_syntax, c)
@@ -466,6 +464,19 @@ def _prepare(record: InstanceRecord, target: str, without_bulk: bool) -> bytes:
     if without_bulk:
         return strip_bulk_data(data, target)
     return transcode(data, target)
+
+
+def match_records(archive: Archive, query: RetrieveRequest) -> tuple[list[InstanceRecord], list[list[int]]]:
+    """The records a non-FRAME C-GET names, and the alternate-encoding groups among them.
+
+    Records are built as the sub-operations reach them (a lazy list): the first instance
+    leaves without waiting for the whole study's records. PS3.4 C.4.3.3.1: one encoding per
+    image at PATIENT/STUDY/SERIES level (pass the groups to :func:`one_per_image`); an
+    IMAGE-level request names its instances, so each named one is sent (no groups).
+    """
+    records = archive.find(**query.match_keys(), lazy=True)
+    groups = alternate_groups(records) if query.level != "IMAGE" and records.has_alternates else []
+    return records, groups
 
 
 # ---------------------------------------------------------------- alternate encodings
@@ -521,8 +532,10 @@ def _alternate_references(record: InstanceRecord) -> list[str]:
         return []
 
 
-def _one_per_image(assoc: Association, records: list[InstanceRecord],
-                   groups: list[list[int]]) -> list[InstanceRecord]:
+def one_per_image(assoc: Association, records: list[InstanceRecord],
+                  groups: list[list[int]]) -> list[InstanceRecord]:
+    """``records`` with one encoding kept per group of :func:`alternate_groups`. ``assoc``
+    needs only ``storage_contexts(sop_class_uid)`` (our association, or an embedder's)."""
     # PS3.4 C.4.3.3.1 lets the SCP pick by the negotiated transfer syntaxes: prefer the
     # encoding that goes out as stored, then one we can transcode, then a lossless one.
     def cost(i: int) -> tuple[int, bool, int]:

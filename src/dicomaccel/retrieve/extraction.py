@@ -83,6 +83,7 @@ Referenced sources are refused with AA02.
 from __future__ import annotations
 
 import functools
+import io
 import mmap
 import os
 import struct
@@ -260,7 +261,7 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
 
 
 def extract_frames(
-    source: str | os.PathLike | InstanceRecord,
+    source: str | os.PathLike | InstanceRecord | bytes | bytearray | memoryview | mmap.mmap,
     keyword: str,
     values: Sequence,
     *,
@@ -271,11 +272,11 @@ def extract_frames(
 
     Parameters
     ----------
-    source : str, os.PathLike or InstanceRecord
-        The stored PS3.10 file, or its archive record. A record with a frame index is
-        served from its offsets (header bytes before ``pixel_offset``, frames from
-        ``frame_index``); otherwise the header is parsed up to Pixel Data and the frames
-        located with the kernels.
+    source : str, os.PathLike, InstanceRecord or bytes-like
+        The stored PS3.10 file, its archive record, or the whole file in a buffer (bytes,
+        an mmap: not copied). A record with a frame index is served from its offsets
+        (header bytes before ``pixel_offset``, frames from ``frame_index``); otherwise the
+        header is parsed up to Pixel Data and the frames located with the kernels.
     keyword : str
         The Frame Range Key: ``"SimpleFrameList"``, ``"CalculatedFrameList"`` or
         ``"TimeRange"``.
@@ -299,17 +300,19 @@ def extract_frames(
         If the file cannot be read.
     """
     record = source if isinstance(source, InstanceRecord) else None
-    path = record.path if record is not None else os.fspath(source)
+    buffer = None if record is not None or isinstance(source, (str, os.PathLike)) \
+        else memoryview(source).cast("B")
+    path = record.path if record is not None else None if buffer is not None else os.fspath(source)
     if record is not None and record.frame_index is None:
         record = None  # deflated, video or no Pixel Data: nothing indexed to use
     now = now or datetime.now().astimezone()
     # The transfer syntax first: a deflated data set would be inflated whole to be read.
-    ts = record.transfer_syntax_uid if record is not None else _transfer_syntax(path)
+    ts = record.transfer_syntax_uid if record is not None else _transfer_syntax(path or _ViewFile(buffer))
     if ts not in NATIVE_SYNTAXES | FRAME_ADDRESSABLE | WHOLE_STREAM:
         raise FrameExtractionError(
             Status.CANNOT_EXTRACT_FRAMES, f"transfer syntax {ts} not supported"
         )
-    with open(path, "rb") as f:
+    with (open(path, "rb") if buffer is None else _ViewFile(buffer)) as f:
         ds, pixel_offset = _read_header(f, record)
         try:
             n = _number_of_frames(ds)
@@ -320,12 +323,13 @@ def extract_frames(
             raise
         timing = frame_timing(ds, n)
         frame_list = build_frame_list(keyword, values, n, timing)
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = buffer if buffer is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         pixel = _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list)
     finally:
         try:
-            mm.close()
+            if buffer is None:
+                mm.close()
         except BufferError:  # a traceback still holds a view; the map goes with it
             pass
     source_uid = str(ds.SOPInstanceUID)
@@ -348,7 +352,58 @@ def extract_frames(
 # --- reading --------------------------------------------------------------------------------
 
 
-def _transfer_syntax(path: str) -> str:
+class _ViewFile(io.RawIOBase):
+    """A read-only file over a buffer, without copying it: what pydicom reads a source held
+    in memory through."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view, self._pos = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        chunk = self._view[self._pos:self._pos + len(b)]
+        n = chunk.nbytes
+        memoryview(b).cast("B")[:n] = chunk
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, offset + (0, self._pos, self._view.nbytes)[whence])
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _view_transfer_syntax(view: memoryview) -> str:
+    """Transfer Syntax UID (0002,0010) of a PS3.10 file in a buffer (PS3.10 §7.1: preamble,
+    "DICM", then the File Meta group in Explicit VR Little Endian)."""
+    if view[128:132].tobytes() != b"DICM":
+        raise FrameExtractionError(Status.CANNOT_CREATE_NEW_OBJECT, "source is not a PS3.10 file")
+    pos, end = 132, view.nbytes
+    try:
+        while pos < end:
+            tag, _, length, value = read_header(view, pos, end, True, True)
+            if tag >> 16 != 0x0002 or length > end - value:
+                break
+            if tag == 0x00020010:
+                return view[value:value + length].tobytes().rstrip(b"\0 ").decode("ascii", "replace")
+            pos = value + length
+    except ParseError as exc:
+        raise FrameExtractionError(Status.CANNOT_CREATE_NEW_OBJECT,
+                                   f"source File Meta unreadable at byte {exc.offset}") from exc
+    return ""
+
+
+def _transfer_syntax(path) -> str:
+    if isinstance(path, _ViewFile):
+        return _view_transfer_syntax(path._view)
     try:
         meta = read_file_meta_info(path)
     except OSError:
