@@ -102,7 +102,7 @@ QIDO_MAX_RESULTS = 1000
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
-DIMSE_PERMISSIONS = ("get", "find")  # the DIMSE services an [ae-permissions] entry can grant
+DIMSE_PERMISSIONS = ("get", "find", "store")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
     "host": ("host", "str"),

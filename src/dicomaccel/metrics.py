@@ -35,6 +35,8 @@ QUEUE_WAIT = Histogram("dicomaccel_store_queue_wait_seconds", "Time a STOW-RS re
                        ["worker"], registry=REGISTRY, buckets=(0.001, 0.01, 0.1, 1, 5, 10, 30, 60))
 CGET_SUBOPERATIONS = Counter("dicomaccel_cget_suboperations", "C-GET C-STORE sub-operations, by status",
                              ["worker", "status"], registry=REGISTRY)
+CSTORE_INSTANCES = Counter("dicomaccel_cstore_instances", "C-STORE-RQs answered, by outcome and status",
+                           ["worker", "outcome", "status"], registry=REGISTRY)
 ASSOCIATIONS = Counter("dicomaccel_associations", "DICOM associations, by outcome (accepted, rejected)",
                        ["worker", "outcome"], registry=REGISTRY)
 FREE_BYTES = Gauge("dicomaccel_free_bytes", "Free space of the archive's file system", ["worker"],

@@ -26,7 +26,7 @@ import uvloop
 from .archive import Archive
 from .config import ServeConfig
 from .dimse import start_dimse_server
-from .dimse.messages import C_FIND_RQ, C_GET_RQ
+from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_STORE_RQ
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .qido import create_qido_app
@@ -35,6 +35,7 @@ from .retrieve.cfind import FIND_SOP_CLASSES, CFindSCP
 from .access import credentials, require
 from .cors import with_cors
 from .ops import scope_needed, with_ops
+from .store_scp import STORE_TRANSFER_SYNTAXES, CStoreSCP, storage_sop_classes
 from .stow import create_app
 from .tls import server_context
 from .wado import create_wado_app
@@ -202,22 +203,29 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
     try:
         try:
             if with_dimse:
+                store_classes = storage_sop_classes(archive.policy)
                 dimse = await start_dimse_server(
                     config.host,
                     config.dimse_port,
                     ae_title=config.ae_title,
-                    handlers={C_GET_RQ: CGetSCP(archive), C_FIND_RQ: CFindSCP(archive)},
-                    supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES,
+                    handlers={C_GET_RQ: CGetSCP(archive), C_FIND_RQ: CFindSCP(archive),
+                              C_STORE_RQ: CStoreSCP(archive, config.max_instance_bytes)},
+                    supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES + store_classes,
+                    # C-STORE SCP (PS3.4 B.4.1): the sender's transfer syntax, stored as received;
+                    # its data sets stream into the archive (never joined, no identifier cap).
+                    peer_ordered_syntaxes={uid: STORE_TRANSFER_SYNTAXES for uid in store_classes},
+                    stream_commands=(C_STORE_RQ,),
                     max_associations=config.max_associations,
                     require_called_ae=config.require_called_ae,
                     calling_ae_allow=config.calling_ae_allow,
                     artim_timeout=config.artim_timeout,
                     idle_timeout=config.idle_timeout,
-                    # We only ever receive Identifiers and responses (no Storage SCP): a few KiB.
+                    # Joined data sets are only Identifiers and responses: a few KiB.
                     max_dataset_size=MAX_IDENTIFIER_SIZE,
                     sock=None if listeners is None else listeners[1],
                     context_permissions={**{uid: "get" for uid in GET_SOP_CLASSES},
-                                         **{uid: "find" for uid in FIND_SOP_CLASSES}},
+                                         **{uid: "find" for uid in FIND_SOP_CLASSES},
+                                         **{uid: "store" for uid in store_classes}},
                     ae_permissions=config.ae_permissions,
                 )
             tls = None if config.tls_cert is None else server_context(

@@ -68,3 +68,21 @@ def status_category(code: int) -> str:
     if code in (0xFF00, 0xFF01):
         return "pending"
     return "failure"
+
+
+def c_store_status(reason: int) -> int:
+    """The C-STORE-RSP Status (PS3.4 Table B.2-1) for a store outcome's reason code.
+
+    Both ways in share one set of codes: a :class:`FailureReason` or :class:`WarningReason`
+    is what STOW-RS reports as Failure/Warning Reason (PS3.18 I.2) and also a valid C-STORE
+    status: 0110, 0111, 0119 and 0122 (PS3.7 Annex C), A7xx Refused: Out of Resources, A9xx
+    Error: Data Set does not match SOP Class, Cxxx Error: Cannot understand (C409 is IMPL),
+    B000, B006 and B007 warnings. Anything else becomes 0110 Processing Failure.
+    """
+    if reason in _C_STORE_CODES or 0xA700 <= reason <= 0xA7FF or 0xA900 <= reason <= 0xA9FF \
+            or 0xC000 <= reason <= 0xCFFF:
+        return int(reason)
+    return int(FailureReason.PROCESSING_FAILURE)
+
+
+_C_STORE_CODES = frozenset({0x0000, 0x0110, 0x0111, 0x0119, 0x0122, *WarningReason})

@@ -36,6 +36,7 @@ from .config import (
     ServerConfig,
 )
 from .negotiation import Acceptance, PresentationContext, Rejection, check_provider, negotiate
+from .stream import DataSetStream
 
 logger = logging.getLogger("dicomaccel.dimse")
 
@@ -79,7 +80,8 @@ class Request:
     command : dict
         The decoded command set (keyword -> value, see :mod:`dicomaccel.dimse.messages`).
     dataset : bytes or None
-        The data set (C-GET Identifier, ...) exactly as received, or ``None``.
+        The data set (C-GET Identifier, ...) exactly as received, or ``None`` (always for a
+        streamed request).
     message_id : int
         Message ID (0000,0110).
     cancelled : asyncio.Event
@@ -88,6 +90,10 @@ class Request:
         True once a final (non-Pending) response has been sent.
     duplicate : bool
         Its Message ID was already outstanding; answered 0x0210 without calling a handler.
+    stream : DataSetStream or None
+        For a Command Field in the server's ``stream_commands`` (C-STORE-RQ): the data set,
+        arriving while the handler runs; read it to the end (or discard it) before the final
+        response. ``None`` otherwise.
     """
 
     context: PresentationContext
@@ -97,6 +103,7 @@ class Request:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     responded: bool = False
     duplicate: bool = False
+    stream: DataSetStream | None = None
 
     @property
     def command_field(self) -> int:
@@ -349,6 +356,7 @@ class DIMSEProtocol(asyncio.Protocol):
         "_release_waiter",
         "_pdu_offset",
         "_send_cap",
+        "_stream",
     )
 
     def __init__(self, server: Any, config: ServerConfig) -> None:
@@ -380,6 +388,7 @@ class DIMSEProtocol(asyncio.Protocol):
         self._pdu_offset = 0
         self._release_waiter: asyncio.Future | None = None
         self._send_cap = config.max_pdu
+        self._stream: DataSetStream | None = None
 
     # ----------------------------------------------------------------- transport callbacks
 
@@ -718,7 +727,10 @@ class DIMSEProtocol(asyncio.Protocol):
         # Our own work (extraction, transcoding) may take long; a peer that neither answers
         # our C-STORE-RQ nor reads what we write may not: it would hold the association and
         # its mmaps forever.
-        waiting_on_peer = bool(assoc._pending) or self._write_paused
+        # A data set still arriving (and not held back by us) is the peer's to finish.
+        stream = self._stream
+        waiting_on_peer = bool(assoc._pending) or self._write_paused or (
+            stream is not None and not stream.paused)
         if (assoc._current is not None or self._queue) and not waiting_on_peer:
             self._idle = self._loop.call_later(timeout, self._idle_check)
             return
@@ -775,6 +787,16 @@ class DIMSEProtocol(asyncio.Protocol):
                     raise pdu.PDUParameterError(
                         "data set fragment before its command", offset + 5, pdu.ABORT_UNEXPECTED_PDU_PARAMETER
                     )
+                stream = self._stream
+                if stream is not None:
+                    # Streamed data set: straight to the handler, no size limit here (the
+                    # handler has its own, and holds nothing in memory).
+                    last = bool(control & 2)
+                    if last:
+                        self._stream = None
+                        self._msg_command = None
+                    stream.put(fragment, last)
+                    continue
                 limit = self._config.max_dataset_size
             self._frag_size += len(fragment)
             if self._frag_size > limit:
@@ -793,6 +815,11 @@ class DIMSEProtocol(asyncio.Protocol):
                         raise pdu.PDUParameterError(f"malformed command set: {exc.message}", offset) from None
                     if messages.has_dataset(command):
                         self._msg_command = command
+                        if command.get("CommandField") in self._config.stream_commands:
+                            # Handed up now; the data set follows through the stream.
+                            stream = DataSetStream(self._pause_reading, self._resume_reading)
+                            if self._deliver(command, None, offset, stream):
+                                self._stream = stream
                     else:
                         self._deliver(command, None, offset)
                 else:
@@ -800,7 +827,9 @@ class DIMSEProtocol(asyncio.Protocol):
                     self._msg_command = None
                     self._deliver(command, bytes(payload), offset)
 
-    def _deliver(self, command: dict, dataset: bytes | None, offset: int) -> None:
+    def _deliver(self, command: dict, dataset: bytes | None, offset: int,
+                 stream: DataSetStream | None = None) -> bool:
+        """Hand a complete command (and data set) up; True if it became a queued request."""
         assoc = self.assoc
         field_ = command.get("CommandField")
         if field_ is None:
@@ -810,14 +839,14 @@ class DIMSEProtocol(asyncio.Protocol):
             request = assoc._requests.get(command.get("MessageIDBeingRespondedTo"))
             if request is not None:
                 request.cancelled.set()
-            return
+            return False
         if not messages.is_request(field_):
             future = assoc._pending.get(command.get("MessageIDBeingRespondedTo"))
             if future is not None and not future.done():
                 future.set_result(command)
             else:
                 logger.warning("unexpected response 0x%04X from %s", field_, self._peer())
-            return
+            return False
         message_id = command.get("MessageID")
         if message_id is None:
             raise pdu.PDUParameterError("request without Message ID (0000,0110)", offset)
@@ -827,13 +856,22 @@ class DIMSEProtocol(asyncio.Protocol):
                 offset,
                 pdu.ABORT_REASON_NOT_SPECIFIED,
             )
-        request = Request(context, command, dataset, message_id)
+        request = Request(context, command, dataset, message_id, stream=stream)
         if message_id in assoc._requests:
             request.duplicate = True
         else:
             assoc._requests[message_id] = request
         self._queue.append(request)
         self._wake_worker()
+        return True
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     # ----------------------------------------------------------------- service worker
 
@@ -872,13 +910,18 @@ class DIMSEProtocol(asyncio.Protocol):
 
     async def _run_handler(self, request: Request) -> None:
         assoc = self.assoc
+        stream = request.stream
         if request.duplicate:
+            if stream is not None:
+                await stream.discard()
             await self._answer(request, Status.DUPLICATE_INVOCATION, None)
             return
         handler = self._config.handlers.get(request.command_field)
         if handler is None and request.command_field == messages.C_ECHO_RQ:
             handler = _echo
         if handler is None or not request.context.scu_role:
+            if stream is not None:
+                await stream.discard()
             await self._answer(request, Status.UNRECOGNIZED_OPERATION, None)
             return
         try:
@@ -887,10 +930,15 @@ class DIMSEProtocol(asyncio.Protocol):
             raise
         except Exception:
             logger.exception("handler for 0x%04X failed", request.command_field)
+            if stream is not None and not stream.complete:
+                # PS3.8 Annex E: the message ends before we answer it.
+                await stream.discard()
             if not request.responded:
                 # The cause is in the log; internals (paths, SQL, library messages) stay here.
                 await self._answer(request, Status.PROCESSING_FAILURE, "internal error in the service")
             return
+        if stream is not None and not stream.complete:
+            await stream.discard()  # the next message cannot be read before this one ends
         if not request.responded:
             if isinstance(result, int):
                 await self._answer(request, result, None)
@@ -1007,6 +1055,9 @@ class DIMSEProtocol(asyncio.Protocol):
         if self._worker_waiter is not None and not self._worker_waiter.done():
             self._worker_waiter.cancel()
         self._queue.clear()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close(AssociationClosedError(f"association ended inside a data set: {reason}"))
         assoc = self.assoc
         if assoc is not None:
             for future in assoc._pending.values():

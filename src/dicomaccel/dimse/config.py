@@ -49,6 +49,9 @@ class ServerConfig:
     supported_abstract_syntaxes: frozenset[str] = frozenset()
     transfer_syntaxes: tuple[str, ...] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
     storage_transfer_syntaxes: tuple[str, ...] | None = None
+    # Abstract syntax -> the transfer syntaxes accepted for it, picked in the peer's order
+    # (the C-STORE SCP's Storage SOP Classes: what we store as received).
+    peer_ordered_syntaxes: Mapping[str, frozenset[str]] = field(default_factory=dict)
     max_associations: int = DEFAULTS.max_associations
     max_pdu: int = DEFAULT_MAX_PDU
     artim_timeout: float = DEFAULTS.artim_timeout
@@ -56,6 +59,9 @@ class ServerConfig:
     require_called_ae: bool = False
     calling_ae_allow: frozenset[str] | None = None
     max_dataset_size: int = 1 << 28
+    # Command Fields whose data sets reach the handler as a DataSetStream while they arrive
+    # (C-STORE-RQ), instead of joined and limited by max_dataset_size.
+    stream_commands: frozenset[int] = frozenset()
     # Per-AE permissions: abstract syntax -> the permission it needs ("get", ...), and
     # calling AE title -> its permissions. None: every AE may use every service.
     context_permissions: Mapping[str, str] = field(default_factory=dict)

@@ -18,6 +18,8 @@ from .config import (
 )
 from .messages import VERIFICATION_SOP_CLASS
 
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"  # PS3.5 A.3 (retired)
+
 
 @dataclass(slots=True)
 class PresentationContext:
@@ -97,10 +99,16 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
     when ``require_called_ae`` is set (reason 7), a calling AE title outside
     ``calling_ae_allow`` (reason 3) and a Maximum Length below :data:`MIN_PEER_MAX_PDU`
     (reason 1). With ``ae_permissions``, a context whose abstract syntax needs a permission
-    (``context_permissions``) the calling AE lacks is refused (result 1). Otherwise accepts, answering every proposed context:
+    (``context_permissions``) the calling AE lacks is refused (result 1), unless the peer
+    proposed the SCP role for it (a C-GET SCU's storage contexts): then it is accepted with
+    the peer as SCP only. Otherwise accepts, answering every proposed context:
 
     - an abstract syntax in ``supported_abstract_syntaxes`` (Verification always is) gets
-      the first of *our* ``transfer_syntaxes`` the peer proposed;
+      the first of *our* ``transfer_syntaxes`` the peer proposed, unless
+      ``peer_ordered_syntaxes`` lists it (the Storage SOP Classes of the C-STORE SCP): then
+      the first transfer syntax *the peer* proposed that the listed set allows, Explicit
+      VR Little Endian beating an Implicit VR Little Endian first choice (what we receive
+      is stored as received, so the sender's preference wins; PS3.4 B.4.1);
     - any other abstract syntax the peer proposed the SCP role for (a 54H item with SCP-role
       1: a storage SOP class for C-GET sub-operations) gets the first transfer syntax *the
       peer* proposed that ``storage_transfer_syntaxes`` allows (any, if that is ``None``),
@@ -134,7 +142,9 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
     for pc in rq.contexts:
         proposed = tuple(pc.transfer_syntaxes)
         needed = config.context_permissions.get(pc.abstract_syntax)
-        if granted is not None and needed is not None and needed not in granted:
+        role = rq.roles.get(pc.abstract_syntax)
+        denied = granted is not None and needed is not None and needed not in granted
+        if denied and not (role is not None and role[1]):
             # The calling AE may not use this service: its context is refused, result 1
             # user-rejection (PS3.8 Table 9-18), and the rest of the association stands.
             contexts[pc.id] = PresentationContext(
@@ -142,19 +152,16 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
             )
             results.append((pc.id, pdu.PC_USER_REJECTION, proposed[0]))
             continue
-        role = rq.roles.get(pc.abstract_syntax)
-        supported = pc.abstract_syntax == VERIFICATION_SOP_CLASS or pc.abstract_syntax in config.supported_abstract_syntaxes
+        supported = not denied and (pc.abstract_syntax == VERIFICATION_SOP_CLASS
+                                     or pc.abstract_syntax in config.supported_abstract_syntaxes)
         ts: str | None = None
-        if supported:
+        peer_ordered = config.peer_ordered_syntaxes.get(pc.abstract_syntax)
+        if peer_ordered is not None and (supported or (role is not None and role[1])):
+            ts = _peer_choice(proposed, peer_ordered)
+        elif supported:
             ts = next((t for t in config.transfer_syntaxes if t in proposed), None)
         elif role is not None and role[1]:
-            allowed = [t for t in proposed if config.storage_transfer_syntaxes is None
-                       or t in config.storage_transfer_syntaxes]
-            ts = next(iter(allowed), None)
-            # Explicit rather than Implicit VR Little Endian when both are offered: DICOMweb
-            # stores Explicit (PS3.18 §8.7.3 forbids Implicit), so instances go out untranscoded.
-            if ts == IMPLICIT_VR_LITTLE_ENDIAN and EXPLICIT_VR_LITTLE_ENDIAN in allowed:
-                ts = EXPLICIT_VR_LITTLE_ENDIAN
+            ts = _peer_choice(proposed, config.storage_transfer_syntaxes)
         else:
             contexts[pc.id] = PresentationContext(
                 pc.id, pc.abstract_syntax, None, pdu.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, False, False, proposed
@@ -195,3 +202,17 @@ def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptan
         contexts,
         rq.max_length or 0,
     )
+
+
+def _peer_choice(proposed: tuple[str, ...], allowed: frozenset[str] | tuple[str, ...] | None) -> str | None:
+    """The first of ``proposed`` that ``allowed`` (None: any) has, Explicit rather than
+    Implicit VR Little Endian when both are offered: DICOMweb stores Explicit (PS3.18 §8.7.3
+    forbids Implicit), so instances go out again untranscoded. Explicit VR Big Endian (retired,
+    PS3.5 A.3) only when nothing else is offered."""
+    choices = [t for t in proposed if allowed is None or t in allowed]
+    if len(choices) > 1 and EXPLICIT_VR_BIG_ENDIAN in choices:
+        choices.remove(EXPLICIT_VR_BIG_ENDIAN)
+    ts = next(iter(choices), None)
+    if ts == IMPLICIT_VR_LITTLE_ENDIAN and EXPLICIT_VR_LITTLE_ENDIAN in choices:
+        ts = EXPLICIT_VR_LITTLE_ENDIAN
+    return ts

@@ -144,6 +144,8 @@ async def start_dimse_server(
     sock=None,
     context_permissions: Mapping[str, str] | None = None,
     ae_permissions: Mapping[str, Iterable[str]] | None = None,
+    peer_ordered_syntaxes: Mapping[str, Iterable[str]] | None = None,
+    stream_commands: Iterable[int] = (),
 ) -> DIMSEServer:
     """Listen for DICOM associations on the running event loop (run it on uvloop).
 
@@ -191,6 +193,13 @@ async def start_dimse_server(
         Abstract syntax -> the permission it needs, and calling AE title -> its permissions;
         with ``ae_permissions`` given, an AE (listed or not) lacking a context's permission
         has that context refused (result 1, user-rejection).
+    peer_ordered_syntaxes : mapping of str to iterable of str, optional
+        Abstract syntax -> the transfer syntaxes accepted for it, picked in the order the
+        peer proposed them (a Storage SCP stores what it receives as received).
+    stream_commands : iterable of int
+        Command Fields (``messages.C_STORE_RQ``) whose data set reaches the handler as
+        ``request.stream`` (:class:`~dicomaccel.dimse.stream.DataSetStream`) while it
+        arrives, never joined and not limited by ``max_dataset_size``.
 
     Returns
     -------
@@ -216,6 +225,8 @@ async def start_dimse_server(
         context_permissions=dict(context_permissions or {}),
         ae_permissions=None if ae_permissions is None else
         {ae.strip(): frozenset(p) for ae, p in ae_permissions.items()},
+        peer_ordered_syntaxes={uid: frozenset(ts) for uid, ts in (peer_ordered_syntaxes or {}).items()},
+        stream_commands=frozenset(stream_commands),
     )
     server = DIMSEServer(config)
     loop = asyncio.get_running_loop()
