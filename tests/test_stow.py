@@ -14,6 +14,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -649,7 +650,8 @@ def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
 def test_deflate_bomb_is_refused_in_bounded_memory(server_factory):
     # 1.9 MB of deflate stream that inflates to 1.875 GiB of data set without Pixel Data: the
     # scan stops at the 64 MiB bound on a deflated header (C000), and server memory stays
-    # near that bound instead of growing with the inflated size.
+    # near that bound instead of growing with the inflated size. Eight at once (eight store
+    # slots): scans run on the archive's 4 writer threads, so the peak is 4 bounds, not 8.
     ds = dicomgen.image_dataset(rows=4, columns=4)
     del ds.PixelData
     plain = dicomgen.to_bytes(ds)
@@ -663,13 +665,22 @@ def test_deflate_bomb_is_refused_in_bounded_memory(server_factory):
     stream += [z.compress(zeros) for _ in range(size >> 24)] + [z.flush()]
     data = deflated[:scan(deflated).dataset_offset] + b"".join(stream)
     assert len(data) < 2_000_000
-    server = server_factory()
+    server = server_factory("--max-concurrent-stores", "8")
     pid = server.process.pid
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (proc(5))
     before = memory_kib(pid, "VmRSS")
     status, _, body = post(server, multipart([data]))
     assert status == 409 and reasons(body)["failed"] == [(ds.SOPInstanceUID, 0xC000)]
     assert memory_kib(pid, "VmHWM") - before < 100 << 10
+    peaks = []
+    for n in (4, 8):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(lambda _: post(server, multipart([data])), range(n)))
+        assert [a[0] for a in answers] == [409] * n
+        peaks.append(memory_kib(pid, "VmHWM") - before)
+    # Unbounded, eight scans would hold about twice what four hold.
+    assert peaks[1] < 1.25 * peaks[0], peaks
 
 
 def test_trickling_uploads_are_408_and_free_their_slots(server_factory):

@@ -88,7 +88,9 @@ SPILL_BYTES = 1 << 20
 # Bytes of the start of each instance kept to name it in a failure report (IncomingInstance.named):
 # enough for the File Meta Information and the SOP Common attributes of usual data sets.
 HEAD_BYTES = 64 << 10
-# Writer threads shared by all incoming instances of an archive.
+# Writer threads shared by all incoming instances of an archive. Every commit's scan runs on
+# one, so this also bounds the memory of concurrent scans (a deflated header: up to
+# ingest.MAX_INFLATED_HEADER each).
 WRITER_THREADS = 4
 
 
@@ -182,7 +184,10 @@ class IncomingInstance:
         self._check_open()
         done = threading.Event()
         box: list = []
-        self._prepare(expected_study_uid, lambda result: (box.append(result), done.set()))
+        # On a writer thread like commit_async(): scans (a deflated one holds up to 64 MiB)
+        # never run on more than WRITER_THREADS threads of a process at once.
+        self._archive._writers.submit(self._prepare, expected_study_uid,
+                                      lambda result: (box.append(result), done.set()))
         done.wait()
         if isinstance(box[0], BaseException):
             raise box[0]
@@ -245,8 +250,13 @@ class IncomingInstance:
 
     def _failure(self, exc: BaseException) -> BaseException:
         """What the caller of a commit gets for ``exc``: a named :class:`StoreFailure`, except
-        for what is not about this instance (KeyboardInterrupt, SystemExit)."""
+        for what is not about this instance (KeyboardInterrupt, SystemExit).
+
+        A failure keeps no traceback or chained exception: the caller holds it until its
+        response is sent, and the frames of a failed scan hold its buffers (up to 64 MiB for a
+        deflated header), so eight stores failing at once would keep eight of them."""
         if isinstance(exc, StoreFailure):
+            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
             return self.named(exc)
         if isinstance(exc, OSError):
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
