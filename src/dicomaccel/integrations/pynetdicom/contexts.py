@@ -23,9 +23,12 @@ from ...syntaxes import DEFLATED, ENCAPSULATED, EXPLICIT_VR_LE, IMPLICIT_VR_LE, 
 
 __all__ = ["add_presentation_contexts", "ALL_TRANSFER_SYNTAXES"]
 
-# Implicit VR Little Endian first: the default transfer syntax (PS3.5 §10.1).
+# pynetdicom accepts, of the transfer syntaxes a requestor proposes in one context, the first
+# in this order. Explicit VR Little Endian first: what DCMTK proposes first and what most
+# archives hold, so a C-GET sends it as stored; then the default, Implicit VR Little Endian
+# (PS3.5 §10.1); then the others.
 ALL_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    IMPLICIT_VR_LE, EXPLICIT_VR_LE,
+    EXPLICIT_VR_LE, IMPLICIT_VR_LE,
     *sorted(NATIVE - {IMPLICIT_VR_LE, EXPLICIT_VR_LE}), *sorted(DEFLATED), *sorted(ENCAPSULATED),
 )
 
