@@ -11,6 +11,7 @@ from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml
 from .access import credentials
 from .logs import configure
 from .syntaxes import is_valid_uid
+from .urls import check_public_url
 
 
 def _size(text: str) -> int:
@@ -38,6 +39,13 @@ def _uid(text: str) -> str:
     if not is_valid_uid(text):
         raise argparse.ArgumentTypeError(f"not a UID: {text!r}")
     return text
+
+
+def _public_url(text: str) -> str:
+    try:
+        return check_public_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _mib(n: int) -> str:
@@ -132,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="let browser viewers from this origin (e.g. https://viewer.example:3000, or *) "
                             "use the DICOMweb services: CORS headers and OPTIONS preflight (repeatable; "
                             "default: none)")
+    serve.add_argument("--public-url", metavar="URL", type=_public_url,
+                       help="the URL clients reach the HTTP services at (e.g. https://pacs.example.org), "
+                            "written into Retrieve URLs and BulkDataURIs (default: the request's scheme, "
+                            "Host and root path)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"(default: {d.log_level}); info adds the access log")
     serve.add_argument("--log-format", choices=("text", "json"),
                        help=f"one readable line, or one JSON object, per log record (default: {d.log_format})")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .syntaxes import is_valid_uid
+from .urls import check_public_url
 
 __all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
            "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS"]
@@ -91,6 +92,9 @@ class ServeConfig:
     # Origins browser viewers may read the DICOMweb services from (dicomaccel.cors); "*" for
     # any; empty: no CORS headers.
     cors_origins: tuple[str, ...] = ()
+    # The URL clients reach the HTTP services at (dicomaccel.urls): written into Retrieve URLs
+    # and BulkDataURIs instead of the request's scheme, Host and root_path. None: the request's.
+    public_url: str | None = None
 
 
 DEFAULTS = ServeConfig()
@@ -146,6 +150,7 @@ _KEYS = {
     "coerce": ("coerce", "tables"),
     "discard": ("discard", "tables"),
     "cors-origin": ("cors_origins", "list"),
+    "public-url": ("public_url", "url"),
 }
 
 
@@ -249,6 +254,11 @@ def _convert(path, key: str, value, kind: str):
         return float(value)
     if not isinstance(value, str):
         raise wrong("a string")
+    if kind == "url":
+        try:
+            return check_public_url(value)
+        except ValueError:
+            raise wrong("an absolute http(s) URL without query or fragment") from None
     return Path(value) if kind == "path" else value
 
 

@@ -38,6 +38,7 @@ from .ops import scope_needed, with_ops
 from .store_scp import STORE_TRANSFER_SYNTAXES, CStoreSCP, storage_sop_classes
 from .stow import create_app
 from .tls import server_context
+from .urls import presented_at
 from .wado import create_wado_app
 
 log = logging.getLogger("dicomaccel")
@@ -191,8 +192,12 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         max_instance_bytes=config.max_instance_bytes,
         body_timeout=config.body_timeout,
         min_upload_rate=config.min_upload_rate,
+        public_url=config.public_url,
     )
-    front = with_ops(create_wado_app(archive, fallback=create_qido_app(archive, fallback=app)), archive)
+    # QIDO-RS builds its Retrieve URLs from the request: it sees requests as addressed to
+    # the public URL (dicomaccel.urls.presented_at).
+    qido = presented_at(create_qido_app(archive, fallback=app), config.public_url)
+    front = with_ops(create_wado_app(archive, fallback=qido, public_url=config.public_url), archive)
     checkers = credentials(config)
     if checkers is not None:
         front = require(front, checkers, scope_needed)

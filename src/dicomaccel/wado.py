@@ -37,6 +37,7 @@ from .archive import Archive, InstanceRecord
 from .retrieve.extraction import file_meta_bytes
 from .retrieve.transcode import TranscodeError, transcode
 from .syntaxes import EXPLICIT_VR_LE
+from .urls import check_public_url, route_path
 from .wado_bulkdata import locate, parse_tag_path, read_value
 from .wado_http import (GzipSend, Refused, Request, boundary_for, not_modified, parse_range, part_head,
                         send_not_modified, text_response, validators)
@@ -62,15 +63,21 @@ FRAME_MEDIA = {
 _TAIL = re.compile(r"^(?:/(metadata|rendered)|/frames/([^/]+)(/rendered)?|/bulkdata/(.+?))?/?$")
 
 
-def create_wado_app(archive: Archive, base_path: str = "/dicomweb", fallback=None):
+def create_wado_app(archive: Archive, base_path: str = "/dicomweb", fallback=None,
+                    public_url: str | None = None):
     """The WADO-RS ASGI app over ``archive``; requests it does not serve go to ``fallback``
-    (the STOW-RS app on the same paths), or get 404."""
+    (the STOW-RS app on the same paths), or get 404.
+
+    ``base_path`` is below the ASGI ``root_path`` (a host framework's mount point);
+    ``public_url``, when given, starts the BulkDataURIs of metadata instead of the request's
+    scheme, Host and ``root_path`` (:mod:`dicomaccel.urls`)."""
     base = base_path.rstrip("/")
+    public_url = check_public_url(public_url)
     cache = MetadataCache()
     route = re.compile(rf"^{re.escape(base)}/studies/{_UID}(?:/series/{_UID}(?:/instances/{_UID})?)?(/.*)?$")
 
     async def app(scope, receive, send):
-        match = route.match(scope.get("path", "")) if scope["type"] == "http" else None
+        match = route.match(route_path(scope)) if scope["type"] == "http" else None
         tail = _TAIL.match(match.group(4) or "") if match is not None else None
         if tail is not None:
             resource, frames, frames_rendered, bulk = tail.groups()
@@ -86,7 +93,7 @@ def create_wado_app(archive: Archive, base_path: str = "/dicomweb", fallback=Non
         request = Request(scope)
         try:
             if resource == "metadata":
-                await _metadata(send, request, archive, cache, base, study, series, sop)
+                await _metadata(send, request, archive, cache, base, study, series, sop, public_url)
             elif resource == "rendered" or frames_rendered:
                 await _rendered(send, request, archive, study, series, sop, frames)
             elif frames is not None:
@@ -276,7 +283,7 @@ def _metadata_batch(cache: MetadataCache, records: list, base_url: str) -> list[
 
 
 async def _metadata(send, request: Request, archive: Archive, cache: MetadataCache, base: str, study, series,
-                    sop) -> None:
+                    sop, public_url: str | None = None) -> None:
     import json
 
     from .native_xml import to_native_xml
@@ -294,7 +301,7 @@ async def _metadata(send, request: Request, archive: Archive, cache: MetadataCac
     if send is None:
         return
     loop = asyncio.get_running_loop()
-    base_url = request.base_url() + base
+    base_url = request.base_url(public_url) + base
     first = True
     if form == "json":
         await send({"type": "http.response.body", "body": b"[", "more_body": True})

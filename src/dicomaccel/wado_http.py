@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Iterable
 from urllib.parse import parse_qs
 
+from .urls import base_url
+
 __all__ = ["Refused", "Request", "MediaRange", "Validators", "validators", "not_modified",
            "parse_range", "text_response", "GzipSend", "part_head", "boundary_for"]
 
@@ -84,21 +86,10 @@ class Request:
                 return True
         return False
 
-    def base_url(self) -> str:
-        """``scheme://host`` as the client addressed us (the Host header, else our address)."""
-        scheme = self.scope.get("scheme", "http")
-        host = self.header("host")
-        server = self.scope.get("server") or ("localhost", None)
-        if not host:
-            host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-        elif (not host.endswith("]") and ":" not in host or host.endswith("]")) and server[1] is not None \
-                and server[1] != {"http": 80, "https": 443}.get(scheme) \
-                and not self.header("x-forwarded-host") and not self.header("forwarded"):
-            # A Host without the port (dicomweb-client sends one) on a direct connection to a
-            # non-default port: the URIs we hand out must name the port we listen on. Behind
-            # a proxy (Forwarded / X-Forwarded-Host present) the Host is taken as it is.
-            host = f"{host}:{server[1]}"
-        return f"{scheme}://{host}{self.scope.get('root_path', '')}"
+    def base_url(self, public_url: str | None = None) -> str:
+        """``scheme://host[:port]{root_path}`` as the client addressed us, or ``public_url``
+        (:func:`dicomaccel.urls.base_url`)."""
+        return base_url(self.scope, self.headers, public_url)
 
 
 class Validators:

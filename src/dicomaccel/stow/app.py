@@ -25,6 +25,7 @@ from ..config import DEFAULTS
 from ..errors import LimitExceeded, ParseError
 from ..multipart import PART_BEGIN, PART_DATA, PART_END, MultipartScanner, parse_content_type
 from ..status import FailureReason
+from ..urls import base_url, check_public_url, route_path
 from .gate import GateBusy, StoreGate
 from .response import JSON_MEDIA_TYPE, FailedInstance, StoredInstance, StoreResponse, choose_media_type
 
@@ -58,6 +59,7 @@ def create_app(
     commits_in_flight: int = 4,
     body_timeout: float | None = DEFAULTS.body_timeout,
     min_upload_rate: int = DEFAULTS.min_upload_rate,
+    public_url: str | None = DEFAULTS.public_url,
 ) -> "StowApp":
     """Build the STOW-RS ASGI application over ``archive``.
 
@@ -66,7 +68,10 @@ def create_app(
     archive : Archive
         Where instances are stored (shared with the C-GET service).
     base_path : str
-        Mount point; the service answers ``POST {base_path}/studies[/{StudyInstanceUID}]``.
+        The service answers ``POST {base_path}/studies[/{StudyInstanceUID}]``, below the
+        ASGI ``root_path`` (where a host framework mounted the app): mounted with
+        ``app.mount("/dicomweb", create_app(archive, base_path=""))`` it answers
+        ``/dicomweb/studies``.
     max_concurrent_stores : int, optional
         Requests storing at once; further requests wait in a FIFO queue. Default: 2 x CPUs.
     queue_limit, queue_wait : int, float
@@ -85,6 +90,10 @@ def create_app(
         Bytes per second a body must average, from its start, once :data:`RATE_GRACE` seconds
         have passed; a slower one is answered 408 and its slot freed (a trickle must not hold
         a slot either). 0: no minimum.
+    public_url : str, optional
+        The URL clients reach the app's root at (e.g. ``https://pacs.example.org``); the
+        Retrieve URLs of responses start with it. Default: the request's scheme, Host and
+        ``root_path`` (see :mod:`dicomaccel.urls`).
     """
     return StowApp(
         archive,
@@ -100,6 +109,7 @@ def create_app(
         commits_in_flight=commits_in_flight,
         body_timeout=body_timeout,
         min_upload_rate=min_upload_rate,
+        public_url=public_url,
     )
 
 
@@ -121,8 +131,10 @@ class StowApp:
         commits_in_flight: int,
         body_timeout: float | None,
         min_upload_rate: int,
+        public_url: str | None = None,
     ) -> None:
         self.archive = archive
+        self.public_url = check_public_url(public_url)
         self.base_path = base_path.rstrip("/")
         self.gate = gate
         self.max_request_bytes = max_request_bytes
@@ -192,7 +204,8 @@ class StowApp:
                     raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
                                    [(b"retry-after", b"60")], FailureReason.OUT_OF_STORAGE)
                 upload = _Upload(self, study_uid)
-                result = await upload.run(receive, boundary, _base_url(scope, headers) + self.base_path)
+                result = await upload.run(receive, boundary,
+                                          base_url(scope, headers, self.public_url) + self.base_path)
             finally:
                 self.gate.release()
         except _Refusal as refusal:
@@ -225,7 +238,7 @@ class StowApp:
         _Refusal
             404, 405, 406 or 400 (a Study Instance UID that is not a UID), with the reason.
         """
-        match = self._route.match(scope["path"])
+        match = self._route.match(route_path(scope))
         if not match:
             raise _Refusal(404, f"Not found. STOW-RS accepts POST {self.base_path}/studies[/{{StudyInstanceUID}}]")
         if scope["method"] != "POST":
@@ -516,14 +529,6 @@ def _headers(scope: Scope) -> dict[str, str]:
     for name, value in scope.get("headers", ()):
         out[name.decode("latin-1").lower()] = value.decode("latin-1")
     return out
-
-
-def _base_url(scope: Scope, headers: dict[str, str]) -> str:
-    host = headers.get("host")
-    if not host:
-        server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
 
 
 async def _respond(send: Send, status: int, content_type: str, body: bytes, extra=()) -> None:
