@@ -191,3 +191,19 @@ def test_public_url_under_uvicorn(tmp_path):
         client = DICOMwebClient(url=f"http://127.0.0.1:{server.port}/dicomweb")
         response = client.store_instances([pydicom.dcmread(io.BytesIO(files[0]))])
         assert response.RetrieveURL == f"{public}/studies/{study}"
+
+
+def test_public_url_setting(tmp_path):
+    from dicomaccel.cli import _parser
+    from dicomaccel.config import ConfigError, load_toml, merged
+
+    file = tmp_path / "dicomaccel.toml"
+    file.write_text('public-url = "https://pacs.example.org/"\n')
+    assert merged(load_toml(file), {}).public_url == "https://pacs.example.org"
+    file.write_text('public-url = "pacs.example.org"\n')
+    with pytest.raises(ConfigError, match="public-url"):
+        load_toml(file)
+    args = _parser().parse_args(["serve", "--public-url", "https://gw.example/pacs"])
+    assert args.public_url == "https://gw.example/pacs"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--public-url", "ftp://x"])

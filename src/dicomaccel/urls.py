@@ -79,22 +79,21 @@ def base_url(scope: Mapping, headers: Mapping[str, str], public_url: str | None 
 
 def presented_at(app, public_url: str | None = None):
     """``app`` for a service that routes on ``scope["path"]`` as the path within the app and
-    builds its URLs from the request alone: it sees ``path`` without the mount prefix (which
-    stays in ``root_path``) and, given ``public_url``, every request as addressed to it
-    (its scheme, its host as the Host header, its path as ``root_path``)."""
+    builds its URLs from the request's scheme, Host and ``root_path`` alone: it sees
+    ``path`` without the mount prefix, and the request as addressed to :func:`base_url`'s
+    answer (``public_url``, or the request's address with the port a Host without one
+    left out), as scheme, Host header and ``root_path``."""
     public_url = check_public_url(public_url)
-    parts = urlsplit(public_url) if public_url is not None else None
-    host = parts.netloc.encode("latin-1") if parts is not None else b""
 
     async def presented(scope, receive, send):
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        inner = {**scope, "path": route_path(scope)}
-        if parts is not None:
-            inner["scheme"], inner["root_path"] = parts.scheme, parts.path
-            inner["headers"] = [(b"host", host), *((k, v) for k, v in scope.get("headers", ())
-                                                     if k.lower() != b"host")]
-        await app(inner, receive, send)
+        headers = scope.get("headers", ())
+        url = urlsplit(base_url(scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers},
+                                public_url))
+        await app({**scope, "path": route_path(scope), "scheme": url.scheme, "root_path": url.path,
+                   "headers": [(b"host", url.netloc.encode("latin-1")),
+                               *((k, v) for k, v in headers if k.lower() != b"host")]}, receive, send)
 
     return presented
