@@ -13,7 +13,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from dicomaccel.archive.index import QUERY_FIELDS
+from dicomaccel.archive.index import QUERY_FIELDS, SCHEMA_VERSION, fold_case
 from dicomaccel.testing import multipart, post, start_server
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import retag
@@ -186,6 +186,31 @@ def test_xml_on_request_and_406(loaded):
     assert resp.status_code == 406
 
 
+def _schema_5(db: sqlite3.Connection) -> None:
+    """Turn a schema-6 index back into schema 5: the query keys and their indexes on the
+    instance rows (Person Names case-folded there), no studies or series tables."""
+    db.execute("DROP TABLE studies")
+    db.execute("DROP TABLE series")
+    for column in ("patient_name_folded", "referring_physician_name_folded"):
+        db.execute(f"ALTER TABLE instances ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    db.create_function("fold_case", 1, fold_case)
+    db.execute("UPDATE instances SET patient_name_folded = fold_case(patient_name),"
+               " referring_physician_name_folded = fold_case(referring_physician_name)")
+    db.executescript("""
+        CREATE INDEX instances_patient ON instances (patient_id);
+        CREATE INDEX instances_series ON instances (series_uid);
+        CREATE INDEX instances_patient_name ON instances (patient_name_folded, study_uid);
+        CREATE INDEX instances_study_date ON instances (study_date, study_uid);
+        CREATE INDEX instances_accession ON instances (accession_number);
+        CREATE INDEX instances_modality ON instances (modality, study_uid);
+        ALTER TABLE unconfirmed RENAME TO unconfirmed_6;
+        CREATE TABLE unconfirmed (sop_instance_uid TEXT PRIMARY KEY, writer TEXT NOT NULL);
+        INSERT INTO unconfirmed SELECT * FROM unconfirmed_6;
+        DROP TABLE unconfirmed_6;
+        PRAGMA user_version = 5;
+    """)
+
+
 def test_old_index_is_migrated_and_backfilled(tmp_path):
     """An archive written before the query keys (schema 4) is searchable after a restart."""
     data = tmp_path / "data"
@@ -197,6 +222,7 @@ def test_old_index_is_migrated_and_backfilled(tmp_path):
     server.stop()
     # Make it a schema-4 index: without the query key columns and their indexes.
     db = sqlite3.connect(data / "index.sqlite3")
+    _schema_5(db)
     for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
                               " AND name NOT IN ('instances_study_series', 'instances_patient')").fetchall():
         db.execute(f"DROP INDEX {name}")
@@ -213,4 +239,58 @@ def test_old_index_is_migrated_and_backfilled(tmp_path):
         assert _uids(found) == [study] and found[0]["00080061"]["Value"] == ["CT"]
     finally:
         server.stop()
-    assert "migrating" in server.log.read_text() and "schema version 4 to 5" in server.log.read_text()
+    log = server.log.read_text()
+    assert "migrating" in log and "schema version 4 to 6" in log and "1 studies and 1 series" in log
+
+
+def test_schema_5_index_is_migrated_to_study_and_series_tables(tmp_path):
+    """A schema-5 archive (query keys on the instance rows) gets its studies and series
+    tables at start-up, filled from the instance rows; searches at every level still answer."""
+    data = tmp_path / "data"
+    server = start_server(data)
+    k = {n: generate_uid() for n in ("A", "A1", "A2", "B", "B1")}
+    files = [_ct(k["A"], k["A1"], i, PatientName="Five^Ann", PatientID="V5-1", StudyDate="20230303",
+                 AccessionNumber="V5A", Modality="CT", SeriesNumber=1) for i in (1, 2, 3)]
+    files += [_ct(k["A"], k["A2"], 1, PatientName="Five^Ann", PatientID="V5-1", StudyDate="20230303",
+                  AccessionNumber="V5A", Modality="MR", SeriesNumber=2)]
+    files += [_ct(k["B"], k["B1"], i, PatientName="Müller^Five", PatientID="V5-2", StudyDate="20240404",
+                  SpecificCharacterSet="ISO_IR 192", Modality="CT") for i in (1, 2)]
+    status, _, _ = post(server, multipart(files))
+    assert status == 200
+    server.stop()
+    db = sqlite3.connect(data / "index.sqlite3")
+    _schema_5(db)
+    db.commit()
+    db.close()
+    server = start_server(data, "--log-level", "info")
+    try:
+        client = DICOMwebClient(url=server.stow_url)
+        found = client.search_for_studies(search_filters={"PatientName": "*five*"})
+        assert _uids(found) == sorted([k["A"], k["B"]])
+        a = next(r for r in found if r["0020000D"]["Value"][0] == k["A"])
+        assert a["00201206"]["Value"] == [2] and a["00201208"]["Value"] == [4]
+        assert a["00080061"]["Value"] == ["CT", "MR"] and a["00080050"]["Value"] == ["V5A"]
+        assert _uids(client.search_for_studies(search_filters={"PatientName": "MÜLLER*"})) == [k["B"]]
+        assert _uids(client.search_for_studies(search_filters={"ModalitiesInStudy": "MR"})) == [k["A"]]
+        series = client.search_for_series(k["A"])
+        assert sorted((s["0020000E"]["Value"][0], s["00201209"]["Value"][0]) for s in series) == \
+            sorted([(k["A1"], 3), (k["A2"], 1)])
+        assert len(client.search_for_instances(search_filters={"PatientID": "V5-2"})) == 2
+        # New instances go on counting from the back-filled rows.
+        status, _, _ = post(server, multipart([_ct(k["A"], k["A1"], 4, PatientName="Five^Ann", PatientID="V5-1",
+                                                   StudyDate="20230303", AccessionNumber="V5A", Modality="CT")]))
+        assert status == 200
+        a = client.search_for_studies(search_filters={"AccessionNumber": "V5A"})[0]
+        assert a["00201208"]["Value"] == [5]
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "schema version 5 to 6" in log and "2 studies and 3 series" in log
+    db = sqlite3.connect(data / "index.sqlite3")
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                          " AND tbl_name = 'instances' AND sql IS NOT NULL")}
+        assert names == {"instances_study_series"}
+    finally:
+        db.close()

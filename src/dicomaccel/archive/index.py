@@ -1,9 +1,18 @@
 """The instance index: one row per stored SOP Instance, SQLite (WAL mode) by default.
 
-The row holds the query keys (Patient, Study, Series, SOP Instance), what a retriever needs
-to serve the file without parsing it (transfer syntax, offsets of the data set and of the
-Pixel Data value, and the frame index BLOB), the file's path relative to the archive root
-(so an archive directory can be moved as a whole) and the file's CRC-32.
+The row holds the instance's keys (Patient, Study, Series, SOP Instance, as that instance
+carried them), what a retriever needs to serve the file without parsing it (transfer syntax,
+offsets of the data set and of the Pixel Data value, and the frame index BLOB), the file's
+path relative to the archive root (so an archive directory can be moved as a whole) and the
+file's CRC-32.
+
+The query keys of the levels above the instance (PS3.4 C.6.1.1.2-C.6.1.1.4) and their
+indexes live in a ``studies`` table (Patient and Study keys, one row per Study Instance UID)
+and a ``series`` table (Series keys and the series' instance count, one row per Series
+Instance UID), kept in the same transaction as the instance rows. When instances of one
+study disagree, the last one written wins. So an instance insert touches the instance
+table and its three indexes, and one ``series`` row; the query-key indexes change only
+when a study or series appears, disappears or changes its attributes.
 
 Rows are written in batches (:meth:`Index.put_batch`, one transaction per batch). The SQLite
 index lives beside the files, so the archive's single flush of a batch (``syncfs``) makes
@@ -14,6 +23,7 @@ listed in ``unconfirmed`` and start-up checks their files (:meth:`Index.unconfir
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import json
 import logging
@@ -28,12 +38,19 @@ from dataclasses import dataclass
 from .ingest import QUERY_KEYS, FrameIndex, StoreFailure, scan
 
 __all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "RecordList", "QUERY_FIELDS",
-           "fold_case", "SCHEMA_VERSION"]
+           "fold_case", "SCHEMA_VERSION", "STUDY_FIELDS", "SERIES_FIELDS"]
 
 log = logging.getLogger("dicomaccel.archive")
 
 # The query keys of ingest.QUERY_KEYS, as InstanceRecord fields and index columns.
 QUERY_FIELDS = tuple(name for name, _, _ in QUERY_KEYS)
+# The keys a study's row holds (Patient level, PS3.4 C.6.1.1.2, and Study level, C.6.1.1.3),
+# and a series' row (Series level, C.6.1.1.4); the UIDs that link them come first.
+STUDY_FIELDS = ("patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date",
+                "study_time", "accession_number", "referring_physician_name", "study_id",
+                "study_description")
+SERIES_FIELDS = ("modality", "series_number", "series_description",
+                 "performed_procedure_step_start_date", "performed_procedure_step_start_time")
 
 
 def fold_case(value: str | None) -> str:
@@ -179,21 +196,22 @@ _COLUMNS = (
     "n_columns", "samples_per_pixel", "bits_allocated", "photometric_interpretation",
     "planar_configuration", "path", "size", "dataset_offset", "pixel_tag", "pixel_offset",
     "pixel_value_offset", "pixel_length", "frame_index", "has_alternates", "stored_at",
-    "crc32", "received_crc32", *QUERY_FIELDS, "patient_name_folded",
-    "referring_physician_name_folded",
+    "crc32", "received_crc32", *QUERY_FIELDS,
 )
-# Version 5: the query keys (text columns default to ''), Person Names case-folded for
-# matching, and indexes on the matching columns (PS3.18 §10.6, PS3.4 C.6).
-_QUERY_COLUMNS = {name: "INTEGER" if name == "series_number" else "TEXT NOT NULL DEFAULT ''"
-                  for name in (*QUERY_FIELDS, "patient_name_folded", "referring_physician_name_folded")}
-_QUERY_INDEXES = """
-CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
-CREATE INDEX IF NOT EXISTS instances_patient_name ON instances (patient_name_folded, study_uid);
-CREATE INDEX IF NOT EXISTS instances_study_date ON instances (study_date, study_uid);
-CREATE INDEX IF NOT EXISTS instances_accession ON instances (accession_number);
-CREATE INDEX IF NOT EXISTS instances_modality ON instances (modality, study_uid);
-"""
-SCHEMA_VERSION = 5
+_AT = {name: i for i, name in enumerate(_COLUMNS)}
+
+
+def _text(name: str) -> str:
+    return "INTEGER" if name == "series_number" else "TEXT NOT NULL DEFAULT ''"
+
+
+# Version 5 added the query keys to the instance rows (text columns default to '');
+# version 6 moved their indexes, and the case-folded Person Names matched on, to the
+# studies and series tables (PS3.18 §10.6, PS3.4 C.6).
+_QUERY_COLUMNS = {name: _text(name) for name in QUERY_FIELDS}
+_STUDY_COLUMNS = ("study_uid", *STUDY_FIELDS, "patient_name_folded", "referring_physician_name_folded")
+_SERIES_COLUMNS = ("series_uid", "study_uid", *SERIES_FIELDS)
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -227,12 +245,27 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_study_series
     ON instances (study_uid, series_uid, instance_number);
-CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+""" + ",\n".join(f"    {name} {_text(name)}" for name in _STUDY_COLUMNS[1:]) + """
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS studies_patient ON studies (patient_id);
+CREATE INDEX IF NOT EXISTS studies_patient_name ON studies (patient_name_folded);
+CREATE INDEX IF NOT EXISTS studies_date ON studies (study_date);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession_number);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+""" + ",\n".join(f"    {name} {_text(name)}" for name in SERIES_FIELDS) + """,
+    n_instances INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS series_study ON series (study_uid);
+CREATE INDEX IF NOT EXISTS series_modality ON series (modality);
 CREATE TABLE IF NOT EXISTS unconfirmed (
     sop_instance_uid TEXT PRIMARY KEY,
     writer TEXT NOT NULL
-);
-""" + _QUERY_INDEXES + f"""
+) WITHOUT ROWID;
+""" + f"""
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 # Version 2 -> 3: the file's CRC-32 and the unconfirmed list (created by _SCHEMA).
@@ -241,6 +274,16 @@ _MIGRATE_2_3 = "ALTER TABLE instances ADD COLUMN crc32 INTEGER"
 _MIGRATE_3_4 = "ALTER TABLE instances ADD COLUMN received_crc32 INTEGER"
 # Version 4 -> 5: the query key columns, back-filled from the files' headers (_backfill).
 _MIGRATE_4_5 = [f"ALTER TABLE instances ADD COLUMN {name} {kind}" for name, kind in _QUERY_COLUMNS.items()]
+# Version 5 -> 6: the query-key indexes and folded names leave the instance table; the
+# unconfirmed list becomes one B-tree (WITHOUT ROWID: one page per batch, not two), its
+# rows copied over by _entities_backfill.
+_MIGRATE_5_6 = [
+    *(f"DROP INDEX IF EXISTS {name}" for name in (
+        "instances_series", "instances_patient", "instances_patient_name",
+        "instances_study_date", "instances_accession", "instances_modality")),
+    "ALTER TABLE instances DROP COLUMN patient_name_folded",
+    "ALTER TABLE instances DROP COLUMN referring_physician_name_folded",
+]
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 _ALTERNATES = _COLUMNS.index("has_alternates")
 _ORDER = (
@@ -250,6 +293,29 @@ _ORDER = (
 _VALUES = f"INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _INSERT = "INSERT " + _VALUES
 _REPLACE = "INSERT OR REPLACE " + _VALUES
+# Per batch and distinct study: insert its row, or update its attributes only if one of them
+# changed (last write wins), so an unchanged study dirties no page at all.
+_STUDY_ATTRS = ", ".join(_STUDY_COLUMNS[1:])
+_UPSERT_STUDY = (
+    f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)}) VALUES ({', '.join('?' * len(_STUDY_COLUMNS))})"
+    f" ON CONFLICT (study_uid) DO UPDATE SET ({_STUDY_ATTRS}) ="
+    f" ({', '.join('excluded.' + c for c in _STUDY_COLUMNS[1:])})"
+    f" WHERE ({', '.join('studies.' + c for c in _STUDY_COLUMNS[1:])}) IS NOT"
+    f" ({', '.join('excluded.' + c for c in _STUDY_COLUMNS[1:])})"
+)
+# Per batch and distinct series: its attributes only if one changed (an UPDATE rewrites the
+# index entries of every column it sets, changed or not), then its instance count: the one
+# page an ordinary insert dirties outside the instance table.
+_SERIES_ATTRS = ", ".join(_SERIES_COLUMNS[1:])
+_UPDATE_SERIES = (
+    f"UPDATE series SET ({_SERIES_ATTRS}) = ({', '.join('?' * (len(_SERIES_COLUMNS) - 1))})"
+    f" WHERE series_uid = ? AND ({_SERIES_ATTRS}) IS NOT ({', '.join('?' * (len(_SERIES_COLUMNS) - 1))})"
+)
+_UPSERT_SERIES = (
+    f"INSERT INTO series ({', '.join(_SERIES_COLUMNS)}, n_instances)"
+    f" VALUES ({', '.join('?' * len(_SERIES_COLUMNS))}, ?)"
+    f" ON CONFLICT (series_uid) DO UPDATE SET n_instances = n_instances + ?"
+)
 
 
 class SQLiteIndex(Index):
@@ -298,11 +364,21 @@ class SQLiteIndex(Index):
                 if version in (2, 3, 4):
                     for statement in _MIGRATE_4_5:
                         self._writer.execute(statement)
+                started = time.monotonic()
+                if version == 5:
+                    log.warning("index: migrating %s from schema version 5 to %d: studies and "
+                                "series tables for the query keys", db_path, SCHEMA_VERSION)
+                    for statement in _MIGRATE_5_6:
+                        self._writer.execute(statement)
+                if version in (3, 4, 5):
+                    self._writer.execute("ALTER TABLE unconfirmed RENAME TO unconfirmed_5")
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._writer.execute(statement)
                 if version in (2, 3, 4):
                     self._backfill(version)
+                if version in (2, 3, 4, 5):
+                    self._entities_backfill(version, started)
                 self._writer.execute("COMMIT")
             except BaseException:
                 self._writer.execute("ROLLBACK")
@@ -312,27 +388,51 @@ class SQLiteIndex(Index):
         """Fill the query key columns of rows written before version 5 from their files'
         headers (inside the migration's transaction)."""
         conn = self._writer
-        rows = conn.execute("SELECT sop_instance_uid, path, patient_name FROM instances").fetchall()
+        rows = conn.execute("SELECT sop_instance_uid, path FROM instances").fetchall()
         log.warning("index: migrating %s from schema version %d to %d: adding the query keys "
                     "(QIDO-RS, C-FIND) and back-filling %d row(s) from their files",
                     self.db_path, version, SCHEMA_VERSION, len(rows))
         started = time.monotonic()
-        assign = ", ".join(f"{name} = ?" for name in (*QUERY_FIELDS, "patient_name_folded",
-                                                      "referring_physician_name_folded"))
+        assign = ", ".join(f"{name} = ?" for name in QUERY_FIELDS)
         unread = 0
-        for sop, rel, patient_name in rows:
+        for sop, rel in rows:
             header = _read_header(os.path.join(self.root, *rel.split("/")))
             if header is None:
                 unread += 1
                 values = [None if name == "series_number" else "" for name in QUERY_FIELDS]
-                values += [fold_case(patient_name), ""]
             else:
                 values = [getattr(header, name) for name in QUERY_FIELDS]
-                values += [fold_case(patient_name), fold_case(header.referring_physician_name)]
             conn.execute(f"UPDATE instances SET {assign} WHERE sop_instance_uid = ?", (*values, sop))
-        log.warning("index: migration to schema version %d done in %.1f s (%d file(s) could not "
-                    "be read; their query keys stay empty)", SCHEMA_VERSION,
+        log.warning("index: query keys of schema version %d back-filled in %.1f s (%d file(s) "
+                    "could not be read; their query keys stay empty)", SCHEMA_VERSION,
                     time.monotonic() - started, unread)
+
+    def _entities_backfill(self, version: int, started: float) -> None:
+        """Fill the studies and series tables from the instance rows, in SQL (inside the
+        migration's transaction): each study and series takes the attributes of its last
+        written instance (the highest rowid: INSERT OR REPLACE gives a new one), each series
+        its instance count; and carry the unconfirmed list over."""
+        conn = self._writer
+        conn.create_function("fold_case", 1, fold_case, deterministic=True)
+        last = "SELECT max(rowid) FROM instances GROUP BY {}"
+        conn.execute(
+            f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)}) SELECT study_uid,"
+            f" {', '.join(STUDY_FIELDS)}, fold_case(patient_name), fold_case(referring_physician_name)"
+            f" FROM instances WHERE rowid IN ({last.format('study_uid')})")
+        conn.execute(
+            f"INSERT INTO series ({', '.join(_SERIES_COLUMNS)}, n_instances)"
+            f" SELECT {', '.join('i.' + c for c in _SERIES_COLUMNS)}, c.n FROM instances i"
+            f" JOIN (SELECT max(rowid) AS last, count(*) AS n FROM instances GROUP BY series_uid) c"
+            f" ON i.rowid = c.last")
+        if version > 2:
+            conn.execute("INSERT INTO unconfirmed SELECT sop_instance_uid, writer FROM unconfirmed_5")
+            conn.execute("DROP TABLE unconfirmed_5")
+        studies = conn.execute("SELECT count(*) FROM studies").fetchone()[0]
+        series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
+        log.warning("index: migrated %s from schema version %d to %d in %.1f s: the query keys "
+                    "of %d studies and %d series moved from the instance rows to the studies "
+                    "and series tables", self.db_path, version, SCHEMA_VERSION,
+                    time.monotonic() - started, studies, series)
 
     def read(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
         """Run one read-only statement on this thread's reader connection (the query engine's
@@ -399,18 +499,22 @@ class SQLiteIndex(Index):
              sop_instance_uids=None, lazy: bool = False) -> list[InstanceRecord] | RecordList:
         where, args = [], []
         if patient_id is not None:
-            where.append("patient_id = ?")
+            # The patient's studies (the Patient level keys are the study row's).
+            where.append("study_uid IN (SELECT study_uid FROM studies WHERE patient_id = ?)")
             args.append(patient_id)
-        for column, values in (
-            ("study_uid", study_uids), ("series_uid", series_uids),
-            ("sop_instance_uid", sop_instance_uids),
-        ):
-            if values is not None:
-                if isinstance(values, str):
-                    values = [values]
-                # One JSON parameter, whatever the list length (no SQLITE_MAX_VARIABLE_NUMBER).
-                where.append(f"{column} IN (SELECT value FROM json_each(?))")
-                args.append(json.dumps(list(values)))
+        # One JSON parameter per list, whatever its length (no SQLITE_MAX_VARIABLE_NUMBER).
+        lists = {column: json.dumps([values] if isinstance(values, str) else list(values))
+                 for column, values in (("study_uid", study_uids), ("series_uid", series_uids),
+                                        ("sop_instance_uid", sop_instance_uids))
+                 if values is not None}
+        if "series_uid" in lists and "study_uid" not in lists:
+            # The series' studies too, so the (study, series) index finds the rows.
+            where.append("study_uid IN (SELECT study_uid FROM series WHERE series_uid IN"
+                         " (SELECT value FROM json_each(?)))")
+            args.append(lists["series_uid"])
+        for column, values in lists.items():
+            where.append(f"{column} IN (SELECT value FROM json_each(?))")
+            args.append(values)
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + _ORDER
         rows = self._reader().execute(sql, args).fetchall()
         if lazy:
@@ -431,7 +535,6 @@ class SQLiteIndex(Index):
             None if fi is None else fi.to_blob(), int(record.has_alternates), stored_at,
             record.crc32, record.received_crc32,
             *[getattr(record, name) for name in QUERY_FIELDS],
-            fold_case(record.patient_name), fold_case(record.referring_physician_name),
         )
 
     def put_batch(self, records, replace_existing):
@@ -471,8 +574,13 @@ class SQLiteIndex(Index):
             if confirming:
                 # The previous batch of this writer was flushed before this one started.
                 conn.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
+            gone = []  # (study, series) of the rows this batch replaces
             for row, replace_existing in items:
+                if replace_existing:
+                    gone += conn.execute("SELECT study_uid, series_uid FROM instances"
+                                         " WHERE sop_instance_uid = ?", (row[0],)).fetchall()
                 conn.execute(_REPLACE if replace_existing else _INSERT, row)
+            self._entities(conn, [row for row, _ in items], gone)
             if self.fsync and not probe:
                 conn.executemany(
                     "INSERT OR REPLACE INTO unconfirmed (sop_instance_uid, writer) VALUES (?, ?)",
@@ -485,6 +593,25 @@ class SQLiteIndex(Index):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _entities(conn: sqlite3.Connection, rows: list[tuple], gone: list[tuple[str, str]]) -> None:
+        """Keep the studies and series tables in step with a batch's instance ``rows``
+        (``gone``: the study and series of the rows they replaced): one upsert per distinct
+        study and series, whose attributes are those of the batch's last instance in it."""
+        studies = {row[_AT["study_uid"]]: row for row in rows}
+        series = {row[_AT["series_uid"]]: row for row in rows}
+        added = collections.Counter(row[_AT["series_uid"]] for row in rows)
+        removed = collections.Counter(series_uid for _, series_uid in gone)
+        for row in studies.values():
+            conn.execute(_UPSERT_STUDY, (
+                row[_AT["study_uid"]], *[row[_AT[name]] for name in STUDY_FIELDS],
+                fold_case(row[_AT["patient_name"]]), fold_case(row[_AT["referring_physician_name"]])))
+        for uid, row in series.items():
+            attrs = [row[_AT[name]] for name in _SERIES_COLUMNS[1:]]
+            conn.execute(_UPDATE_SERIES, (*attrs, uid, *attrs))
+            conn.execute(_UPSERT_SERIES, (uid, *attrs, added[uid], added[uid] - removed[uid]))
+        _unlink(conn, [(st, se) for st, se in gone if se not in series], keep=studies.keys())
 
     def flushed(self) -> None:
         self._flushed = True
@@ -516,8 +643,13 @@ class SQLiteIndex(Index):
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("DELETE FROM instances WHERE sop_instance_uid = ?",
-                                 [(u,) for u in bad_sop_instance_uids])
+                bad = json.dumps(list(bad_sop_instance_uids))
+                gone = conn.execute("SELECT study_uid, series_uid FROM instances WHERE"
+                                    " sop_instance_uid IN (SELECT value FROM json_each(?))",
+                                    (bad,)).fetchall()
+                conn.execute("DELETE FROM instances WHERE sop_instance_uid IN"
+                             " (SELECT value FROM json_each(?))", (bad,))
+                _unlink(conn, gone)
                 conn.execute("DELETE FROM unconfirmed")
                 conn.execute("COMMIT")
             except BaseException:
@@ -572,6 +704,19 @@ class DuplicateRow:
     """:meth:`Index.put_batch` refused a row: its SOP Instance UID was stored meanwhile."""
 
     __slots__ = ()
+
+
+def _unlink(conn: sqlite3.Connection, gone: list[tuple[str, str]], keep=()) -> None:
+    """Take deleted or replaced instance rows (their study and series) off their series'
+    counts; delete a series left with no instance and a study left with no series, unless
+    in ``keep`` (studies the same transaction writes to)."""
+    for series_uid, n in collections.Counter(series_uid for _, series_uid in gone).items():
+        conn.execute("UPDATE series SET n_instances = n_instances - ? WHERE series_uid = ?",
+                     (n, series_uid))
+        conn.execute("DELETE FROM series WHERE series_uid = ? AND n_instances <= 0", (series_uid,))
+    for study_uid in {study_uid for study_uid, _ in gone}.difference(keep):
+        conn.execute("DELETE FROM studies WHERE study_uid = ? AND NOT EXISTS"
+                     " (SELECT 1 FROM series WHERE study_uid = ?)", (study_uid, study_uid))
 
 
 def _read_header(path: str):

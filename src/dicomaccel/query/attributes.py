@@ -3,8 +3,10 @@
 Matching and return keys of the Query/Retrieve Information Models (PS3.4 C.6.1.1 Patient
 Root, C.6.2.1 Study Root: Tables C.6-1, C.6-2, C.6-5, C.6-6) and of QIDO-RS (PS3.18 Table
 10.6.1-5 matching, Tables 10.6.3-3 to 10.6.3-5 return). Values come from index columns
-(``column``) or are computed over the level's instances (``computed``): the Number of ...
-Related ... attributes and Modalities / SOP Classes in Study (PS3.4 C.6.1.1.4-C.6.1.1.5).
+(``column`` of ``table``: ``studies`` for the Patient and Study levels, ``series``,
+``instances``) or are aggregates over the rows below an entity (``computed``): the Number of
+... Related ... attributes and Modalities / SOP Classes in Study (PS3.4 C.6.1.1.4-C.6.1.1.5),
+except a series' instance count, which its row keeps.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Attribute", "ATTRIBUTES", "BY_TAG", "BY_KEYWORD", "LEVELS", "UNIQUE_KEYS",
-           "LEVEL_COLUMN", "QIDO_DEFAULTS", "lookup", "tag_string", "SPECIFIC_CHARACTER_SET",
+           "LEVEL_COLUMN", "LEVEL_TABLE", "QIDO_DEFAULTS", "lookup", "tag_string", "SPECIFIC_CHARACTER_SET",
            "QUERY_RETRIEVE_LEVEL", "RETRIEVE_URL", "INSTANCE_AVAILABILITY"]
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+# The index table whose rows are a level's entities (a patient is the group of its studies).
+LEVEL_TABLE = {"PATIENT": "studies", "STUDY": "studies", "SERIES": "series", "IMAGE": "instances"}
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,13 @@ class Attribute:
         The case-folded column a PN value is matched on (PS3.4 C.2.2.2.1 lets PN matching
         ignore case).
     computed : str or None
-        An aggregate over the instances of the level (returned, not read from a row).
+        An aggregate over the ``table`` rows of an entity of the level (returned, not read
+        from a row); it names its columns with the engine's aliases (``st``, ``se``, ``i``).
     matching : bool
         Whether a value in a request restricts the result (return-only keys are ignored as
         matching keys, which PS3.4 C.4.1.2.1 allows for keys the SCP does not match on).
+    table : str
+        The table ``column`` is in; by default the level's (:data:`LEVEL_TABLE`).
     """
 
     tag: int
@@ -46,6 +53,11 @@ class Attribute:
     folded: str | None = None
     computed: str | None = None
     matching: bool = True
+    table: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.table:
+            object.__setattr__(self, "table", LEVEL_TABLE[self.level])
 
 
 ATTRIBUTES = (
@@ -54,12 +66,13 @@ ATTRIBUTES = (
     Attribute(0x00100020, "PatientID", "LO", "PATIENT", "patient_id"),
     Attribute(0x00100030, "PatientBirthDate", "DA", "PATIENT", "patient_birth_date"),
     Attribute(0x00100040, "PatientSex", "CS", "PATIENT", "patient_sex"),
+    # Over the patient's studies joined with their series.
     Attribute(0x00201200, "NumberOfPatientRelatedStudies", "IS", "PATIENT",
-              computed="count(DISTINCT study_uid)", matching=False),
+              computed="count(DISTINCT st.study_uid)", matching=False, table="series"),
     Attribute(0x00201202, "NumberOfPatientRelatedSeries", "IS", "PATIENT",
-              computed="count(DISTINCT series_uid)", matching=False),
+              computed="count(*)", matching=False, table="series"),
     Attribute(0x00201204, "NumberOfPatientRelatedInstances", "IS", "PATIENT",
-              computed="count(*)", matching=False),
+              computed="sum(se.n_instances)", matching=False, table="series"),
     # Study level (PS3.4 Table C.6-5, PS3.18 Table 10.6.1-5).
     Attribute(0x0020000D, "StudyInstanceUID", "UI", "STUDY", "study_uid"),
     Attribute(0x00080020, "StudyDate", "DA", "STUDY", "study_date"),
@@ -69,16 +82,18 @@ ATTRIBUTES = (
               "referring_physician_name_folded"),
     Attribute(0x00200010, "StudyID", "SH", "STUDY", "study_id"),
     Attribute(0x00081030, "StudyDescription", "LO", "STUDY", "study_description"),
-    # Matched against any instance of the study (PS3.4 C.6.1.1.4.1: a study matches if any of
-    # its series has one of the values); returned as the distinct values of the study.
+    # Matched against any series (any instance) of the study (PS3.4 C.6.1.1.4.1: a study
+    # matches if any of its series has one of the values); returned as the distinct values
+    # of the study.
     Attribute(0x00080061, "ModalitiesInStudy", "CS", "STUDY", "modality",
-              computed="group_concat(DISTINCT modality)"),
+              computed="group_concat(DISTINCT se.modality)", table="series"),
     Attribute(0x00080062, "SOPClassesInStudy", "UI", "STUDY", "sop_class_uid",
-              computed="group_concat(DISTINCT sop_class_uid)"),
+              computed="group_concat(DISTINCT i.sop_class_uid)", table="instances"),
+    # Over the study's series rows (each holds its instance count).
     Attribute(0x00201206, "NumberOfStudyRelatedSeries", "IS", "STUDY",
-              computed="count(DISTINCT series_uid)", matching=False),
+              computed="count(*)", matching=False, table="series"),
     Attribute(0x00201208, "NumberOfStudyRelatedInstances", "IS", "STUDY",
-              computed="count(*)", matching=False),
+              computed="sum(se.n_instances)", matching=False, table="series"),
     # Series level (PS3.4 Table C.6-6).
     Attribute(0x0020000E, "SeriesInstanceUID", "UI", "SERIES", "series_uid"),
     Attribute(0x00080060, "Modality", "CS", "SERIES", "modality"),
@@ -88,8 +103,8 @@ ATTRIBUTES = (
               "performed_procedure_step_start_date"),
     Attribute(0x00400245, "PerformedProcedureStepStartTime", "TM", "SERIES",
               "performed_procedure_step_start_time"),
-    Attribute(0x00201209, "NumberOfSeriesRelatedInstances", "IS", "SERIES",
-              computed="count(*)", matching=False),
+    Attribute(0x00201209, "NumberOfSeriesRelatedInstances", "IS", "SERIES", "n_instances",
+              matching=False),
     # Composite object instance level (PS3.4 Table C.6-7, PS3.18 Table 10.6.3-5).
     Attribute(0x00080018, "SOPInstanceUID", "UI", "IMAGE", "sop_instance_uid"),
     Attribute(0x00080016, "SOPClassUID", "UI", "IMAGE", "sop_class_uid"),

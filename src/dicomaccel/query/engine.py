@@ -1,16 +1,18 @@
 """The query engine: conditions in, result rows out, over the archive's SQLite index.
 
 One search serves both doors (QIDO-RS in :mod:`dicomaccel.qido`, C-FIND in
-:mod:`dicomaccel.retrieve.cfind`). The index has one row per instance; a search at a level
-above IMAGE is two steps:
+:mod:`dicomaccel.retrieve.cfind`). The entities of each level (PS3.4 C.6) are the rows of
+one table: ``studies``, ``series``, ``instances``; a patient is the group of its studies.
+A search is two steps:
 
-1. the unique keys of the level's entities that have *some* instance matching every
-   condition (``GROUP BY`` the level's column, in that column's order, ``LIMIT``/``OFFSET``
-   applied here, one more row fetched to know whether the result was cut);
-2. for that page only: one row per entity (its attributes) and, if asked for, the computed
-   attributes (PS3.4 C.6.1.1.4-C.6.1.1.5: counts, Modalities and SOP Classes in Study) over
-   *all* its instances, so a key such as Modalities in Study restricts which studies match
-   without changing what is counted.
+1. one page of the level's rows that match every condition (``LIMIT``/``OFFSET`` applied
+   here, one more row fetched to know whether the result was cut), with the attributes read
+   from a row: the level's own and those of the levels above (their tables joined by UID).
+   A condition on a table below the level (Modalities in Study, SOP Classes in Study) is a
+   sub-query: the entity has *some* row there that matches;
+2. for that page only, the computed attributes (PS3.4 C.6.1.1.4-C.6.1.1.5: counts,
+   Modalities and SOP Classes in Study) over *all* the rows below each entity, so a key such
+   as Modalities in Study restricts which studies match without changing what is counted.
 
 Every value is a bound parameter; lists travel as one JSON parameter (``json_each``), so no
 statement depends on how many values a request holds.
@@ -21,14 +23,33 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .attributes import BY_TAG, LEVEL_COLUMN, LEVELS, Attribute
+from .attributes import BY_TAG, LEVEL_COLUMN, LEVEL_TABLE, LEVELS, UNIQUE_KEYS, Attribute
 from .matching import Condition
 
 __all__ = ["Query", "SearchResult", "search"]
 
-# Instance order inside a series, as the index's own listing orders them.
-_IMAGE_ORDER = ("study_uid, series_uid, instance_number IS NULL, instance_number, "
-                "sop_instance_uid")
+_ALIAS = {"studies": "st", "series": "se", "instances": "i"}
+_DEPTH = {"studies": 1, "series": 2, "instances": 3}
+# The UIDs a table's rows hold themselves (their entity's and those above): read without a join.
+_UIDS = {"studies": {"study_uid"}, "series": {"study_uid", "series_uid"},
+         "instances": {"study_uid", "series_uid", "sop_instance_uid"}}
+# How the rows of a table reach the row above them.
+_JOIN = {("series", "studies"): " JOIN studies st ON st.study_uid = se.study_uid",
+         ("instances", "series"): " JOIN series se ON se.series_uid = i.series_uid",
+         ("instances", "studies"): " JOIN studies st ON st.study_uid = i.study_uid"}
+# The column a table below links to (a condition on it is a sub-query on that column).
+_LINK = {"studies": "study_uid", "series": "series_uid"}
+# The rows a computed attribute aggregates, by (level, table), and the entity's column there.
+_AGGREGATE_FROM = {
+    ("PATIENT", "series"): ("studies st JOIN series se ON se.study_uid = st.study_uid",
+                            "st.patient_id"),
+    ("STUDY", "series"): ("series se", "se.study_uid"),
+    ("STUDY", "instances"): ("instances i", "i.study_uid"),
+}
+# Result order: by the level's unique key; instances as the index's own listing orders them.
+_ORDER = {"PATIENT": "st.patient_id", "STUDY": "st.study_uid", "SERIES": "se.series_uid",
+          "IMAGE": "i.study_uid, i.series_uid, i.instance_number IS NULL, i.instance_number, "
+                   "i.sop_instance_uid"}
 
 
 @dataclass(frozen=True)
@@ -58,12 +79,20 @@ def search(index, query: Query) -> SearchResult:
     level = query.level
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}")
-    where, args = _where(query.conditions)
-    returned = [BY_TAG[t] for t in query.returns if t in BY_TAG]
+    table = LEVEL_TABLE[level]
     depth = LEVELS.index(level)
+    returned = [BY_TAG[t] for t in query.returns if t in BY_TAG]
     # Attributes read from a row: of this level and above (one value per entity).
     plain = [a for a in returned if a.computed is None and LEVELS.index(a.level) <= depth]
     computed = [a for a in returned if a.computed is not None and LEVELS.index(a.level) <= depth]
+    # The levels above this one whose computed attributes are asked for: the key of the
+    # owning entity (e.g. the study of a series) is read with each row.
+    owners = sorted({a.level for a in computed} - {level}, key=LEVELS.index)
+    joins: set[str] = set()
+    where, args = _where(query.conditions, table, joins)
+    columns = [f"{_ALIAS[table]}.{LEVEL_COLUMN[level]}"]
+    columns += [_column(a, a.column, table, joins) for a in plain]
+    columns += [_column(BY_TAG[UNIQUE_KEYS[lvl]], LEVEL_COLUMN[lvl], table, joins) for lvl in owners]
     page = ""
     page_args: list = []
     if query.limit is not None:
@@ -72,101 +101,89 @@ def search(index, query: Query) -> SearchResult:
     elif query.offset:
         page = " LIMIT -1 OFFSET ?"
         page_args = [query.offset]
-    key = LEVEL_COLUMN[level]
-    # With matching keys, "+" keeps SQLite from walking the whole table in the order of the
-    # study/series index (to save a sort) instead of using the index of the matching column
-    # (measured on 100,000 rows: 28 ms against 8 ms for a leading wild card); without any,
-    # walking that index in order is what lets LIMIT stop early.
+    # With matching keys, "+" keeps SQLite from walking the table in the order of the result
+    # (to save a sort) instead of using the index of the matching column; without any,
+    # walking in order is what lets LIMIT stop early.
     plus = "+" if where else ""
-    if level == "IMAGE":
-        columns = [key] + [a.column for a in plain]
-        rows = index.read(f"SELECT {', '.join(columns)} FROM instances{where}"
-                          f" ORDER BY {plus}{_IMAGE_ORDER}{page}", args + page_args)
-        more = query.limit is not None and len(rows) > query.limit
-        if more:
-            rows = rows[:query.limit]
-    else:
-        keys = [r[0] for r in index.read(
-            f"SELECT {key} FROM instances{where} GROUP BY {plus}{key} ORDER BY {plus}{key}{page}",
-            args + page_args)]
-        more = query.limit is not None and len(keys) > query.limit
-        if more:
-            keys = keys[:query.limit]
-        rows = _representatives(index, key, keys, plain)
-    matches = []
-    for row in rows:
-        match = {a.tag: _value(a, v) for a, v in zip(plain, row[1:])}
-        match[0] = row[0]  # the level's unique key, for the aggregates below
-        matches.append(match)
-    for lvl in {a.level for a in computed}:
-        _aggregate(index, matches, level, lvl, [a for a in computed if a.level == lvl])
-    for match in matches:
-        del match[0]
+    group = f" GROUP BY {plus}st.patient_id" if level == "PATIENT" else ""
+    source = f"{table} {_ALIAS[table]}" + "".join(
+        _JOIN[table, above] for above in sorted(joins, key=_DEPTH.get))
+    rows = index.read(f"SELECT {', '.join(columns)} FROM {source}{where}{group}"
+                      f" ORDER BY {plus}{_ORDER[level]}{page}", args + page_args)
+    more = query.limit is not None and len(rows) > query.limit
+    if more:
+        rows = rows[:query.limit]
+    n = len(plain)
+    matches = [{a.tag: _value(a, v) for a, v in zip(plain, row[1:n + 1])} for row in rows]
+    keys = {level: [row[0] for row in rows]}
+    for j, lvl in enumerate(owners):
+        keys[lvl] = [row[n + 1 + j] for row in rows]
+    for lvl, source_table in {(a.level, a.table) for a in computed}:
+        _aggregate(index, matches, keys[lvl], lvl, source_table,
+                   [a for a in computed if (a.level, a.table) == (lvl, source_table)])
     return SearchResult(matches, more)
 
 
-def _where(conditions) -> tuple[str, list]:
+def _column(a: Attribute, column: str, table: str, joins: set[str]) -> str:
+    """``column`` of ``a`` in a search over ``table``: from the row itself, or from the
+    joined row of the table above that holds it."""
+    if a.table == table or column in _UIDS[table]:
+        return f"{_ALIAS[table]}.{column}"
+    joins.add(a.table)
+    return f"{_ALIAS[a.table]}.{column}"
+
+
+def _where(conditions, table: str, joins: set[str]) -> tuple[str, list]:
     parts, args = [], []
     for c in conditions:
         a: Attribute = c.attribute
         column = a.folded or a.column
-        if c.kind == "single":
-            parts.append(f"{column} = ?")
-            args.append(c.values[0])
-        elif c.kind == "list":
-            parts.append(f"{column} IN (SELECT value FROM json_each(?))")
-            args.append(json.dumps(list(c.values)))
-        elif c.kind == "wildcard":
-            parts.append(f"{column} GLOB ?")
-            args.append(c.values[0])
-        elif c.kind == "range":
-            low, high = c.values
-            if low is not None:
-                parts.append(f"{column} >= ?")
-                args.append(low)
-            if high is not None:
-                # A bound matches every value it is a prefix of ("12" ends at 12:59:59.x):
-                # '~' sorts after the digits and '.'.
-                parts.append(f"{column} <= ?")
-                args.append(high + "~")
-            parts.append(f"{column} != ''")
+        if a.computed is not None or _DEPTH[a.table] > _DEPTH[table]:
+            # Rows below the level: the entity has some row there that matches.
+            link = LEVEL_COLUMN[a.level] if a.computed is not None else _LINK[table]
+            test, values = _test(column, c)
+            parts.append(f"{_ALIAS[table]}.{link} IN (SELECT {link} FROM {a.table} WHERE {test})")
         else:
-            raise ValueError(f"unknown condition kind {c.kind!r}")
+            test, values = _test(_column(a, column, table, joins), c)
+            parts.append(test)
+        args += values
     return (" WHERE " + " AND ".join(parts) if parts else ""), args
 
 
-def _representatives(index, key: str, keys: list[str], plain: list[Attribute]) -> list[tuple]:
-    """One row per entity, in the order of ``keys``: its key and the ``plain`` columns."""
-    if not keys:
-        return []
-    columns = ", ".join([key] + [a.column for a in plain])
-    # One instance of each entity, found through the index on its column.
-    rows = index.read(
-        f"SELECT {columns} FROM instances WHERE rowid IN (SELECT (SELECT rowid FROM instances"
-        f" WHERE {key} = j.value LIMIT 1) FROM json_each(?) AS j)", [json.dumps(keys)])
-    by_key = {r[0]: r for r in rows}
-    return [by_key[k] for k in keys if k in by_key]
+def _test(column: str, c: Condition) -> tuple[str, list]:
+    """The SQL test of one condition on ``column``, and its parameters."""
+    if c.kind == "single":
+        return f"{column} = ?", [c.values[0]]
+    if c.kind == "list":
+        return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(c.values))]
+    if c.kind == "wildcard":
+        return f"{column} GLOB ?", [c.values[0]]
+    if c.kind == "range":
+        low, high = c.values
+        parts, args = [], []
+        if low is not None:
+            parts.append(f"{column} >= ?")
+            args.append(low)
+        if high is not None:
+            # A bound matches every value it is a prefix of ("12" ends at 12:59:59.x):
+            # '~' sorts after the digits and '.'.
+            parts.append(f"{column} <= ?")
+            args.append(high + "~")
+        parts.append(f"{column} != ''")
+        return " AND ".join(parts), args
+    raise ValueError(f"unknown condition kind {c.kind!r}")
 
 
-def _aggregate(index, matches: list[dict], level: str, lvl: str, attrs: list[Attribute]) -> None:
-    """Fill the computed attributes of level ``lvl`` (at or above ``level``) of each match."""
+def _aggregate(index, matches: list[dict], keys: list, lvl: str, table: str,
+               attrs: list[Attribute]) -> None:
+    """Fill the computed attributes ``attrs`` of level ``lvl`` (over rows of ``table``) of
+    each match; ``keys`` holds the entity of that level each match belongs to."""
     if not matches:
         return
-    column = LEVEL_COLUMN[lvl]
-    if lvl == level:
-        keys = [m[0] for m in matches]
-    else:
-        # The owning entity's key (e.g. the study of a series): read from one instance.
-        own = LEVEL_COLUMN[level]
-        rows = index.read(
-            f"SELECT {own}, {column} FROM instances WHERE rowid IN (SELECT (SELECT rowid FROM"
-            f" instances WHERE {own} = j.value LIMIT 1) FROM json_each(?) AS j)",
-            [json.dumps([m[0] for m in matches])])
-        owner = dict(rows)
-        keys = [owner.get(m[0]) for m in matches]
+    rows_from, column = _AGGREGATE_FROM[lvl, table]
     wanted = sorted({k for k in keys if k is not None})
     exprs = ", ".join(a.computed for a in attrs)
-    rows = index.read(f"SELECT {column}, {exprs} FROM instances WHERE {column} IN"
+    rows = index.read(f"SELECT {column}, {exprs} FROM {rows_from} WHERE {column} IN"
                       f" (SELECT value FROM json_each(?)) GROUP BY {column}", [json.dumps(wanted)])
     values = {r[0]: r[1:] for r in rows}
     for match, k in zip(matches, keys):
