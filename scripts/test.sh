@@ -25,5 +25,6 @@ python3 -m pip install -q ".[test]"
 export PYTHONDONTWRITEBYTECODE=1
 DICOMACCEL_REQUIRE_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests benchmarks/tests "$@"
 DICOMACCEL_NO_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests "$@"
-# Every fuzz harness (fuzz/, differential against the twins) for 20 s: 0 crashes.
-bash scripts/fuzz.sh 20
+# Every fuzz harness (fuzz/, differential against the twins) for 20 s: 0 crashes; then what
+# each kept, replayed through an AddressSanitizer + UBSan build of the kernels.
+bash scripts/fuzz.sh 20 --sanitize
