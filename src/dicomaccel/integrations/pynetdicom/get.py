@@ -132,6 +132,10 @@ class _GetHandler:
         contexts = _Contexts(event.assoc)
         try:
             items = self._match(query, contexts)
+        except IdentifierError as err:
+            yield 1
+            yield _status(err.status, err.comment), _failed()
+            return
         except Exception:
             log.exception("C-GET: matching failed")
             yield 1
@@ -312,7 +316,7 @@ class StorageGetHandler(_GetHandler):
             return list(self.match(query))
         if query.level == "IMAGE":
             return list(query.sop_instance_uids)
-        raise ValueError(f"no match callback for {query.level} level")
+        raise IdentifierError(f"{query.level} level is not served here", Status.UNABLE_TO_PROCESS)
 
     def _open(self, uid: str):
         found = self.locate(uid)
