@@ -53,6 +53,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .. import memory
 from ..config import DEFAULTS
 from ..policy.store import StorePolicy
 from ..status import FailureReason
@@ -232,6 +233,8 @@ class IncomingInstance:
         except BaseException as exc:
             self.abort()
             finished(self._failure(exc))
+            del exc
+            memory.trim()  # a failed scan may have used up to 64 MiB (a deflated header)
             return
 
         def committed(item: PreparedInstance) -> None:
