@@ -832,3 +832,138 @@ def test_rules_in_a_deflated_instance(tmp_path):
 def test_bad_rules_are_refused_with_the_reason(coerce, discard, message):
     with pytest.raises(ConfigError, match=message):
         compile_rules(tuple(coerce), tuple(discard))
+
+
+# --- studies and series tables (index schema 6) ------------------------------------------------
+def _entities(root) -> tuple[dict, dict]:
+    """The series rows ``{series: (study, count)}`` and study rows ``{study: patient name}``
+    of an index, after checking them against the instance rows they summarise."""
+    with sqlite3.connect(os.path.join(root, "index.sqlite3")) as db:
+        series = {s: (st, n) for s, st, n in db.execute("SELECT series_uid, study_uid, n_instances FROM series")}
+        studies = dict(db.execute("SELECT study_uid, patient_name FROM studies"))
+        counted = {s: (st, n) for s, st, n in db.execute(
+            "SELECT series_uid, study_uid, count(*) FROM instances GROUP BY series_uid")}
+        study_uids = {st for (st,) in db.execute("SELECT DISTINCT study_uid FROM instances")}
+    assert series == counted and set(studies) == study_uids
+    return series, studies
+
+
+def _study_search(archive, **keys) -> list[dict]:
+    from dicomaccel.query import BY_KEYWORD, Query, condition, search
+
+    conditions = tuple(condition(BY_KEYWORD[k], [v]) for k, v in keys.items())
+    returns = tuple(BY_KEYWORD[k].tag for k in (
+        "StudyInstanceUID", "PatientName", "PatientID", "StudyDescription", "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"))
+    found = search(archive.index, Query("STUDY", conditions, returns)).matches
+    return [{BY_KEYWORD[k].keyword: m[BY_KEYWORD[k].tag] for k in (
+        "StudyInstanceUID", "PatientName", "PatientID", "StudyDescription", "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")} for m in found]
+
+
+def _ct(study, series, number, **attrs) -> bytes:
+    return dicomgen.retag(dicomgen.ct_instance(study, series, number, 8, 8), **attrs)
+
+
+def test_counts_after_several_batches(archive):
+    """Batches of one and of many instances, several studies and series in one batch: each
+    series row counts its instances, each study's counts add up (PS3.4 C.6.1.1.4-5)."""
+    s1, s2, a, b, c = (generate_uid() for _ in range(5))
+    archive.store_bytes(_ct(s1, a, 1, Modality="CT"))
+    archive.store_bytes(_ct(s1, a, 2, Modality="CT"))
+    # Concurrent stores become batches of several instances (of both studies).
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(archive.store_bytes, [_ct(s1, a, n, Modality="CT") for n in range(3, 9)]
+                      + [_ct(s1, b, n, Modality="MR") for n in range(1, 4)]
+                      + [_ct(s2, c, n, PatientName="Other^Pat", PatientID="P2") for n in range(1, 6)]))
+    series, studies = _entities(archive.root)
+    assert series == {a: (s1, 8), b: (s1, 3), c: (s2, 5)} and set(studies) == {s1, s2}
+    one = _study_search(archive, StudyInstanceUID=s1)
+    assert one == [{"StudyInstanceUID": s1, "PatientName": "Test^Patient", "PatientID": "PID-0001",
+                    "StudyDescription": None, "ModalitiesInStudy": ["CT", "MR"],
+                    "NumberOfStudyRelatedSeries": 2, "NumberOfStudyRelatedInstances": 11}]
+    assert [m["StudyInstanceUID"] for m in _study_search(archive, PatientName="other*")] == [s2]
+    assert len(archive.find(series_uids=[b])) == 3 and len(archive.find(patient_id="P2")) == 5
+
+
+def test_study_attributes_after_overwrite(tmp_path):
+    """An overwrite with changed study attributes changes the study's row (the last write
+    wins); one that moves the instance to another series and study takes it off the old
+    ones, which go when their last instance does."""
+    with Archive(tmp_path / "a", overwrite=True) as a:
+        study, series = generate_uid(), generate_uid()
+        first = _ct(study, series, 1, PatientName="First^Name", StudyDescription="Before")
+        a.store_bytes(first)
+        second = _ct(study, series, 2, PatientName="First^Name", StudyDescription="Before")
+        a.store_bytes(second)
+        changed = dicomgen.retag(second, PatientName="Second^Name", StudyDescription="After")
+        assert not a.store_bytes(changed).already_stored
+        found = _study_search(a, StudyInstanceUID=study)
+        assert found[0]["PatientName"] == "Second^Name" and found[0]["StudyDescription"] == "After"
+        assert found[0]["NumberOfStudyRelatedInstances"] == 2
+        assert _study_search(a, PatientName="first*") == []
+        assert [m["StudyInstanceUID"] for m in _study_search(a, PatientName="second*")] == [study]
+        # Move the first instance to a new study and series: the old series keeps one.
+        new_study, new_series = generate_uid(), generate_uid()
+        a.store_bytes(dicomgen.retag(first, StudyInstanceUID=new_study, SeriesInstanceUID=new_series))
+        series_rows, studies = _entities(a.root)
+        assert series_rows == {series: (study, 1), new_series: (new_study, 1)}
+        # ... then the second too: the old series and study are gone.
+        a.store_bytes(dicomgen.retag(changed, StudyInstanceUID=new_study, SeriesInstanceUID=new_series))
+        series_rows, studies = _entities(a.root)
+        assert series_rows == {new_series: (new_study, 2)} and set(studies) == {new_study}
+        assert [m["NumberOfStudyRelatedInstances"] for m in _study_search(a)] == [2]
+
+
+@pytest.mark.parametrize("last_of_its_study", [True, False], ids=["last of its study", "one of its series"])
+def test_recovery_drops_study_and_series_rows_with_their_last_instance(tmp_path, last_of_its_study):
+    """Start-up removes the rows of an unconfirmed batch whose file did not survive; the
+    series and study rows go with their last instance, or count one fewer."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    kept_study, kept_series = generate_uid(), generate_uid()
+    lost_study, lost_series = (generate_uid(), generate_uid()) if last_of_its_study else (kept_study, kept_series)
+    payloads = [_ct(kept_study, kept_series, 1), _ct(kept_study, kept_series, 2), _ct(lost_study, lost_series, 3)]
+    names = []
+    for n, data in enumerate(payloads):
+        names.append(str(tmp_path / f"{n}.dcm"))
+        with open(names[-1], "wb") as f:
+            f.write(data)
+    out = subprocess.run([sys.executable, "-c", _DIE_AFTER_STORING, str(root), *names],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    lost_sop, lost_path = out.splitlines()[-1].split(" ", 1)
+    assert _entities(root)[0][lost_series] == (lost_study, 1 if last_of_its_study else 3)
+    os.truncate(lost_path, 100)  # the flush did not complete
+    with Archive(root) as a:
+        assert a.get(lost_sop) is None
+        series, studies = _entities(root)
+        assert series == {kept_series: (kept_study, 2)} and set(studies) == {kept_study}
+        assert [m["NumberOfStudyRelatedInstances"] for m in _study_search(a)] == [2]
+
+
+def test_an_insert_into_a_known_series_writes_no_query_key_index_page(tmp_path):
+    """The one-instance commit into an existing study and series dirties the instance table,
+    its three indexes, the unconfirmed list and the series row: no page of the studies table or of
+    the query-key indexes (an upsert that changes nothing writes nothing)."""
+    with Archive(tmp_path / "a") as a:
+        study, series = generate_uid(), generate_uid()
+        for n in range(1, 4):
+            a.store_bytes(_ct(study, series, n))
+        wal = os.path.join(a.root, "index.sqlite3-wal")
+        before = os.path.getsize(wal)
+        a.store_bytes(_ct(study, series, 4))
+        with open(wal, "rb") as f:
+            f.seek(before)
+            frames = f.read()
+        with sqlite3.connect(os.path.join(a.root, "index.sqlite3")) as db:
+            try:
+                names = dict(db.execute("SELECT pageno, name FROM dbstat"))
+            except sqlite3.OperationalError:
+                pytest.skip("SQLite without the dbstat table")
+    frame = 24 + 4096  # WAL frame header, then the page (PS: SQLite's WAL file format)
+    written = {names.get(int.from_bytes(frames[i:i + 4], "big"), "other")
+               for i in range(0, len(frames), frame)}
+    assert written and written <= {"instances", "sqlite_autoindex_instances_1", "sqlite_autoindex_instances_2",
+                                   "instances_study_series", "unconfirmed", "series", "sqlite_schema"}, written
