@@ -3,12 +3,12 @@
     python scripts/query_latency.py [--instances 100000] [--queries 400] [--data DIR]
 
 Fills an index directly (no files: rows through ``SQLiteIndex.put_batch``, 40 instances per
-study, 2 series per study, 5,000 patients), then times searches through the QIDO-RS ASGI app
-in-process (engine, SQL, DICOM JSON encoding; no sockets): studies by Patient Name (prefix,
-exact-ish, leading wild card), Study Date range, Accession Number, Modalities in Study and
-none; the series of a study; all series by Modality; the instances of a series; instances by
-Patient ID. Random values; prints p50/p99 in ms. The issue's target is p50 <= 10 ms,
-p99 <= 50 ms.
+study, 2 series per study, 5,000 patients; the builder is :mod:`dicomaccel.testing.query_index`,
+shared with the benchmark runner), then times searches through the QIDO-RS ASGI app in-process
+(engine, SQL, DICOM JSON encoding; no sockets): studies by Patient Name (prefix, exact-ish,
+leading wild card), Study Date range, Accession Number, Modalities in Study and none; the series
+of a study; all series by Modality; the instances of a series; instances by Patient ID. Random
+values; prints p50/p99 in ms. The issue's target is p50 <= 10 ms, p99 <= 50 ms.
 """
 
 from __future__ import annotations
@@ -21,47 +21,8 @@ import statistics
 import tempfile
 import time
 
-from dicomaccel.archive.index import InstanceRecord, SQLiteIndex
-
-FAMILY = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
-          "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor",
-          "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez",
-          "Clark", "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright",
-          "Scott", "Torres", "Nguyen", "Hill", "Flores", "Green", "Adams", "Nelson", "Baker",
-          "Hall", "Rivera", "Campbell", "Mitchell", "Carter", "Roberts", "Müller", "Schmidt"]
-GIVEN = ["James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "David",
-         "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Anna"]
-MODALITIES = ["CT", "MR", "US", "CR", "DX", "PT", "NM", "MG"]
-
-
-def fill(index: SQLiteIndex, root: str, instances: int, per_study: int = 40, patients: int = 5000) -> None:
-    rng = random.Random(11)
-    names = [f"{rng.choice(FAMILY)}{i % 97}^{rng.choice(GIVEN)}" for i in range(patients)]
-    batch = []
-    for s in range(instances // per_study):
-        p = rng.randrange(patients)
-        study = f"1.2.826.0.1.99.{s}"
-        date = f"20{rng.randrange(10, 27):02d}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
-        for k in range(per_study):
-            series = f"{study}.{k % 2}"
-            sop = f"{series}.{k}"
-            batch.append(InstanceRecord(
-                patient_id=f"PID{p:06d}", patient_name=names[p], study_uid=study, series_uid=series,
-                sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                transfer_syntax_uid="1.2.840.10008.1.2.1", number_of_frames=1,
-                path=os.path.join(root, "instances", f"{sop}.dcm"), size=525000, dataset_offset=350,
-                pixel_offset=1100, pixel_value_offset=1112, pixel_length=524288, frame_index=None,
-                instance_number=k + 1, rows=512, columns=512, bits_allocated=16,
-                photometric_interpretation="MONOCHROME2", study_date=date, study_time="101500",
-                accession_number=f"ACC{s:07d}", modality=MODALITIES[(s + k % 2) % len(MODALITIES)],
-                referring_physician_name="Ref^Doctor", study_description="Synthetic",
-                series_description=f"Series {k % 2}", patient_birth_date="19700101",
-                patient_sex="O", study_id=str(s), series_number=k % 2 + 1))
-            if len(batch) == 2000:
-                index.put_batch(batch, [False] * len(batch))
-                batch = []
-    if batch:
-        index.put_batch(batch, [False] * len(batch))
+from dicomaccel.archive.index import SQLiteIndex
+from dicomaccel.testing.query_index import FAMILY, GIVEN, MODALITIES, fill
 
 
 class _FakeArchive:

@@ -10,8 +10,9 @@ Imported from here (standard library only):
 - :func:`dcmtk_program`, :func:`wait_until`.
 
 Submodules that need the declared dependencies: :mod:`dicomaccel.testing.files` (pydicom, NumPy:
-data sets and PS3.10 files), :mod:`dicomaccel.testing.pdu` (pydicom: hand-built PS3.8 bytes) and
-:mod:`dicomaccel.testing.scu` (pynetdicom: a C-GET SCU).
+data sets and PS3.10 files), :mod:`dicomaccel.testing.pdu` (pydicom: hand-built PS3.8 bytes),
+:mod:`dicomaccel.testing.scu` (pynetdicom: a C-GET SCU); :mod:`dicomaccel.testing.query_index` (a
+synthetic index of many studies, for search latency).
 """
 
 from __future__ import annotations
