@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
+from .config import parse_move_destination
 from .access import credentials
 from .logs import configure
 from .syntaxes import is_valid_uid
@@ -33,6 +34,13 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def _destination(text: str) -> tuple[str, str, int]:
+    try:
+        return parse_move_destination(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _uid(text: str) -> str:
@@ -136,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "Classes of PS3.4 Annex B)")
     serve.add_argument("--reject-sop-class", action="append", dest="reject_sop_classes", metavar="UID",
                        type=_uid, help="refuse this SOP Class with 0122 (repeatable)")
+    serve.add_argument("--move-destination", action="append", dest="move_destinations", metavar="AE=HOST:PORT",
+                       type=_destination, help="a C-MOVE destination (repeatable; others get A801; "
+                                               "default: none)")
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                        help="let browser viewers from this origin (e.g. https://viewer.example:3000, or *) "
                             "use the DICOMweb services: CORS headers and OPTIONS preflight (repeatable; "
@@ -172,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         config_file = args.pop("config")
         if "fsync" in args:
             args["fsync"] = args["fsync"] == "always"
-        for listed in ("calling_ae_allow", "accept_sop_classes", "reject_sop_classes", "cors_origins"):
+        for listed in ("calling_ae_allow", "accept_sop_classes", "reject_sop_classes", "cors_origins",
+                       "move_destinations"):
             if listed in args:
                 args[listed] = tuple(args[listed])
         try:

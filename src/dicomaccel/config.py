@@ -89,6 +89,9 @@ class ServeConfig:
     # [[coerce]] and [[discard]] tables of the configuration file (dicomaccel.policy.rules).
     coerce: tuple[dict, ...] = ()
     discard: tuple[dict, ...] = ()
+    # C-MOVE destinations (--move-destination AE=HOST:PORT, [[move_destination]] tables):
+    # (AE title, host, port) each; a C-MOVE to any other AE gets A801.
+    move_destinations: tuple[tuple[str, str, int], ...] = ()
     # Origins browser viewers may read the DICOMweb services from (dicomaccel.cors); "*" for
     # any; empty: no CORS headers.
     cors_origins: tuple[str, ...] = ()
@@ -106,7 +109,7 @@ QIDO_MAX_RESULTS = 1000
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
-DIMSE_PERMISSIONS = ("get", "find", "store")  # the DIMSE services an [ae-permissions] entry can grant
+DIMSE_PERMISSIONS = ("get", "find", "store", "move")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
     "host": ("host", "str"),
@@ -150,6 +153,7 @@ _KEYS = {
     "coerce": ("coerce", "tables"),
     "discard": ("discard", "tables"),
     "cors-origin": ("cors_origins", "list"),
+    "move_destination": ("move_destinations", "destinations"),
     "public-url": ("public_url", "url"),
 }
 
@@ -224,6 +228,8 @@ def _convert(path, key: str, value, kind: str):
                 and all(x in DIMSE_PERMISSIONS for x in p) for ae, p in value.items()):
             raise wrong(f"a table of AE title = [permissions] ({', '.join(DIMSE_PERMISSIONS)})")
         return {ae: tuple(p) for ae, p in value.items()}
+    if kind == "destinations":
+        return tuple(_destination(path, key, v) for v in (value if isinstance(value, list) else [None]))
     if kind == "tables":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise wrong(f"an array of tables ([[{key}]])")
@@ -262,6 +268,28 @@ def _convert(path, key: str, value, kind: str):
     return Path(value) if kind == "path" else value
 
 
+def _destination(path, key: str, table) -> tuple[str, str, int]:
+    """One [[move_destination]] table: ``ae``, ``host``, ``port`` (``tls`` is not supported)."""
+    ok = (isinstance(table, dict) and set(table) <= {"ae", "host", "port", "tls"}
+          and isinstance(table.get("ae"), str) and 0 < len(table["ae"].strip()) <= 16
+          and isinstance(table.get("host"), str) and table["host"]
+          and isinstance(table.get("port"), int) and not isinstance(table["port"], bool)
+          and 0 < table["port"] <= 65535 and table.get("tls", False) is False)
+    if not ok:
+        raise ConfigError(f'{path}: each [[{key}]] needs ae = "AE" (1-16 characters), host = "HOST" and '
+                          f"port = 1-65535 (tls is not supported), not {table!r}")
+    return table["ae"].strip(), table["host"], table["port"]
+
+
+def parse_move_destination(text: str) -> tuple[str, str, int]:
+    """``AE=HOST:PORT`` (the --move-destination flag) as (AE title, host, port)."""
+    ae, sep, address = text.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not (sep and colon and 0 < len(ae.strip()) <= 16 and host and port.isdigit() and 0 < int(port) <= 65535):
+        raise ConfigError(f"not AE=HOST:PORT: {text!r}")
+    return ae.strip(), host.strip("[]"), int(port)
+
+
 def merged(file_values: dict, flag_values: dict) -> ServeConfig:
     """Defaults, then the file's values, then the flags'; checked as a whole."""
     config = dataclasses.replace(DEFAULTS, **{**file_values, **flag_values})
@@ -293,6 +321,9 @@ def as_toml(config: ServeConfig) -> str:
         elif kind == "permissions":
             lines.append(f"[{key}]")
             lines += [f"{_quoted(ae)} = [{', '.join(_quoted(p) for p in perms)}]" for ae, perms in value.items()]
+        elif kind == "destinations":
+            for ae, host, port in value:
+                lines += [f"[[{key}]]", f"ae = {_quoted(ae)}", f"host = {_quoted(host)}", f"port = {port}"]
         elif kind == "tables":
             for table in value:
                 lines.append(f"[[{key}]]")

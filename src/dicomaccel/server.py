@@ -26,12 +26,13 @@ import uvloop
 from .archive import Archive
 from .config import ServeConfig
 from .dimse import start_dimse_server
-from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_STORE_RQ
+from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .qido import create_qido_app
 from .retrieve import GET_SOP_CLASSES, CGetSCP
 from .retrieve.cfind import FIND_SOP_CLASSES, CFindSCP
+from .retrieve.cmove import MOVE_SOP_CLASSES, CMoveSCP
 from .access import credentials, require
 from .cors import with_cors
 from .ops import scope_needed, with_ops
@@ -209,13 +210,19 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         try:
             if with_dimse:
                 store_classes = storage_sop_classes(archive.policy)
+                cget = CGetSCP(archive)
+                # C-MOVE: the C-GET engine, sending over an association to the destination.
+                cmove = CMoveSCP(cget, {ae: (host, port) for ae, host, port in config.move_destinations},
+                                 ae_title=config.ae_title, connect_timeout=config.artim_timeout,
+                                 idle_timeout=config.idle_timeout)
                 dimse = await start_dimse_server(
                     config.host,
                     config.dimse_port,
                     ae_title=config.ae_title,
-                    handlers={C_GET_RQ: CGetSCP(archive), C_FIND_RQ: CFindSCP(archive),
+                    handlers={C_GET_RQ: cget, C_FIND_RQ: CFindSCP(archive), C_MOVE_RQ: cmove,
                               C_STORE_RQ: CStoreSCP(archive, config.max_instance_bytes)},
-                    supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES + store_classes,
+                    supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES + MOVE_SOP_CLASSES
+                    + store_classes,
                     # C-STORE SCP (PS3.4 B.4.1): the sender's transfer syntax, stored as received;
                     # its data sets stream into the archive (never joined, no identifier cap).
                     peer_ordered_syntaxes={uid: STORE_TRANSFER_SYNTAXES for uid in store_classes},
@@ -230,6 +237,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     sock=None if listeners is None else listeners[1],
                     context_permissions={**{uid: "get" for uid in GET_SOP_CLASSES},
                                          **{uid: "find" for uid in FIND_SOP_CLASSES},
+                                         **{uid: "move" for uid in MOVE_SOP_CLASSES},
                                          **{uid: "store" for uid in store_classes}},
                     ae_permissions=config.ae_permissions,
                 )

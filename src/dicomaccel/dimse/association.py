@@ -540,7 +540,7 @@ class DIMSEProtocol(asyncio.Protocol):
             if event in _LOCAL_EVENTS:
                 raise AssociationClosedError(f"{fsm.EVENTS[event]} is not possible in {self._state}")
             return
-        next_state = _ACTIONS[action](self, event, arg)
+        next_state = self._actions[action](self, event, arg)
         self._state = next_state or fsm.ACTIONS[action].next_state
         # The service-user answers A-ASSOCIATE and A-RELEASE indications at once.
         if self._state == "Sta3":
@@ -1077,7 +1077,11 @@ async def _echo(assoc: Association, request: Request) -> int:
     return Status.SUCCESS
 
 
-_ACTIONS = {
-    name: getattr(DIMSEProtocol, "_" + name.replace("-", "_"), DIMSEProtocol._requestor_only)
-    for name in fsm.ACTIONS
-}
+def action_table(cls: type) -> dict:
+    """PS3.8 action name -> the method of ``cls`` named after it (``_AE_6`` for AE-6); actions a
+    class does not implement raise (they belong to the other role)."""
+    return {name: getattr(cls, "_" + name.replace("-", "_"), cls._requestor_only) for name in fsm.ACTIONS}
+
+
+_ACTIONS = action_table(DIMSEProtocol)
+DIMSEProtocol._actions = _ACTIONS

@@ -367,3 +367,82 @@ def sub_role_selection(uid: str, scu_role: int, scp_role: int) -> bytes:
 def sub_extended_negotiation(uid: str, info: bytes) -> bytes:
     raw = uid.encode("ascii")
     return item(SUB_SOP_CLASS_EXTENDED, _U16.pack(len(raw)) + raw + info)
+
+
+# ---------------------------------------------------------------- association requestor
+
+
+def encode_associate_rq(called_ae: str, calling_ae: str, contexts: list[ProposedContext],
+                        user_info: list[bytes]) -> bytes:
+    """Encode an A-ASSOCIATE-RQ PDU (PS3.8 §9.3.2): our proposal as association-requestor.
+
+    Parameters
+    ----------
+    called_ae, calling_ae : str
+        AE titles, space-padded to 16 bytes (PS3.8 Table 9-11).
+    contexts : list of ProposedContext
+        Odd context IDs, one abstract syntax and one or more transfer syntaxes each.
+    user_info : list of bytes
+        Encoded 5xH sub-items, in ascending type order.
+    """
+    parts = [item(ITEM_APPLICATION_CONTEXT, DICOM_APPLICATION_CONTEXT.encode("ascii"))]
+    for pc in contexts:
+        sub = item(ITEM_ABSTRACT_SYNTAX, pc.abstract_syntax.encode("ascii"))
+        sub += b"".join(item(ITEM_TRANSFER_SYNTAX, ts.encode("ascii")) for ts in pc.transfer_syntaxes)
+        parts.append(item(ITEM_PRESENTATION_CONTEXT_RQ, bytes((pc.id, 0, 0, 0)) + sub))
+    parts.append(item(ITEM_USER_INFORMATION, b"".join(user_info)))
+    variable = b"".join(parts)
+    fixed = (_U16.pack(1) + b"\x00\x00" + called_ae.encode("ascii").ljust(16)[:16]
+             + calling_ae.encode("ascii").ljust(16)[:16] + b"\x00" * 32)
+    return PDU_HEADER.pack(A_ASSOCIATE_RQ, len(fixed) + len(variable)) + fixed + variable
+
+
+@dataclass(slots=True)
+class AssociateAC:
+    """A decoded A-ASSOCIATE-AC PDU (PS3.8 §9.3.3): ``results`` maps each context ID to
+    ``(result, transfer syntax)`` (PS3.8 Table 9-18); ``max_length`` is the acceptor's
+    Maximum Length (0 or ``None``: no limit)."""
+
+    results: dict[int, tuple[int, str | None]] = field(default_factory=dict)
+    max_length: int | None = None
+    implementation_class_uid: str | None = None
+    implementation_version_name: str | None = None
+    roles: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def decode_associate_ac(body: memoryview, base: int = 6) -> AssociateAC:
+    """Decode an A-ASSOCIATE-AC PDU body (the bytes after its 6-byte header).
+
+    Raises
+    ------
+    PDUParameterError
+        Truncated or malformed items, or no User Information item.
+    """
+    end = len(body)
+    if end < ASSOCIATE_FIXED_LENGTH:
+        raise PDUParameterError(
+            f"A-ASSOCIATE-AC is {end} bytes, the fixed part alone is {ASSOCIATE_FIXED_LENGTH}", base
+        )
+    ac = AssociateAC()
+    seen_user_info = False
+    for item_type, value, offset in _items(body, ASSOCIATE_FIXED_LENGTH, end, base):
+        if item_type == ITEM_PRESENTATION_CONTEXT_AC:
+            # 21H item: PCID(1) reserved(1) result(1) reserved(1) then one 40H sub-item.
+            if len(value) < 4:
+                raise PDUParameterError("presentation context item shorter than 4 bytes", offset)
+            ts = None
+            for sub_type, sub, sub_offset in _items(value, 4, len(value), offset + 4):
+                if sub_type == ITEM_TRANSFER_SYNTAX:
+                    ts = _text(sub, sub_offset, "transfer syntax") or None
+            ac.results[value[0]] = (value[2], ts)
+        elif item_type == ITEM_USER_INFORMATION:
+            seen_user_info = True
+            info = AssociateRQ(1, "", "", b"", b"")  # the same sub-items (PS3.7 Annex D.3.3)
+            _decode_user_information(value, offset, info)
+            ac.max_length = info.max_length
+            ac.implementation_class_uid = info.implementation_class_uid
+            ac.implementation_version_name = info.implementation_version_name
+            ac.roles = info.roles
+    if not seen_user_info:
+        raise PDUParameterError("A-ASSOCIATE-AC has no User Information item", base)
+    return ac

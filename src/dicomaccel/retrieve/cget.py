@@ -1,5 +1,9 @@
 """The C-GET SCP (PS3.4 C.4.3): C-STORE sub-operations over the requesting association.
 
+The sub-operation engine (:meth:`CGetSCP.run_suboperations`, :meth:`CGetSCP.retrieve_frames`)
+also serves C-MOVE (:mod:`.cmove`): there the C-STOREs go over an association we opened to
+the move destination, and only the responses go back to the requester.
+
 For each matching instance we pick a presentation context whose abstract syntax is the
 instance's SOP Class and on which the SCU accepted the SCP role (PS3.4 C.5.3). The stored
 transfer syntax is sent as stored: the PDVs are memoryview slices of an mmap of the file.
@@ -151,32 +155,14 @@ class CGetSCP:
         return self._executor
 
     async def __call__(self, assoc: Association, request: Request) -> None:
-        loop = asyncio.get_running_loop()
-        # PS3.7 §9.1.3.1: the Affected SOP Class UID is the context's abstract syntax.
-        sop_class = request.context.abstract_syntax
-        if request.command.get("AffectedSOPClassUID") != sop_class:
-            await assoc.respond(request, Status.SOP_CLASS_NOT_SUPPORTED,
-                                ErrorComment="Affected SOP Class UID differs from the presentation context")
-            return
-        try:
-            if len(request.dataset or b"") <= _INLINE_IDENTIFIER:
-                identifier = decode_identifier(request.dataset, request.transfer_syntax)
-            else:
-                identifier = await loop.run_in_executor(
-                    None, decode_identifier, request.dataset, request.transfer_syntax
-                )
-            query = parse_identifier(sop_class, identifier)
-        except IdentifierError as err:
-            fields = {"ErrorComment": err.comment}
-            if err.offending is not None:
-                fields["OffendingElement"] = [err.offending]
-            await assoc.respond(request, err.status, **fields)
+        query = await self.parse_request(assoc, request)
+        if query is None:
             return
         if query.level == "FRAME":
             await self.retrieve_frames(assoc, request, query)
             return
 
-        records, groups = await loop.run_in_executor(None, self._match, query)
+        records, groups = await asyncio.get_running_loop().run_in_executor(None, self._match, query)
         if groups:
             records = one_per_image(assoc, records, groups)
         if len(records) > MAX_SUBOPERATIONS:
@@ -185,21 +171,70 @@ class CGetSCP:
             return
         await self.run_suboperations(assoc, request, query, records)
 
+    async def parse_request(self, assoc: Association, request: Request,
+                            model: str | None = None) -> RetrieveRequest | None:
+        """The request's Identifier as a :class:`RetrieveRequest`, or None once answered with
+        the error (0122, A900 with the Offending Element, C000).
+
+        ``model`` is the C-GET SOP Class whose levels and keys apply (default: the context's
+        abstract syntax); a C-MOVE passes the C-GET model of the same information model.
+        """
+        loop = asyncio.get_running_loop()
+        # PS3.7 §9.1.3.1: the Affected SOP Class UID is the context's abstract syntax.
+        sop_class = request.context.abstract_syntax
+        if request.command.get("AffectedSOPClassUID") != sop_class:
+            await assoc.respond(request, Status.SOP_CLASS_NOT_SUPPORTED,
+                                ErrorComment="Affected SOP Class UID differs from the presentation context")
+            return None
+        try:
+            if len(request.dataset or b"") <= _INLINE_IDENTIFIER:
+                identifier = decode_identifier(request.dataset, request.transfer_syntax)
+            else:
+                identifier = await loop.run_in_executor(
+                    None, decode_identifier, request.dataset, request.transfer_syntax
+                )
+            return parse_identifier(model or sop_class, identifier)
+        except IdentifierError as err:
+            fields = {"ErrorComment": err.comment}
+            if err.offending is not None:
+                fields["OffendingElement"] = [err.offending]
+            await assoc.respond(request, err.status, **fields)
+            return None
+
     def _match(self, query: RetrieveRequest) -> tuple[list[InstanceRecord], list[list[int]]]:
         return match_records(self.archive, query)
 
     async def run_suboperations(self, assoc: Association, request: Request, query: RetrieveRequest,
-                                records: list[InstanceRecord]) -> None:
-        """Send ``records`` as C-STORE sub-operations, then the final C-GET-RSP."""
+                                records: list[InstanceRecord], target: Association | None = None,
+                                move_originator: tuple[str, int] | None = None) -> None:
+        """Send ``records`` as C-STORE sub-operations, then the final response.
+
+        The C-STOREs go over ``target``: the requester's own association (C-GET, the
+        default) or one we opened to a move destination (C-MOVE, PS3.4 C.4.2.3, with
+        ``move_originator`` = (AE title, Message ID) for each C-STORE-RQ). Pending and final
+        responses go to ``request`` on ``assoc``. If ``target`` is not ``assoc`` and it ends,
+        the sub-operation in flight and every remaining one fail.
+        """
         counters = SubOperations(remaining=len(records))
         priority = request.command.get("Priority", 0)
         without_bulk = query.sop_class_uid == COMPOSITE_INSTANCE_WITHOUT_BULK_DATA_GET
-        for record in records:
+        target = assoc if target is None else target
+        pending = iter(records)
+        for record in pending:
             # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
             # flight has finished by the time we get here.
             if request.cancelled.is_set():
                 break
-            category = await self.store(assoc, record, priority, without_bulk)
+            try:
+                category = await self.store(target, record, priority, without_bulk, move_originator)
+            except AssociationClosedError:
+                if target is assoc:
+                    raise
+                # PS3.4 C.4.2.3.1: the destination is gone; what was not stored failed.
+                log.warning("move destination %s ended the association", target.called_ae)
+                for lost in (record, *pending):
+                    counters.record("failure", lost.sop_instance_uid)
+                break
             counters.record(category, record.sop_instance_uid)
             metrics.CGET_SUBOPERATIONS.labels(metrics.WORKER, category).inc()
             if category != "failure":
@@ -227,7 +262,9 @@ class CGetSCP:
 
     # ------------------------------------------------------------ FRAME level (Annex Y)
 
-    async def retrieve_frames(self, assoc: Association, request: Request, query: RetrieveRequest) -> None:
+    async def retrieve_frames(self, assoc: Association, request: Request, query: RetrieveRequest,
+                              target: Association | None = None,
+                              move_originator: tuple[str, int] | None = None) -> None:
         """Serve a FRAME-level C-GET: one new instance, one C-STORE sub-operation (PS3.4 Y.4.2.3).
 
         Parameters
@@ -239,14 +276,17 @@ class CGetSCP:
         query : RetrieveRequest
             A FRAME-level request from :func:`.identifier.parse_identifier` (one SOP
             Instance UID, one Frame Range Key).
+        target, move_originator
+            As :meth:`run_suboperations`: where the C-STORE goes (C-MOVE).
         """
+        target = assoc if target is None else target
         (source_uid,) = query.sop_instance_uids
         keyword, values = query.frame_key
         counters = SubOperations(remaining=1)
         # One hop to a worker for the index look-up, the context choice and the extraction:
         # each hop costs a thread wake-up and an event-loop turn, more than the look-up.
         outcome = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._frame_instance, assoc, request, source_uid, keyword, values
+            self.executor, self._frame_instance, target, request, source_uid, keyword, values
         )
         if outcome is None:  # cancelled before the sub-operation started
             await self._final(assoc, request, counters)
@@ -260,9 +300,14 @@ class CGetSCP:
             await self._final(assoc, request, counters)
             return
         priority = request.command.get("Priority", 0)
-        rsp = await assoc.send_c_store(context, sop_class_uid=instance.sop_class_uid,
-                                       sop_instance_uid=instance.sop_instance_uid, dataset=data,
-                                       priority=priority)
+        try:
+            rsp = await target.send_c_store(context, sop_class_uid=instance.sop_class_uid,
+                                            sop_instance_uid=instance.sop_instance_uid, dataset=data,
+                                            priority=priority, move_originator=move_originator)
+        except AssociationClosedError:
+            if target is assoc:
+                raise
+            rsp = {}  # the move destination went away: the sub-operation failed
         counters.record(status_category(rsp.get("Status", 0xC000)), source_uid)
         await self._final(assoc, request, counters)
 
@@ -308,7 +353,7 @@ class CGetSCP:
                             ErrorComment=comment, **counters.fields(with_remaining=False))
 
     async def store(self, assoc: Association, record: InstanceRecord, priority: int,
-                    without_bulk: bool = False) -> str:
+                    without_bulk: bool = False, move_originator: tuple[str, int] | None = None) -> str:
         """One C-STORE sub-operation of ``record``.
 
         Parameters
@@ -321,6 +366,9 @@ class CGetSCP:
             The C-GET's Priority, used for the C-STORE-RQ (PS3.4 C.4.3.2).
         without_bulk : bool
             Send it without bulk data (PS3.4 Annex Z).
+        move_originator : (str, int), optional
+            For a C-MOVE sub-operation: the C-MOVE's requester AE title and Message ID
+            (PS3.7 §9.3.1.1).
 
         Returns
         -------
@@ -345,14 +393,14 @@ class CGetSCP:
             return "failure"
         try:
             if context.transfer_syntax == record.transfer_syntax_uid and not without_bulk:
-                rsp = await self._send_stored(assoc, context, record, priority)
+                rsp = await self._send_stored(assoc, context, record, priority, move_originator)
             else:
                 data = await asyncio.get_running_loop().run_in_executor(
                     self.executor, _prepare, record, context.transfer_syntax, without_bulk
                 )
                 rsp = await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                                sop_instance_uid=record.sop_instance_uid, dataset=data,
-                                               priority=priority)
+                                               priority=priority, move_originator=move_originator)
         except TranscodeError as exc:
             log.warning("cannot send %s in %s: %s", record.sop_instance_uid, context.transfer_syntax, exc)
             return "failure"
@@ -364,7 +412,7 @@ class CGetSCP:
         return status_category(rsp.get("Status", 0xC000))
 
     async def _send_stored(self, assoc: Association, context: PresentationContext, record: InstanceRecord,
-                           priority: int) -> dict:
+                           priority: int, move_originator: tuple[str, int] | None = None) -> dict:
         if record.size <= _INLINE_MAP:
             mm = _map_for_sending(record.path)
         else:
@@ -374,7 +422,8 @@ class CGetSCP:
         try:
             return await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                             sop_instance_uid=record.sop_instance_uid, dataset=view,
-                                            priority=priority, on_sent=on_sent)
+                                            priority=priority, on_sent=on_sent,
+                                            move_originator=move_originator)
         finally:
             view.release()
             try:

@@ -1,0 +1,227 @@
+"""The association-requestor side of the upper layer (PS3.8 §9.2: AE-1 to AE-4).
+
+:func:`request_association` opens a TCP connection, sends an A-ASSOCIATE-RQ with the given
+presentation contexts and returns the same :class:`~dicomaccel.dimse.association.Association`
+an acceptor's handler sees, once the A-ASSOCIATE-AC arrived: ``storage_contexts()``,
+``send_c_store()`` (the peer is SCP on every context we propose, PS3.7 D.3.3.4 default
+roles), ``release()`` and ``abort()``. Everything after association (P-DATA framing, the
+state machine, flow control, release and abort, the idle timer) is the acceptor's code:
+:class:`RequestorProtocol` only adds the requestor's actions. C-MOVE sub-operations use it
+to reach the move destination (PS3.4 C.4.2.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Iterable, Sequence
+
+from dicomaccel.config import DEFAULTS
+
+from . import pdu
+from .association import (
+    _WRITE_HIGH_WATER,
+    _WRITE_LOW_WATER,
+    Association,
+    AssociationClosedError,
+    DIMSEProtocol,
+    action_table,
+)
+from .config import DEFAULT_MAX_PDU, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ServerConfig
+from .negotiation import Acceptance, PresentationContext
+
+__all__ = ["AssociationRejectedError", "RequestorProtocol", "request_association"]
+
+# PS3.8 §9.3.2.2: presentation context IDs are odd integers 1-255.
+MAX_CONTEXTS = 128
+
+
+class AssociationRejectedError(ConnectionError):
+    """The peer answered A-ASSOCIATE-RJ (PS3.8 Table 9-21): ``result``, ``source``, ``reason``."""
+
+    def __init__(self, result: int, source: int, reason: int) -> None:
+        super().__init__(f"association rejected (result {result}, source {source}, reason {reason})")
+        self.result, self.source, self.reason = result, source, reason
+
+
+class _Alone:
+    """What the protocol reports its connection and association to: nothing to count."""
+
+    active_associations = 0
+
+    def __init__(self) -> None:
+        self._connections: set = set()
+
+    def _connection_made(self, protocol) -> bool:
+        self._connections.add(protocol)
+        return True
+
+    def _connection_lost(self, protocol) -> None:
+        self._connections.discard(protocol)
+
+    def _associated(self, protocol) -> None:
+        pass
+
+    def _rejected(self, protocol) -> None:
+        pass
+
+    def _disassociated(self, protocol) -> None:
+        pass
+
+
+class RequestorProtocol(DIMSEProtocol):
+    """One connection on which we are the association-requestor."""
+
+    __slots__ = ("_rq_pdu", "_proposed", "_called_ae", "_established")
+
+    def __init__(self, config: ServerConfig, rq_pdu: bytes, proposed: list[pdu.ProposedContext],
+                 called_ae: str) -> None:
+        super().__init__(_Alone(), config)
+        self._rq_pdu = rq_pdu
+        self._proposed = proposed
+        self._called_ae = called_ae
+        self._established: asyncio.Future = self._loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        self._server._connection_made(self)
+        # AE-1 was the connect itself (loop.create_connection): Sta4, then Evt2.
+        self._state = "Sta4"
+        self._event("Evt2")
+
+    def _early_dispatch(self, pdu_type: int) -> bool:
+        if self._state == "Sta5" and pdu_type in (pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ):
+            return False  # what we wait for: read its body
+        return super()._early_dispatch(pdu_type)
+
+    def _AE_2(self, event: str, arg) -> None:
+        self._transport.write(self._rq_pdu)
+
+    def _AE_3(self, event: str, body: memoryview) -> None:
+        ac = pdu.decode_associate_ac(body, self._pdu_offset + 6)
+        contexts: dict[int, PresentationContext] = {}
+        for pc in self._proposed:
+            result, ts = ac.results.get(pc.id, (pdu.PC_NO_REASON, None))
+            accepted = result == pdu.PC_ACCEPTANCE and ts in pc.transfer_syntaxes
+            # PS3.7 D.3.3.4 default roles: we are SCU, the acceptor SCP; it invokes nothing.
+            contexts[pc.id] = PresentationContext(
+                pc.id, pc.abstract_syntax, ts if accepted else None,
+                result if result != pdu.PC_ACCEPTANCE or accepted else pdu.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                scu_role=False, scp_role=accepted, proposed_transfer_syntaxes=tuple(pc.transfer_syntaxes))
+        rq = pdu.AssociateRQ(1, self._called_ae, self._config.ae_title, b"", b"",
+                             implementation_class_uid=ac.implementation_class_uid,
+                             implementation_version_name=ac.implementation_version_name)
+        self.assoc = Association(self, rq, Acceptance(b"", contexts, ac.max_length or 0))
+        self._accepted_ids = frozenset(i for i, c in contexts.items() if c.accepted)
+        if ac.max_length:
+            self._send_cap = ac.max_length
+        self._worker = self._loop.create_task(self._serve())
+        if self._config.idle_timeout:
+            self._idle = self._loop.call_later(self._config.idle_timeout, self._idle_check)
+        if not self._established.done():
+            self._established.set_result(self.assoc)
+
+    def _AE_4(self, event: str, body: memoryview) -> None:
+        if len(body) < 4:
+            raise pdu.PDUParameterError("A-ASSOCIATE-RJ shorter than 4 bytes", self._pdu_offset + 6)
+        if not self._established.done():
+            self._established.set_exception(AssociationRejectedError(body[1], body[2], body[3]))
+        self._transport.close()
+
+    def _AR_8(self, event: str, arg) -> str:
+        return "Sta9"  # release collision, association-requestor side
+
+    def _AR_9(self, event: str, arg) -> None:
+        self._transport.write(pdu.A_RELEASE_RP_BYTES)
+
+    def _teardown(self, reason: str) -> None:
+        super()._teardown(reason)
+        if not self._established.done():
+            self._established.set_exception(AssociationClosedError(f"no association: {reason}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self._established.done():
+            self._established.set_exception(AssociationClosedError("connection closed before A-ASSOCIATE-AC"))
+
+
+RequestorProtocol._actions = action_table(RequestorProtocol)
+
+
+async def request_association(
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str,
+    contexts: Iterable[tuple[str, Sequence[str]]],
+    max_pdu: int = DEFAULT_MAX_PDU,
+    timeout: float = DEFAULTS.artim_timeout,
+    idle_timeout: float | None = DEFAULTS.idle_timeout,
+) -> Association:
+    """Associate with ``called_ae`` at ``host:port`` as requestor (PS3.8 §9.2, AE-1 to AE-3).
+
+    Parameters
+    ----------
+    contexts : iterable of (abstract syntax, transfer syntaxes)
+        One presentation context each (IDs 1, 3, 5, ...), at most 128.
+    max_pdu : int
+        Our Maximum Length (what the peer may send us: only responses here).
+    timeout : float
+        Seconds for the connection and the A-ASSOCIATE-AC together.
+    idle_timeout : float or None
+        As :func:`~dicomaccel.dimse.start_dimse_server`'s: a peer that stops answering is
+        aborted after this long.
+
+    Returns
+    -------
+    Association
+
+    Raises
+    ------
+    AssociationRejectedError
+        A-ASSOCIATE-RJ.
+    AssociationClosedError
+        The peer aborted or closed the connection before accepting.
+    OSError, TimeoutError
+        No connection, or no answer within ``timeout`` (the connection is then aborted).
+    ValueError
+        No context, or more than 128.
+    """
+    proposed = [pdu.ProposedContext(2 * i + 1, abstract, list(syntaxes))
+                for i, (abstract, syntaxes) in enumerate(contexts)]
+    if not proposed or len(proposed) > MAX_CONTEXTS:
+        raise ValueError(f"between 1 and {MAX_CONTEXTS} presentation contexts, not {len(proposed)}")
+    user_info = [
+        pdu.sub_maximum_length(max_pdu),
+        pdu.sub_uid(pdu.SUB_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_CLASS_UID),
+        pdu.sub_uid(pdu.SUB_IMPLEMENTATION_VERSION_NAME, IMPLEMENTATION_VERSION_NAME),
+    ]
+    rq = pdu.encode_associate_rq(called_ae, calling_ae, proposed, user_info)
+    config = ServerConfig(ae_title=calling_ae, max_pdu=max_pdu, artim_timeout=timeout,
+                          idle_timeout=idle_timeout)
+    loop = asyncio.get_running_loop()
+    protocol: RequestorProtocol | None = None
+
+    def factory() -> RequestorProtocol:
+        nonlocal protocol
+        protocol = RequestorProtocol(config, rq, proposed, called_ae)
+        return protocol
+
+    async def connect() -> Association:
+        await loop.create_connection(factory, host, port)
+        return await protocol._established
+
+    try:
+        return await asyncio.wait_for(connect(), timeout)
+    except BaseException:
+        if protocol is not None and protocol._transport is not None:
+            protocol._transport.abort()
+        raise
