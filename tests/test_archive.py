@@ -924,8 +924,10 @@ def test_recovery_drops_study_and_series_rows_with_their_last_instance(tmp_path,
 
     root = tmp_path / "data"
     kept_study, kept_series = generate_uid(), generate_uid()
-    lost_study, lost_series = (generate_uid(), generate_uid()) if last_of_its_study else (kept_study, kept_series)
-    payloads = [_ct(kept_study, kept_series, 1), _ct(kept_study, kept_series, 2), _ct(lost_study, lost_series, 3)]
+    lost_study, lost_series = ((generate_uid(), generate_uid()) if last_of_its_study
+                               else (kept_study, kept_series))
+    payloads = [_ct(kept_study, kept_series, 1), _ct(kept_study, kept_series, 2),
+                _ct(lost_study, lost_series, 3)]
     names = []
     for n, data in enumerate(payloads):
         names.append(str(tmp_path / f"{n}.dcm"))
@@ -962,8 +964,9 @@ def test_an_insert_into_a_known_series_writes_no_query_key_index_page(tmp_path):
                 names = dict(db.execute("SELECT pageno, name FROM dbstat"))
             except sqlite3.OperationalError:
                 pytest.skip("SQLite without the dbstat table")
-    frame = 24 + 4096  # WAL frame header, then the page (PS: SQLite's WAL file format)
+            frame = 24 + db.execute("PRAGMA page_size").fetchone()[0]  # header (page number first), page
     written = {names.get(int.from_bytes(frames[i:i + 4], "big"), "other")
                for i in range(0, len(frames), frame)}
-    assert written and written <= {"instances", "sqlite_autoindex_instances_1", "sqlite_autoindex_instances_2",
-                                   "instances_study_series", "unconfirmed", "series", "sqlite_schema"}, written
+    assert written and written <= {
+        "instances", "sqlite_autoindex_instances_1", "sqlite_autoindex_instances_2",
+        "instances_study_series", "unconfirmed", "series", "sqlite_schema"}, written

@@ -277,8 +277,9 @@ def test_schema_5_index_is_migrated_to_study_and_series_tables(tmp_path):
             sorted([(k["A1"], 3), (k["A2"], 1)])
         assert len(client.search_for_instances(search_filters={"PatientID": "V5-2"})) == 2
         # New instances go on counting from the back-filled rows.
-        status, _, _ = post(server, multipart([_ct(k["A"], k["A1"], 4, PatientName="Five^Ann", PatientID="V5-1",
-                                                   StudyDate="20230303", AccessionNumber="V5A", Modality="CT")]))
+        more = _ct(k["A"], k["A1"], 4, PatientName="Five^Ann", PatientID="V5-1", StudyDate="20230303",
+                   AccessionNumber="V5A", Modality="CT")
+        status, _, _ = post(server, multipart([more]))
         assert status == 200
         a = client.search_for_studies(search_filters={"AccessionNumber": "V5A"})[0]
         assert a["00201208"]["Value"] == [5]
