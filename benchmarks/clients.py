@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import multiprocessing
 import re
 import resource
@@ -573,3 +574,151 @@ def forked(fn, *args):
 # Besides getscu, which needs its log configuration. The drain SCU runs in a process of its own.
 RETRIEVE_CLIENTS = {"pynetdicom": pynetdicom_run, "drain": lambda *args: forked(drain_run, *args)}
 
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP GET: WADO-RS and QIDO-RS, one keep-alive client in a process of its own
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0 < q <= 100) of ``values`` by the nearest-rank method: the
+    smallest value that at least ``q`` % of the values do not exceed."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)]
+
+
+def multipart_boundary(content_type: str) -> str | None:
+    """The ``boundary`` parameter of a multipart Content-Type (quoted or not), or None."""
+    m = re.search(r';\s*boundary\s*=\s*(?:"([^"]*)"|([^;\s]+))', content_type or "", re.I)
+    return (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
+
+
+class PartCounter:
+    """Counts the body parts of a multipart body fed in chunks of any size: the delimiters
+    (``--boundary``, RFC 2046 5.1.1) seen, less the close delimiter, which :attr:`closed`
+    says was the last thing in the body."""
+
+    def __init__(self, boundary: str) -> None:
+        self.delimiter = b"--" + boundary.encode("latin-1")
+        self.seen = 0
+        self._tail = b""  # the last len(delimiter) + 3 bytes fed
+
+    def feed(self, chunk: bytes) -> None:
+        keep = len(self.delimiter) - 1
+        joined = self._tail[-keep:] + chunk if keep else chunk
+        self.seen += joined.count(self.delimiter)
+        self._tail = (self._tail + chunk)[-(len(self.delimiter) + 4):]
+
+    @property
+    def closed(self) -> bool:
+        return self._tail.rstrip(b"\r\n").endswith(self.delimiter + b"--")
+
+    @property
+    def parts(self) -> int:
+        return max(0, self.seen - 1) if self.closed else self.seen
+
+
+def _http_get_loop(port: int, requests: list[tuple[str, dict[str, str]]], min_seconds: float,
+                   min_requests: int, count_parts: bool) -> dict:
+    """GET ``requests`` (path, headers) in turn on one keep-alive connection, cycling through
+    them until both ``min_requests`` were sent and ``min_seconds`` have passed; each response
+    read whole. With ``count_parts``, ``accepted`` counts the parts of multipart answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times, statuses, errors = [], {}, []
+    nbytes = ok = parts = 0
+    content_type = first = None
+    cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
+    start = time.perf_counter()
+    try:
+        while len(times) < min_requests or time.perf_counter() - start < min_seconds:
+            path, headers = requests[len(times) % len(requests)]
+            t = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            counter = PartCounter(multipart_boundary(resp.getheader("Content-Type", "")) or "-") \
+                if count_parts else None
+            while chunk := resp.read(1 << 20):
+                if first is None:
+                    first = time.perf_counter() - start
+                nbytes += len(chunk)
+                if counter:
+                    counter.feed(chunk)
+                elif resp.status not in (200, 204) and len(errors) < 3:
+                    errors.append(f"HTTP {resp.status} {path}: {chunk[:200]!r}")
+            times.append(time.perf_counter() - t)
+            statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
+            content_type = content_type or resp.getheader("Content-Type")
+            if resp.status in (200, 204):
+                ok += 1
+                parts += counter.parts if counter else 0
+            elif not errors:
+                errors.append(f"HTTP {resp.status} {path}")
+    finally:
+        seconds = time.perf_counter() - start
+        cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu
+        conn.close()
+    ms = [1e3 * t for t in times]
+    return {"seconds": seconds, "first": first, "requests": len(times), "accepted": parts if count_parts else ok,
+            "ok": ok, "bytes": nbytes, "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+            "statuses": statuses, "content_type": content_type, "errors": errors, "client_cpu_s": cpu}
+
+
+def http_run(port: int, requests: list[tuple[str, dict[str, str]]], min_seconds: float = 0.0,
+             min_requests: int | None = None, count_parts: bool = False) -> dict:
+    """:func:`_http_get_loop` in a forked process (its own interpreter lock and CPU count, as
+    the STOW-RS clients): ``requests`` are GET in turn on one keep-alive ``http.client``
+    connection, at least ``min_requests`` (default: each once) and for at least ``min_seconds``;
+    latency per request from sending it to the end of its body; raises if none answered 200/204."""
+    result = forked(_http_get_loop, port, requests, min_seconds, min_requests or len(requests), count_parts)
+    if not result["ok"]:
+        raise RuntimeError(f"no request answered 200: {result['statuses']} {' / '.join(result['errors'])[:300]}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# C-FIND: DCMTK findscu, timed from its log
+
+FINDSCU_TITLE = "FINDSCU"
+
+
+def parse_findscu_log(text: str) -> dict:
+    """From a findscu log: seconds from the first Find Request to the last final Find Response,
+    the requests sent, the final responses (and how many were Success), the Pending responses."""
+    sent = final = None
+    requests = finals = success = pending = 0
+    for t, message in dcmtk_log(text):
+        if message.startswith("Sending Find Request"):
+            requests += 1
+            sent = t if sent is None else sent
+        elif message.startswith("Received Final Find Response"):
+            finals += 1
+            success += "(Success" in message
+            final = t
+        elif message.startswith("Find Response:") and "(Pending" in message:
+            pending += 1
+    if sent is None or final is None:
+        raise RuntimeError(f"findscu log lacks a Find Request or a final response:\n{text[-1500:]}")
+    return {"seconds": final - sent, "requests": requests, "finals": finals, "success": success,
+            "pending": pending}
+
+
+def findscu_run(peer: Peer, keys: list[str], repeat: int, log_config: Path) -> dict:
+    """``repeat`` Study Root C-FINDs of the same identifier (``keys``: findscu ``-k`` values) on
+    one association by DCMTK ``findscu --repeat``, timed from its log; ``matches`` is the Pending
+    responses per request."""
+    cmd = [dcmtk_program("findscu"), "--log-config", str(log_config), "-S", "-aet", FINDSCU_TITLE,
+           "-aec", peer.ae_title, "--repeat", str(repeat), *(a for k in keys for a in ("-k", k)),
+           "127.0.0.1", str(peer.port)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
+    log = done.stdout + done.stderr
+    failed = [line.split(": ", 1)[-1] for line in log.splitlines() if " E: " in line or "ERROR:" in line]
+    if done.returncode != 0 or failed:
+        raise RuntimeError(f"findscu: {' / '.join(dict.fromkeys(failed))[:300] or f'exit status {done.returncode}'}")
+    parsed = parse_findscu_log(log)
+    if parsed["success"] != repeat:
+        raise RuntimeError(f"findscu: {parsed['success']} of {repeat} C-FINDs ended in Success")
+    return {"seconds": parsed["seconds"], "first": None, "requests": parsed["requests"],
+            "accepted": parsed["success"], "bytes": 0, "matches": parsed["pending"] / parsed["requests"]}

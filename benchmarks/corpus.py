@@ -225,3 +225,47 @@ def large_corpus(cache: Path, size: int) -> Corpus:
 def frame_lists(corpus: Corpus) -> list[list[int]]:
     """Every ``FRAME_STEP``-th frame (1-based, PS3.4 Y.6.1.1) of each instance."""
     return [list(range(1, n + 1, FRAME_STEP)) for n in corpus.frames]
+
+
+def qido_corpus(cache: Path, n: int) -> Corpus:
+    """``n`` small CT instances (4x4 pixels) carrying the attributes of
+    :func:`dicomaccel.testing.query_index.synthetic_instances`: the same studies, patients and
+    names as :func:`qido_index`'s rows, as files a peer can be loaded with (STOW-RS)."""
+    from dicomaccel.testing.query_index import synthetic_instances
+
+    def build(directory: Path) -> dict:
+        template = dcmread(io.BytesIO(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 4, 4)))
+        template.SpecificCharacterSet = "ISO_IR 192"  # some names are not ASCII
+        files, sops = [], []
+        for i, attrs in enumerate(synthetic_instances(n)):
+            for keyword, value in attrs.items():
+                setattr(template, keyword, value)
+            name = f"{i:06d}.dcm"
+            (directory / name).write_bytes(dicomgen.to_bytes(template, ExplicitVRLittleEndian))
+            files.append(name)
+            sops.append(attrs["SOPInstanceUID"])
+        return {"name": f"qido-{len(files)}", "label": f"{len(files):,} small CT instances, {len(files) // 40:,} studies "
+                f"(synthetic query corpus)", "files": files, "sop_uids": sops,
+                "sop_classes": [str(template.SOPClassUID)]}
+    return _cached(cache, f"qido-{n}-v{CACHE_VERSION}", build)
+
+
+def qido_index(cache: Path, n: int) -> Path:
+    """An ``index.sqlite3`` of ``n`` rows built directly (:func:`dicomaccel.testing.query_index.fill`),
+    cached; ``dicomaccel serve --data`` on a directory holding a copy of it answers searches
+    over them (the rows name files that do not exist: searches never read them)."""
+    from dicomaccel.archive.index import SQLiteIndex
+    from dicomaccel.testing.query_index import fill
+
+    where = cache / f"qido-index-{n}-v{CACHE_VERSION}" / "index.sqlite3"
+    if not where.exists():
+        tmp = Path(tempfile.mkdtemp(prefix="qido-index.", dir=cache))
+        try:
+            index = SQLiteIndex(str(tmp / "index.sqlite3"), str(tmp), fsync=False)
+            fill(index, str(tmp), n)
+            index.close()  # the last connection's close checkpoints the WAL into the file
+            where.parent.mkdir(exist_ok=True)
+            (tmp / "index.sqlite3").rename(where)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return where

@@ -57,7 +57,7 @@ class OrthancPeer(Peer):
     name = "orthanc"
     ae_title = "ORTHANC"
     # Callers Orthanc must know for C-GET (and for C-STORE, which it would accept anyway).
-    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM"}
+    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM", "findscu": "FINDSCU"}
 
     @classmethod
     def unavailable(cls) -> str | None:

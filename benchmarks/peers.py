@@ -281,6 +281,21 @@ class DicomaccelPeer(Peer):
         stow(self.http_port, files)
 
 
+class PrefilledDicomaccel(DicomaccelPeer):
+    """``dicomaccel serve`` on a data directory that starts with a copy of ``index`` (an
+    ``index.sqlite3`` built directly, :func:`benchmarks.corpus.qido_index`): searches over many
+    instances without storing them first."""
+
+    index: Path | None = None
+
+    def start(self, files: list[Path]) -> None:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        if self.index is not None:
+            shutil.copyfile(self.index, data / "index.sqlite3")
+        super().start(files)
+
+
 BOUNDARY = "dicomaccel-cget-bench"
 
 
@@ -340,7 +355,7 @@ class DcmqrscpPeer(Peer):
     name = "dcmqrscp"
     ae_title = "DCMQRSCP"
     options: tuple[str, ...] = ()  # extra dcmqrscp command-line options, e.g. accepted transfer syntaxes
-    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM"}
+    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM", "findscu": "FINDSCU"}
 
     @classmethod
     def unavailable(cls) -> str | None:
