@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pydicom
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
@@ -554,6 +555,13 @@ def test_workers_share_one_archive(server_factory):
     assert all(status == 200 for out in results.values() for status, _ in out)
     workers = {pid for pid in _children(server.process.pid)}
     assert len(workers) == 2
+    # Each worker's metrics carry its own process ID (not the supervisor's, which forked it).
+    labels = set()
+    for _ in range(8):
+        text = requests.get(server.http_url + "/metrics", timeout=10).text
+        labels |= set(re.findall(r'dicomaccel_stow_requests_total\{status="200",worker="(\d+)"\}', text))
+        labels |= set(re.findall(r'dicomaccel_stow_requests_total\{worker="(\d+)",status="200"\}', text))
+    assert labels and labels <= {str(pid) for pid in workers}, labels
     server.stop()
     archive = Archive(server.data)
     try:

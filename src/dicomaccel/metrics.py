@@ -13,10 +13,29 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = ["REGISTRY", "render", "STOW_REQUESTS", "STOW_INSTANCES", "BYTES_IN", "BYTES_OUT",
            "STORE_SECONDS", "QUEUE_DEPTH", "QUEUE_WAIT", "CGET_SUBOPERATIONS", "ASSOCIATIONS",
-           "FREE_BYTES", "WORKER"]
+           "FREE_BYTES", "WORKER", "after_fork"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 WORKER = str(os.getpid())
+
+
+def _forked() -> None:
+    # `dicomaccel serve --workers N` imports this module in the supervisor and forks: each
+    # worker's label is its own process ID, not the supervisor's.
+    global WORKER
+    WORKER = str(os.getpid())
+    for hook in _AFTER_FORK:
+        hook()
+
+
+_AFTER_FORK: list = []
+os.register_at_fork(after_in_child=_forked)
+
+
+def after_fork(hook) -> None:
+    """Run ``hook()`` in a forked child once :data:`WORKER` is its own (e.g. to clear a
+    cache of label children)."""
+    _AFTER_FORK.append(hook)
 
 STOW_REQUESTS = Counter("dicomaccel_stow_requests", "STOW-RS requests answered, by HTTP status",
                         ["worker", "status"], registry=REGISTRY)

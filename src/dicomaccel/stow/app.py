@@ -11,6 +11,7 @@ indexed and flushed by the archive's group commit) with
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -176,8 +177,8 @@ class StowApp:
             await self._store(scope, receive, send, report)
         finally:
             seconds = time.monotonic() - started
-            metrics.STOW_REQUESTS.labels(metrics.WORKER, str(report["status"])).inc()
-            metrics.STORE_SECONDS.labels(metrics.WORKER).observe(seconds)
+            _counter(metrics.STOW_REQUESTS, str(report["status"])).inc()
+            _counter(metrics.STORE_SECONDS).observe(seconds)
             client = scope.get("client") or ("", 0)
             access("stow", f'{client[0]} {scope.get("method")} {scope.get("path")} {report["status"]}',
                    client=client[0], method=scope.get("method"), path=scope.get("path"),
@@ -190,15 +191,15 @@ class StowApp:
         try:
             study_uid, media = self._check_request(scope, headers)
             boundary = self._check_body(headers)
-            metrics.QUEUE_DEPTH.labels(metrics.WORKER).set(self.gate.waiting + 1)
+            _counter(metrics.QUEUE_DEPTH).set(self.gate.waiting + 1)
             waiting = time.monotonic()
             try:
                 await self.gate.acquire()
             except GateBusy as busy:
                 raise _Refusal(503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())]) from None
             finally:
-                metrics.QUEUE_DEPTH.labels(metrics.WORKER).set(self.gate.waiting)
-            metrics.QUEUE_WAIT.labels(metrics.WORKER).observe(time.monotonic() - waiting)
+                _counter(metrics.QUEUE_DEPTH).set(self.gate.waiting)
+            _counter(metrics.QUEUE_WAIT).observe(time.monotonic() - waiting)
             try:
                 if not self.archive.writable():
                     raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
@@ -220,9 +221,9 @@ class StowApp:
                       bytes=upload.received)
         for stored in result.stored:
             outcome = "warning" if stored.warning_reason else "stored"
-            metrics.STOW_INSTANCES.labels(metrics.WORKER, outcome, f"{stored.warning_reason or 0:04X}").inc()
+            _counter(metrics.STOW_INSTANCES, outcome, f"{stored.warning_reason or 0:04X}").inc()
         for failed in result.failed:
-            metrics.STOW_INSTANCES.labels(metrics.WORKER, "failed", f"{failed.failure_reason:04X}").inc()
+            _counter(metrics.STOW_INSTANCES, "failed", f"{failed.failure_reason:04X}").inc()
         if media == JSON_MEDIA_TYPE:
             body = json.dumps(result.to_json(), separators=(",", ":")).encode()
         else:
@@ -293,6 +294,26 @@ async def _refuse(send: Send, refusal: _Refusal, media: str | None) -> None:
             else response.to_xml()).encode()
     warning = "299 dicomaccel " + json.dumps(refusal.text.encode("ascii", "replace").decode())
     await _respond(send, refusal.status, media, body, [*refusal.headers, (b"warning", warning.encode())])
+
+
+@functools.lru_cache(maxsize=256)
+def _counter(metric, *labels: str):
+    """``metric``'s child for this worker and ``labels`` (looked up once: ``labels()`` takes a
+    lock and builds a key on every call, seven times per request)."""
+    return metric.labels(metrics.WORKER, *labels)
+
+
+metrics.after_fork(_counter.cache_clear)
+
+
+@functools.lru_cache(maxsize=64)
+def _media_type(content_type: str) -> str:
+    """The media type of a part's Content-Type (the value itself if it does not parse).
+    Cached: every part of every request sends the same few values."""
+    try:
+        return parse_content_type(content_type)[0]
+    except ParseError:
+        return content_type
 
 
 def _boundary(headers: dict[str, str]) -> str:
@@ -373,7 +394,7 @@ class _Upload:
         # we work (wait_for() per chunk would create a Task per chunk).
         stall = asyncio.timeout(None)
         started = self.loop.time()
-        received = metrics.BYTES_IN.labels(metrics.WORKER)
+        received = _counter(metrics.BYTES_IN)
         try:
             async with stall:
                 while True:
@@ -452,10 +473,7 @@ class _Upload:
         self.part_bytes = 0
         part_type = dict(headers).get("content-type")
         if part_type is not None:
-            try:
-                kind = parse_content_type(part_type)[0]
-            except ParseError:
-                kind = part_type
+            kind = _media_type(part_type)
             if kind != "application/dicom":
                 self.other.append(FailedInstance(FailureReason.CANNOT_UNDERSTAND,
                                                  comment=f"part of type {kind[:40]!r} is not application/dicom"))
