@@ -913,6 +913,12 @@ def test_study_attributes_after_overwrite(tmp_path):
         series_rows, studies = _entities(a.root)
         assert series_rows == {new_series: (new_study, 2)} and set(studies) == {new_study}
         assert [m["NumberOfStudyRelatedInstances"] for m in _study_search(a)] == [2]
+        # A series that changes study (same Series Instance UID): the study it left goes.
+        third_study = generate_uid()
+        for data in (first, changed):
+            a.store_bytes(dicomgen.retag(data, StudyInstanceUID=third_study, SeriesInstanceUID=new_series))
+        series_rows, studies = _entities(a.root)
+        assert series_rows == {new_series: (third_study, 2)} and set(studies) == {third_study}
 
 
 @pytest.mark.parametrize("last_of_its_study", [True, False], ids=["last of its study", "one of its series"])

@@ -10,9 +10,10 @@ The query keys of the levels above the instance (PS3.4 C.6.1.1.2-C.6.1.1.4) and 
 indexes live in a ``studies`` table (Patient and Study keys, one row per Study Instance UID)
 and a ``series`` table (Series keys and the series' instance count, one row per Series
 Instance UID), kept in the same transaction as the instance rows. When instances of one
-study disagree, the last one written wins. So an instance insert touches the instance
-table and its three indexes, and one ``series`` row; the query-key indexes change only
-when a study or series appears, disappears or changes its attributes.
+study or series disagree, the last one written wins (a series belongs to the study its last
+instance names: a Series Instance UID is unique, PS3.3 C.7.3.1). So an instance insert
+touches the instance table and its three indexes, and one ``series`` row; the query-key
+indexes change only when a study or series appears, disappears or changes its attributes.
 
 Rows are written in batches (:meth:`Index.put_batch`, one transaction per batch). The SQLite
 index lives beside the files, so the archive's single flush of a batch (``syncfs``) makes
@@ -611,7 +612,7 @@ class SQLiteIndex(Index):
             attrs = [row[_AT[name]] for name in _SERIES_COLUMNS[1:]]
             conn.execute(_UPDATE_SERIES, (*attrs, uid, *attrs))
             conn.execute(_UPSERT_SERIES, (uid, *attrs, added[uid], added[uid] - removed[uid]))
-        _unlink(conn, [(st, se) for st, se in gone if se not in series], keep=studies.keys())
+        _unlink(conn, gone, written=(series.keys(), studies.keys()))
 
     def flushed(self) -> None:
         self._flushed = True
@@ -706,15 +707,16 @@ class DuplicateRow:
     __slots__ = ()
 
 
-def _unlink(conn: sqlite3.Connection, gone: list[tuple[str, str]], keep=()) -> None:
+def _unlink(conn: sqlite3.Connection, gone: list[tuple[str, str]], written=((), ())) -> None:
     """Take deleted or replaced instance rows (their study and series) off their series'
-    counts; delete a series left with no instance and a study left with no series, unless
-    in ``keep`` (studies the same transaction writes to)."""
-    for series_uid, n in collections.Counter(series_uid for _, series_uid in gone).items():
+    counts; delete a series left with no instance and a study left with no series. Series
+    and studies in ``written`` (the batch's upserts already counted them) are left alone."""
+    series, studies = written
+    for series_uid, n in collections.Counter(se for _, se in gone if se not in series).items():
         conn.execute("UPDATE series SET n_instances = n_instances - ? WHERE series_uid = ?",
                      (n, series_uid))
         conn.execute("DELETE FROM series WHERE series_uid = ? AND n_instances <= 0", (series_uid,))
-    for study_uid in {study_uid for study_uid, _ in gone}.difference(keep):
+    for study_uid in {study_uid for study_uid, _ in gone}.difference(studies):
         conn.execute("DELETE FROM studies WHERE study_uid = ? AND NOT EXISTS"
                      " (SELECT 1 FROM series WHERE study_uid = ?)", (study_uid, study_uid))
 
