@@ -312,3 +312,24 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_move_destination_configuration(tmp_path):
+    from dicomaccel.config import ConfigError, as_toml, load_toml, merged, parse_move_destination
+
+    path = tmp_path / "c.toml"
+    path.write_text('[[move_destination]]\nae = "WS1"\nhost = "10.0.0.5"\nport = 104\n'
+                    '[[move_destination]]\nae = "WS2"\nhost = "ws2.example"\nport = 11112\n')
+    config = merged(load_toml(path), {})
+    assert config.move_destinations == (("WS1", "10.0.0.5", 104), ("WS2", "ws2.example", 11112))
+    again = tmp_path / "again.toml"
+    again.write_text(as_toml(config).split("[[move_destination]]", 1)[1].join(["[[move_destination]]", ""]))
+    assert load_toml(again)["move_destinations"] == config.move_destinations
+    for bad in ('ae = "WS1"\nport = 104', 'ae = "WS1"\nhost = "h"\nport = 0', 'ae = "WS1"\nhost = "h"\nport = 1\ntls = true'):
+        path.write_text("[[move_destination]]\n" + bad + "\n")
+        with pytest.raises(ConfigError):
+            load_toml(path)
+    assert parse_move_destination("PACS=::1:104") == ("PACS", "::1", 104)
+    assert parse_move_destination("WS=[fe80::1]:11112") == ("WS", "fe80::1", 11112)
+    with pytest.raises(ConfigError):
+        parse_move_destination("WS:104")
