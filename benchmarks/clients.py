@@ -620,15 +620,16 @@ class PartCounter:
 
 
 def _http_get_loop(port: int, requests: list[tuple[str, dict[str, str]]], min_seconds: float,
-                   min_requests: int, count_parts: bool) -> dict:
+                   min_requests: int, count_parts: bool, count_token: bytes | None) -> dict:
     """GET ``requests`` (path, headers) in turn on one keep-alive connection, cycling through
     them until both ``min_requests`` were sent and ``min_seconds`` have passed; each response
-    read whole. With ``count_parts``, ``accepted`` counts the parts of multipart answers."""
+    read whole. With ``count_parts``, ``accepted`` counts the parts of multipart answers;
+    ``matches`` is the mean count of ``count_token`` per answer (results of a search)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     times, statuses, errors = [], {}, []
-    nbytes = ok = parts = 0
+    nbytes = ok = parts = matches = 0
     content_type = first = None
     cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     start = time.perf_counter()
@@ -644,6 +645,8 @@ def _http_get_loop(port: int, requests: list[tuple[str, dict[str, str]]], min_se
                 if first is None:
                     first = time.perf_counter() - start
                 nbytes += len(chunk)
+                if count_token:
+                    matches += chunk.count(count_token)  # small answers: read in one piece
                 if counter:
                     counter.feed(chunk)
                 elif resp.status not in (200, 204) and len(errors) < 3:
@@ -663,16 +666,18 @@ def _http_get_loop(port: int, requests: list[tuple[str, dict[str, str]]], min_se
     ms = [1e3 * t for t in times]
     return {"seconds": seconds, "first": first, "requests": len(times), "accepted": parts if count_parts else ok,
             "ok": ok, "bytes": nbytes, "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
-            "statuses": statuses, "content_type": content_type, "errors": errors, "client_cpu_s": cpu}
+            "statuses": statuses, "content_type": content_type, "errors": errors, "client_cpu_s": cpu,
+            **({"matches": matches / len(times)} if count_token else {})}
 
 
 def http_run(port: int, requests: list[tuple[str, dict[str, str]]], min_seconds: float = 0.0,
-             min_requests: int | None = None, count_parts: bool = False) -> dict:
+             min_requests: int | None = None, count_parts: bool = False, count_token: bytes | None = None) -> dict:
     """:func:`_http_get_loop` in a forked process (its own interpreter lock and CPU count, as
     the STOW-RS clients): ``requests`` are GET in turn on one keep-alive ``http.client``
     connection, at least ``min_requests`` (default: each once) and for at least ``min_seconds``;
     latency per request from sending it to the end of its body; raises if none answered 200/204."""
-    result = forked(_http_get_loop, port, requests, min_seconds, min_requests or len(requests), count_parts)
+    result = forked(_http_get_loop, port, requests, min_seconds, min_requests or len(requests), count_parts,
+                    count_token)
     if not result["ok"]:
         raise RuntimeError(f"no request answered 200: {result['statuses']} {' / '.join(result['errors'])[:300]}")
     return result

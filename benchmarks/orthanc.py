@@ -75,7 +75,10 @@ class OrthancPeer(Peer):
             "StorageDirectory": str(store),
             "IndexDirectory": str(store),
             "Plugins": [dicomweb_plugin()],
-            "DicomWeb": {"Enable": True, "Root": STOW_ROOT, "EnableWado": False},
+            # QidoCaseSensitive: the plugin's default (true) matches Patient Name case-sensitively;
+            # PS3.4 C.2.2.2.4 lets PN matching ignore case and dicomaccel does, so Orthanc is
+            # configured alike and a QIDO-RS search finds the same studies on both.
+            "DicomWeb": {"Enable": True, "Root": STOW_ROOT, "EnableWado": False, "QidoCaseSensitive": False},
             "HttpPort": self.http_port,
             "DicomPort": self.port,
             "DicomAet": self.ae_title,

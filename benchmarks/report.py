@@ -15,10 +15,11 @@ import statistics
 from pathlib import Path
 
 SECTIONS = (("ingest", "Ingest"), ("retrieve", "Retrieve (C-GET)"), ("frame", "Retrieve at FRAME level"),
-            ("latency", "Time to one instance: FRAME level against the whole instance"))
+            ("latency", "Time to one instance: FRAME level against the whole instance"),
+            ("wado", "Retrieve (WADO-RS)"), ("requests", "Requests: WADO-RS frames, C-FIND, QIDO-RS"))
 PEER_ORDER = ("dicomaccel", "orthanc", "dcmqrscp", "pynetdicom")
 SHORT = {"ct": "CT", "multiframe": "multi-frame", "j2k": "JPEG 2000", "pydicom-data": "pydicom-data",
-         "large": "large"}
+         "large": "large", "archive": "archive", "qido-shared": "QIDO-RS", "qido-index": "QIDO-RS"}
 COLOURS = {"dicomaccel": "#1b7837", "orthanc": "#2166ac", "dcmqrscp": "#b2182b", "pynetdicom": "#8073ac"}
 
 
@@ -32,18 +33,30 @@ def _spread(values: list[float]) -> str:
     return med if len(values) == 1 else f"{med} ({fig(min(values))}-{fig(max(values))})"
 
 
+def count(row: dict, run: dict) -> int:
+    """What one run of ``row`` moved: its requests (a row of unit ``requests``), else the
+    row's instances."""
+    return run["requests"] if row.get("unit") == "requests" else row["instances"]
+
+
 def summary(row: dict) -> dict | None:
     """Medians and spreads of one row's runs, or None when it has no successful run."""
     runs = row["runs"]
     if not runs:
         return None
-    rate = [row["instances"] / r["seconds"] for r in runs]
+    rate = [count(row, r) / r["seconds"] for r in runs]
     mbps = [r["bytes"] / r["seconds"] / 1e6 for r in runs]
     first = [r["first"] * 1e3 for r in runs if r.get("first") is not None]
     peak = [r["peak_mib"] for r in runs]
-    cpu = {side: [1e3 * r[f"{side}_cpu_s"] / row["instances"] for r in runs if f"{side}_cpu_s" in r]
+    cpu = {side: [1e3 * r[f"{side}_cpu_s"] / count(row, r) for r in runs if f"{side}_cpu_s" in r]
            for side in ("server", "client")}
+    latency = {q: [r[f"{q}_ms"] for r in runs if f"{q}_ms" in r] for q in ("p50", "p99")}
+    matches = [r["matches"] for r in runs if "matches" in r]
     return {**{f"{side}_cpu": statistics.median(v) if v else None for side, v in cpu.items()},
+            **{q: statistics.median(v) if v else None for q, v in latency.items()},
+            **{f"{q}_cell": _spread(v) if v else "-" for q, v in latency.items()},
+            "matches_cell": fig(statistics.median(matches)) if matches else "-",
+            "requests": sum(r.get("requests", 0) for r in runs), "ok": sum(r.get("ok", r["accepted"]) for r in runs),
             **{f"{side}_cpu_cell": _spread(v) if v else "-" for side, v in cpu.items()},
             "rate": statistics.median(rate), "rate_cell": _spread(rate),
             "mbps": statistics.median(mbps), "mbps_min": min(mbps), "mbps_max": max(mbps), "mbps_cell": _spread(mbps),
@@ -78,7 +91,8 @@ def _peer_rank(name: str) -> int:
 
 def _versus(section: str, workload: str, method: str, ours: dict, best_peer: str, best: dict) -> dict:
     """One headline row: dicomaccel's summary ``ours`` against ``best`` (of ``best_peer``)."""
-    out = {"section": section, "workload": workload, "method": method, "dicomaccel": ours["rate"],
+    out = {"section": section, "workload": workload, "method": method, "unit": ours.get("unit", "inst"),
+           "dicomaccel": ours["rate"],
            "best_peer": best_peer, "best": best["rate"], "ratio": ours["rate"] / best["rate"],
            "dicomaccel_peak": ours["peak"], "best_peak": best["peak"]}
     for side in ("server", "client"):
@@ -95,6 +109,8 @@ def ratios(data: dict) -> list[dict]:
             stats = {r["peer"]: summary(r) for r in rows}
             ours = stats.get("dicomaccel")
             others = {p: s for p, s in stats.items() if p != "dicomaccel" and s}
+            if ours:
+                ours["unit"] = "req" if rows[0].get("unit") == "requests" else "inst"
             if not ours or not others:
                 continue
             best = max(others, key=lambda p: others[p]["rate"])
@@ -125,20 +141,109 @@ def _pair(a: float | None, b: float | None) -> str:
 
 def headline(data: dict) -> str:
     """The Markdown table of :func:`ratios`, then :func:`best_ingest`."""
-    lines = ["| workload | method | dicomaccel inst/s | best peer | its inst/s | dicomaccel / best | "
-             "peak RSS MiB dicomaccel / best peer | server CPU ms/inst dicomaccel / best peer | server CPU "
-             "dicomaccel / best | client CPU ms/inst dicomaccel / best peer |", "|---" * 10 + "|"]
+    lines = ["| workload | method | dicomaccel /s | best peer | its /s | dicomaccel / best | "
+             "peak RSS MiB dicomaccel / best peer | server CPU ms/inst (or /req) dicomaccel / best peer | server CPU "
+             "dicomaccel / best | client CPU ms/inst (or /req) dicomaccel / best peer |", "|---" * 10 + "|"]
     for r in ratios(data) + best_ingest(data):
         ours, theirs = r["dicomaccel_server_cpu"], r["best_server_cpu"]
         cpu_ratio = f"{ours / theirs:.2f}x" if ours is not None and theirs else "-"
-        lines.append(f"| {r['workload']} | {r['method']} | {fig(r['dicomaccel'])} | {r['best_peer']} | "
-                     f"{fig(r['best'])} | **{r['ratio']:.2f}x** | {r['dicomaccel_peak']:.0f} / {r['best_peak']:.0f} | "
+        unit = r.get("unit", "inst")
+        lines.append(f"| {r['workload']} | {r['method']} | {fig(r['dicomaccel'])} {unit}/s | {r['best_peer']} | "
+                     f"{fig(r['best'])} {unit}/s | **{r['ratio']:.2f}x** | {r['dicomaccel_peak']:.0f} / {r['best_peak']:.0f} | "
                      f"{_pair(ours, theirs)} | {cpu_ratio} | "
                      f"{_pair(r['dicomaccel_client_cpu'], r['best_client_cpu'])} |")
     return "\n".join(lines)
 
 
+def _request_table(data: dict) -> list[str]:
+    """The ``requests`` section: per request, not per instance; latency, and MB/s as a share of
+    the loopback TCP limit measured in the same run."""
+    tcp = (data.get("limits") or {}).get("tcp_mbps")
+    lines = ["| workload | method | peer | requests/s | p50 ms | p99 ms | MB/s | of loopback TCP | results/request | "
+             "peak RSS MiB | answered | server CPU ms/req | client CPU ms/req | cores busy |", "|---" * 14 + "|"]
+    for label, method, rows in _groups(data, "requests"):
+        for row in rows:
+            s = summary(row)
+            if s is None:
+                cells = [f"failed: {row['error']}", *["-"] * 10]
+            else:
+                share = f"{s['mbps'] / tcp:.1%}" if tcp and method.startswith("WADO-RS") else "-"
+                cells = [s["rate_cell"], s["p50_cell"], s["p99_cell"], s["mbps_cell"], share, s["matches_cell"],
+                         s["peak_cell"], f"{s['ok']}/{s['requests']}", s["server_cpu_cell"], s["client_cpu_cell"],
+                         s["cores_cell"]]
+            lines.append("| " + " | ".join([label, method, row["peer"], *cells]) + " |")
+    return lines
+
+
+def answered_as(data: dict) -> list[str]:
+    """Per HTTP workload and peer: the Accept sent and the Content-Type of the answer."""
+    out = []
+    for row in data["rows"]:
+        run = next((r for r in row["runs"] if r.get("accept")), None)
+        if run:
+            out.append(f"| {row['label']} | {row['method']} | {row['peer']} | `{run['accept']}` | "
+                       f"`{run.get('content_type') or '-'}` |")
+    if not out:
+        return []
+    return ["| workload | method | peer | Accept sent | Content-Type received |", "|---|---|---|---|---|", *out]
+
+
+# The targets of the issue that asked for WADO-RS, QIDO-RS and C-FIND (issue 11), checked here.
+TARGETS = (
+    ("multiframe", "WADO-RS frame 1 of", "ratio", "orthanc", 100.0, "WADO-RS frame 1, native multi-frame: >= 100x Orthanc"),
+    ("multiframe", "WADO-RS frame 1 of", "loopback", None, 0.25, "WADO-RS frame 1, native multi-frame: >= 25% of loopback TCP"),
+    ("j2k", "WADO-RS frame 1 of", "ratio", "orthanc", 30.0, "WADO-RS frame 1, JPEG 2000, as stored: >= 30x Orthanc"),
+    ("ct", "WADO-RS study", "ratio", "orthanc", 2.0, "WADO-RS study retrieval, CT: >= 2x Orthanc, memory bounded"),
+    ("qido-index", "QIDO-RS studies PatientName=Smi*", "p50", None, 10.0, "QIDO-RS Patient Name prefix: p50 <= 10 ms"),
+    ("qido-index", "QIDO-RS studies PatientName=Smi*", "p99", None, 50.0, "QIDO-RS Patient Name prefix: p99 <= 50 ms"),
+    ("qido-index", "QIDO-RS studies PatientName=*anna*", "p50", None, 10.0,
+     "QIDO-RS Patient Name leading wildcard: p50 <= 10 ms"),
+    ("qido-index", "QIDO-RS studies PatientName=*anna*", "p99", None, 50.0,
+     "QIDO-RS Patient Name leading wildcard: p99 <= 50 ms"),
+    ("archive", "C-FIND STUDY", "ratio", "dcmqrscp", 3.0, "C-FIND STUDY, findscu: >= 3x dcmqrscp"),
+)
+
+
+def targets(data: dict) -> list[str]:
+    """The :data:`TARGETS` measured in this run: what was measured and whether it is met."""
+    found: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in data["rows"]:
+        for corpus, prefix, *_ in TARGETS:
+            if row["corpus"] == corpus and row["method"].startswith(prefix) and (s := summary(row)):
+                found.setdefault((corpus, prefix), {})[row["peer"]] = s | {"method": row["method"],
+                                                                             "label": row["label"]}
+    tcp = (data.get("limits") or {}).get("tcp_mbps")
+    out = []
+    for corpus, prefix, kind, peer, goal, text in TARGETS:
+        stats = found.get((corpus, prefix), {})
+        ours = stats.get("dicomaccel")
+        if ours is None:
+            continue
+        if kind == "ratio":
+            theirs = stats.get(peer)
+            if theirs is None:
+                continue
+            value = ours["rate"] / theirs["rate"]
+            shown = (f"{value:.1f}x ({fig(ours['rate'])} against {fig(theirs['rate'])}/s; peak RSS "
+                     f"{ours['peak']:.0f} against {theirs['peak']:.0f} MiB)")
+            met = value >= goal
+        elif kind == "loopback":
+            if not tcp:
+                continue
+            value = ours["mbps"] / tcp
+            shown, met = f"{value:.0%} ({fig(ours['mbps'])} of {fig(tcp)} MB/s)", value >= goal
+        else:
+            value = ours[kind]
+            shown, met = f"{fig(value)} ms", value <= goal
+        out.append(f"| {text} | {ours['label']}: {ours['method']} | {shown} | {'yes' if met else '**no**'} |")
+    if not out:
+        return []
+    return ["| target | measured on | measured | met |", "|---|---|---|---|", *out]
+
+
 def _table(data: dict, section: str) -> list[str]:
+    if section == "requests":
+        return _request_table(data)
     lines = ["| workload | method | peer | instances/s | MB/s | first instance ms | peak RSS MiB | accepted | "
              "server CPU ms/inst | client CPU ms/inst | cores busy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, method, rows in _groups(data, section):
@@ -224,6 +329,9 @@ def _limits(data: dict) -> list[str]:
         if s and row["corpus"] == "ct" and m and m.group(1) in floor:
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
                        f"{s['rate'] / floor[m.group(1)]['per_s']:.0%} of the STOW-RS floor.")
+        if s and row["section"] == "requests" and row["method"].startswith("WADO-RS frame"):
+            out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['mbps'])} MB/s = "
+                       f"{s['mbps'] / lim['tcp_mbps']:.1%} of loopback TCP.")
         if s and row["peer"] == "dicomaccel" and row["corpus"] == "multiframe" and row["method"].startswith("STOW"):
             out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['seq_write_mbps']:.0%} of sequential write + fdatasync.")
@@ -259,6 +367,9 @@ def markdown(data: dict, charts: list[Path]) -> str:
     for c in data["corpora"]:
         out.append(f"| {c['label']} | {c['instances']} | {c['bytes'] / 1e6:.1f} | {c['transfer_syntax']} | "
                    f"{len(c['sop_classes'])} |")
+    if goals := targets(data):
+        out += ["", "## Targets of issue 11 (WADO-RS, QIDO-RS, C-FIND)", "",
+                "Medians of this run; ratios against the peer the issue names.", "", *goals]
     out += ["", "## Headline: dicomaccel / best peer", "",
             "Median instances/s of dicomaccel divided by that of the fastest other peer on the same workload, "
             "method and client. The *fastest ingest* rows compare each side's fastest way in, whatever the "
@@ -273,6 +384,11 @@ def markdown(data: dict, charts: list[Path]) -> str:
     for section, title in SECTIONS:
         if any(r["section"] == section for r in data["rows"]):
             out += [f"## {title}", "", *_table(data, section), ""]
+    if answers := answered_as(data):
+        out += ["### What each DICOMweb peer was asked and answered", "", *answers, ""]
+    if data.get("qido_load"):
+        out += ["The query corpus was stored over STOW-RS before the searches: " + "; ".join(
+            f"{peer} {v['instances']} instances in {v['seconds']} s" for peer, v in data["qido_load"].items()) + ".", ""]
     if frame_latency := latency(data):
         out += ["### FRAME level against whole-instance retrieval", "",
                 "Median time from the C-GET-RQ to the received new instance (raw SCU, one C-GET per run), "
@@ -335,6 +451,23 @@ METHOD_NOTES = [
     "JPEG 2000 codec plugin cannot transcode to them: their failures are reported as measured.",
     "- pydicom-data over storescu: one association per compressed transfer syntax (storescu proposes one "
     "compressed syntax per run), times summed.",
+    "- WADO-RS and QIDO-RS: one `http.client` connection (keep-alive, TCP_NODELAY) in a forked process of "
+    "its own, opened before the clock starts; requests one after another, each timed from sending it to "
+    "the last byte of its answer (p50 and p99 by nearest rank over the run's requests; the cells show "
+    "the median of the runs' percentiles). Frames: the same frame GET for `--http-seconds` per run, at "
+    "least 3 times; every answer must be a 200 (native: at least the frame's bytes). *of loopback TCP*: "
+    "MB/s of answer bytes over the loopback limit measured at the start of the same run. Study: one GET of "
+    "the study as stored, its parts counted. Client CPU: the client process's own (getrusage).",
+    "- QIDO-RS: study searches by Patient Name with limit=100, the same seeded list of queries for every "
+    "peer and run; *results/request* counts the studies in the answers. Orthanc runs with "
+    "`QidoCaseSensitive: false` (PS3.4 C.2.2.2.4 allows case-insensitive PN matching, and dicomaccel "
+    "matches so), so both find the same studies. The large index is built directly as index rows "
+    "(`dicomaccel.testing.query_index`), as storing that many instances would take most of an hour, "
+    "and only dicomaccel can serve it; the side-by-side index is small instances stored over STOW-RS "
+    "into both.",
+    "- C-FIND: DCMTK `findscu -S --repeat N` on one association (STUDY level, Patient Name prefix "
+    "matching every loaded study, 7 return keys), timed from its log: first Find Request to last final "
+    "Find Response. Server CPU per request includes the association's set-up and release.",
 ]
 
 

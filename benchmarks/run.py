@@ -2,6 +2,7 @@
 
     python -m benchmarks run [--peers dicomaccel,orthanc,dcmqrscp,pynetdicom]
                              [--workloads stow,cstore,cget,frame,large-upload] [--runs 5] [--out DIR]
+    python -m benchmarks run --workloads wado-frame,wado-study,qido,cfind [...]
 
 Peers (:mod:`benchmarks.peers`), installed from Debian's packages (as root; ``--install-peers``
 runs this when a package is missing):
@@ -32,7 +33,8 @@ Workloads (clients in :mod:`benchmarks.clients`):
   ``--stow-clients`` concurrent keep-alive clients (one process each), into a freshly started,
   empty server (dicomaccel with --fsync always, Orthanc with SyncStorageArea: both fsync before
   answering);
-- ``cstore``: DCMTK ``storescu`` over one association into a fresh Orthanc or dcmqrscp;
+- ``cstore``: DCMTK ``storescu`` over one association into a fresh dicomaccel (--fsync always),
+  Orthanc or dcmqrscp;
 - ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received (``--clients``) by
   ``getscu --ignore``, by a pynetdicom SCU that does not decode what it receives and by
   ``drain``, a raw socket SCU that discards the data sets unparsed;
@@ -43,6 +45,26 @@ Workloads (clients in :mod:`benchmarks.clients`):
   instance at IMAGE level with the raw SCU, the baseline a server without FRAME level leaves;
 - ``large-upload``: one ``--large-size`` instance streamed in one STOW-RS request with chunked
   transfer coding, into a fresh server: time and peak memory.
+
+Asked for by name (not in the default ``--workloads``), on the servers loaded for retrieval:
+
+- ``wado-frame``: WADO-RS ``.../instances/{sop}/frames/{n}`` (PS3.18 10.4) of the multi-frame
+  instance with the most frames (frame 1 and the middle frame) and frame 1 of a JPEG 2000 one
+  as stored (``transfer-syntax=*``), from dicomaccel (``/dicomweb``) and Orthanc
+  (``/dicom-web``): one keep-alive ``http.client`` client in its own process, GETting for
+  ``--http-seconds`` (at least 3 times); requests/s, p50/p99 latency, MB/s (also as a share of
+  the loopback TCP limit measured in the same run);
+- ``wado-study``: WADO-RS retrieval of the CT study as stored: instances/s and peak memory;
+- ``cfind``: Study Root C-FIND at STUDY level by Patient Name prefix, ``--cfind-requests`` of
+  them on one association by DCMTK ``findscu --repeat`` (timed from its log), against
+  dicomaccel, Orthanc and dcmqrscp holding the same corpora: requests/s, server CPU per request;
+- ``qido``: QIDO-RS study searches by Patient Name (prefix ``Smi*``, leading wildcard
+  ``*anna*``), ``--qido-queries`` per run on one keep-alive client: p50/p99 latency. First
+  over ``--qido-shared`` small instances (:func:`benchmarks.corpus.qido_corpus`) stored over
+  STOW-RS into dicomaccel and Orthanc alike (Orthanc with ``QidoCaseSensitive`` off, as
+  PS3.4 allows and dicomaccel does); then over an index of ``--qido-index`` rows built
+  directly (:mod:`dicomaccel.testing.query_index`; storing 100,000 instances would take most
+  of an hour), served by ``dicomaccel serve`` alone.
 
 Runs are interleaved peer by peer (A B A B ...) so machine drift hits every side. Each figure is
 the median of ``--runs`` runs, with the spread (min-max). Server memory is the peak resident set
@@ -56,6 +78,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import random
 import re
 import shlex
 import shutil
@@ -64,9 +87,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlencode
 
 from benchmarks import report
 from dicomaccel.config import parse_size
@@ -76,8 +100,10 @@ from benchmarks.clients import (
     RetrieveRefused,
     cstore_run,
     drain_run,
+    findscu_run,
     forked,
     getscu_run,
+    http_run,
     large_upload_run,
     pynetdicom_run,
     stow_body,
@@ -94,7 +120,10 @@ from benchmarks.corpus import (
     large_corpus,
     multiframe_corpus,
     pydicom_data_corpus,
+    qido_corpus,
+    qido_index,
 )
+from dicomaccel.testing.query_index import FAMILY, GIVEN
 from benchmarks.machine import core_busy, core_times, harness_cpu_s, limits, loadavg, machine, stow_floor, versions
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
@@ -103,6 +132,7 @@ from benchmarks.peers import (
     DicomaccelPeer,
     Peer,
     PeerUnavailable,
+    PrefilledDicomaccel,
     PynetdicomPeer,
     RssSampler,
     dcmtk_program,
@@ -130,9 +160,20 @@ class Dcmqrscp(DcmqrscpPeer):
 PEERS: dict[str, type[Peer]] = {"dicomaccel": DicomaccelPeer, "orthanc": OrthancPeer,
                                 "dcmqrscp": Dcmqrscp, "pynetdicom": PynetdicomPeer}
 STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": (OrthancPeer, "/dicom-web/studies")}
-CSTORE_PEERS = ("orthanc", "dcmqrscp")
+CSTORE_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
 NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
-WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload")
+WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind")
+# The four DICOMweb and C-FIND workloads are asked for by name (--workloads): with them the
+# default run would outgrow half an hour on a 2-core machine.
+DEFAULT_WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload")
+WEB_PEERS = {"dicomaccel": "/dicomweb", "orthanc": "/dicom-web"}  # WADO-RS and QIDO-RS roots
+FIND_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
+# Accept headers (PS3.18 8.7.3): frames and instances as stored (no transcoding), native frames
+# in the default form (application/octet-stream).
+NATIVE_FRAMES = 'multipart/related; type="application/octet-stream"'
+STORED_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+STORED_INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+QIDO_KINDS = ("prefix", "leading wildcard")
 CLIENTS = ("getscu", "pynetdicom", "drain")
 LEVELS = ("STUDY", "SERIES")
 
@@ -147,6 +188,7 @@ class Method:
     peers: list[str]
     run: object  # callable(peer) -> dict, peer started
     fresh: bool = False  # ingest: a new empty server per run
+    unit: str = "instances"  # "requests": rates and CPU per request (the run says how many)
 
 
 def load(peer: Peer, corpus: Corpus, log_config: Path) -> str | None:
@@ -183,7 +225,8 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
     ``errors`` names peers that cannot take part (their corpus did not load) and why."""
     rows = {name: {"section": method.section, "corpus": method.corpus.name, "label": method.corpus.label,
                    "method": method.label, "peer": name, "instances": len(method.corpus.files),
-                   "bytes": method.corpus.nbytes, "runs": [], "error": (errors or {}).get(name)}
+                   "bytes": method.corpus.nbytes, "unit": method.unit, "runs": [],
+                   "error": (errors or {}).get(name)}
             for name in method.peers}
     bar = Progress(f"{method.corpus.name}: {method.label}", runs * len(method.peers))
     for i in range(runs):
@@ -198,8 +241,9 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                     # A new directory per run; the last run's files are emptied, not deleted
                     # (see release_files).
                     fresh = Path(tempfile.mkdtemp(prefix=f"ingest-{name}-", dir=work))
-                    peer = STOW_PEERS[name][0](fresh) if method.label.startswith("STOW") \
-                        else PEERS[name](fresh)
+                    # Ingest into dicomaccel (STOW-RS or C-STORE) with --fsync always.
+                    ingest = method.label.startswith(("STOW", "C-STORE")) and name in STOW_PEERS
+                    peer = STOW_PEERS[name][0](fresh) if ingest else PEERS[name](fresh)
                     peer.start([])
                 else:
                     peer = started[name]
@@ -214,12 +258,7 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                 result.setdefault("client_cpu_s", harness_cpu_s() - client_cpu - rss.cpu_s)
                 result.update(peak_mib=rss.peak_mib, load1=load, server_cpu_s=peer.cpu_s() - server_cpu)
                 row["runs"].append(result)
-                rate = len(method.corpus.files) / result["seconds"]
-                bar.step(f"{name} run {i + 1}: {report.fig(rate)} inst/s "
-                         f"{report.fig(result['bytes'] / result['seconds'] / 1e6)} MB/s "
-                         f"peak RSS {rss.peak_mib:.0f} MiB accepted {result['accepted']} CPU ms/inst "
-                         f"server {report.fig(1e3 * result['server_cpu_s'] / len(method.corpus.files))} "
-                         f"client {report.fig(1e3 * result['client_cpu_s'] / len(method.corpus.files))}")
+                bar.step(f"{name} run {i + 1}: {progress_detail(row, result)}")
             except (RuntimeError, OSError, PeerUnavailable, subprocess.TimeoutExpired, ValueError) as exc:
                 row["error"] = " ".join(f"{exc}{server_says(peer)}".split())[:400]
                 bar.step(f"{name} run {i + 1}: FAILED {row['error']}")
@@ -228,6 +267,18 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                     peer.stop()
                     release_files(peer.workdir)
     return list(rows.values())
+
+
+def progress_detail(row: dict, result: dict) -> str:
+    """One run's figures for the progress bar: rate, MB/s, latency (requests), memory, CPU."""
+    requests = row.get("unit") == "requests"
+    n = result["requests"] if requests else row["instances"]
+    unit = "req" if requests else "inst"
+    latency = f"p50 {report.fig(result['p50_ms'])} ms p99 {report.fig(result['p99_ms'])} ms " \
+        if "p50_ms" in result else ""
+    return (f"{report.fig(n / result['seconds'])} {unit}/s {report.fig(result['bytes'] / result['seconds'] / 1e6)} "
+            f"MB/s {latency}peak RSS {result['peak_mib']:.0f} MiB accepted {result['accepted']} CPU ms/{unit} "
+            f"server {report.fig(1e3 * result['server_cpu_s'] / n)} client {report.fig(1e3 * result['client_cpu_s'] / n)}")
 
 
 def release_files(directory: Path) -> None:
@@ -321,8 +372,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", type=_csv(tuple(PEERS)), default=list(PEERS),
                    help="comma-separated servers (default: all four)")
-    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
-                   help=f"comma-separated: {', '.join(WORKLOADS)} (default: all)")
+    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(DEFAULT_WORKLOADS),
+                   help=f"comma-separated: {', '.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})")
     p.add_argument("--clients", type=_csv(CLIENTS), default=list(CLIENTS),
                    help="C-GET receivers: getscu, pynetdicom, drain (default: all three)")
     p.add_argument("--levels", type=_csv(LEVELS), default=list(LEVELS), help="C-GET levels (default: STUDY,SERIES)")
@@ -342,6 +393,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--large-size", type=parse_size, default=parse_size("2G"),
                    help="size of the large-upload instance (default 2G)")
     p.add_argument("--max-pdu", type=int, default=16384, help="receivers' Maximum Length (default 16384)")
+    p.add_argument("--http-seconds", type=float, default=3.0,
+                   help="wado-frame: GET the frame for this long per run, at least 3 times (default 3)")
+    p.add_argument("--qido-index", type=int, default=100_000,
+                   help="qido: rows of the index built directly for dicomaccel alone (0: none; default 100000)")
+    p.add_argument("--qido-shared", type=int, default=10_000,
+                   help="qido: small instances stored over STOW-RS into dicomaccel and Orthanc alike "
+                        "(0: none; default 10000)")
+    p.add_argument("--qido-queries", type=int, default=200, help="qido: searches per run (default 200)")
+    p.add_argument("--cfind-requests", type=int, default=200,
+                   help="cfind: C-FINDs per run, on one association (findscu --repeat; default 200)")
     p.add_argument("--out", type=Path, default=Path("bench-report"),
                    help="directory for report.md, results.json and the PNG charts (default ./bench-report)")
     p.add_argument("--cache-dir", type=Path,
@@ -427,6 +488,147 @@ def frame_methods(corpora: list[Corpus], supported: list[str], started: list[str
         out.append(Method("latency", source, f"IMAGE whole instance of {n} frames, raw SCU", started,
                           lambda peer, source=source: forked(drain_run, peer, source, "IMAGE", max_pdu)))
     return out
+
+
+def largest(corpus: Corpus) -> Corpus:
+    """The instance of a multi-frame ``corpus`` with the most frames, as a corpus of its own."""
+    i = max(range(len(corpus.frames)), key=corpus.frames.__getitem__)
+    one = replace(corpus, files=corpus.files[i:i + 1], sop_uids=corpus.sop_uids[i:i + 1],
+                  frames=corpus.frames[i:i + 1], syntaxes=corpus.syntaxes[i:i + 1])
+    return replace(one, label=f"{report.SHORT.get(corpus.name, corpus.name)}: 1 instance of {corpus.frames[i]} "
+                              f"frames ({one.nbytes / 1e6:.0f} MB)")
+
+
+def instance_path(root: str, corpus: Corpus, i: int = 0) -> str:
+    """The WADO-RS path of instance ``i`` of ``corpus`` below the service root ``root``."""
+    return f"{root}/studies/{corpus.study_uid}/series/{corpus.series_uid}/instances/{corpus.sop_uids[i]}"
+
+
+def wado_study_run(peer: Peer, corpus: Corpus) -> dict:
+    """One WADO-RS study retrieval of ``corpus`` as stored, read whole; every instance a part."""
+    result = http_run(peer.http_port, [(f"{WEB_PEERS[peer.name]}/studies/{corpus.study_uid}",
+                                        {"Accept": STORED_INSTANCES})], count_parts=True)
+    if result["accepted"] != len(corpus.files):
+        raise RuntimeError(f"WADO-RS study: {result['accepted']} parts for {len(corpus.files)} instances "
+                           f"(HTTP {result['statuses']}, {result['content_type']})")
+    return dict(result, accept=STORED_INSTANCES)
+
+
+def frame_run(peer: Peer, source: Corpus, frame: int, accept: str, seconds: float, least: int) -> dict:
+    """WADO-RS ``.../frames/{frame}`` of ``source``'s instance, again and again for ``seconds``;
+    each answer must be a 200 of at least ``least`` bytes (the frame's size, if native)."""
+    path = f"{instance_path(WEB_PEERS[peer.name], source)}/frames/{frame}"
+    result = http_run(peer.http_port, [(path, {"Accept": accept})], min_seconds=seconds, min_requests=3)
+    if result["ok"] != result["requests"] or result["bytes"] < least * result["requests"]:
+        raise RuntimeError(f"WADO-RS frame: {result['ok']} of {result['requests']} answered 200, "
+                           f"{result['bytes'] // result['requests']} bytes each (HTTP {result['statuses']}, "
+                           f"{result['content_type']}; {' / '.join(result['errors'])[:200]})")
+    return dict(result, accept=accept)
+
+
+def web_methods(args, corpora: list[Corpus], peers: list[str]) -> list[Method]:
+    """wado-study: the CT study, as stored; wado-frame: frame 1 and the middle frame of the
+    largest native multi-frame instance, and frame 1 of a JPEG 2000 one as stored."""
+    out = []
+    by_name = {c.name: c for c in corpora}
+    if "wado-study" in args.workloads and "ct" in by_name:
+        out.append(Method("wado", by_name["ct"], "WADO-RS study, transfer-syntax=*, 1 client", peers,
+                          lambda peer, ct=by_name["ct"]: wado_study_run(peer, ct)))
+    if "wado-frame" in args.workloads:
+        for name, accept in (("multiframe", NATIVE_FRAMES), ("j2k", STORED_FRAMES)):
+            if name not in by_name or not by_name[name].frames:
+                continue
+            source = largest(by_name[name])
+            n = source.frames[0]
+            least = 512 * 512 * 2 if name == "multiframe" else 1
+            for frame in ([1, n // 2 + 1] if name == "multiframe" else [1]):
+                stored = ", as stored (transfer-syntax=*)" if accept == STORED_FRAMES else ""
+                out.append(Method("requests", source, f"WADO-RS frame {frame} of {n}{stored}, 1 keep-alive client",
+                                  peers, lambda peer, source=source, frame=frame, accept=accept, least=least:
+                                  frame_run(peer, source, frame, accept, args.http_seconds, least),
+                                  unit="requests"))
+    return out
+
+
+def cfind_methods(retrievable: list[Corpus], peers: list[str], repeat: int, log_config: Path) -> list[Method]:
+    """C-FIND STUDY by Patient Name prefix (that of the loaded corpora: every study matches),
+    ``repeat`` times on one association by findscu, over the archive the retrieve workloads loaded."""
+    if not retrievable or not peers:
+        return []
+    from pydicom import dcmread
+    name = str(dcmread(retrievable[0].files[0], stop_before_pixels=True).PatientName)
+    prefix = name[:3] + "*"
+    keys = ["QueryRetrieveLevel=STUDY", f"PatientName={prefix}", "PatientID", "StudyInstanceUID", "StudyDate",
+            "StudyTime", "AccessionNumber", "StudyID"]
+    archive = Corpus("archive", f"archive: the {', '.join(report.SHORT.get(c.name, c.name) for c in retrievable)} "
+                     f"corpora ({len(retrievable)} stud{'ies' if len(retrievable) > 1 else 'y'})", [])
+    return [Method("requests", archive, f"C-FIND STUDY PatientName={prefix}, findscu, {repeat} on 1 association",
+                   peers, lambda peer: findscu_run(peer, keys, repeat, log_config), unit="requests")]
+
+
+def qido_queries(kind: str, n: int, seed: int = 5) -> list[str]:
+    """``n`` QIDO-RS study query strings by Patient Name: ``prefix`` (the first three letters of a
+    family name, then ``*``) or ``leading wildcard`` (``*<given name in lower case>*``), limit=100;
+    the same ``n`` for every peer and run."""
+    rng = random.Random(seed)
+    make = (lambda: rng.choice(FAMILY)[:3] + "*") if kind == "prefix" else (lambda: f"*{rng.choice(GIVEN).lower()}*")
+    return [urlencode({"PatientName": make(), "limit": 100}) for _ in range(n)]
+
+
+def qido_run(peer: Peer, queries: list[str]) -> dict:
+    root = WEB_PEERS[peer.name]
+    return http_run(peer.http_port, [(f"{root}/studies?{q}", {"Accept": "application/dicom+json"}) for q in queries],
+                    count_token=b'"0020000D"')
+
+
+def qido_methods(index: Corpus, peers: list[str], n: int) -> list[Method]:
+    out = []
+    for kind in QIDO_KINDS:
+        example = "Smi*" if kind == "prefix" else "*anna*"
+        out.append(Method("requests", index, f"QIDO-RS studies PatientName={example} ({kind}), limit=100, "
+                          f"{n} searches", peers, lambda peer, queries=qido_queries(kind, n): qido_run(peer, queries),
+                          unit="requests"))
+    return out
+
+
+def run_qido(args, started: dict[str, Peer], web_peers: list[str], work: Path, log_config: Path,
+             data: dict) -> None:
+    """qido: searches over the synthetic query corpus stored into every started DICOMweb peer
+    (``--qido-shared``), then over a ``--qido-index``-row index built directly, dicomaccel alone."""
+    if args.qido_shared and web_peers:
+        corpus = qido_corpus(args.cache_dir, args.qido_shared)
+        data["corpora"].append(corpus.describe())
+        errors: dict[str, str] = {}
+        for name in web_peers:
+            t = time.perf_counter()
+            if why := load(started[name], corpus, log_config):
+                errors[name] = why
+                print(f"{name}: {corpus.name} not loaded: {why}", file=sys.stderr, flush=True)
+            took = time.perf_counter() - t
+            data.setdefault("qido_load", {})[name] = {"instances": len(corpus.files), "seconds": round(took, 1)}
+            print(f"{name}: {len(corpus.files)} query instances stored over STOW-RS in {took:.1f} s", flush=True)
+        index = Corpus("qido-shared", f"{corpus.label}, stored over STOW-RS, beside the retrieve corpora", [])
+        for method in qido_methods(index, web_peers, args.qido_queries):
+            data["rows"] += measure(method, args.runs, started, work, errors)
+    if args.qido_index and "dicomaccel" in started:
+        t = time.perf_counter()
+        path = qido_index(args.cache_dir, args.qido_index)
+        print(f"index of {args.qido_index} rows ready in {time.perf_counter() - t:.1f} s ({path})", flush=True)
+        peer = PrefilledDicomaccel(work / "qido-index")
+        peer.index = path
+        try:
+            peer.start([])
+            print(f"dicomaccel (index of {args.qido_index} rows): HTTP on 127.0.0.1:{peer.http_port} "
+                  f"(pid {peer.proc.pid})", flush=True)
+            index = Corpus("qido-index", f"index of {args.qido_index:,} instances ({args.qido_index // 40:,} "
+                           "studies), rows built directly", [])
+            for method in qido_methods(index, ["dicomaccel"], args.qido_queries):
+                data["rows"] += measure(method, args.runs, {"dicomaccel": peer}, work)
+        except (PeerUnavailable, RuntimeError) as exc:
+            data["skipped"]["dicomaccel (qido index)"] = " ".join(str(exc).split())[:300]
+            print(f"dicomaccel on the prebuilt index did not start: {exc}", file=sys.stderr, flush=True)
+        finally:
+            peer.stop()
 
 
 def build_corpora(args) -> list[Corpus]:
@@ -523,8 +725,18 @@ def run_harness(args, argv: list[str]) -> int:
 
         retrievable = [c for c in corpora if c.retrievable]
         wants_frames = "frame" in args.workloads and any(c.frames for c in retrievable)
+        wants_web = bool({"wado-frame", "wado-study", "qido"} & set(args.workloads))
+        wants_find = "cfind" in args.workloads
+        if wants_find and dcmtk_program("findscu") is None:
+            data["skipped"]["cfind"] = "DCMTK findscu not installed (apt-get install -y dcmtk)"
+            print("skipping workload cfind: DCMTK findscu not installed", file=sys.stderr, flush=True)
+            wants_find = False
         if retrieve or wants_frames:
-            started, not_loaded = start_loaded(available, retrievable, work, log_config, data)
+            needed = available
+        else:  # only the servers the DICOMweb and C-FIND workloads talk to
+            needed = [p for p in available if (wants_web and p in WEB_PEERS) or (wants_find and p in FIND_PEERS)]
+        if needed:
+            started, not_loaded = start_loaded(needed, retrievable, work, log_config, data)
             supported = []
             if wants_frames:
                 source = next(c for c in retrievable if c.frames)
@@ -534,10 +746,18 @@ def run_harness(args, argv: list[str]) -> int:
                         print(f"FRAME-level C-GET to {name}: {data['frame_probe'][name]['outcome']}", flush=True)
                 supported = [n for n, r in data["frame_probe"].items() if r["supported"]]
                 retrieve += frame_methods(retrievable, supported, list(started), args.max_pdu)
+            web_peers = [p for p in WEB_PEERS if p in started]
+            retrieve += web_methods(args, retrievable, web_peers)
+            if wants_find:
+                retrieve += cfind_methods(retrievable, [p for p in FIND_PEERS if p in started],
+                                          args.cfind_requests, log_config)
             for method in retrieve:
                 method.peers = [p for p in method.peers if p in started]
                 if method.peers:
                     data["rows"] += measure(method, args.runs, started, work, not_loaded.get(method.corpus.name))
+            # Last: it stores the query corpus into the loaded servers, which C-FIND must not see.
+            if "qido" in args.workloads:
+                run_qido(args, started, web_peers, work, log_config, data)
     finally:
         for peer in started.values():
             peer.stop()
