@@ -280,6 +280,13 @@ class DicomaccelPeer(Peer):
                                   f"(C-GET SCP not wired into serve yet?): {self.log_tail(600)}")
         stow(self.http_port, files)
 
+    def instance_count(self) -> int:
+        """Instances in the index (what C-STORE stored; read while the server runs, WAL mode)."""
+        import sqlite3
+
+        with sqlite3.connect(f"file:{self.workdir / 'data' / 'index.sqlite3'}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+
 
 class PrefilledDicomaccel(DicomaccelPeer):
     """``dicomaccel serve`` on a data directory that starts with a copy of ``index`` (an
