@@ -96,12 +96,11 @@ from pydicom import dcmread
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.filewriter import (
     write_data_element,
-    write_file_meta_info,
     write_sequence_item,
 )
 from pydicom.sequence import Sequence as DicomSequence
@@ -246,18 +245,32 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
     """Preamble, ``DICM`` and a File Meta Information group (PS3.10 §7.1) naming dicomaccel as
     the implementation: what a data set we send as a file (a new FRAME-level instance, a
     transcoded WADO-RS instance) is prefixed with."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = False
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+    # Written with elements.py rather than pydicom's writer: the C-STORE SCP prefixes every
+    # received data set with one, and this is 60 times cheaper (4 us instead of 250 us).
+    # PS3.10 Table 7.1-1, Explicit VR Little Endian, ascending tags; UI padded with NUL, SH
+    # with a space (PS3.5 §6.2).
+    body = b"".join((
+        _FILE_META_VERSION,
+        encode_element(0x00020002, b"UI", _padded(sop_class_uid, b"\x00"), False),
+        encode_element(0x00020003, b"UI", _padded(sop_instance_uid, b"\x00"), False),
+        encode_element(0x00020010, b"UI", _padded(transfer_syntax_uid, b"\x00"), False),
+        _FILE_META_IMPLEMENTATION,
+    ))
+    return _PREAMBLE + encode_element(0x00020000, b"UL", struct.pack("<L", len(body)), False) + body
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) & 1 else raw
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+# (0002,0001) File Meta Information Version 00H 01H; (0002,0012)/(0002,0013) ours.
+_FILE_META_VERSION = encode_element(0x00020001, b"OB", b"\x00\x01", False)
+_FILE_META_IMPLEMENTATION = (
+    encode_element(0x00020012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00"), False)
+    + encode_element(0x00020013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" "), False)
+)
 
 
 def extract_frames(
