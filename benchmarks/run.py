@@ -90,7 +90,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 from benchmarks import report
 from dicomaccel.config import parse_size
@@ -569,10 +569,12 @@ def cfind_methods(retrievable: list[Corpus], peers: list[str], repeat: int, log_
 def qido_queries(kind: str, n: int, seed: int = 5) -> list[str]:
     """``n`` QIDO-RS study query strings by Patient Name: ``prefix`` (the first three letters of a
     family name, then ``*``) or ``leading wildcard`` (``*<given name in lower case>*``), limit=100;
-    the same ``n`` for every peer and run."""
+    the same ``n`` for every peer and run. ASCII names only, with ``*`` as is: Orthanc 1.10 takes
+    query values without percent-decoding them (``PatientName=Sco%2A`` finds nothing)."""
     rng = random.Random(seed)
-    make = (lambda: rng.choice(FAMILY)[:3] + "*") if kind == "prefix" else (lambda: f"*{rng.choice(GIVEN).lower()}*")
-    return [urlencode({"PatientName": make(), "limit": 100}) for _ in range(n)]
+    family = [f for f in FAMILY if f.isascii()]
+    make = (lambda: rng.choice(family)[:3] + "*") if kind == "prefix" else (lambda: f"*{rng.choice(GIVEN).lower()}*")
+    return [f"PatientName={quote(make(), safe='*^')}&limit=100" for _ in range(n)]
 
 
 def qido_run(peer: Peer, queries: list[str]) -> dict:

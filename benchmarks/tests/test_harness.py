@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report, run
-from benchmarks.clients import identifiers, parse_getscu_log, parse_storescu_log, storescu_groups
+from benchmarks.clients import (PartCounter, identifiers, multipart_boundary, parse_findscu_log, parse_getscu_log,
+                                parse_storescu_log, percentile, storescu_groups)
 from benchmarks.corpus import Corpus
 
 
@@ -104,3 +105,124 @@ def test_stow_rows_are_a_share_of_the_floor_measured_beside_them():
     assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 400 inst/s = 50% of the STOW-RS floor." in text
     assert "orthanc 200 inst/s = 25% of the STOW-RS floor." in text
     assert "4 clients" not in text  # no floor measured for 4 clients
+
+
+# --- DICOMweb and C-FIND workloads ------------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(200, 0, -1)]  # any order
+    assert percentile(values, 50) == 100.0
+    assert percentile(values, 99) == 198.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0], 100) == 3.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_multipart_boundary_quoted_or_not():
+    assert multipart_boundary('multipart/related; type="application/dicom"; boundary=abc123') == "abc123"
+    assert multipart_boundary('multipart/related; boundary="a b;c"; type="image/jp2"') == "a b;c"
+    assert multipart_boundary("application/dicom+json") is None
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_part_counter_counts_parts_across_any_chunking(size):
+    body = b"".join(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + bytes(50) + b"\r\n" for _ in range(4))
+    body += b"--XyZ--\r\n"
+    counter = PartCounter("XyZ")
+    for i in range(0, len(body), size):
+        counter.feed(body[i:i + size])
+    assert counter.closed and counter.parts == 4
+
+
+def test_part_counter_without_close_delimiter_counts_what_began():
+    counter = PartCounter("b")
+    counter.feed(b"--b\r\n\r\nx\r\n--b\r\n\r\ny")  # cut short
+    assert not counter.closed and counter.parts == 2
+
+
+def test_findscu_log_is_timed_from_first_request_to_last_final_response():
+    log = "\n".join([
+        "10:00:00.000.000 INFO: Requesting Association",
+        "10:00:00.010.000 INFO: Sending Find Request (MsgID 1)",
+        "10:00:00.010.000 INFO: (0010,0010) PN [Tes*]",
+        "10:00:00.011.000 INFO: Find Response: 1 (Pending)",
+        "10:00:00.011.500 INFO: Find Response: 2 (Pending)",
+        "10:00:00.012.000 INFO: Received Final Find Response (Success)",
+        "10:00:00.012.100 INFO: Sending Find Request (MsgID 2)",
+        "10:00:00.013.000 INFO: Find Response: 3 (Pending)",
+        "10:00:00.014.000 INFO: Received Final Find Response (Success)",
+        "10:00:00.015.000 INFO: Releasing Association",
+    ])
+    parsed = parse_findscu_log(log)
+    assert parsed["seconds"] == pytest.approx(0.004)
+    assert (parsed["requests"], parsed["finals"], parsed["success"], parsed["pending"]) == (2, 2, 2, 3)
+    with pytest.raises(RuntimeError, match="Find Request"):
+        parse_findscu_log("10:00:00.000.000 INFO: Requesting Association\n")
+
+
+def test_qido_queries_are_fixed_ascii_and_keep_the_wildcards_literal():
+    prefix = run.qido_queries("prefix", 50)
+    assert prefix == run.qido_queries("prefix", 50)  # every peer and run gets the same
+    assert all(q.isascii() and q.endswith("*&limit=100") and "%" not in q for q in prefix)
+    leading = run.qido_queries("leading wildcard", 5)
+    assert all(q.startswith("PatientName=*") and q.count("*") == 2 for q in leading)
+
+
+def test_largest_instance_of_a_multiframe_corpus(tmp_path):
+    files = []
+    for name, size in (("a", 1), ("b", 2_000_000), ("c", 3)):
+        (tmp_path / name).write_bytes(bytes(size))
+        files.append(tmp_path / name)
+    corpus = Corpus("multiframe", "mf", files, sop_uids=["1", "2", "3"], frames=[170, 250, 195],
+                    study_uid="9", series_uid="8")
+    one = run.largest(corpus)
+    assert (one.files, one.sop_uids, one.frames) == ([files[1]], ["2"], [250])
+    assert one.label == "multi-frame: 1 instance of 250 frames (2 MB)"
+    assert run.instance_path("/dicomweb", one) == "/dicomweb/studies/9/series/8/instances/2"
+
+
+def _request_row(peer, corpus, method, runs):
+    return {"section": "requests", "corpus": corpus, "label": corpus, "method": method, "peer": peer,
+            "instances": 0, "bytes": 0, "unit": "requests", "error": None,
+            "runs": [{"peak_mib": 50, "accepted": n, "ok": n, **r} for n, r in runs]}
+
+
+def test_request_rows_are_per_request_with_latency_and_share_of_loopback():
+    def frames(seconds, n):
+        return (n, {"seconds": seconds, "requests": n, "bytes": n * 500_000, "p50_ms": 1000 * seconds / n,
+                    "p99_ms": 2000 * seconds / n, "server_cpu_s": 0.5 * seconds, "client_cpu_s": 0.1 * seconds})
+    ours = _request_row("dicomaccel", "multiframe", "WADO-RS frame 1 of 250, 1 keep-alive client",
+                        [frames(2.0, 2000), frames(2.0, 1000), frames(2.0, 3000)])
+    theirs = _request_row("orthanc", "multiframe", "WADO-RS frame 1 of 250, 1 keep-alive client",
+                          [frames(3.0, 6), frames(3.0, 3), frames(3.0, 4)])
+    s = report.summary(ours)
+    assert s["rate"] == pytest.approx(1000.0)  # median of 1000, 500, 1500 requests/s
+    assert s["server_cpu"] == pytest.approx(1e3 * 1.0 / 2000)  # ms per request, median
+    assert s["p50"] == pytest.approx(1.0) and s["p50_cell"] == "1 (0.667-2)"
+    assert (s["ok"], s["requests"]) == (6000, 6000)
+    data = {"rows": [ours, theirs], "limits": {"tcp_mbps": 2000.0}}
+    line = next(x for x in report._request_table(data) if "| dicomaccel |" in x)
+    assert "| 1000 (500-1500) | 1 (0.667-2) | 2 (1.33-4) | 500 (250-750) | 25.0% | - |" in line
+    (r,) = report.ratios(data)
+    assert r["ratio"] == pytest.approx(1000 / (4 / 3)) and r["unit"] == "req"
+    assert "req/s" in report.headline(data)
+    goals = "\n".join(report.targets(data))
+    assert "| WADO-RS frame 1, native multi-frame: >= 100x Orthanc |" in goals and "750.0x" in goals
+    assert "25% (500 of 2000 MB/s) | yes |" in goals
+
+
+def test_qido_targets_are_latency_bounds():
+    def queries(p50, p99):
+        return (200, {"seconds": 1.0, "requests": 200, "bytes": 1, "p50_ms": p50, "p99_ms": p99, "matches": 40})
+    data = {"rows": [
+        _request_row("dicomaccel", "qido-index", "QIDO-RS studies PatientName=Smi* (prefix), limit=100, 200 searches",
+                     [queries(3.0, 9.0), queries(4.0, 60.0), queries(5.0, 12.0)]),
+        _request_row("dicomaccel", "qido-index", "QIDO-RS studies PatientName=*anna* (leading wildcard), limit=100, "
+                     "200 searches", [queries(12.0, 40.0)])]}
+    goals = report.targets(data)[2:]
+    assert [g.rsplit("|", 2)[-2].strip() for g in goals] == ["yes", "yes", "**no**", "yes"]
+    assert "| 12 ms |" in goals[2]
+    line = next(x for x in report._request_table(data) if "Smi*" in x)
+    assert "| 4 (3-5) | 12 (9-60) |" in line and "| 40 |" in line  # results per request
