@@ -101,3 +101,40 @@ def test_tls_options_are_checked_together(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(tmp_path),
                            "--dimse-tls-port", "2762"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "need tls-cert and tls-key" in done.stderr
+    config = tmp_path / "c.toml"
+    config.write_text('[tls-client-ae]\nMODALITY1 = ["MOD1"]\n')
+    done = subprocess.run([sys.executable, "-m", "dicomaccel.cli", "check-config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "tls-client-ae needs dimse-tls-port and tls-ca" in done.stderr
+    config.write_text('[tls-client-ae]\nMODALITY1 = "MOD1"\n')
+    done = subprocess.run([sys.executable, "-m", "dicomaccel.cli", "check-config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "certificate Common Name = [AE titles]" in done.stderr
+
+
+def test_client_certificate_names_the_calling_ae_titles(server_factory, certs, tmp_path):
+    # [tls-client-ae]: the certificate's subject Common Name (MODALITY1) may only use the AE
+    # titles listed for it on the TLS port; the plain port is not affected.
+    config = tmp_path / "dicomaccel.toml"
+    config.write_text('[tls-client-ae]\nMODALITY1 = ["MOD1", "MOD1B"]\nSOMEONE-ELSE = ["OTHER"]\n')
+    server = server_factory(*_tls_args(certs, "--tls-ca", str(certs.ca), "--config", str(config)))
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs.ca))
+    ctx.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+    bare = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs.ca))
+
+    def associate(title, port, tls):
+        ae = AE(ae_title=title)
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", port, ae_title="DICOMACCEL", tls_args=tls)
+
+    assoc = associate("MOD1B", server.dimse_tls_port, (ctx, "localhost"))
+    assert assoc.is_established
+    assoc.release()
+    for title, tls in (("OTHER", (ctx, "localhost")), ("MOD1", (bare, "localhost"))):
+        assoc = associate(title, server.dimse_tls_port, tls)
+        assert assoc.is_rejected
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3)
+    assoc = associate("OTHER", server.dimse_port, None)
+    assert assoc.is_established
+    assoc.release()

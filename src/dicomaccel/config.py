@@ -73,6 +73,9 @@ class ServeConfig:
     tls_ca: Path | None = None
     tls_require_client_cert: bool = False
     dimse_tls_port: int | None = None
+    # [tls-client-ae] table: client certificate subject Common Name -> the calling AE titles
+    # it may use on the DICOM TLS port. None: any (the allow-list and permissions still apply).
+    tls_client_ae: dict[str, tuple[str, ...]] | None = None
     # Bearer tokens for the HTTP services (dicomaccel.access); None: no authentication.
     auth_token_file: Path | None = None
     # OAuth2/OIDC bearer JWTs checked against a local JWKS file (all three or none).
@@ -142,6 +145,7 @@ _KEYS = {
     "tls-ca": ("tls_ca", "path"),
     "tls-require-client-cert": ("tls_require_client_cert", "bool"),
     "dimse-tls-port": ("dimse_tls_port", "port"),
+    "tls-client-ae": ("tls_client_ae", "ae_titles"),
     "auth-token-file": ("auth_token_file", "path"),
     "jwt-jwks": ("jwt_jwks", "path"),
     "jwt-issuer": ("jwt_issuer", "str"),
@@ -228,6 +232,13 @@ def _convert(path, key: str, value, kind: str):
                 and all(x in DIMSE_PERMISSIONS for x in p) for ae, p in value.items()):
             raise wrong(f"a table of AE title = [permissions] ({', '.join(DIMSE_PERMISSIONS)})")
         return {ae: tuple(p) for ae, p in value.items()}
+    if kind == "ae_titles":
+        if not isinstance(value, dict) or not all(
+                isinstance(name, str) and name and isinstance(aes, list)
+                and all(isinstance(ae, str) and 0 < len(ae.strip()) <= 16 for ae in aes)
+                for name, aes in value.items()):
+            raise wrong("a table of certificate Common Name = [AE titles]")
+        return {name: tuple(ae.strip() for ae in aes) for name, aes in value.items()}
     if kind == "destinations":
         return tuple(_destination(path, key, v) for v in (value if isinstance(value, list) else [None]))
     if kind == "tables":
@@ -299,6 +310,8 @@ def merged(file_values: dict, flag_values: dict) -> ServeConfig:
         raise ConfigError("dimse-tls-port and tls-require-client-cert need tls-cert and tls-key")
     if len({config.jwt_jwks is None, config.jwt_issuer is None, config.jwt_audience is None}) > 1:
         raise ConfigError("jwt-jwks, jwt-issuer and jwt-audience go together")
+    if config.tls_client_ae is not None and not (config.dimse_tls_port is not None and config.tls_ca is not None):
+        raise ConfigError("tls-client-ae needs dimse-tls-port and tls-ca (client certificates to map)")
     if config.tls_require_client_cert and config.tls_ca is None:
         raise ConfigError("tls-require-client-cert needs tls-ca to verify client certificates")
     return config

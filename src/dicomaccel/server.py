@@ -240,6 +240,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                                          **{uid: "move" for uid in MOVE_SOP_CLASSES},
                                          **{uid: "store" for uid in store_classes}},
                     ae_permissions=config.ae_permissions,
+                    tls_client_ae=config.tls_client_ae,
                 )
             tls = None if config.tls_cert is None else server_context(
                 str(config.tls_cert), str(config.tls_key), None if config.tls_ca is None else str(config.tls_ca),

@@ -35,7 +35,7 @@ from .config import (
     PDU_LENGTH_SLACK,
     ServerConfig,
 )
-from .negotiation import Acceptance, PresentationContext, Rejection, check_provider, negotiate
+from .negotiation import Acceptance, PresentationContext, Rejection, check_certificate, check_provider, negotiate
 from .stream import DataSetStream
 
 logger = logging.getLogger("dicomaccel.dimse")
@@ -561,7 +561,12 @@ class DIMSEProtocol(asyncio.Protocol):
         return "Sta3"
 
     def _answer_associate(self) -> None:
-        answer = negotiate(self._rq, self._config)
+        answer = None
+        tls = self._transport.get_extra_info("ssl_object")
+        if tls is not None:
+            answer = check_certificate(self._rq, self._config, tls.getpeercert())
+        if answer is None:
+            answer = negotiate(self._rq, self._config)
         self._event("Evt8" if isinstance(answer, Rejection) else "Evt7", answer)
 
     def _AE_7(self, event: str, acceptance: Acceptance) -> None:

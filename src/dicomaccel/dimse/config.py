@@ -66,3 +66,6 @@ class ServerConfig:
     # calling AE title -> its permissions. None: every AE may use every service.
     context_permissions: Mapping[str, str] = field(default_factory=dict)
     ae_permissions: Mapping[str, frozenset[str]] | None = None
+    # Client certificate subject Common Name -> the calling AE titles it may use, checked on
+    # TLS connections (PS3.15 B.1: the certificate identifies the peer). None: not checked.
+    tls_client_ae: Mapping[str, frozenset[str]] | None = None

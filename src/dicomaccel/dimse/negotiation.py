@@ -92,6 +92,20 @@ def check_provider(rq: pdu.AssociateRQ, active_associations: int, config: Server
     return None
 
 
+def check_certificate(rq: pdu.AssociateRQ, config: ServerConfig, peer_cert: dict | None) -> Rejection | None:
+    """On a TLS connection, the rejection (1, 1, 3) of a Calling AE Title the peer's client
+    certificate may not use (``config.tls_client_ae``: subject Common Name -> AE titles);
+    None if it may, or if no mapping is configured. PS3.15 B.1 lets the certificate, not
+    the name the peer chooses, identify it. ``peer_cert`` is ``SSLSocket.getpeercert()``."""
+    if config.tls_client_ae is None:
+        return None
+    names = [value for rdn in (peer_cert or {}).get("subject", ()) for key, value in rdn
+             if key == "commonName"]
+    if any(rq.calling_ae in config.tls_client_ae.get(name, ()) for name in names):
+        return None
+    return Rejection(pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED)
+
+
 def negotiate(rq: pdu.AssociateRQ, config: ServerConfig) -> Rejection | Acceptance:
     """The service-user's answer to an A-ASSOCIATE indication.
 

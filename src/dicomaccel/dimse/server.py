@@ -146,6 +146,7 @@ async def start_dimse_server(
     ae_permissions: Mapping[str, Iterable[str]] | None = None,
     peer_ordered_syntaxes: Mapping[str, Iterable[str]] | None = None,
     stream_commands: Iterable[int] = (),
+    tls_client_ae: Mapping[str, Iterable[str]] | None = None,
 ) -> DIMSEServer:
     """Listen for DICOM associations on the running event loop (run it on uvloop).
 
@@ -200,6 +201,11 @@ async def start_dimse_server(
         Command Fields (``messages.C_STORE_RQ``) whose data set reaches the handler as
         ``request.stream`` (:class:`~dicomaccel.dimse.stream.DataSetStream`) while it
         arrives, never joined and not limited by ``max_dataset_size``.
+    tls_client_ae : mapping of str to iterable of str, optional
+        Client certificate subject Common Name -> the Calling AE Titles it may use. On a TLS
+        connection (:meth:`DIMSEServer.listen_tls`) an A-ASSOCIATE-RQ whose Calling AE Title
+        is not listed for the peer certificate's Common Name, or that came without a client
+        certificate, is rejected (1, 1, 3). Plain connections are not affected.
 
     Returns
     -------
@@ -227,6 +233,8 @@ async def start_dimse_server(
         {ae.strip(): frozenset(p) for ae, p in ae_permissions.items()},
         peer_ordered_syntaxes={uid: frozenset(ts) for uid, ts in (peer_ordered_syntaxes or {}).items()},
         stream_commands=frozenset(stream_commands),
+        tls_client_ae=None if tls_client_ae is None else
+        {name: frozenset(ae.strip() for ae in aes) for name, aes in tls_client_ae.items()},
     )
     server = DIMSEServer(config)
     loop = asyncio.get_running_loop()
