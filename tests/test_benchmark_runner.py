@@ -1,8 +1,8 @@
 """Smoke test of the benchmark runner (``python -m benchmarks run``) on a tiny corpus.
 
 Runs the real command against dicomaccel alone (real server, real STOW-RS, getscu, pynetdicom
-and raw clients, real FRAME-level C-GET, a streamed large upload) with one run per
-measurement, then checks the report, the JSON and the charts it writes, and that no server
+and raw clients, real FRAME-level C-GET, a streamed large upload, WADO-RS frames and study,
+QIDO-RS on a stored and on a prebuilt index, findscu) with one run per measurement, then checks the report, the JSON and the charts it writes, and that no server
 outlives it. The runner is only ever run as a command: tests/ and benchmarks/ do not import
 each other (the runner's own unit tests are in benchmarks/tests/). No timing is asserted.
 """
@@ -31,7 +31,11 @@ if importlib.util.find_spec("pynetdicom") is None:
 CHARTS = importlib.util.find_spec("matplotlib") is not None
 ARGS = ["--peers", "dicomaccel", "--ct", "3", "--multiframe", "1", "--j2k", "1", "--j2k-frames", "12",
         "--pydicom-data", "6", "--runs", "1", "--stow-batch", "1,20", "--stow-clients", "1,4",
-        "--large-size", "40M"]
+        "--large-size", "40M",
+        # every workload, the DICOMweb and C-FIND ones (not in the default list) at tiny sizes
+        "--workloads", "stow,cstore,cget,frame,large-upload,wado-frame,wado-study,qido,cfind",
+        "--http-seconds", "0.2", "--qido-index", "400", "--qido-shared", "80", "--qido-queries", "5",
+        "--cfind-requests", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,33 @@ def test_every_workload_has_a_measured_row_for_dicomaccel(run):
         (measured,) = row["runs"]
         assert measured["seconds"] > 0 and measured["peak_mib"] > 0
         assert measured["server_cpu_s"] >= 0 and measured["client_cpu_s"] >= 0
-        assert measured["accepted"] == row["instances"], row
+        if row["unit"] == "requests":
+            assert measured["requests"] > 0 and measured["accepted"] == measured["requests"], row
+        else:
+            assert measured["accepted"] == row["instances"], row
+
+
+def test_dicomweb_and_cfind_workloads_have_rows(run):
+    _, _, data = run
+    methods = {(r["section"], r["corpus"], r["method"].split(",")[0]) for r in data["rows"]}
+    assert ("wado", "ct", "WADO-RS study") in methods
+    # the multi-frame corpus of 1 instance has 170 frames: frame 1 and the middle one
+    assert {m for s, c, m in methods if c == "multiframe" and m.startswith("WADO")} == {
+        "WADO-RS frame 1 of 170", "WADO-RS frame 86 of 170"}
+    assert ("requests", "j2k", "WADO-RS frame 1 of 12") in methods
+    for corpus in ("qido-shared", "qido-index"):  # 80 instances stored over STOW-RS; 400 rows built directly
+        searches = [r for r in data["rows"] if r["corpus"] == corpus]
+        assert [r["method"].split(" (")[1].split(")")[0] for r in searches] == ["prefix", "leading wildcard"]
+        for row in searches:
+            (measured,) = row["runs"]
+            assert measured["requests"] == 5 and 0 < measured["p50_ms"] <= measured["p99_ms"]
+    frame = next(r for r in data["rows"] if r["method"].startswith("WADO-RS frame 1 of 170"))
+    assert frame["runs"][0]["bytes"] >= 512 * 512 * 2 * frame["runs"][0]["requests"]
+    if dcmtk_program("findscu"):
+        (cfind,) = [r for r in data["rows"] if r["method"].startswith("C-FIND STUDY")]
+        assert cfind["runs"][0]["requests"] == 3 and cfind["runs"][0]["matches"] == 3  # CT, multi-frame, J2K
+    else:
+        assert "cfind" in data["skipped"]
 
 
 def test_pydicom_data_accepted_counts_are_recorded(run):
@@ -105,9 +135,12 @@ def test_report_has_machine_versions_corpus_and_every_table(run):
     assert data["command"] in md
     assert "TCP_NODELAY=1" in md
     assert "### FRAME level against whole-instance retrieval" in md
+    assert "## Requests: WADO-RS frames, C-FIND, QIDO-RS" in md and "## Retrieve (WADO-RS)" in md
+    assert "## Targets of issue 11" in md and "of loopback TCP." in md
     # One table line per row of the JSON (plus headers), each showing its one run's rate.
     for row in data["rows"]:
-        rate = row["instances"] / row["runs"][0]["seconds"]
+        run = row["runs"][0]
+        rate = (run["requests"] if row["unit"] == "requests" else row["instances"]) / run["seconds"]
         line = next(line for line in md.splitlines()
                     if line.startswith(f"| {row['label']} | {row['method']} | {row['peer']} | "))
         shown = float(line.split(" | ")[3])
@@ -121,6 +154,7 @@ def test_report_has_machine_versions_corpus_and_every_table(run):
 
 
 _SERVER = re.compile(r"^(\w+): C-GET SCP on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", re.M)
+_INDEX_SERVER = re.compile(r"^(dicomaccel) \(index of \d+ rows\): HTTP on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", re.M)
 
 
 def _gone(pid: int) -> bool:
@@ -136,7 +170,9 @@ def test_no_server_outlives_the_harness(run):
     done, _, _ = run
     started = _SERVER.findall(done.stdout)
     assert [name for name, _, _ in started] == ["dicomaccel"]
-    for name, port, pid in started:
+    prefilled = _INDEX_SERVER.findall(done.stdout)  # the QIDO-RS server on the index built directly
+    assert len(prefilled) == 1
+    for name, port, pid in started + prefilled:
         assert _gone(int(pid)), f"{name} (pid {pid}) still runs"
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()
