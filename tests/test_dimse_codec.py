@@ -379,3 +379,20 @@ def test_storage_context_prefers_explicit_over_implicit_vr():
     )
     chosen = {c.abstract_syntax: c.transfer_syntax for c in answer.contexts.values()}
     assert chosen == {CT: EXPLICIT, MR: IMPLICIT}
+
+
+@pytest.mark.parametrize("sop, move", [
+    ("1.2.840.10008.5.1.4.1.1.2", None),                      # odd-length UI: padded
+    ("1.2.840.10008.5.1.4.1.1.20", ("MOVESCU", 7)),           # even, with a move originator
+    ("1.2.3", ("ODD", 0xFFFF)),
+])
+def test_c_store_rq_template_equals_the_general_encoder(sop, move):
+    command = {"AffectedSOPClassUID": sop, "CommandField": messages.C_STORE_RQ, "MessageID": 513,
+               "Priority": messages.PRIORITY_MEDIUM, "CommandDataSetType": messages.DATASET_PRESENT,
+               "AffectedSOPInstanceUID": "1.2.826.0.1.3680043.8.498.1234567"}
+    if move is not None:
+        command["MoveOriginatorApplicationEntityTitle"], command["MoveOriginatorMessageID"] = move
+    fast = messages.encode_c_store_rq(sop, 513, messages.PRIORITY_MEDIUM, command["AffectedSOPInstanceUID"], move)
+    assert fast == messages.encode_command(command)
+    with pytest.raises(ValueError):
+        messages.encode_c_store_rq(sop, 1 << 16, 0, "1.2")

@@ -145,6 +145,7 @@ class Association:
         "_send_lock",
         "_current",
         "_requests",
+        "_storage",
     )
 
     def __init__(self, protocol: DIMSEProtocol, rq: pdu.AssociateRQ, acceptance: Acceptance) -> None:
@@ -160,6 +161,7 @@ class Association:
         self._send_lock = asyncio.Lock()
         self._current: Request | None = None
         self._requests: dict[int, Request] = {}
+        self._storage: dict[str, list[PresentationContext]] | None = None
 
     @property
     def is_established(self) -> bool:
@@ -177,11 +179,14 @@ class Association:
         These are the only contexts :meth:`send_c_store` may use (PS3.4 C.5.3); one per
         transfer syntax the peer proposed in separate contexts.
         """
-        return [
-            c
-            for c in self.contexts.values()
-            if c.accepted and c.scp_role and c.abstract_syntax == sop_class_uid
-        ]
+        if self._storage is None:
+            # Negotiated once: sorted by SOP class on first use, not scanned per sub-operation
+            # (a getscu association carries ~120 contexts).
+            self._storage = {}
+            for c in self.contexts.values():
+                if c.accepted and c.scp_role:
+                    self._storage.setdefault(c.abstract_syntax, []).append(c)
+        return list(self._storage.get(sop_class_uid, ()))
 
     def next_message_id(self) -> int:
         """A Message ID not used by any of our outstanding requests (PS3.7 §9.1.1.1.1)."""
@@ -241,22 +246,12 @@ class Association:
             raise ValueError(f"presentation context {context.id} does not allow sending C-STORE-RQ to the peer")
         if message_id is None:
             message_id = self.next_message_id()
-        command = {
-            "AffectedSOPClassUID": sop_class_uid,
-            "CommandField": messages.C_STORE_RQ,
-            "MessageID": message_id,
-            "Priority": priority,
-            "CommandDataSetType": messages.DATASET_PRESENT,
-            "AffectedSOPInstanceUID": sop_instance_uid,
-        }
-        if move_originator is not None:
-            command["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
-            command["MoveOriginatorMessageID"] = move_originator[1]
+        command = messages.encode_c_store_rq(sop_class_uid, message_id, priority, sop_instance_uid,
+                                             move_originator)
         future = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
         try:
-            await self._protocol.send_message(context.id, messages.encode_command(command), dataset,
-                                              on_sent)
+            await self._protocol.send_message(context.id, command, dataset, on_sent)
             response = await future
         finally:
             if self._pending.get(message_id) is future:

@@ -132,6 +132,39 @@ def encode_command(command: dict[int | str, Any]) -> bytes:
     return _ELEMENT_HEADER.pack(0, 0, 4) + _UL.pack(len(body)) + body
 
 
+_C_STORE_HEAD = _ELEMENT_HEADER.pack(0, 0x0100, 2) + _US.pack(C_STORE_RQ)
+_MESSAGE_ID = _ELEMENT_HEADER.pack(0, 0x0110, 2)
+_PRIORITY = _ELEMENT_HEADER.pack(0, 0x0700, 2)
+_DATASET_PRESENT = _ELEMENT_HEADER.pack(0, 0x0800, 2) + _US.pack(DATASET_PRESENT)
+
+
+def encode_c_store_rq(sop_class_uid: str, message_id: int, priority: int, sop_instance_uid: str,
+                      move_originator: tuple[str, int] | None = None) -> bytes:
+    """The C-STORE-RQ command set (PS3.7 Table 9.3-1) that :func:`encode_command` would make,
+    from a template: a C-GET or C-MOVE sends one per sub-operation, and the general encoder
+    costs ~30 us where this costs ~3.
+
+    Raises
+    ------
+    ValueError
+        As :func:`encode_command`.
+    """
+    try:
+        cls = _encode_value("UI", sop_class_uid)
+        inst = _encode_value("UI", sop_instance_uid)
+        body = [_ELEMENT_HEADER.pack(0, 0x0002, len(cls)), cls, _C_STORE_HEAD,
+                _MESSAGE_ID, _US.pack(message_id), _PRIORITY, _US.pack(priority), _DATASET_PRESENT,
+                _ELEMENT_HEADER.pack(0, 0x1000, len(inst)), inst]
+        if move_originator is not None:
+            ae = _encode_value("AE", move_originator[0])
+            body += [_ELEMENT_HEADER.pack(0, 0x1030, len(ae)), ae,
+                     _ELEMENT_HEADER.pack(0, 0x1031, 2), _US.pack(move_originator[1])]
+    except (struct.error, UnicodeEncodeError, AttributeError, TypeError) as exc:
+        raise ValueError(f"bad C-STORE-RQ value: {exc}") from None
+    data = b"".join(body)
+    return _ELEMENT_HEADER.pack(0, 0, 4) + _UL.pack(len(data)) + data
+
+
 def decode_command(data: bytes | memoryview, base: int = 0) -> dict[int | str, Any]:
     """Decode an Implicit VR Little Endian command set.
 
