@@ -980,26 +980,36 @@ class DIMSEProtocol(asyncio.Protocol):
         if not remaining:
             # An empty message still needs its last fragment.
             parts.append(pack(pdu.P_DATA_TF, 6, 2, pcid, control | 0x02))
+        # Every fragment but the last has the same header: pack it once.
+        full = pack(pdu.P_DATA_TF, max_fragment + 6, max_fragment + 2, pcid, control)
+        append = parts.append
         while remaining:
             n = max_fragment if remaining > max_fragment else remaining
             remaining -= n
-            parts.append(pack(pdu.P_DATA_TF, n + 6, n + 2, pcid, control if remaining else control | 0x02))
-            need = n
-            while need:
-                view = views[index]
-                take = len(view) - pos
-                if take > need:
-                    take = need
-                parts.append(view[pos : pos + take])
-                pos += take
-                need -= take
-                if pos == len(view):
-                    index += 1
-                    pos = 0
+            append(full if remaining and n == max_fragment else
+                   pack(pdu.P_DATA_TF, n + 6, n + 2, pcid, control if remaining else control | 0x02))
+            view = views[index]
+            if pos + n < len(view):  # within one buffer: one slice
+                append(view[pos:pos + n])
+                pos += n
+            else:
+                need = n
+                while need:
+                    view = views[index]
+                    take = len(view) - pos
+                    if take > need:
+                        take = need
+                    append(view[pos:pos + take])
+                    pos += take
+                    need -= take
+                    if pos == len(view):
+                        index += 1
+                        pos = 0
             batched += n
             if batched >= _WRITE_BATCH:
                 self._event("Evt9", parts)
                 parts = []
+                append = parts.append
                 handed += batched
                 batched = 0
                 if on_sent is not None:
