@@ -7,13 +7,14 @@ sees all of them. Instance outcomes carry the Warning or Failure Reason as a hex
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["REGISTRY", "render", "STOW_REQUESTS", "STOW_INSTANCES", "BYTES_IN", "BYTES_OUT",
-           "STORE_SECONDS", "QUEUE_DEPTH", "QUEUE_WAIT", "CGET_SUBOPERATIONS", "ASSOCIATIONS",
-           "FREE_BYTES", "WORKER", "after_fork"]
+           "STORE_SECONDS", "QUEUE_DEPTH", "QUEUE_WAIT", "CGET_SUBOPERATIONS", "CSTORE_INSTANCES", "ASSOCIATIONS",
+           "FREE_BYTES", "WORKER", "child"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 WORKER = str(os.getpid())
@@ -24,18 +25,11 @@ def _forked() -> None:
     # worker's label is its own process ID, not the supervisor's.
     global WORKER
     WORKER = str(os.getpid())
-    for hook in _AFTER_FORK:
-        hook()
+    child.cache_clear()
 
 
-_AFTER_FORK: list = []
 os.register_at_fork(after_in_child=_forked)
 
-
-def after_fork(hook) -> None:
-    """Run ``hook()`` in a forked child once :data:`WORKER` is its own (e.g. to clear a
-    cache of label children)."""
-    _AFTER_FORK.append(hook)
 
 STOW_REQUESTS = Counter("dicomaccel_stow_requests", "STOW-RS requests answered, by HTTP status",
                         ["worker", "status"], registry=REGISTRY)
@@ -62,8 +56,15 @@ FREE_BYTES = Gauge("dicomaccel_free_bytes", "Free space of the archive's file sy
                    registry=REGISTRY)
 
 
+@functools.lru_cache(maxsize=512)
+def child(metric, *labels: str):
+    """``metric``'s child for this worker and ``labels``, looked up once (``labels()`` takes a
+    lock and builds a key on every call: several times per request or sub-operation)."""
+    return metric.labels(WORKER, *labels)
+
+
 def render(free_bytes: int | None = None) -> bytes:
     """The registry in the Prometheus text format, with the free space read now."""
     if free_bytes is not None:
-        FREE_BYTES.labels(WORKER).set(free_bytes)
+        child(FREE_BYTES).set(free_bytes)
     return generate_latest(REGISTRY)

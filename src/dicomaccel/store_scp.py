@@ -158,7 +158,7 @@ class CStoreSCP:
             tags = [p.tag for p in problems] + [c.tag for c in changes]
             if tags:
                 fields["OffendingElement"] = tags[:16]
-        metrics.CSTORE_INSTANCES.labels(metrics.WORKER, category, f"{status:04X}").inc()
+        metrics.child(metrics.CSTORE_INSTANCES, category, f"{status:04X}").inc()
         access("cstore", f"{assoc.calling_ae} C-STORE {fields['AffectedSOPInstanceUID']} {status:04X}",
                calling_ae=assoc.calling_ae, sop_instance_uid=fields["AffectedSOPInstanceUID"],
                status=f"{status:04X}")

@@ -103,7 +103,7 @@ class DIMSEServer:
         """Admit a new connection, or refuse it (False) when associations and connections
         still waiting for theirs already reach ``max_associations + PENDING_SLACK``."""
         if len(self._connections) >= self.config.max_associations + PENDING_SLACK:
-            metrics.ASSOCIATIONS.labels(metrics.WORKER, "refused").inc()
+            metrics.child(metrics.ASSOCIATIONS, "refused").inc()
             return False
         self._connections.add(protocol)
         return True
@@ -114,10 +114,10 @@ class DIMSEServer:
 
     def _associated(self, protocol: DIMSEProtocol) -> None:
         self._associations.add(protocol)
-        metrics.ASSOCIATIONS.labels(metrics.WORKER, "accepted").inc()
+        metrics.child(metrics.ASSOCIATIONS, "accepted").inc()
 
     def _rejected(self, protocol: DIMSEProtocol) -> None:
-        metrics.ASSOCIATIONS.labels(metrics.WORKER, "rejected").inc()
+        metrics.child(metrics.ASSOCIATIONS, "rejected").inc()
 
     def _disassociated(self, protocol: DIMSEProtocol) -> None:
         self._associations.discard(protocol)

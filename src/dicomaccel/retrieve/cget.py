@@ -236,9 +236,9 @@ class CGetSCP:
                     counters.record("failure", lost.sop_instance_uid)
                 break
             counters.record(category, record.sop_instance_uid)
-            metrics.CGET_SUBOPERATIONS.labels(metrics.WORKER, category).inc()
+            metrics.child(metrics.CGET_SUBOPERATIONS, category).inc()
             if category != "failure":
-                metrics.BYTES_OUT.labels(metrics.WORKER).inc(record.size - record.dataset_offset)
+                metrics.child(metrics.BYTES_OUT).inc(record.size - record.dataset_offset)
             if counters.remaining and not request.cancelled.is_set():
                 await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
         await self._final(assoc, request, counters)

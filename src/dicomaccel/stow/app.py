@@ -177,8 +177,8 @@ class StowApp:
             await self._store(scope, receive, send, report)
         finally:
             seconds = time.monotonic() - started
-            _counter(metrics.STOW_REQUESTS, str(report["status"])).inc()
-            _counter(metrics.STORE_SECONDS).observe(seconds)
+            metrics.child(metrics.STOW_REQUESTS, str(report["status"])).inc()
+            metrics.child(metrics.STORE_SECONDS).observe(seconds)
             client = scope.get("client") or ("", 0)
             access("stow", f'{client[0]} {scope.get("method")} {scope.get("path")} {report["status"]}',
                    client=client[0], method=scope.get("method"), path=scope.get("path"),
@@ -191,15 +191,15 @@ class StowApp:
         try:
             study_uid, media = self._check_request(scope, headers)
             boundary = self._check_body(headers)
-            _counter(metrics.QUEUE_DEPTH).set(self.gate.waiting + 1)
+            metrics.child(metrics.QUEUE_DEPTH).set(self.gate.waiting + 1)
             waiting = time.monotonic()
             try:
                 await self.gate.acquire()
             except GateBusy as busy:
                 raise _Refusal(503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())]) from None
             finally:
-                _counter(metrics.QUEUE_DEPTH).set(self.gate.waiting)
-            _counter(metrics.QUEUE_WAIT).observe(time.monotonic() - waiting)
+                metrics.child(metrics.QUEUE_DEPTH).set(self.gate.waiting)
+            metrics.child(metrics.QUEUE_WAIT).observe(time.monotonic() - waiting)
             try:
                 if not self.archive.writable():
                     raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
@@ -221,9 +221,9 @@ class StowApp:
                       bytes=upload.received)
         for stored in result.stored:
             outcome = "warning" if stored.warning_reason else "stored"
-            _counter(metrics.STOW_INSTANCES, outcome, f"{stored.warning_reason or 0:04X}").inc()
+            metrics.child(metrics.STOW_INSTANCES, outcome, f"{stored.warning_reason or 0:04X}").inc()
         for failed in result.failed:
-            _counter(metrics.STOW_INSTANCES, "failed", f"{failed.failure_reason:04X}").inc()
+            metrics.child(metrics.STOW_INSTANCES, "failed", f"{failed.failure_reason:04X}").inc()
         if media == JSON_MEDIA_TYPE:
             body = json.dumps(result.to_json(), separators=(",", ":")).encode()
         else:
@@ -294,16 +294,6 @@ async def _refuse(send: Send, refusal: _Refusal, media: str | None) -> None:
             else response.to_xml()).encode()
     warning = "299 dicomaccel " + json.dumps(refusal.text.encode("ascii", "replace").decode())
     await _respond(send, refusal.status, media, body, [*refusal.headers, (b"warning", warning.encode())])
-
-
-@functools.lru_cache(maxsize=256)
-def _counter(metric, *labels: str):
-    """``metric``'s child for this worker and ``labels`` (looked up once: ``labels()`` takes a
-    lock and builds a key on every call, seven times per request)."""
-    return metric.labels(metrics.WORKER, *labels)
-
-
-metrics.after_fork(_counter.cache_clear)
 
 
 @functools.lru_cache(maxsize=64)
@@ -394,7 +384,7 @@ class _Upload:
         # we work (wait_for() per chunk would create a Task per chunk).
         stall = asyncio.timeout(None)
         started = self.loop.time()
-        received = _counter(metrics.BYTES_IN)
+        received = metrics.child(metrics.BYTES_IN)
         try:
             async with stall:
                 while True:
