@@ -146,7 +146,7 @@ def headline(data: dict) -> str:
              "dicomaccel / best | client CPU ms/inst (or /req) dicomaccel / best peer |", "|---" * 10 + "|"]
     for r in ratios(data) + best_ingest(data):
         ours, theirs = r["dicomaccel_server_cpu"], r["best_server_cpu"]
-        cpu_ratio = f"{ours / theirs:.2f}x" if ours is not None and theirs else "-"
+        cpu_ratio = f"{fig(ours / theirs)}x" if ours is not None and theirs else "-"
         unit = r.get("unit", "inst")
         lines.append(f"| {r['workload']} | {r['method']} | {fig(r['dicomaccel'])} {unit}/s | {r['best_peer']} | "
                      f"{fig(r['best'])} {unit}/s | **{r['ratio']:.2f}x** | {r['dicomaccel_peak']:.0f} / {r['best_peak']:.0f} | "
