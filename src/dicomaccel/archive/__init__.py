@@ -51,6 +51,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import memory
@@ -603,6 +604,7 @@ class Archive:
 def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,
             crc32: int, received_crc32: int | None) -> InstanceRecord:
     return InstanceRecord(
+        stored_at=time.time(),  # made by the committer just before its index commit
         patient_id=h.patient_id,
         patient_name=h.patient_name,
         study_uid=h.study_uid,

@@ -95,7 +95,7 @@ class InstanceRecord:
     # A top-level Alternate Representation Sequence (0008,3001) is present: the instance may
     # be one of several encodings of an image (PS3.3 C.6.1.1.5.1).
     has_alternates: bool = False
-    stored_at: float = 0.0  # time.time() of the index commit
+    stored_at: float = 0.0  # time.time() of the index commit (or of the record made for it)
     crc32: int | None = None  # CRC-32 of the whole file (None for rows of schema version 2)
     # CRC-32 of the bytes as received, when the store policy rewrote them (coercion,
     # discard): what makes sending the same instance again idempotent. None otherwise.
@@ -153,7 +153,7 @@ class Index(abc.ABC):
                   ) -> list[InstanceRecord | DuplicateRow | BaseException]:
         """Insert the records in one transaction (each with ``replace_existing[i]``: replace a row of
         the same SOP Instance UID, else refuse it). Returns, per record, the record with
-        ``stored_at`` set, :class:`DuplicateRow` if a row of that UID appeared meanwhile (a
+        ``stored_at`` set (kept if the caller set it, else the commit's time), :class:`DuplicateRow` if a row of that UID appeared meanwhile (a
         concurrent writer won), or the error that kept it out; one bad row does not fail
         the others. With ``durable_on_commit`` False the rows stay *unconfirmed* until a
         ``put_batch`` or :meth:`confirm` that follows a :meth:`flushed`."""
@@ -539,9 +539,11 @@ class SQLiteIndex(Index):
         )
 
     def put_batch(self, records, replace_existing):
-        stored_at = time.time()
-        items = [(self._row(r, stored_at), rep) for r, rep in zip(records, replace_existing)]
-        out: list = [dataclasses.replace(r, stored_at=stored_at) for r in records]
+        # A record made for this commit carries its time (the archive's do: no copy of a
+        # 40-field record per instance); one without gets the commit's.
+        now = time.time()
+        out: list = [r if r.stored_at else dataclasses.replace(r, stored_at=now) for r in records]
+        items = [(self._row(r, r.stored_at), rep) for r, rep in zip(out, replace_existing)]
         with self._write_lock:
             try:
                 self._insert(items)
