@@ -16,12 +16,26 @@ more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to th
 a streamed response waits while more than :data:`WRITE_HIGH_WATER` bytes wait for the client.
 ``Expect: 100-continue`` is answered when the application first asks for the body. A response
 the application ends before reading the whole body closes the connection.
+
+Response bodies may also be files: the scope offers the ASGI *Zero Copy Send* extension
+(``scope["extensions"]["http.response.zerocopysend"]``; asgi.readthedocs.io, Extensions), and
+a ``{"type": "http.response.zerocopysend", "file": f, "offset": o, "count": n, "more_body":
+b}`` message sends ``n`` bytes of ``f`` from ``o`` (absent: from its position, to its end).
+On plain TCP the kernel copies them from the page cache to the socket (``os.sendfile``), no
+byte passing through Python; what the socket cannot take at once is handed to the transport
+in reads of at most :data:`SENDFILE_STEP` bytes, and sending resumes once the transport has
+written them, so a slow reader holds no more than that. Under TLS (the bytes must be
+encrypted here) and where ``sendfile`` fails, the file is read in :data:`FILE_READ` steps
+under the usual write back-pressure. ``send`` returns once the bytes are with the kernel or
+the transport: the application may close the file then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -37,6 +51,12 @@ log = logging.getLogger("dicomaccel.http")
 HIGH_WATER = 4 << 20  # body bytes buffered for the application before reading pauses
 WRITE_HIGH_WATER = 4 << 20  # response bytes the transport holds before a streaming send waits
 LOW_WATER = 1 << 20  # ... and resumes
+# Zero-copy file bodies: what the socket does not take at once goes to the transport in a
+# read of this size, which also has it report when the socket is writable again ...
+SENDFILE_STEP = 64 << 10
+# ... and a file body that cannot be sent by sendfile (TLS) is read in steps of this size.
+FILE_READ = 1 << 20
+_SENDFILE = hasattr(os, "sendfile")
 # Bytes received while the header section is incomplete, body bytes in the same reads
 # included: bounds what one endless header line can make the parser hold.
 MAX_PENDING_HEAD = 1 << 20
@@ -190,6 +210,7 @@ class _Connection(asyncio.Protocol):
             "scheme": self.server.scheme, "path": parsed.path.decode("utf-8", "replace"), "raw_path": parsed.path,
             "query_string": parsed.query or b"", "root_path": "", "headers": self.headers,
             "server": self.server.address, "client": self.transport.get_extra_info("peername"),
+            "extensions": {"http.response.zerocopysend": {}},
         }
         self.task = self.loop.create_task(self._run(scope, self.request, self.parser.should_keep_alive()))
         self.server.tasks.add(self.task)
@@ -274,6 +295,30 @@ class _Connection(asyncio.Protocol):
                     # Write-side back-pressure: a response streamed to a slow reader holds at
                     # most the transport's high-water mark (WRITE_HIGH_WATER), not the file.
                     await self.drained
+            elif message["type"] == "http.response.zerocopysend":
+                more = message.get("more_body", False)
+                fd = message["file"].fileno()
+                offset = message.get("offset")
+                from_position = offset is None
+                if from_position:
+                    offset = os.lseek(fd, 0, os.SEEK_CUR)
+                count = message.get("count")
+                if count is None:
+                    count = max(0, os.fstat(fd).st_size - offset)
+                if count:
+                    if chunked:
+                        self.transport.write(b"%x\r\n" % count)
+                    await self._send_file(fd, offset, count)
+                    if chunked:
+                        self.transport.write(b"\r\n")
+                    if from_position:
+                        os.lseek(fd, offset + count, os.SEEK_SET)
+                if not more:
+                    if chunked:
+                        self.transport.write(b"0\r\n\r\n")
+                    finished = True
+                elif self.drained is not None:
+                    await self.drained
 
         try:
             await self.server.app(scope, receive, send)
@@ -287,6 +332,60 @@ class _Connection(asyncio.Protocol):
         if not finished and started:
             keep_alive = False
         self._next(keep_alive and finished)
+
+    async def _send_file(self, fd: int, offset: int, count: int) -> None:
+        """Write ``count`` bytes of file ``fd`` from ``offset``, after what the transport holds.
+
+        Plain TCP: ``os.sendfile`` while the transport holds nothing (bytes stay in order);
+        when the socket is full, the next :data:`SENDFILE_STEP` bytes are read into the
+        transport, which writes them once the socket is writable, and sendfile resumes when
+        the transport is empty again. TLS or a sendfile error: reads under the write
+        back-pressure."""
+        sock = None if self.server.scheme == "https" or not _SENDFILE else self.transport.get_extra_info("socket")
+        while count:
+            if self.closed:
+                raise ClientDisconnected("the client closed the connection")
+            if sock is not None:
+                if self.transport.get_write_buffer_size():
+                    await self._emptied()
+                    continue
+                try:
+                    sent = os.sendfile(sock.fileno(), fd, offset, count)
+                except BlockingIOError:
+                    sent = None  # the socket is full
+                except OSError as exc:
+                    if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                        raise ClientDisconnected("the client closed the connection") from exc
+                    sock = None  # this file or socket cannot be sendfile'd: read it
+                    continue
+                if sent == 0:
+                    raise OSError(errno.EIO, f"file ended {count} bytes short of the body")
+                if sent is not None:
+                    offset += sent
+                    count -= sent
+                    continue
+                step = SENDFILE_STEP
+            else:
+                step = FILE_READ
+            data = os.pread(fd, min(step, count), offset)
+            if not data:
+                raise OSError(errno.EIO, f"file ended {count} bytes short of the body")
+            self.transport.write(data)
+            offset += len(data)
+            count -= len(data)
+            if self.drained is not None:
+                await self.drained
+
+    async def _emptied(self) -> None:
+        """Wait until the transport has written all it holds: write-buffer limits of zero make
+        it call ``pause_writing`` now and ``resume_writing`` once empty; then the usual limits."""
+        self.transport.set_write_buffer_limits(high=0, low=0)
+        try:
+            if self.drained is not None:
+                await self.drained
+        finally:
+            if not self.closed:
+                self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def _next(self, keep_alive: bool) -> None:
         unread = self.request is not None and not self.request.complete

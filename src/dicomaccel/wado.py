@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mmap
+import os
 import re
 
 from .archive import Archive, InstanceRecord
@@ -152,34 +153,151 @@ async def _instances(send, request: Request, archive: Archive, study, series, so
     wanted = _wanted_syntax(request.header("accept"), "application/dicom")
     if wanted is None:
         raise Refused(406, 'Not acceptable: instances are multipart/related; type="application/dicom"')
-    # Lazy: each row becomes a record (its frame index decoded) only when its part is sent.
+    # One query for the study; each row becomes a record (frame index decoded) when first read.
     records = archive.find(study_uids=[study], series_uids=None if series is None else [series],
                            sop_instance_uids=None if sop is None else [sop], lazy=True)
     if not records:
         raise Refused(404, "No such study, series or instance")
-    send, boundary = await _start(send, request, records, f"dicom:{wanted}",
-                                  'multipart/related; type="application/dicom"; boundary={boundary}',
-                                  [(b"vary", b"accept")])
-    if send is None:
-        return
     loop = asyncio.get_running_loop()
-    for record in records:
-        if wanted in ("*", record.transfer_syntax_uid):
-            syntax = record.transfer_syntax_uid
-            head = part_head(boundary, f"application/dicom; transfer-syntax={syntax}")
-            await send({"type": "http.response.body", "body": head, "more_body": True})
-            with open(record.path, "rb") as f:
-                while chunk := await loop.run_in_executor(None, f.read, READ_CHUNK):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        else:
+    sizes: list[int] = []
+    v = await loop.run_in_executor(None, validators, records, f"dicom:{wanted}", sizes)
+    if not_modified(request, v):
+        await send_not_modified(send, v)
+        return
+    boundary = boundary_for(v)
+    heads: dict[str, bytes] = {}  # part head by transfer syntax, built once per response
+
+    def head(syntax: str) -> bytes:
+        h = heads.get(syntax)
+        if h is None:
+            h = heads[syntax] = part_head(boundary, f"application/dicom; transfer-syntax={syntax}")
+        return h
+
+    stored = [wanted in ("*", record.transfer_syntax_uid) for record in records]
+    # RFC 2046 §5.1.1: each part after the first starts with the CRLF that ends the one before.
+    end = f"\r\n--{boundary}--\r\n".encode()
+    headers = [(b"content-type", f'multipart/related; type="application/dicom"; boundary={boundary}'.encode()),
+               (b"vary", b"accept"), *v.headers()]
+    if all(stored):
+        # All as stored: the length is known (RFC 9112 §6.2), no chunk framing per part.
+        length = sum(len(head(r.transfer_syntax_uid)) for r in records) + sum(sizes) + 2 * (len(records) - 1) + len(end)
+        headers.append((b"content-length", str(length).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    zerocopy = "http.response.zerocopysend" in request.scope.get("extensions", {})
+    files = _FileBatches(loop, records, sizes, stored) if zerocopy else None
+    sep = b""
+    try:
+        for i, record in enumerate(records):
+            if stored[i]:
+                body = sep + head(record.transfer_syntax_uid)
+                if files is not None:
+                    f = await files.file(i)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    try:
+                        await send({"type": "http.response.zerocopysend", "file": f, "offset": 0,
+                                    "count": sizes[i], "more_body": True})
+                    finally:
+                        f.close()
+                else:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    await _stream_file(send, loop, record.path, sizes[i])
+            else:
+                try:
+                    data = await loop.run_in_executor(None, _transcoded, record, wanted)
+                except (TranscodeError, OSError):
+                    continue  # PS3.18 10.4.1.3: an instance we cannot send in that syntax is left out
+                await send({"type": "http.response.body", "body": sep + head(wanted) + data, "more_body": True})
+            sep = b"\r\n"
+    finally:
+        if files is not None:
+            await files.close()
+    await send({"type": "http.response.body", "body": end if sep else end[2:]})
+
+
+async def _stream_file(send, loop, path: str, size: int) -> None:
+    """``size`` bytes of the file at ``path`` as body messages of at most READ_CHUNK bytes,
+    read in the default executor (an ASGI host without the zero-copy extension)."""
+    with open(path, "rb") as f:
+        left = size
+        while left:
+            chunk = await loop.run_in_executor(None, f.read, min(READ_CHUNK, left))
+            if not chunk:
+                raise OSError(f"{path} ended {left} bytes short of its size")
+            left -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+# Files of a study opened per executor call, and bytes: one thread hand-off per batch.
+OPEN_BATCH = 32
+OPEN_BATCH_BYTES = 32 << 20
+
+
+class _FileBatches:
+    """The stored files of a response, opened in the default executor a batch ahead of the
+    one being sent (with ``POSIX_FADV_WILLNEED``, so reading from disk starts before sendfile
+    needs the bytes); at most two batches of descriptors are open."""
+
+    def __init__(self, loop, records, sizes: list[int], stored: list[bool]) -> None:
+        self.loop = loop
+        self.batches: list[list[int]] = []
+        batch: list[int] = []
+        nbytes = 0
+        for i, ok in enumerate(stored):
+            if not ok:
+                continue
+            if batch and (len(batch) >= OPEN_BATCH or nbytes + sizes[i] > OPEN_BATCH_BYTES):
+                self.batches.append(batch)
+                batch, nbytes = [], 0
+            batch.append(i)
+            nbytes += sizes[i]
+        if batch:
+            self.batches.append(batch)
+        self.paths = {i: records[i].path for b in self.batches for i in b}
+        self.next = 0  # the next batch to open
+        self.open: dict[int, object] = {}
+        self.pending: asyncio.Future | None = None
+        self._ahead()
+
+    def _ahead(self) -> None:
+        if self.next < len(self.batches):
+            paths = [(i, self.paths[i]) for i in self.batches[self.next]]
+            self.next += 1
+            self.pending = self.loop.run_in_executor(None, _open_files, paths)
+
+    async def file(self, i: int):
+        while i not in self.open:
+            pending, self.pending = self.pending, None
+            self.open.update(await pending)
+            self._ahead()
+        return self.open.pop(i)
+
+    async def close(self) -> None:
+        for f in self.open.values():
+            f.close()
+        self.open.clear()
+        if self.pending is not None:
             try:
-                data = await loop.run_in_executor(None, _transcoded, record, wanted)
-            except (TranscodeError, OSError):
-                continue  # PS3.18 10.4.1.3: an instance we cannot send in that syntax is left out
-            head = part_head(boundary, f"application/dicom; transfer-syntax={wanted}")
-            await send({"type": "http.response.body", "body": head + data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
-    await send({"type": "http.response.body", "body": f"--{boundary}--\r\n".encode()})
+                for f in (await self.pending).values():
+                    f.close()
+            except OSError:
+                pass
+            self.pending = None
+
+
+def _open_files(paths: list[tuple[int, str]]) -> dict:
+    out = {}
+    try:
+        for i, path in paths:
+            f = out[i] = open(path, "rb", buffering=0)
+            try:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+            except (AttributeError, OSError):
+                pass
+    except BaseException:
+        for f in out.values():
+            f.close()
+        raise
+    return out
 
 
 def _transcoded(record: InstanceRecord, target: str) -> bytes:

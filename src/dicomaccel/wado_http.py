@@ -105,13 +105,15 @@ class Validators:
                 (b"last-modified", email.utils.formatdate(int(self.mtime), usegmt=True).encode())]
 
 
-def validators(records: Iterable, variant: str) -> Validators:
+def validators(records: Iterable, variant: str, sizes: list[int] | None = None) -> Validators:
     """Validators of a response built from ``records`` (stored instances) as ``variant`` (what
     distinguishes representations of one URL: transfer syntax, media type, parameters).
 
     A stored file never changes in place (a replacement is a new file with a new CRC-32), so
     the CRC-32 and size of each file identify the bytes; the newest file's mtime is
     Last-Modified. Files of rows without a CRC-32 (schema version 2) use size and mtime.
+    ``sizes``, if given, receives each file's size from the same ``stat`` (a Content-Length
+    needs them before the first byte).
     """
     digest = hashlib.blake2b(variant.encode(), digest_size=12)
     newest = 0.0
@@ -121,6 +123,8 @@ def validators(records: Iterable, variant: str) -> Validators:
         newest = max(newest, st.st_mtime)
         crc = record.crc32 if record.crc32 is not None else st.st_mtime_ns
         digest.update(f"{record.sop_instance_uid}:{crc}:{record.size};".encode())
+        if sizes is not None:
+            sizes.append(st.st_size)
         count += 1
     if not count:
         raise Refused(404, "No such study, series or instance")
