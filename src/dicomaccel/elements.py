@@ -33,6 +33,9 @@ __all__ = [
     "encode_header",
     "encode_element",
     "encode_item",
+    "TEXT_VRS",
+    "pad_value",
+    "encode_padded",
 ]
 
 # Explicit VR: VRs with 2 reserved bytes and a 32-bit length (PS3.5 §7.1.2, Table 7.1-1); the
@@ -43,6 +46,10 @@ SHORT_VRS = frozenset(
     (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
      b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
 )
+# VRs whose values are character strings, padded with a trailing SPACE to an even length
+# (PS3.5 §6.2, Table 6.2-1); UI is padded with a NUL instead, and so are the byte VRs (OB, UN).
+TEXT_VRS = frozenset((b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"LT", b"PN", b"SH",
+                      b"ST", b"TM", b"UC", b"UR", b"UT"))
 # Value Length 0xFFFFFFFF: undefined length (PS3.5 §7.1.1).
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Largest value a 16-bit Value Length field holds (PS3.5 Table 7.1-2).
@@ -158,3 +165,19 @@ def encode_element(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
 def encode_item(content: bytes) -> bytes:
     """One sequence item of defined length holding ``content`` (PS3.5 §7.5, Table 7.5-1)."""
     return IMPLICIT_LE.pack(_ITEM_GROUP, ITEM & 0xFFFF, len(content)) + content
+
+
+def pad_value(vr: bytes, value: bytes) -> bytes:
+    """``value`` padded to an even length as PS3.5 §6.2 says for ``vr`` (Value Lengths are
+    even, PS3.5 §7.1.1): a trailing SPACE (20H) for the character string VRs of
+    :data:`TEXT_VRS`, a NUL (00H) for UI and the byte VRs."""
+    if len(value) & 1:
+        return value + (b" " if vr in TEXT_VRS else b"\x00")
+    return value
+
+
+def encode_padded(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
+    """One Little Endian element of defined length: header and ``value`` padded by
+    :func:`pad_value` (an empty value is an element of length 0, PS3.5 §7.1.1)."""
+    value = pad_value(vr, value)
+    return encode_header(tag, vr, len(value), implicit) + value
