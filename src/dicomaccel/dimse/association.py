@@ -387,7 +387,8 @@ class DIMSEProtocol(asyncio.Protocol):
 
     # ----------------------------------------------------------------- transport callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def _take(self, transport: asyncio.BaseTransport) -> None:
+        """Adopt a new connection's transport (both roles)."""
         self._transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -397,6 +398,9 @@ class DIMSEProtocol(asyncio.Protocol):
             except (OSError, AttributeError):
                 pass
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)  # type: ignore[attr-defined]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._take(transport)
         if not self._server._connection_made(self):
             # More connections than associations allowed plus the pending slack: each could
             # make us buffer a large A-ASSOCIATE-RQ, so this one is closed before it is read.

@@ -13,15 +13,12 @@ to reach the move destination (PS3.4 C.4.2.3).
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Iterable, Sequence
 
 from dicomaccel.config import DEFAULTS
 
 from . import pdu
 from .association import (
-    _WRITE_HIGH_WATER,
-    _WRITE_LOW_WATER,
     Association,
     AssociationClosedError,
     DIMSEProtocol,
@@ -83,14 +80,7 @@ class RequestorProtocol(DIMSEProtocol):
         self._established: asyncio.Future = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
-        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        self._take(transport)
         self._server._connection_made(self)
         # AE-1 was the connect itself (loop.create_connection): Sta4, then Evt2.
         self._state = "Sta4"
