@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 
 from pydicom.datadict import DicomDictionary
@@ -466,6 +467,41 @@ def _encode_with_pydicom(match: dict, returns: list[tuple[int, str]], level: str
     return fp.getvalue()
 
 
+class _Cork:
+    """TCP_CORK (tcp(7)) on the association's socket while a page of responses is written:
+    each response is two P-DATA-TF PDUs, each its own write; corked, the kernel sends them in
+    full segments when released instead of one segment (and one wake-up of the peer) per PDU.
+    Without a TCP socket (or where the option does not exist) it does nothing."""
+
+    __slots__ = ("_sock", "_held")
+
+    def __init__(self, assoc: Association) -> None:
+        transport = getattr(assoc._protocol, "_transport", None)
+        sock = None if transport is None else transport.get_extra_info("socket")
+        self._sock = sock if _TCP_CORK is not None and sock is not None and sock.family in (
+            socket.AF_INET, socket.AF_INET6) else None
+        self._held = False
+
+    def hold(self) -> None:
+        if self._sock is not None and not self._held:
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+                self._held = True
+            except OSError:
+                self._sock = None
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+            except OSError:
+                self._sock = None
+
+
+_TCP_CORK = getattr(socket, "TCP_CORK", None)
+
+
 class CFindSCP:
     """The handler for C-FIND-RQ: ``await scp(assoc, request)`` over ``archive``'s index."""
 
@@ -500,26 +536,32 @@ class CFindSCP:
             await assoc.respond(request, err.status, **fields)
             return
         plan = ResponsePlan(returns, query.level, syntax)
-        offset = 0
-        while True:
-            if request.cancelled.is_set():
-                await assoc.respond(request, Status.CANCEL)
-                return
-            if offset == 0 and _INLINE_SEARCH:
-                # The first page, small, on the loop: see _INLINE_ROWS.
-                page, more = self._page(query, plan, 0, _INLINE_ROWS)
-            else:
-                page, more = await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
-            offset += len(page)
-            for identifier in page:
+        cork = _Cork(assoc)
+        try:
+            offset = 0
+            while True:
                 if request.cancelled.is_set():
                     await assoc.respond(request, Status.CANCEL)
                     return
-                await assoc.respond(request, Status.PENDING, identifier)
-                await asyncio.sleep(0)  # lets a C-CANCEL-RQ in (PS3.7 §9.3.2.3)
-            if not more:
-                break
-        await assoc.respond(request, Status.SUCCESS)
+                if offset == 0 and _INLINE_SEARCH:
+                    # The first page, small, on the loop: see _INLINE_ROWS.
+                    page, more = self._page(query, plan, 0, _INLINE_ROWS)
+                else:
+                    cork.release()  # what is written goes out while the next page is read
+                    page, more = await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
+                cork.hold()
+                offset += len(page)
+                for identifier in page:
+                    if request.cancelled.is_set():
+                        await assoc.respond(request, Status.CANCEL)
+                        return
+                    await assoc.respond(request, Status.PENDING, identifier)
+                    await asyncio.sleep(0)  # lets a C-CANCEL-RQ in (PS3.7 §9.3.2.3)
+                if not more:
+                    break
+            await assoc.respond(request, Status.SUCCESS)
+        finally:
+            cork.release()
 
     def _page(self, query: Query, plan: ResponsePlan, offset: int, limit: int) -> tuple[list[bytes], bool]:
         result = search(self.archive.index, Query(query.level, query.conditions, query.returns, limit, offset))
