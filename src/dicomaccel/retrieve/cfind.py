@@ -303,7 +303,8 @@ def _item(data: bytes, pos: int, end: int, explicit: bool) -> int:
         raise _Unsure from None
     if tag != ITEM:
         raise _Unsure
-    if length != UNDEFINED_LENGTH:
+    undefined = length == UNDEFINED_LENGTH
+    if not undefined:
         if length > end - value:
             raise _Unsure
         stop, pos = value + length, value
@@ -314,7 +315,7 @@ def _item(data: bytes, pos: int, end: int, explicit: bool) -> int:
             tag, vr, length, value = read_header(data, pos, stop, explicit, True)
         except ParseError:
             raise _Unsure from None
-        if tag == ITEM_DELIMITATION and stop == end:
+        if tag == ITEM_DELIMITATION and undefined:
             return value
         if tag >> 16 == 0xFFFE:
             raise _Unsure
@@ -332,7 +333,7 @@ def _item(data: bytes, pos: int, end: int, explicit: bool) -> int:
             _skip_items(data, value, pos, explicit)
         elif _NUMBERS.get(vr) is not None or vr in (b"IS", b"DS"):
             _values_checked(vr, data[value:pos])
-    if stop == end:
+    if undefined:
         raise _Unsure  # no Item Delimitation Item
     return stop
 
@@ -379,6 +380,8 @@ class ResponsePlan:
         self.implicit = implicit = transfer_syntax == IMPLICIT_VR_LE
         entries = {QUERY_RETRIEVE_LEVEL: (None, encode_padded(QUERY_RETRIEVE_LEVEL, b"CS", level.encode(), implicit))}
         for tag, vr in returns:
+            if tag & 0xFFFF == 0 and tag >> 16 > 6:
+                continue  # Group Length is retired (PS3.5 §7.2): not written, as pydicom does not
             vr_bytes = vr.encode("ascii", "replace")[:2]
             if vr == "SQ":
                 # Sequence keys come back as empty sequences (sequence matching is not offered,
