@@ -2,7 +2,10 @@
 
 - ``GET {base}/studies/{study}[/series/{series}[/instances/{sop}]]``: the instances, as
   ``multipart/related; type="application/dicom"``, one PS3.10 file per part, streamed from
-  the archive in 1 MiB reads (memory does not grow with the study). The transfer syntax is
+  the archive (memory does not grow with the study): where the ASGI host offers the Zero
+  Copy Send extension (``dicomaccel serve`` does) each file goes as one message, which the
+  front end hands to ``os.sendfile``; elsewhere in 1 MiB reads. A response of parts all as
+  stored has a Content-Length (the sizes are known before the first byte). The transfer syntax is
   the ``transfer-syntax`` parameter of the Accept ``type``: ``*`` sends each instance as
   stored; absent, the default is Explicit VR Little Endian (PS3.18 §8.7.3.5.2), and an
   instance stored otherwise is transcoded (decoded with the pylibjpeg plugins), or left out
