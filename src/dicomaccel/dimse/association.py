@@ -169,6 +169,12 @@ class Association:
         return self._protocol._state in ("Sta6", "Sta8")
 
     @property
+    def socket(self):
+        """The connection's socket (for socket options such as TCP_CORK), or None."""
+        transport = self._protocol._transport
+        return transport.get_extra_info("socket") if transport is not None else None
+
+    @property
     def peer_address(self) -> tuple | None:
         transport = self._protocol._transport
         return transport.get_extra_info("peername") if transport is not None else None

@@ -479,8 +479,7 @@ class _Cork:
     __slots__ = ("_sock", "_held")
 
     def __init__(self, assoc: Association) -> None:
-        transport = getattr(assoc._protocol, "_transport", None)
-        sock = None if transport is None else transport.get_extra_info("socket")
+        sock = assoc.socket
         self._sock = sock if _TCP_CORK is not None and sock is not None and sock.family in (
             socket.AF_INET, socket.AF_INET6) else None
         self._held = False
