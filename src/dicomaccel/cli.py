@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
-from .config import parse_move_destination
+from .config import check_index_url, check_node_id, parse_move_destination
 from .access import credentials
 from .logs import configure
 from .syntaxes import is_valid_uid
@@ -56,6 +57,20 @@ def _public_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _index_url(text: str) -> str:
+    try:
+        return check_index_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _node_id(text: str) -> str:
+    try:
+        return check_node_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _mib(n: int) -> str:
     return f"{n >> 20}M"
 
@@ -73,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="TOML file of options (keys are the long option names); flags override it")
     serve.add_argument("--data", metavar="DIR", type=Path, help=f"archive directory (default: ./{d.data})")
+    serve.add_argument("--index", metavar="URL", type=_index_url,
+                       help="the index: postgresql://USER@HOST:PORT/DB, shared by every node on the same "
+                            "--data directory (also DICOMACCEL_INDEX; default: the embedded SQLite file "
+                            "in --data)")
+    serve.add_argument("--node-id", metavar="NAME", type=_node_id,
+                       help="this node's name among those sharing --data with a shared --index; start-up "
+                            "cleans only its temp files (default: the host name)")
     serve.add_argument("--host", help=f"address to bind (default: {d.host})")
     serve.add_argument("--http-port", metavar="PORT", type=int, help=f"STOW-RS port (default: {d.http_port})")
     serve.add_argument("--dimse-port", metavar="PORT", type=int, help=f"C-GET SCP port (default: {d.dimse_port})")
@@ -188,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             if listed in args:
                 args[listed] = tuple(args[listed])
         try:
-            config = merged(load_toml(config_file) if config_file else {}, args)
+            file_values = load_toml(config_file) if config_file else {}
+            # The environment's index comes between the file's and the flag's.
+            if os.environ.get("DICOMACCEL_INDEX"):
+                try:
+                    file_values["index"] = check_index_url(os.environ["DICOMACCEL_INDEX"])
+                except ValueError as exc:
+                    raise ConfigError(f"DICOMACCEL_INDEX: {exc}") from None
+            config = merged(file_values, args)
             credentials(config)  # refuse a bad token or JWKS file before serving
         except ConfigError as exc:
             print(f"dicomaccel: {exc}", file=sys.stderr)

@@ -1,13 +1,14 @@
 """``ServeConfig``: every default of ``dicomaccel serve`` in one place.
 
 The command line and a TOML file fill it (defaults, then the file given with ``--config``,
-then flags). The library entry points (``Archive``, ``create_app``, ``start_dimse_server``)
+then the ``DICOMACCEL_INDEX`` environment variable for ``index``, then flags). The library entry points (``Archive``, ``create_app``, ``start_dimse_server``)
 take their keyword defaults from :data:`DEFAULTS`, so a value is written once.
 
 A configuration file uses the long option names as keys::
 
     # dicomaccel.toml
     data = "/var/lib/dicomaccel"
+    index = "postgresql://dicomaccel@db.example:5432/dicomaccel"   # default: SQLite in data
     host = "0.0.0.0"
     http-port = 8080
     workers = 2
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from pathlib import Path
 from .syntaxes import is_valid_uid
 from .urls import check_public_url
 
-__all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
+__all__ = ["ServeConfig", "DEFAULTS", "check_index_url", "check_node_id", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
            "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS"]
 
 
@@ -40,6 +43,11 @@ class ServeConfig:
     """Options of ``dicomaccel serve`` (the README's configuration table explains each)."""
 
     data: Path = Path("dicomaccel-data")
+    # The index: None for the embedded SQLite file in the data directory, or a PostgreSQL URL
+    # (postgresql://USER@HOST:PORT/DB) several nodes share, with the data directory.
+    index: str | None = None
+    # This node's name among the nodes sharing a data directory (its temp files carry it).
+    node_id: str = dataclasses.field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
     http_port: int = 8080
     dimse_port: int = 11112
@@ -115,6 +123,8 @@ VALIDATION_MODES = ("off", "warn", "reject")
 DIMSE_PERMISSIONS = ("get", "find", "store", "move")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
+    "index": ("index", "index"),
+    "node-id": ("node_id", "node_id"),
     "host": ("host", "str"),
     "http-port": ("http_port", "port"),
     "dimse-port": ("dimse_port", "port"),
@@ -271,6 +281,16 @@ def _convert(path, key: str, value, kind: str):
         return float(value)
     if not isinstance(value, str):
         raise wrong("a string")
+    if kind == "index":
+        try:
+            return check_index_url(value)
+        except ValueError:
+            raise wrong("a postgresql://USER@HOST:PORT/DB URL") from None
+    if kind == "node_id":
+        try:
+            return check_node_id(value)
+        except ValueError:
+            raise wrong("1-64 letters, digits, '.', '_' or '-'") from None
     if kind == "url":
         try:
             return check_public_url(value)
@@ -290,6 +310,20 @@ def _destination(path, key: str, table) -> tuple[str, str, int]:
         raise ConfigError(f'{path}: each [[{key}]] needs ae = "AE" (1-16 characters), host = "HOST" and '
                           f"port = 1-65535 (tls is not supported), not {table!r}")
     return table["ae"].strip(), table["host"], table["port"]
+
+
+def check_index_url(text: str) -> str:
+    """``text`` if it names a PostgreSQL database (a libpq URI), else ValueError."""
+    if not re.fullmatch(r"postgres(ql)?://\S+", text):
+        raise ValueError(f"not a postgresql:// URL: {text!r}")
+    return text
+
+
+def check_node_id(text: str) -> str:
+    """``text`` if it can be a node ID (part of temp file names), else ValueError."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError(f"a node ID is 1-64 letters, digits, '.', '_' or '-', not {text!r}")
+    return text
 
 
 def parse_move_destination(text: str) -> tuple[str, str, int]:
@@ -343,9 +377,16 @@ def as_toml(config: ServeConfig) -> str:
                 lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else _quoted(str(v))}" for k, v in table.items()]
         elif isinstance(value, tuple):
             lines.append(f"{key} = [{', '.join(_quoted(v) for v in value)}]")
+        elif kind == "index":
+            lines.append(f"{key} = {_quoted(_without_password(value))}")
         else:
             lines.append(f"{key} = {_quoted(str(value))}")
     return "\n".join(lines) + "\n"
+
+
+def _without_password(url: str) -> str:
+    """A database URL as it may be shown: a password in it replaced by ``***``."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _quoted(text: str) -> str:

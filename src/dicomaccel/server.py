@@ -52,7 +52,8 @@ def run(config: ServeConfig) -> int:
     if config.workers <= 1:
         return _run_worker(config, None, recover=True, with_dimse=True, announce=True)
     # Recover once, before any worker writes: recovery removes temp files it did not make.
-    Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes).close()
+    Archive(config.data, index=config.index, node_id=config.node_id, fsync=config.fsync,
+            min_free_bytes=config.min_free_bytes).close()
     try:
         http_sock = socket.create_server((config.host, config.http_port), backlog=1024)
         dimse_sock = socket.create_server((config.host, config.dimse_port), backlog=128)
@@ -181,7 +182,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
     ``listeners`` is ``(http_socket, dimse_socket or None, dimse_tls_socket or None)``
     already bound by a supervisor.
     """
-    archive = Archive(config.data, fsync=config.fsync, min_free_bytes=config.min_free_bytes,
+    archive = Archive(config.data, index=config.index, node_id=config.node_id, fsync=config.fsync,
+                      min_free_bytes=config.min_free_bytes,
                       policy=StorePolicy.from_config(config),
                       recover=recover)
     app = create_app(

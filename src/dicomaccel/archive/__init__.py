@@ -402,6 +402,13 @@ class Archive:
     fsync : bool
         Durability: fsync files, directories and index commits (default). ``False`` is
         faster and still crash-consistent, but the last stores may be lost on power failure.
+    index : str, optional
+        Where the index lives: None for the embedded SQLite file ``index.sqlite3`` in the
+        data directory, or a ``postgresql://USER@HOST:PORT/DB`` URL for a database that
+        several nodes share (:mod:`.postgres_index`; the data directory is then shared too).
+    node_id : str
+        This node's name among those sharing a data directory (with a shared index): its
+        temp files carry it, and start-up recovery cleans only those. Every node needs its own.
     overwrite : bool
         Replace an instance when the same SOP Instance UID arrives with different bytes
         (default: refuse with 0111 Duplicate SOP Instance).
@@ -416,7 +423,8 @@ class Archive:
         running writer would remove its temp files.
     """
 
-    def __init__(self, path, *, fsync: bool = True, overwrite: bool = False,
+    def __init__(self, path, *, index: str | None = DEFAULTS.index, node_id: str = DEFAULTS.node_id,
+                 fsync: bool = True, overwrite: bool = False,
                  min_free_bytes: int = DEFAULTS.min_free_bytes,
                  policy: StorePolicy = StorePolicy(),
                  recover: bool = True) -> None:
@@ -424,10 +432,10 @@ class Archive:
         self.min_free_bytes = min_free_bytes
         self.policy = policy
         os.makedirs(self.root, exist_ok=True)
-        self.files: FileStore = LocalFileStore(self.root, fsync=fsync)
-        self.index: Index = SQLiteIndex(
-            os.path.join(self.root, "index.sqlite3"), self.root, fsync=fsync
-        )
+        # With a shared index other nodes write into this directory too: name our temp files.
+        self.files: FileStore = LocalFileStore(self.root, fsync=fsync,
+                                               node=None if index is None else node_id)
+        self.index: Index = _open_index(index, self.root, fsync)
         if recover:
             self._recover()
         self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="archive-write")
@@ -599,6 +607,14 @@ class Archive:
                            + "; ".join(p.comment for p in h.problems[:3]))
             failure.problems = h.problems
             raise failure
+
+
+def _open_index(url: str | None, root: str, fsync: bool) -> Index:
+    if url is None:
+        return SQLiteIndex(os.path.join(root, "index.sqlite3"), root, fsync=fsync)
+    from .postgres_index import PostgresIndex  # psycopg is needed only for this backend
+
+    return PostgresIndex(url, root, fsync=fsync)
 
 
 def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..status import FailureReason
-from .index import DuplicateRow, Index, InstanceRecord
+from .index import CommitInDoubt, DuplicateRow, Index, InstanceRecord
 from .ingest import FrameIndex, Header, StoreFailure
 from .store import FileStore, Published
 
@@ -198,6 +198,9 @@ class GroupCommit:
                 # Another writer stored this UID between our lookup and our insert.
                 item.temp_path = self._undo(item)
                 item.published = None
+            elif isinstance(result, CommitInDoubt):
+                # The row may exist: the file and its marker stay for start-up recovery.
+                item.result = result
             else:
                 self.files.remove(self._undo(item))
                 item.result = result

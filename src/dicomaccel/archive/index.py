@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from .ingest import QUERY_KEYS, FrameIndex, StoreFailure, scan
 
-__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "RecordList", "QUERY_FIELDS",
+__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "CommitInDoubt", "RecordList", "QUERY_FIELDS",
            "fold_case", "SCHEMA_VERSION", "STUDY_FIELDS", "SERIES_FIELDS"]
 
 log = logging.getLogger("dicomaccel.archive")
@@ -200,6 +200,61 @@ _COLUMNS = (
     "crc32", "received_crc32", *QUERY_FIELDS,
 )
 _AT = {name: i for i, name in enumerate(_COLUMNS)}
+
+
+def row_of(record: InstanceRecord, root: str) -> tuple:
+    """The index row of ``record`` (values in :data:`_COLUMNS` order, the path relative to the
+    archive ``root``, '/'-separated), as every backend stores it."""
+    rel = os.path.relpath(record.path, root).replace(os.sep, "/")
+    fi = record.frame_index
+    return (
+        record.sop_instance_uid, record.sop_class_uid, record.study_uid,
+        record.series_uid, record.patient_id, record.patient_name,
+        record.instance_number, record.transfer_syntax_uid, record.number_of_frames,
+        record.rows, record.columns, record.samples_per_pixel, record.bits_allocated,
+        record.photometric_interpretation, record.planar_configuration, rel, record.size,
+        record.dataset_offset, record.pixel_tag, record.pixel_offset,
+        record.pixel_value_offset, record.pixel_length,
+        None if fi is None else fi.to_blob(), int(record.has_alternates), record.stored_at,
+        record.crc32, record.received_crc32,
+        *[getattr(record, name) for name in QUERY_FIELDS],
+    )
+
+
+def record_of(row: Sequence, root: str) -> InstanceRecord:
+    """The :class:`InstanceRecord` of an index row read in :data:`_COLUMNS` order."""
+    d = dict(zip(_COLUMNS, row))
+    blob = d["frame_index"]
+    return InstanceRecord(
+        patient_id=d["patient_id"],
+        patient_name=d["patient_name"],
+        study_uid=d["study_uid"],
+        series_uid=d["series_uid"],
+        sop_instance_uid=d["sop_instance_uid"],
+        sop_class_uid=d["sop_class_uid"],
+        transfer_syntax_uid=d["transfer_syntax_uid"],
+        number_of_frames=d["number_of_frames"],
+        path=os.path.join(root, *d["path"].split("/")),
+        size=d["size"],
+        dataset_offset=d["dataset_offset"],
+        pixel_offset=d["pixel_offset"],
+        pixel_value_offset=d["pixel_value_offset"],
+        pixel_length=d["pixel_length"],
+        frame_index=None if blob is None else FrameIndex.from_blob(blob),
+        instance_number=d["instance_number"],
+        rows=d["n_rows"],
+        columns=d["n_columns"],
+        samples_per_pixel=d["samples_per_pixel"],
+        bits_allocated=d["bits_allocated"],
+        photometric_interpretation=d["photometric_interpretation"],
+        planar_configuration=d["planar_configuration"],
+        pixel_tag=d["pixel_tag"],
+        has_alternates=bool(d["has_alternates"]),
+        stored_at=d["stored_at"],
+        crc32=d["crc32"],
+        received_crc32=d["received_crc32"],
+        **{name: d[name] for name in QUERY_FIELDS},
+    )
 
 
 def _text(name: str) -> str:
@@ -457,38 +512,7 @@ class SQLiteIndex(Index):
         return conn
 
     def _record(self, row) -> InstanceRecord:
-        d = dict(zip(_COLUMNS, row))
-        blob = d["frame_index"]
-        return InstanceRecord(
-            patient_id=d["patient_id"],
-            patient_name=d["patient_name"],
-            study_uid=d["study_uid"],
-            series_uid=d["series_uid"],
-            sop_instance_uid=d["sop_instance_uid"],
-            sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"],
-            number_of_frames=d["number_of_frames"],
-            path=os.path.join(self.root, *d["path"].split("/")),
-            size=d["size"],
-            dataset_offset=d["dataset_offset"],
-            pixel_offset=d["pixel_offset"],
-            pixel_value_offset=d["pixel_value_offset"],
-            pixel_length=d["pixel_length"],
-            frame_index=None if blob is None else FrameIndex.from_blob(blob),
-            instance_number=d["instance_number"],
-            rows=d["n_rows"],
-            columns=d["n_columns"],
-            samples_per_pixel=d["samples_per_pixel"],
-            bits_allocated=d["bits_allocated"],
-            photometric_interpretation=d["photometric_interpretation"],
-            planar_configuration=d["planar_configuration"],
-            pixel_tag=d["pixel_tag"],
-            has_alternates=bool(d["has_alternates"]),
-            stored_at=d["stored_at"],
-            crc32=d["crc32"],
-            received_crc32=d["received_crc32"],
-            **{name: d[name] for name in QUERY_FIELDS},
-        )
+        return record_of(row, self.root)
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
         row = self._reader().execute(
@@ -522,28 +546,12 @@ class SQLiteIndex(Index):
             return RecordList(rows, self._record)
         return [self._record(r) for r in rows]
 
-    def _row(self, record: InstanceRecord, stored_at: float) -> tuple:
-        rel = os.path.relpath(record.path, self.root).replace(os.sep, "/")
-        fi = record.frame_index
-        return (
-            record.sop_instance_uid, record.sop_class_uid, record.study_uid,
-            record.series_uid, record.patient_id, record.patient_name,
-            record.instance_number, record.transfer_syntax_uid, record.number_of_frames,
-            record.rows, record.columns, record.samples_per_pixel, record.bits_allocated,
-            record.photometric_interpretation, record.planar_configuration, rel, record.size,
-            record.dataset_offset, record.pixel_tag, record.pixel_offset,
-            record.pixel_value_offset, record.pixel_length,
-            None if fi is None else fi.to_blob(), int(record.has_alternates), stored_at,
-            record.crc32, record.received_crc32,
-            *[getattr(record, name) for name in QUERY_FIELDS],
-        )
-
     def put_batch(self, records, replace_existing):
         # A record made for this commit carries its time (the archive's do: no copy of a
         # 40-field record per instance); one without gets the commit's.
         now = time.time()
         out: list = [r if r.stored_at else dataclasses.replace(r, stored_at=now) for r in records]
-        items = [(self._row(r, r.stored_at), rep) for r, rep in zip(out, replace_existing)]
+        items = [(row_of(r, self.root), rep) for r, rep in zip(out, replace_existing)]
         with self._write_lock:
             try:
                 self._insert(items)
@@ -701,6 +709,12 @@ class RecordList(Sequence):
         if record is None:
             record = self._built[i] = self._build(self._rows[i])
         return record
+
+
+class CommitInDoubt(StoreFailure):
+    """:meth:`Index.put_batch` lost its database during the commit and could not learn whether
+    the row went in. The store is refused, but the group commit keeps the published file and
+    its pending marker: start-up recovery keeps the file if the row exists, else removes it."""
 
 
 class DuplicateRow:

@@ -3,9 +3,9 @@
 Layout (every name below ``instances/`` comes from validated UIDs, see
 :func:`~dicomaccel.archive.ingest.is_valid_uid`, plus a random hex token)::
 
-    <root>/tmp/<random>.part                                   being received
-    <root>/tmp/<random>.pending!instances!<study>!<series>!<sop>.<token>.dcm
-    <root>/tmp/<random>.obsolete!instances!<study>!<series>!<sop>.<token>.dcm
+    <root>/tmp/[<node>~]<random>.part                          being received
+    <root>/tmp/[<node>~]<random>.pending!instances!<study>!<series>!<sop>.<token>.dcm
+    <root>/tmp/[<node>~]<random>.obsolete!instances!<study>!<series>!<sop>.<token>.dcm
     <root>/instances/<study>/<series>/<sop>.<token>.dcm        stored instances
 
 The token makes every stored version a new name, so publishing never replaces a file an
@@ -23,6 +23,11 @@ index never names a missing or partial file (see :mod:`dicomaccel.archive` for h
 committed in the same flush as their files are checked), and a file we wrote but never
 indexed is removed. Files under ``instances/`` that no marker mentions are left alone: they
 are not ours to delete.
+
+When several nodes share the data directory (a shared index, e.g. PostgreSQL), each names its
+temp files and markers with its node ID and recovers only those: another node's files may be
+in flight. Each node also keeps its own flush counters (``flush.<node>.seq``): a flush on one
+host does not write another host's dirty pages, so a node can never count another's flush.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ if _sync_file_range is not None:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait (sync_file_range(2))
 
+_NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MARKER_RE = re.compile(
     r"[^!]+\.(pending|obsolete)!(instances(?:![0-9.]{1,64}){3}\.[0-9a-f]{16}\.dcm)\Z"
 )
@@ -142,17 +148,22 @@ class LocalFileStore(FileStore):
         reported stored (the durability option; ``False`` trades crash-durability for speed).
     """
 
-    def __init__(self, root: str, *, fsync: bool = True) -> None:
+    def __init__(self, root: str, *, fsync: bool = True, node: str | None = None) -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.tmp_dir = os.path.join(self.root, "tmp")
         self.instances_dir = os.path.join(self.root, "instances")
         os.makedirs(self.tmp_dir, exist_ok=True)
         os.makedirs(self.instances_dir, exist_ok=True)
-        self._shared = _SharedFlush(os.path.join(self.root, "flush.seq")) if fsync else None
+        if node is not None and not _NODE_RE.fullmatch(node):
+            raise ValueError(f"a node ID is 1-64 letters, digits, '.', '_' or '-', not {node!r}")
+        # The prefix of this node's names in tmp/ ("" when the archive is this node's alone).
+        self._prefix = "" if node is None else f"{node}~"
+        seq = "flush.seq" if node is None else f"flush.{node}.seq"
+        self._shared = _SharedFlush(os.path.join(self.root, seq)) if fsync else None
 
     def create_temp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(suffix=".part", dir=self.tmp_dir)
+        return tempfile.mkstemp(prefix=self._prefix, suffix=".part", dir=self.tmp_dir)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
@@ -205,11 +216,15 @@ class LocalFileStore(FileStore):
     def unpublish(self, published: Published) -> str:
         """Take back a file :meth:`publish` made visible; returns its temp path again."""
         self.remove(published.path)
-        return published.marker
+        # The marker becomes the temp file again (its name is the temp file's, extended), so
+        # the instance's own clean-up removes it.
+        temp_path = published.marker.partition(".pending!")[0] + ".part"
+        os.rename(published.marker, temp_path)
+        return temp_path
 
     def retire(self, path: str) -> str:
         rel = os.path.relpath(path, self.root).replace(os.sep, "!")
-        marker = os.path.join(self.tmp_dir, f"{secrets.token_hex(8)}.obsolete!{rel}")
+        marker = os.path.join(self.tmp_dir, f"{self._prefix}{secrets.token_hex(8)}.obsolete!{rel}")
         os.link(path, marker)  # flushed with the batch, before the index row changes
         return marker
 
@@ -247,6 +262,8 @@ class LocalFileStore(FileStore):
             # damaged flush.seq can never make a flush look done.
             self._shared.reset()
         for name in os.listdir(self.tmp_dir):
+            if self._prefix and not name.startswith(self._prefix):
+                continue  # another node's, perhaps in flight
             path = os.path.join(self.tmp_dir, name)
             m = _MARKER_RE.match(name)
             if m is not None:

@@ -1,0 +1,402 @@
+"""The instance index in PostgreSQL: one database shared by every node of an archive.
+
+Same rows as the embedded SQLite index (:mod:`.index`: the ``instances`` table with its
+frame index as ``bytea``, the ``studies`` and ``series`` tables of the query keys, kept in
+each batch's transaction), so the query engine and the retrievers see no difference. What
+changes is who decides between nodes, and when a row is durable.
+
+*Duplicates across nodes.* The primary key on SOP Instance UID decides: a batch inserts with
+``ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING``, so a row another node committed (or
+is committing: the insert waits for that transaction) comes back as :class:`~.index.DuplicateRow`
+without aborting the batch, and the group commit decides that store again against the
+winner (same bytes: already stored; different bytes: 0111; another SOP Class: 0119). Rows
+are inserted, and studies and series upserted, in UID order, so two nodes' batches lock
+rows in one order and cannot deadlock each other.
+
+*Durability.* A commit is durable when it returns (the server's write-ahead log), so
+``durable_on_commit`` is True and the group commit (:mod:`.commit`) flushes the batch's files
+*before* this index commits. A crash before the commit leaves published files whose pending
+markers name them and no row: start-up recovery removes them. A crash after the commit
+leaves rows naming files already on stable storage. No row ever names a file that might not
+survive, so there is no *unconfirmed* list here: :meth:`PostgresIndex.unconfirmed` is always
+empty. With ``fsync=False`` the files are not flushed and this session's commits are
+asynchronous (``synchronous_commit = off``): as with SQLite, a power failure may lose the
+last stores.
+
+*Schema.* Versioned in ``dicomaccel_schema``; :data:`MIGRATIONS` brings a database from any
+older version to :data:`SCHEMA_VERSION` at start-up, all in one transaction that first takes
+a transaction-level advisory lock (``pg_advisory_xact_lock``), so nodes starting together
+migrate once: the others wait for the lock, then find the schema current. A database of a
+newer version is refused.
+
+Connections: the group commit writes on one connection of its own; reads (``get``, ``find``,
+``lookup``, the query engine's :meth:`PostgresIndex.read`) borrow one from a pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..status import FailureReason
+from .index import (_AT, _COLUMNS, _ORDER, _SERIES_COLUMNS, _STUDY_COLUMNS, QUERY_FIELDS, STUDY_FIELDS,
+                    CommitInDoubt, DuplicateRow, Index, InstanceRecord, RecordList, fold_case, record_of,
+                    row_of)
+from .ingest import StoreFailure
+
+__all__ = ["PostgresIndex", "SCHEMA_VERSION", "MIGRATIONS", "is_postgres_url"]
+
+log = logging.getLogger("dicomaccel.archive")
+
+# Keys of pg_advisory_xact_lock: one 64-bit number for dicomaccel's migrations ("dicomacc").
+_MIGRATION_LOCK = int.from_bytes(b"dicomacc", "big")
+# Readers borrowed at once per process (request threads, QIDO-RS, C-GET); more wait.
+POOL_SIZE = 8
+
+_INTEGERS = {"instance_number", "number_of_frames", "n_rows", "n_columns", "samples_per_pixel",
+             "bits_allocated", "planar_configuration", "size", "dataset_offset", "pixel_tag",
+             "pixel_offset", "pixel_value_offset", "pixel_length", "has_alternates", "crc32",
+             "received_crc32", "series_number", "n_instances"}
+_NULLABLE = {"instance_number", "n_rows", "n_columns", "bits_allocated", "frame_index", "crc32",
+             "received_crc32", "series_number", "n_instances"}
+
+
+def _type(name: str) -> str:
+    # Text in the "C" collation: UIDs and keys compare byte by byte, as in SQLite (the
+    # retrieval order), and a prefix LIKE can use the B-tree whatever the database's locale.
+    if name in _INTEGERS:
+        kind = "bigint"
+    elif name == "frame_index":
+        kind = "bytea"
+    elif name == "stored_at":
+        kind = "double precision"
+    else:
+        kind = "text COLLATE \"C\""
+    if name in _NULLABLE:
+        return kind
+    return kind + (" NOT NULL DEFAULT ''" if kind.startswith("text") and name in QUERY_FIELDS
+                   else " NOT NULL")
+
+
+def _table(name: str, columns: Sequence[str], key: str, extra: str = "") -> str:
+    body = ",\n    ".join(f"{c} {_type(c)}" for c in columns)
+    return f"CREATE TABLE {name} (\n    {body},\n    {extra}PRIMARY KEY ({key})\n)"
+
+
+# Version -> the statements that bring version - 1 to it. Version 1 is the layout of the
+# SQLite index's schema 6.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        _table("instances", _COLUMNS, "sop_instance_uid", "UNIQUE (path),\n    "),
+        "CREATE INDEX instances_study_series ON instances (study_uid, series_uid, instance_number)",
+        _table("studies", _STUDY_COLUMNS, "study_uid"),
+        "CREATE INDEX studies_patient ON studies (patient_id)",
+        "CREATE INDEX studies_patient_name ON studies (patient_name_folded)",
+        "CREATE INDEX studies_date ON studies (study_date)",
+        "CREATE INDEX studies_accession ON studies (accession_number)",
+        _table("series", (*_SERIES_COLUMNS, "n_instances"), "series_uid"),
+        "CREATE INDEX series_study ON series (study_uid)",
+        "CREATE INDEX series_modality ON series (modality)",
+    ],
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
+_VALUES = f"INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
+# A row whose UID is taken is not inserted and not returned: another node won (DuplicateRow).
+_INSERT = f"INSERT {_VALUES} ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING sop_instance_uid"
+# An overwrite (replace_existing): the new row takes the old one's place.
+_REPLACE = (f"INSERT {_VALUES} ON CONFLICT (sop_instance_uid) DO UPDATE SET"
+            f" ({', '.join(_COLUMNS[1:])}) = ({', '.join('excluded.' + c for c in _COLUMNS[1:])})"
+            f" RETURNING sop_instance_uid")
+# Per batch and distinct study: insert, or update only if an attribute changed (last write
+# wins), so an unchanged study writes no new row version.
+_UPSERT_STUDY = (
+    f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_STUDY_COLUMNS))})"
+    f" ON CONFLICT (study_uid) DO UPDATE SET ({', '.join(_STUDY_COLUMNS[1:])}) ="
+    f" ({', '.join('excluded.' + c for c in _STUDY_COLUMNS[1:])})"
+    f" WHERE ({', '.join('studies.' + c for c in _STUDY_COLUMNS[1:])}) IS DISTINCT FROM"
+    f" ({', '.join('excluded.' + c for c in _STUDY_COLUMNS[1:])})"
+)
+# Per batch and distinct series: its attributes and its count in one statement (the count
+# changes anyway; with the indexed columns unchanged the new row version is a HOT update,
+# which writes no index entry).
+_UPSERT_SERIES = (
+    f"INSERT INTO series ({', '.join(_SERIES_COLUMNS)}, n_instances)"
+    f" VALUES ({', '.join(['%s'] * (len(_SERIES_COLUMNS) + 1))})"
+    f" ON CONFLICT (series_uid) DO UPDATE SET ({', '.join(_SERIES_COLUMNS[1:])}, n_instances) ="
+    f" ({', '.join('excluded.' + c for c in _SERIES_COLUMNS[1:])}, series.n_instances + %s)"
+)
+
+
+def is_postgres_url(text: str) -> bool:
+    """True for a libpq connection URI (``postgresql://`` or ``postgres://``)."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+_UNAVAILABLE = "the index database is unavailable; send again later"
+
+
+class IndexUnavailable(StoreFailure):
+    """The database could not be reached or failed: the store is refused (0110 Processing
+    failure, PS3.4 B.2.3, with an Error Comment that says so) and may be sent again."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(FailureReason.PROCESSING_FAILURE, _UNAVAILABLE)
+        self.__cause__ = None
+        log.debug("index unavailable: %s", exc)
+
+
+class PostgresIndex(Index):
+    """The instance index in a PostgreSQL database (see the module docstring).
+
+    Parameters
+    ----------
+    url : str
+        libpq connection URI, ``postgresql://USER@HOST:PORT/DB`` (a password may come from
+        ``PGPASSWORD`` or ``~/.pgpass``, as for every libpq client).
+    root : str
+        Archive root; rows store file paths relative to it, so every node must mount the
+        shared data directory (at any path).
+    fsync : bool
+        False: asynchronous commits (``synchronous_commit = off``), like the files.
+    """
+
+    durable_on_commit = True
+
+    def __init__(self, url: str, root: str, *, fsync: bool = True) -> None:
+        self.url = url
+        self.root = os.path.abspath(root)
+        self.fsync = fsync
+        self._write_lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        with self._write_lock:
+            self._migrate(self._writer())
+        self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=True,
+                                    kwargs={"autocommit": True}, name="dicomaccel-index")
+
+    # --- connections --------------------------------------------------------------------
+    def _writer(self) -> psycopg.Connection:
+        """The group commit's connection, opened again after the server dropped it."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.url, autocommit=True)
+            if not self.fsync:
+                self._conn.execute("SET synchronous_commit = off")
+        return self._conn
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        with conn.transaction():
+            # Held until this transaction ends: a second node starting now waits here, then
+            # finds the schema current.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS dicomaccel_schema (version integer NOT NULL)")
+            row = conn.execute("SELECT version FROM dicomaccel_schema").fetchone()
+            version = 0 if row is None else row[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"the index database has schema version {version}, newer than "
+                                   f"this dicomaccel knows ({SCHEMA_VERSION}): upgrade dicomaccel")
+            if version == SCHEMA_VERSION:
+                return
+            started = time.monotonic()
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+            if row is None:
+                conn.execute("INSERT INTO dicomaccel_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            else:
+                conn.execute("UPDATE dicomaccel_schema SET version = %s", (SCHEMA_VERSION,))
+            log.warning("index: PostgreSQL schema migrated from version %d to %d in %.2f s",
+                        version, SCHEMA_VERSION, time.monotonic() - started)
+
+    def read(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
+        """Run one read-only statement (``%s`` placeholders, parameters always bound) on a
+        pooled connection."""
+        with self._pool.connection() as conn:
+            return conn.execute(sql, parameters).fetchall()
+
+    # --- reads --------------------------------------------------------------------------
+    def get(self, sop_instance_uid: str) -> InstanceRecord | None:
+        rows = self.read(_SELECT + " WHERE sop_instance_uid = %s", (sop_instance_uid,))
+        return record_of(rows[0], self.root) if rows else None
+
+    def find(self, *, patient_id=None, study_uids=None, series_uids=None,
+             sop_instance_uids=None, lazy: bool = False) -> list[InstanceRecord] | RecordList:
+        where, args = [], []
+        if patient_id is not None:
+            where.append("study_uid IN (SELECT study_uid FROM studies WHERE patient_id = %s)")
+            args.append(patient_id)
+        # One array parameter per list, whatever its length.
+        lists = {column: [values] if isinstance(values, str) else list(values)
+                 for column, values in (("study_uid", study_uids), ("series_uid", series_uids),
+                                        ("sop_instance_uid", sop_instance_uids))
+                 if values is not None}
+        if "series_uid" in lists and "study_uid" not in lists:
+            # The series' studies too, so the (study, series) index finds the rows.
+            where.append("study_uid IN (SELECT study_uid FROM series WHERE series_uid = ANY(%s))")
+            args.append(lists["series_uid"])
+        for column, values in lists.items():
+            where.append(f"{column} = ANY(%s)")
+            args.append(values)
+        rows = self.read(_SELECT + (" WHERE " + " AND ".join(where) if where else "") + _ORDER, args)
+        if lazy:
+            return RecordList(rows, lambda row: record_of(row, self.root))
+        return [record_of(row, self.root) for row in rows]
+
+    def lookup(self, sop_instance_uid: str):
+        rows = self.read("SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"
+                         " WHERE sop_instance_uid = %s", (sop_instance_uid,))
+        if not rows:
+            return None
+        return os.path.join(self.root, *rows[0][0].split("/")), *rows[0][1:]
+
+    def has_path(self, rel_path: str) -> bool:
+        return bool(self.read("SELECT 1 FROM instances WHERE path = %s", (rel_path,)))
+
+    # --- writes -------------------------------------------------------------------------
+    def put_batch(self, records, replace_existing):
+        now = time.time()
+        out: list = [r if r.stored_at else dataclasses.replace(r, stored_at=now) for r in records]
+        items = [(row_of(r, self.root), rep) for r, rep in zip(out, replace_existing)]
+        with self._write_lock:
+            try:
+                taken = self._insert(items)
+            except psycopg.Error as exc:
+                if _unavailable(exc):
+                    return self._after_lost(items, out, exc)
+                if len(items) == 1:
+                    return [exc]
+                # One bad row must not fail the others: try each alone (rolled back), then
+                # commit the good ones together.
+                good = []
+                for i, item in enumerate(items):
+                    try:
+                        self._insert([item], probe=True)
+                        good.append(i)
+                    except psycopg.Error as exc:
+                        out[i] = _refusal(exc)
+                taken = set()
+                if good:
+                    try:
+                        taken = self._insert([items[i] for i in good])
+                    except psycopg.Error as exc:
+                        for i in good:
+                            out[i] = _refusal(exc)
+        return [DuplicateRow() if isinstance(r, InstanceRecord) and r.sop_instance_uid not in taken
+                else r for r in out]
+
+    def _after_lost(self, items, out: list, exc: psycopg.Error) -> list:
+        """The connection failed during a batch, perhaps during its COMMIT, whose outcome the
+        client then cannot know: ask again on a new connection which rows went in (by their
+        paths, which are new names). Rows found are stored; the others get
+        :class:`IndexUnavailable`; if the server cannot be asked, :class:`~.index.CommitInDoubt`
+        keeps their files for start-up recovery to decide."""
+        paths = [row[_AT["path"]] for row, _ in items]
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                found = {uid for uid, in conn.execute(
+                    "SELECT sop_instance_uid FROM instances WHERE path = ANY(%s)", (paths,))}
+        except psycopg.Error:
+            log.error("index: the database failed during a commit and cannot be reached: %s", exc)
+            return [CommitInDoubt(FailureReason.PROCESSING_FAILURE, _UNAVAILABLE)] * len(items)
+        log.error("index: the database failed during a batch (%d of %d row(s) committed): %s",
+                  len(found), len(items), exc)
+        return [r if r.sop_instance_uid in found else IndexUnavailable(exc) for r in out]
+
+    def _insert(self, items, *, probe: bool = False) -> set[str]:
+        """Insert ``items`` (row, replace_existing) in one transaction (``probe``: then roll it
+        back); the SOP Instance UIDs that went in."""
+        conn = self._writer()
+        ordered = sorted(items, key=lambda item: item[0][0])  # one lock order on every node
+        with conn.transaction(force_rollback=probe), conn.cursor() as cur:
+            replaced = [row[0] for row, replace in ordered if replace]
+            gone = cur.execute(
+                "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = ANY(%s)"
+                " ORDER BY sop_instance_uid FOR UPDATE", (replaced,)).fetchall() if replaced else []
+            taken = set()
+            for replace in (False, True):
+                rows = [row for row, rep in ordered if rep is replace]
+                if rows:
+                    cur.executemany(_REPLACE if replace else _INSERT, rows, returning=True)
+                    while True:
+                        taken.update(uid for uid, in cur.fetchall())
+                        if not cur.nextset():
+                            break
+            self._entities(cur, [row for row, _ in ordered if row[0] in taken], gone)
+        return taken
+
+    @staticmethod
+    def _entities(cur: psycopg.Cursor, rows: list[tuple], gone: list[tuple[str, str]]) -> None:
+        """The studies and series tables in step with a batch's new ``rows`` (``gone``: the
+        study and series of the rows they replaced), in UID order; attributes are those of
+        the batch's last instance in each."""
+        studies = {row[_AT["study_uid"]]: row for row in rows}
+        series = {row[_AT["series_uid"]]: row for row in rows}
+        added = collections.Counter(row[_AT["series_uid"]] for row in rows)
+        removed = collections.Counter(series_uid for _, series_uid in gone)
+        if studies:
+            cur.executemany(_UPSERT_STUDY, [
+                (uid, *[row[_AT[name]] for name in STUDY_FIELDS],
+                 fold_case(row[_AT["patient_name"]]), fold_case(row[_AT["referring_physician_name"]]))
+                for uid, row in sorted(studies.items())])
+        if series:
+            cur.executemany(_UPSERT_SERIES, [
+                (uid, *[row[_AT[name]] for name in _SERIES_COLUMNS[1:]], added[uid], added[uid] - removed[uid])
+                for uid, row in sorted(series.items())])
+        _unlink(cur, gone, written=(series.keys(), studies.keys()))
+
+    def flushed(self) -> None:
+        """Nothing to note: the files were flushed before the commit (``durable_on_commit``)."""
+
+    def confirm(self) -> None:
+        """Nothing to confirm: a committed row is durable."""
+
+    def unconfirmed(self):
+        return []
+
+    def drop_unconfirmed(self, bad_sop_instance_uids) -> None:
+        bad = list(bad_sop_instance_uids)
+        if not bad:
+            return
+        with self._write_lock:
+            conn = self._writer()
+            with conn.transaction(), conn.cursor() as cur:
+                gone = cur.execute("DELETE FROM instances WHERE sop_instance_uid = ANY(%s)"
+                                   " RETURNING study_uid, series_uid", (bad,)).fetchall()
+                _unlink(cur, gone)
+
+    def close(self) -> None:
+        self._pool.close()
+        with self._write_lock:
+            if self._conn is not None:
+                self._conn.close()
+
+
+def _unlink(cur: psycopg.Cursor, gone: list[tuple[str, str]], written=((), ())) -> None:
+    """Take deleted or replaced instance rows off their series' counts; delete a series left
+    with no instance and a study left with no series (those in ``written`` were counted by
+    the batch's upserts)."""
+    series, studies = written
+    for series_uid, n in sorted(collections.Counter(se for _, se in gone if se not in series).items()):
+        cur.execute("UPDATE series SET n_instances = n_instances - %s WHERE series_uid = %s",
+                    (n, series_uid))
+        cur.execute("DELETE FROM series WHERE series_uid = %s AND n_instances <= 0", (series_uid,))
+    for study_uid in sorted({study_uid for study_uid, _ in gone}.difference(studies)):
+        cur.execute("DELETE FROM studies WHERE study_uid = %s AND NOT EXISTS"
+                    " (SELECT 1 FROM series WHERE study_uid = %s)", (study_uid, study_uid))
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The server or the connection failed (not this batch's rows)."""
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def _refusal(exc: psycopg.Error) -> BaseException:
+    return IndexUnavailable(exc) if _unavailable(exc) else exc
