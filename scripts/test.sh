@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 
 # Debian's path, not PATH: pynetdicom installs Python apps of the same names (getscu, storescu).
 # dicom3tools' dciodvfy is the outside validator the IOD checks are compared with.
-if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ] || [ ! -x /usr/bin/dciodvfy ]; then
+# PostgreSQL's initdb and pg_ctl start the throwaway cluster of the PostgreSQL index tests.
+if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ] || [ ! -x /usr/bin/dciodvfy ] \
+        || ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk dicom3tools
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk dicom3tools postgresql
     else
-        echo "warning: DCMTK or dicom3tools is missing and we are not root; their tests will skip" >&2
+        echo "warning: DCMTK, dicom3tools or PostgreSQL is missing and we are not root; their tests will skip" >&2
     fi
 fi
 

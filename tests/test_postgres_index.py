@@ -1,0 +1,297 @@
+"""The PostgreSQL index (archive/postgres_index.py) on a real, throwaway PostgreSQL cluster
+(dicomaccel.testing.postgres): the archive on it, and several ``dicomaccel serve`` nodes sharing
+one database and one data directory (PS3.18 STOW-RS and WADO-RS, PS3.4 C-GET)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+
+from dicomaccel.archive import Archive
+from dicomaccel.archive.ingest import StoreFailure
+from dicomaccel.testing import files as dicomgen
+from dicomaccel.testing import multipart, post, wait_until
+from dicomaccel.testing.files import generate_uid
+from dicomaccel.testing.scu import assert_counts, c_get, identifier
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]' psycopg_pool)")
+from dicomaccel.testing.postgres import start_cluster  # noqa: E402
+
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        started = start_cluster()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL to test on: {exc}")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def pg_url(cluster) -> str:
+    """A new, empty database."""
+    return cluster.create_database()
+
+
+def _stored(body: bytes) -> dict:
+    doc = json.loads(body)
+    return {
+        "stored": [i["00081155"]["Value"][0] for i in doc.get("00081199", {}).get("Value", [])],
+        "failed": [(i["00081155"]["Value"][0], i["00081197"]["Value"][0])
+                   for i in doc.get("00081198", {}).get("Value", [])],
+    }
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in (root / "instances").rglob("*.dcm")]
+
+
+def _changed(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientName = "Other^Name"
+    return dicomgen.to_bytes(ds)
+
+
+def test_the_archive_on_postgresql(tmp_path, pg_url):
+    """Rows, frame index, studies and series upkeep and the duplicate rule, as on SQLite."""
+    study, series = generate_uid(), generate_uid()
+    data = [dicomgen.ct_instance(study, series, n, 16, 16) for n in (2, 1, 3)]
+    with Archive(tmp_path / "data", index=pg_url, node_id="n1") as archive:
+        outcomes = [archive.store_bytes(d) for d in data]
+        assert not any(o.already_stored for o in outcomes)
+        sops = [o.record.sop_instance_uid for o in outcomes]
+        # Ordered by Instance Number; the frame index survives the round trip (bytea).
+        found = archive.find(study_uids=[study])
+        assert [r.instance_number for r in found] == [1, 2, 3]
+        lazy = archive.find(series_uids=series, lazy=True)
+        assert len(lazy) == 3 and lazy[0].frame_index == found[0].frame_index is not None
+        assert archive.get(sops[0]) == outcomes[0].record
+        assert archive.find(patient_id=outcomes[0].record.patient_id, sop_instance_uids=[sops[1]])[0].sop_instance_uid == sops[1]
+        path, size, crc, sop_class, _ = archive.index.lookup(sops[0])
+        assert Path(path).read_bytes() == data[0] and size == len(data[0])
+        assert archive.index.read("SELECT n_instances FROM series WHERE series_uid = %s", (series,)) == [(3,)]
+        # Same bytes: idempotent; different bytes: 0111; the UID under another SOP Class: 0119.
+        assert archive.store_bytes(data[0]).already_stored
+        with pytest.raises(StoreFailure) as failure:
+            archive.store_bytes(_changed(data[0]))
+        assert failure.value.status == 0x0111
+        ds = pydicom.dcmread(io.BytesIO(data[1]))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # SC
+        with pytest.raises(StoreFailure) as failure:
+            archive.store_bytes(dicomgen.to_bytes(ds))
+        assert failure.value.status == 0x0119
+        assert len(_files(tmp_path / "data")) == 3
+    # An overwrite moves the instance to another series: the counts follow.
+    with Archive(tmp_path / "data", index=pg_url, node_id="n1", overwrite=True) as archive:
+        moved = pydicom.dcmread(io.BytesIO(data[0]))
+        moved.SeriesInstanceUID = other = generate_uid()
+        archive.store_bytes(dicomgen.to_bytes(moved))
+        counts = dict(archive.index.read("SELECT series_uid, n_instances FROM series"))
+        assert counts == {series: 2, other: 1}
+        assert len(_files(tmp_path / "data")) == 3
+
+
+def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
+    """Two archives (two nodes) on one database: when node B's duplicate check ran before node
+    A's row existed, B's insert meets the primary key and the store is decided again against
+    A's row: same bytes are already stored, changed bytes get 0111."""
+    root = tmp_path / "data"
+    a = Archive(root, index=pg_url, node_id="a")
+    b = Archive(root, index=pg_url, node_id="b")
+    try:
+        data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+        changed = _changed(data)
+        sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+        real = b.index.lookup
+        misses = []
+
+        def stale_lookup(uid):  # B looks before A commits, then the normal lookup
+            if uid == sop and not misses:
+                misses.append(uid)
+                a.store_bytes(data)
+                return None
+            return real(uid)
+
+        b.index.lookup = stale_lookup
+        assert b.store_bytes(data).already_stored and misses
+        misses.clear()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM instances")
+        for f in _files(root):
+            f.unlink()
+        with pytest.raises(StoreFailure) as failure:
+            b.store_bytes(changed)
+        assert failure.value.status == 0x0111
+        assert len(_files(root)) == 1 and Path(b.get(sop).path).read_bytes() == data
+        assert not list((root / "tmp").iterdir())
+    finally:
+        b.close()
+        a.close()
+
+
+def _node(server_factory, data: Path, url: str, name: str):
+    return server_factory("--index", url, "--node-id", name, data=data)
+
+
+def test_stow_to_one_node_and_retrieve_from_another(server_factory, tmp_path, pg_url):
+    data = tmp_path / "shared"
+    a, b = _node(server_factory, data, pg_url, "a"), _node(server_factory, data, pg_url, "b")
+    study, series = generate_uid(), generate_uid()
+    instances = [dicomgen.ct_instance(study, series, n, 32, 32) for n in range(1, 4)]
+    status, _, body = post(a, multipart(instances), headers={"Accept": "application/dicom+json"})
+    assert status == 200, body
+    # C-GET (PS3.4 C.4.3) from node B: every instance, byte for byte as stored.
+    result = c_get(b.dimse_port, StudyRootQueryRetrieveInformationModelGet,
+                   identifier("STUDY", StudyInstanceUID=study))
+    assert_counts(result.final, 3)
+    sent = {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID: d for d in instances}
+    assert sorted(result.uids()) == sorted(sent)
+    # WADO-RS (PS3.18 §10.4) from node B, as stored.
+    sop, raw = next(iter(sent.items()))
+    resp = requests.get(f"{b.stow_url}/studies/{study}/series/{series}/instances/{sop}",
+                        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                        timeout=30)
+    assert resp.status_code == 200 and raw in resp.content
+
+
+def test_the_same_instance_sent_to_two_nodes_at_once(server_factory, tmp_path, pg_url):
+    """Identical bytes to both nodes at once: both clients succeed, one file and one row.
+    Changed bytes: one success and one 0111, whichever node wins."""
+    data = tmp_path / "shared"
+    nodes = [_node(server_factory, data, pg_url, name) for name in ("a", "b")]
+    rounds = 8
+
+    def race(bodies: list[bytes]) -> list[tuple[int, bytes]]:
+        answers: list = [None, None]
+        go = threading.Barrier(2)
+
+        def send(i):
+            go.wait()
+            status, _, body = post(nodes[i], multipart([bodies[i]]), headers={"Accept": "application/dicom+json"})
+            answers[i] = (status, body)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return answers
+
+    same = [dicomgen.ct_instance(generate_uid(), generate_uid(), n, 64, 64) for n in range(rounds)]
+    for inst in same:
+        answers = race([inst, inst])
+        assert [status for status, _ in answers] == [200, 200], answers
+    changed = [dicomgen.ct_instance(generate_uid(), generate_uid(), n, 64, 64) for n in range(rounds)]
+    for inst in changed:
+        answers = race([inst, _changed(inst)])
+        assert sorted(status for status, _ in answers) == [200, 409], answers
+        refused = next(body for status, body in answers if status == 409)
+        assert [code for _, code in _stored(refused)["failed"]] == [0x0111]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT sop_instance_uid) FROM instances").fetchone() == \
+            (2 * rounds, 2 * rounds)
+    assert len(_files(data)) == 2 * rounds
+    assert wait_until(lambda: not list((data / "tmp").iterdir()), timeout=10), list((data / "tmp").iterdir())
+
+
+def test_nodes_starting_together_migrate_the_schema_once(server_factory, tmp_path, pg_url):
+    data = tmp_path / "shared"
+    started: list = []
+    threads = [threading.Thread(target=lambda n=n: started.append(_node(server_factory, data, pg_url, n)))
+               for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(started) == 3
+    log = (tmp_path / "shared-server.log").read_text()
+    assert log.count("schema migrated from version 0") == 1, log
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM dicomaccel_schema").fetchall() == [(1,)]
+    inst = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    assert all(post(node, multipart([inst]))[0] == 200 for node in started)
+
+
+def test_sigkill_of_a_node_during_ingest_loses_nothing_acknowledged(server_factory, tmp_path, pg_url):
+    """Node A killed while four clients store into it: every acknowledged instance is readable
+    from node B, which serves on; A's restart cleans its own leftovers and no one else's."""
+    data = tmp_path / "shared"
+    a, b = _node(server_factory, data, pg_url, "a"), _node(server_factory, data, pg_url, "b")
+    sent: dict[str, tuple[str, str, bytes]] = {}
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def uploader(seed: int):
+        for i in range(400):
+            if stop.is_set():
+                return
+            study, series = generate_uid(), generate_uid()
+            inst = dicomgen.ct_instance(study, series, seed * 1000 + i, 64, 64)
+            try:
+                status, _, body = post(a, multipart([inst]), headers={"Accept": "application/dicom+json"})
+            except (OSError, http.client.HTTPException):
+                return
+            if status == 200:
+                with lock:
+                    for sop in _stored(body)["stored"]:
+                        sent[sop] = (study, series, inst)
+
+    threads = [threading.Thread(target=uploader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(sent) >= 12, timeout=60), "no upload completed"
+    # B's own in-flight temp file, which A's recovery must leave alone.
+    theirs = data / "tmp" / "b~inflight.part"
+    theirs.write_bytes(b"partial")
+    a.stop(signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    for sop, (study, series, raw) in sent.items():
+        resp = requests.get(f"{b.stow_url}/studies/{study}/series/{series}/instances/{sop}",
+                            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                            timeout=30)
+        assert resp.status_code == 200 and raw in resp.content, sop
+    # Node A again: its leftovers go, B's file stays; every row names a whole file.
+    _node(server_factory, data, pg_url, "a")
+    left = [p.name for p in (data / "tmp").iterdir()]
+    assert left == ["b~inflight.part"], left
+    with Archive(data, index=pg_url, node_id="check", recover=False) as archive:
+        for record in archive.find():
+            assert Path(record.path).stat().st_size == record.size
+        indexed = {Path(r.path) for r in archive.find()}
+    assert set(_files(data)) == indexed
+
+
+def test_the_index_flag_environment_and_file(tmp_path, monkeypatch):
+    """--index beats DICOMACCEL_INDEX, which beats the file's index = (check-config shows the
+    password masked)."""
+    from dicomaccel.cli import main
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('index = "postgresql://u:secret@db.example:5432/x"\nnode-id = "n-1"\n')
+    assert main(["check-config", str(conf)]) == 0
+    with pytest.raises(SystemExit):
+        main(["serve", "--index", "sqlite:/x"])
+    from dicomaccel.config import load_toml, merged
+
+    assert merged(load_toml(conf), {}).index == "postgresql://u:secret@db.example:5432/x"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('node-id = "a/b"\n')
+    from dicomaccel.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_toml(bad)
+    monkeypatch.setenv("DICOMACCEL_INDEX", "mysql://nope")
+    assert main(["serve", "--config", str(conf)]) == 2
