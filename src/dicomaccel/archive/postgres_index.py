@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -110,31 +111,56 @@ MIGRATIONS: dict[int, list[str]] = {
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
-_VALUES = f"INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
+
+
+def _values(rows: int, columns: int, first: int = 1) -> str:
+    """``rows`` VALUES tuples of ``columns`` numbered placeholders (``$first``...): a batch in
+    one statement, sent as is (:class:`psycopg.RawCursor`: no parsing of a long text)."""
+    numbers = iter(range(first, first + rows * columns))
+    return ", ".join("(" + ", ".join(f"${next(numbers)}" for _ in range(columns)) + ")" for _ in range(rows))
+
+
+# The batch's rows; a row of a taken UID fails the statement (the primary key's unique violation).
+def _insert(rows: int, first: int = 1) -> str:
+    return f"INSERT INTO instances ({', '.join(_COLUMNS)}) VALUES {_values(rows, len(_COLUMNS), first)}"
+
+
 # A row whose UID is taken is not inserted and not returned: another node won (DuplicateRow).
-_INSERT = f"INSERT {_VALUES} ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING sop_instance_uid"
+_NEW_ONLY = " ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING sop_instance_uid"
 # An overwrite (replace_existing): the new row takes the old one's place.
-_REPLACE = (f"INSERT {_VALUES} ON CONFLICT (sop_instance_uid) DO UPDATE SET"
-            f" ({', '.join(_COLUMNS[1:])}) = ({', '.join('excluded.' + c for c in _COLUMNS[1:])})"
-            f" RETURNING sop_instance_uid")
-# Per batch and distinct study: insert, or update only if an attribute changed (last write
-# wins), so an unchanged study writes no new row version.
-_UPSERT_STUDY = (
-    f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_STUDY_COLUMNS))})"
-    f" ON CONFLICT (study_uid) DO UPDATE SET ({', '.join(_STUDY_COLUMNS[1:])}) ="
-    f" ({', '.join('excluded.' + c for c in _STUDY_COLUMNS[1:])})"
-    f" WHERE ({', '.join('studies.' + c for c in _STUDY_COLUMNS[1:])}) IS DISTINCT FROM"
-    f" ({', '.join('excluded.' + c for c in _STUDY_COLUMNS[1:])})"
-)
-# Per batch and distinct series: its attributes and its count in one statement (the count
-# changes anyway; with the indexed columns unchanged the new row version is a HOT update,
-# which writes no index entry).
-_UPSERT_SERIES = (
-    f"INSERT INTO series ({', '.join(_SERIES_COLUMNS)}, n_instances)"
-    f" VALUES ({', '.join(['%s'] * (len(_SERIES_COLUMNS) + 1))})"
-    f" ON CONFLICT (series_uid) DO UPDATE SET ({', '.join(_SERIES_COLUMNS[1:])}, n_instances) ="
-    f" ({', '.join('excluded.' + c for c in _SERIES_COLUMNS[1:])}, series.n_instances + %s)"
-)
+_REPLACING = (f" ON CONFLICT (sop_instance_uid) DO UPDATE SET ({', '.join(_COLUMNS[1:])}) ="
+              f" ({', '.join('excluded.' + c for c in _COLUMNS[1:])}) RETURNING sop_instance_uid")
+
+
+def _upsert_studies(rows: int, first: int = 1) -> str:
+    """Per batch and distinct study: insert, or update only if an attribute changed (last
+    write wins), so an unchanged study writes no new row version."""
+    attrs = _STUDY_COLUMNS[1:]
+    return (f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)}) VALUES {_values(rows, len(_STUDY_COLUMNS), first)}"
+            f" ON CONFLICT (study_uid) DO UPDATE SET ({', '.join(attrs)}) = ({', '.join('excluded.' + c for c in attrs)})"
+            f" WHERE ({', '.join('studies.' + c for c in attrs)}) IS DISTINCT FROM"
+            f" ({', '.join('excluded.' + c for c in attrs)})")
+
+
+def _upsert_series(rows: int, first: int = 1) -> str:
+    """Per batch and distinct series: its attributes and its count (inserted: the count; else
+    added to it) in one statement. The count changes anyway; with the indexed columns
+    unchanged the new row version is a HOT update, which writes no index entry."""
+    attrs = _SERIES_COLUMNS[1:]
+    return (f"INSERT INTO series ({', '.join(_SERIES_COLUMNS)}, n_instances)"
+            f" VALUES {_values(rows, len(_SERIES_COLUMNS) + 1, first)}"
+            f" ON CONFLICT (series_uid) DO UPDATE SET ({', '.join(attrs)}, n_instances) ="
+            f" ({', '.join('excluded.' + c for c in attrs)}, series.n_instances + excluded.n_instances)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _at_once(rows: int, studies: int, series: int) -> str:
+    """The usual batch (new UIDs only) as one statement: its instances, then its studies'
+    and series' upserts, as data-modifying WITH queries."""
+    first_study = 1 + rows * len(_COLUMNS)
+    first_series = first_study + studies * len(_STUDY_COLUMNS)
+    return (f"WITH i AS ({_insert(rows)}), s AS ({_upsert_studies(studies, first_study)})"
+            f" {_upsert_series(series, first_series)}")
 
 
 def is_postgres_url(text: str) -> bool:
@@ -267,7 +293,9 @@ class PostgresIndex(Index):
         items = [(row_of(r, self.root), rep) for r, rep in zip(out, replace_existing)]
         with self._write_lock:
             try:
-                taken = self._insert(items)
+                taken = self._insert_at_once(items) if not any(rep for _, rep in items) else None
+                if taken is None:
+                    taken = self._insert(items)
             except psycopg.Error as exc:
                 if _unavailable(exc):
                     return self._after_lost(items, out, exc)
@@ -310,47 +338,44 @@ class PostgresIndex(Index):
                   len(found), len(items), exc)
         return [r if r.sop_instance_uid in found else IndexUnavailable(exc) for r in out]
 
+    def _insert_at_once(self, items) -> set[str] | None:
+        """The usual batch (new UIDs only) in one round trip: one statement, committed on its
+        own (:func:`_at_once`). None if a row's UID was taken (the primary key's unique
+        violation undid the statement): then :meth:`_insert` finds which."""
+        rows = [row for row, _ in items]
+        studies, series = _entities(rows, [])
+        try:
+            psycopg.RawCursor(self._writer()).execute(
+                _at_once(len(rows), len(studies), len(series)),
+                [v for group in (sorted(rows), studies, series) for row in group for v in row])
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != "instances_pkey":
+                raise
+            return None
+        return {row[0] for row in rows}
+
     def _insert(self, items, *, probe: bool = False) -> set[str]:
         """Insert ``items`` (row, replace_existing) in one transaction (``probe``: then roll it
         back); the SOP Instance UIDs that went in."""
         conn = self._writer()
-        ordered = sorted(items, key=lambda item: item[0][0])  # one lock order on every node
-        with conn.transaction(force_rollback=probe), conn.cursor() as cur:
-            replaced = [row[0] for row, replace in ordered if replace]
+        with conn.transaction(force_rollback=probe), conn.cursor() as cur, psycopg.RawCursor(conn) as raw:
+            replaced = sorted(row[0] for row, replace in items if replace)
             gone = cur.execute(
                 "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = ANY(%s)"
                 " ORDER BY sop_instance_uid FOR UPDATE", (replaced,)).fetchall() if replaced else []
             taken = set()
-            for replace in (False, True):
-                rows = [row for row, rep in ordered if rep is replace]
+            for conflict in (_NEW_ONLY, _REPLACING):
+                rows = sorted(row for row, rep in items if bool(rep) == (conflict is _REPLACING))
                 if rows:
-                    cur.executemany(_REPLACE if replace else _INSERT, rows, returning=True)
-                    while True:
-                        taken.update(uid for uid, in cur.fetchall())
-                        if not cur.nextset():
-                            break
-            self._entities(cur, [row for row, _ in ordered if row[0] in taken], gone)
+                    raw.execute(_insert(len(rows)) + conflict, [v for row in rows for v in row])
+                    taken.update(uid for uid, in raw.fetchall())
+            new = [row for row, _ in items if row[0] in taken]
+            if new:
+                for sql, group in zip((_upsert_studies, _upsert_series), _entities(new, gone)):
+                    raw.execute(sql(len(group)), [v for row in group for v in row])
+            _unlink(cur, gone, written=({row[_AT["series_uid"]] for row in new},
+                                        {row[_AT["study_uid"]] for row in new}))
         return taken
-
-    @staticmethod
-    def _entities(cur: psycopg.Cursor, rows: list[tuple], gone: list[tuple[str, str]]) -> None:
-        """The studies and series tables in step with a batch's new ``rows`` (``gone``: the
-        study and series of the rows they replaced), in UID order; attributes are those of
-        the batch's last instance in each."""
-        studies = {row[_AT["study_uid"]]: row for row in rows}
-        series = {row[_AT["series_uid"]]: row for row in rows}
-        added = collections.Counter(row[_AT["series_uid"]] for row in rows)
-        removed = collections.Counter(series_uid for _, series_uid in gone)
-        if studies:
-            cur.executemany(_UPSERT_STUDY, [
-                (uid, *[row[_AT[name]] for name in STUDY_FIELDS],
-                 fold_case(row[_AT["patient_name"]]), fold_case(row[_AT["referring_physician_name"]]))
-                for uid, row in sorted(studies.items())])
-        if series:
-            cur.executemany(_UPSERT_SERIES, [
-                (uid, *[row[_AT[name]] for name in _SERIES_COLUMNS[1:]], added[uid], added[uid] - removed[uid])
-                for uid, row in sorted(series.items())])
-        _unlink(cur, gone, written=(series.keys(), studies.keys()))
 
     def flushed(self) -> None:
         """Nothing to note: the files were flushed before the commit (``durable_on_commit``)."""
@@ -377,6 +402,22 @@ class PostgresIndex(Index):
         with self._write_lock:
             if self._conn is not None:
                 self._conn.close()
+
+
+def _entities(rows: list[tuple], gone: list[tuple[str, str]]) -> tuple[list[tuple], list[tuple]]:
+    """The studies' and the series' rows that keep those tables in step with a batch's new
+    ``rows`` (in arrival order: attributes are those of the batch's last instance in each;
+    ``gone``: the study and series of the rows they replaced), each in UID order (one lock
+    order on every node); a series' row ends with the change of its instance count."""
+    studies = {row[_AT["study_uid"]]: row for row in rows}
+    series = {row[_AT["series_uid"]]: row for row in rows}
+    net = collections.Counter(row[_AT["series_uid"]] for row in rows)
+    net.subtract(series_uid for _, series_uid in gone if series_uid in series)
+    return ([(uid, *[row[_AT[name]] for name in STUDY_FIELDS],
+              fold_case(row[_AT["patient_name"]]), fold_case(row[_AT["referring_physician_name"]]))
+             for uid, row in sorted(studies.items())],
+            [(uid, *[row[_AT[name]] for name in _SERIES_COLUMNS[1:]], net[uid])
+             for uid, row in sorted(series.items())])
 
 
 def _unlink(cur: psycopg.Cursor, gone: list[tuple[str, str]], written=((), ())) -> None:

@@ -2,8 +2,8 @@
 (``initdb`` and ``pg_ctl``), a data directory in a temp directory, listening on 127.0.0.1 only.
 
 PostgreSQL refuses to run as root, so under root the cluster belongs to the ``postgres`` system
-user (``runuser``). Durability is off in the cluster (``fsync=off``): tests kill dicomaccel
-nodes, never the database's host.
+user (``runuser``). Durability is off in the cluster (``fsync=off``) unless asked for: tests
+kill dicomaccel nodes, never the database's host; measurements ask for it.
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster() -> PostgresCluster:
+def start_cluster(durable: bool = False) -> PostgresCluster:
     """initdb and start a cluster on a free 127.0.0.1 port (no Unix socket); trust
-    authentication for the superuser :data:`SUPERUSER`.
+    authentication for the superuser :data:`SUPERUSER`; ``durable``: PostgreSQL's defaults
+    (commits flushed), else ``fsync=off``.
 
     Raises
     ------
@@ -95,6 +96,6 @@ def start_cluster() -> PostgresCluster:
                    check=True, capture_output=True, timeout=120)
     cluster = PostgresCluster(bin_dir, data_dir, _free_port(), run_as)
     options = (f"-c listen_addresses=127.0.0.1 -c port={cluster.port} -c unix_socket_directories='' "
-               "-c fsync=off -c full_page_writes=off -c max_connections=200")
+               "-c max_connections=200" + ("" if durable else " -c fsync=off -c full_page_writes=off"))
     cluster.pg_ctl("start", "-l", os.path.join(base, "server.log"), "-o", options)
     return cluster
