@@ -295,3 +295,31 @@ def test_the_index_flag_environment_and_file(tmp_path, monkeypatch):
         load_toml(bad)
     monkeypatch.setenv("DICOMACCEL_INDEX", "mysql://nope")
     assert main(["serve", "--config", str(conf)]) == 2
+
+
+def test_a_database_restart_fails_stores_in_flight_clearly_and_the_node_recovers(server_factory, tmp_path,
+                                                                                  cluster, pg_url):
+    """PostgreSQL restarted under a node: a store meeting the restart is refused with 0110 and
+    an Error Comment naming the index database (never a lost acknowledgement), and the node
+    stores again without a restart of its own. A node that cannot reach the database does
+    not start, with a one-line reason."""
+    node = _node(server_factory, tmp_path / "shared", pg_url, "a")
+    before = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
+    assert post(node, multipart([before]))[0] == 200
+    cluster.restart()
+    answers = []
+    for n in range(6):
+        inst = dicomgen.ct_instance(generate_uid(), generate_uid(), n, 16, 16)
+        status, _, body = post(node, multipart([inst]), headers={"Accept": "application/dicom+json"})
+        answers.append(status)
+        if status != 200:
+            failed = json.loads(body)["00081198"]["Value"][0]
+            assert failed["00081197"]["Value"] == [0x0110]
+            assert "index database" in failed["00000902"]["Value"][0], failed
+    assert answers[-1] == 200 and answers.count(200) >= 5, answers
+    sop = pydicom.dcmread(io.BytesIO(before)).SOPInstanceUID
+    with Archive(tmp_path / "shared", index=pg_url, node_id="check", recover=False) as archive:
+        assert archive.get(sop) is not None
+    unreachable = pg_url.replace(f":{cluster.port}/", ":1/")
+    with pytest.raises(RuntimeError, match="cannot use the index database"):
+        _node(server_factory, tmp_path / "other", unreachable, "b")

@@ -204,8 +204,12 @@ class PostgresIndex(Index):
         self.fsync = fsync
         self._write_lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        with self._write_lock:
-            self._migrate(self._writer())
+        try:
+            with self._write_lock:
+                self._migrate(self._writer())
+        except psycopg.OperationalError as exc:
+            # An OSError, which `dicomaccel serve` reports in one line (as a busy port).
+            raise ConnectionError(f"cannot use the index database: {str(exc).strip()}") from None
         self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=True,
                                     kwargs={"autocommit": True}, name="dicomaccel-index")
 
@@ -244,7 +248,15 @@ class PostgresIndex(Index):
 
     def read(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
         """Run one read-only statement (``%s`` placeholders, parameters always bound) on a
-        pooled connection."""
+        pooled connection. A connection the server dropped (a restart, a fail-over) is
+        discarded by the pool and the statement runs once more on a new one."""
+        conn = None
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, parameters).fetchall()
+        except psycopg.OperationalError:
+            if conn is None or not conn.broken:
+                raise
         with self._pool.connection() as conn:
             return conn.execute(sql, parameters).fetchall()
 
