@@ -274,27 +274,32 @@ def test_sigkill_of_a_node_during_ingest_loses_nothing_acknowledged(server_facto
     assert set(_files(data)) == indexed
 
 
-def test_the_index_flag_environment_and_file(tmp_path, monkeypatch):
-    """--index beats DICOMACCEL_INDEX, which beats the file's index = (check-config shows the
-    password masked)."""
+def test_the_index_from_flag_environment_and_file(tmp_path, monkeypatch, capsys):
+    """--index beats DICOMACCEL_INDEX, which beats the file's index =; check-config masks a
+    password; a node ID must be usable in a file name."""
+    from dicomaccel import server
     from dicomaccel.cli import main
 
     conf = tmp_path / "c.toml"
     conf.write_text('index = "postgresql://u:secret@db.example:5432/x"\nnode-id = "n-1"\n')
     assert main(["check-config", str(conf)]) == 0
-    with pytest.raises(SystemExit):
-        main(["serve", "--index", "sqlite:/x"])
-    from dicomaccel.config import load_toml, merged
-
-    assert merged(load_toml(conf), {}).index == "postgresql://u:secret@db.example:5432/x"
-    bad = tmp_path / "bad.toml"
-    bad.write_text('node-id = "a/b"\n')
-    from dicomaccel.config import ConfigError
-
-    with pytest.raises(ConfigError):
-        load_toml(bad)
+    out = capsys.readouterr().out
+    assert 'index = "postgresql://u:***@db.example:5432/x"' in out and "secret" not in out
+    runs = []
+    monkeypatch.setattr(server, "run", lambda config: runs.append(config) or 0)
+    assert main(["serve", "--config", str(conf)]) == 0
+    monkeypatch.setenv("DICOMACCEL_INDEX", "postgresql://env@h/y")
+    assert main(["serve", "--config", str(conf)]) == 0
+    assert main(["serve", "--config", str(conf), "--index", "postgres://flag@h/z", "--node-id", "n2"]) == 0
+    assert [(c.index, c.node_id) for c in runs] == [
+        ("postgresql://u:secret@db.example:5432/x", "n-1"), ("postgresql://env@h/y", "n-1"),
+        ("postgres://flag@h/z", "n2")]
     monkeypatch.setenv("DICOMACCEL_INDEX", "mysql://nope")
     assert main(["serve", "--config", str(conf)]) == 2
+    with pytest.raises(SystemExit):
+        main(["serve", "--index", "sqlite:/x"])
+    conf.write_text('node-id = "a/b"\n')
+    assert main(["check-config", str(conf)]) == 2
 
 
 def test_a_database_restart_fails_stores_in_flight_clearly_and_the_node_recovers(server_factory, tmp_path,
