@@ -102,6 +102,19 @@ def test_the_archive_on_postgresql(tmp_path, pg_url):
         assert len(_files(tmp_path / "data")) == 3
 
 
+def test_a_nul_in_a_text_value_is_stored_and_left_out_of_the_index(tmp_path, pg_url):
+    """PostgreSQL text cannot hold NUL, which no text VR allows (PS3.5 §6.1.2.3): the file is
+    stored as received, the index row holds the value without it."""
+    ds = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)))
+    ds.PatientName = "Doe\x00^John"
+    data = dicomgen.to_bytes(ds)
+    with Archive(tmp_path / "data", index=pg_url, node_id="n1") as archive:
+        record = archive.store_bytes(data).record
+        assert Path(record.path).read_bytes() == data
+        assert archive.get(record.sop_instance_uid).patient_name == "Doe^John"
+        assert archive.index.read("SELECT patient_name_folded FROM studies") == [("doe^john",)]
+
+
 def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
     """Two archives (two nodes) on one database: when node B's duplicate check ran before node
     A's row existed, B's insert meets the primary key and the store is decided again against

@@ -118,7 +118,8 @@ class InstanceRecord:
 
 
 class Index(abc.ABC):
-    """What the archive needs from an instance index (SQLite here; PostgreSQL later).
+    """What the archive needs from an instance index (:class:`SQLiteIndex` here, and
+    :class:`~.postgres_index.PostgresIndex`).
 
     Attributes
     ----------

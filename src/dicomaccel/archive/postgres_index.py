@@ -5,13 +5,15 @@ frame index as ``bytea``, the ``studies`` and ``series`` tables of the query key
 each batch's transaction), so the query engine and the retrievers see no difference. What
 changes is who decides between nodes, and when a row is durable.
 
-*Duplicates across nodes.* The primary key on SOP Instance UID decides: a batch inserts with
-``ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING``, so a row another node committed (or
-is committing: the insert waits for that transaction) comes back as :class:`~.index.DuplicateRow`
-without aborting the batch, and the group commit decides that store again against the
-winner (same bytes: already stored; different bytes: 0111; another SOP Class: 0119). Rows
-are inserted, and studies and series upserted, in UID order, so two nodes' batches lock
-rows in one order and cannot deadlock each other.
+*Duplicates across nodes.* The primary key on SOP Instance UID decides. A batch of new UIDs
+is one statement (rows inserted, their studies and series upserted, committed on its own: one
+round trip). If another node committed one of its UIDs first (or is committing it: the insert
+waits for that transaction), the primary key's unique violation undoes the statement, and
+the batch goes again with ``ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING``: the rows
+not returned come back as :class:`~.index.DuplicateRow`, and the group commit decides those
+stores again against the winner (same bytes: already stored; different bytes: 0111; another
+SOP Class: 0119). Rows are inserted, and studies and series upserted, in UID order, so two
+nodes' batches lock rows in one order and cannot deadlock each other.
 
 *Durability.* A commit is durable when it returns (the server's write-ahead log), so
 ``durable_on_commit`` is True and the group commit (:mod:`.commit`) flushes the batch's files
@@ -22,6 +24,14 @@ survive, so there is no *unconfirmed* list here: :meth:`PostgresIndex.unconfirme
 empty. With ``fsync=False`` the files are not flushed and this session's commits are
 asynchronous (``synchronous_commit = off``): as with SQLite, a power failure may lose the
 last stores.
+
+*A lost connection.* If the connection fails during a batch, the commit may have happened
+without the client hearing of it. The batch's rows are then looked for by their paths (new
+names) on a new connection: those found are stored, the others refused with 0110 "the index
+database is unavailable" (:class:`IndexUnavailable`); if the server cannot be asked,
+:class:`~.index.CommitInDoubt` refuses them but keeps their files and pending markers, and
+this node's next start-up keeps the files whose rows exist. Reads retry once on a new
+connection, so a restarted server costs the stores that met it, not a restart of the node.
 
 *Schema.* Versioned in ``dicomaccel_schema``; :data:`MIGRATIONS` brings a database from any
 older version to :data:`SCHEMA_VERSION` at start-up, all in one transaction that first takes
@@ -53,7 +63,7 @@ from .index import (_AT, _COLUMNS, _ORDER, _SERIES_COLUMNS, _STUDY_COLUMNS, QUER
                     row_of)
 from .ingest import StoreFailure
 
-__all__ = ["PostgresIndex", "SCHEMA_VERSION", "MIGRATIONS", "is_postgres_url"]
+__all__ = ["PostgresIndex", "IndexUnavailable", "SCHEMA_VERSION", "MIGRATIONS"]
 
 log = logging.getLogger("dicomaccel.archive")
 
@@ -61,13 +71,16 @@ log = logging.getLogger("dicomaccel.archive")
 _MIGRATION_LOCK = int.from_bytes(b"dicomacc", "big")
 # Readers borrowed at once per process (request threads, QIDO-RS, C-GET); more wait.
 POOL_SIZE = 8
+# Seconds a read waits for a pooled connection (all busy, or the server unreachable) before
+# it fails: a store then gets 0110 "the index database is unavailable".
+POOL_WAIT = 10.0
 
 _INTEGERS = {"instance_number", "number_of_frames", "n_rows", "n_columns", "samples_per_pixel",
              "bits_allocated", "planar_configuration", "size", "dataset_offset", "pixel_tag",
              "pixel_offset", "pixel_value_offset", "pixel_length", "has_alternates", "crc32",
              "received_crc32", "series_number", "n_instances"}
 _NULLABLE = {"instance_number", "n_rows", "n_columns", "bits_allocated", "frame_index", "crc32",
-             "received_crc32", "series_number", "n_instances"}
+             "received_crc32", "series_number"}
 
 
 def _type(name: str) -> str:
@@ -163,11 +176,6 @@ def _at_once(rows: int, studies: int, series: int) -> str:
             f" {_upsert_series(series, first_series)}")
 
 
-def is_postgres_url(text: str) -> bool:
-    """True for a libpq connection URI (``postgresql://`` or ``postgres://``)."""
-    return text.startswith(("postgresql://", "postgres://"))
-
-
 _UNAVAILABLE = "the index database is unavailable; send again later"
 
 
@@ -177,7 +185,6 @@ class IndexUnavailable(StoreFailure):
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(FailureReason.PROCESSING_FAILURE, _UNAVAILABLE)
-        self.__cause__ = None
         log.debug("index unavailable: %s", exc)
 
 
@@ -210,7 +217,7 @@ class PostgresIndex(Index):
         except psycopg.OperationalError as exc:
             # An OSError, which `dicomaccel serve` reports in one line (as a busy port).
             raise ConnectionError(f"cannot use the index database: {str(exc).strip()}") from None
-        self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=True,
+        self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=True, timeout=POOL_WAIT,
                                     kwargs={"autocommit": True}, name="dicomaccel-index")
 
     # --- connections --------------------------------------------------------------------
@@ -289,8 +296,11 @@ class PostgresIndex(Index):
         return [record_of(row, self.root) for row in rows]
 
     def lookup(self, sop_instance_uid: str):
-        rows = self.read("SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"
-                         " WHERE sop_instance_uid = %s", (sop_instance_uid,))
+        try:
+            rows = self.read("SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"
+                             " WHERE sop_instance_uid = %s", (sop_instance_uid,))
+        except psycopg.OperationalError as exc:  # the store's first question: refuse it clearly
+            raise IndexUnavailable(exc) from None
         if not rows:
             return None
         return os.path.join(self.root, *rows[0][0].split("/")), *rows[0][1:]
@@ -302,7 +312,7 @@ class PostgresIndex(Index):
     def put_batch(self, records, replace_existing):
         now = time.time()
         out: list = [r if r.stored_at else dataclasses.replace(r, stored_at=now) for r in records]
-        items = [(row_of(r, self.root), rep) for r, rep in zip(out, replace_existing)]
+        items = [(_without_nul(row_of(r, self.root)), rep) for r, rep in zip(out, replace_existing)]
         with self._write_lock:
             try:
                 taken = self._insert_at_once(items) if not any(rep for _, rep in items) else None
@@ -327,8 +337,12 @@ class PostgresIndex(Index):
                     try:
                         taken = self._insert([items[i] for i in good])
                     except psycopg.Error as exc:
-                        for i in good:
-                            out[i] = _refusal(exc)
+                        lost = self._after_lost([items[i] for i in good], [out[i] for i in good], exc) \
+                            if _unavailable(exc) else [exc] * len(good)
+                        for i, result in zip(good, lost):
+                            out[i] = result
+                            if isinstance(result, InstanceRecord):
+                                taken.add(result.sop_instance_uid)
         return [DuplicateRow() if isinstance(r, InstanceRecord) and r.sop_instance_uid not in taken
                 else r for r in out]
 
@@ -414,6 +428,16 @@ class PostgresIndex(Index):
         with self._write_lock:
             if self._conn is not None:
                 self._conn.close()
+
+
+def _without_nul(row: tuple) -> tuple:
+    """``row`` with NUL characters taken out of its text values: PostgreSQL's text cannot hold
+    them, and no text VR's repertoire has them (PS3.5 §6.1.2.3; a UI value's trailing NUL is
+    padding, §6.2). The stored file keeps the bytes as received; the index holds the values
+    that matching and search results use."""
+    if not any(isinstance(v, str) and "\x00" in v for v in row):
+        return row
+    return tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in row)
 
 
 def _entities(rows: list[tuple], gone: list[tuple[str, str]]) -> tuple[list[tuple], list[tuple]]:
