@@ -115,6 +115,39 @@ def test_a_nul_in_a_text_value_is_stored_and_left_out_of_the_index(tmp_path, pg_
         assert archive.index.read("SELECT patient_name_folded FROM studies") == [("doe^john",)]
 
 
+def test_an_sqlite_index_is_migrated_and_both_are_verified(tmp_path, pg_url, capsys):
+    """dicomaccel index migrate copies every row (the files stay); verify finds a missing file
+    and an orphan on either backend."""
+    from dicomaccel.cli import main
+
+    data = tmp_path / "data"
+    study, series = generate_uid(), generate_uid()
+    with Archive(data) as archive:
+        for n in range(5):
+            archive.store_bytes(dicomgen.ct_instance(study, generate_uid() if n == 4 else series, n, 16, 16))
+        before = sorted(archive.find(), key=lambda r: r.sop_instance_uid)
+        counts = sorted(archive.index.read("SELECT series_uid, n_instances FROM series"))
+    assert main(["index", "migrate", "--from", f"sqlite:{data / 'index.sqlite3'}", "--to", pg_url]) == 0
+    assert "5 row(s) copied, 0 already there" in capsys.readouterr().out
+    assert main(["index", "migrate", "--from", f"sqlite:{data / 'index.sqlite3'}", "--to", pg_url]) == 0
+    assert "0 row(s) copied, 5 already there" in capsys.readouterr().out
+    with Archive(data, index=pg_url, node_id="n1") as archive:
+        assert sorted(archive.find(), key=lambda r: r.sop_instance_uid) == before
+        assert sorted(archive.index.read("SELECT series_uid, n_instances FROM series")) == counts
+    for index in ([], ["--index", pg_url]):
+        assert main(["index", "verify", "--data", str(data), "--checksums", *index]) == 0
+        assert "5 row(s), 5 file(s): 0 missing, 0 differing, 0 orphan(s)" in capsys.readouterr().out
+    Path(before[0].path).unlink()
+    orphan = data / "instances" / "1.2.3" / "4.5.6" / "7.8.9.0123456789abcdef.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"stray")
+    for index in ([], ["--index", pg_url]):
+        assert main(["index", "verify", "--data", str(data), *index]) == 1
+        out = capsys.readouterr().out
+        assert f"missing file: {Path(before[0].path).relative_to(data)}" in out
+        assert "orphan (no row): instances/1.2.3/4.5.6/7.8.9.0123456789abcdef.dcm" in out
+
+
 def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
     """Two archives (two nodes) on one database: when node B's duplicate check ran before node
     A's row existed, B's insert meets the primary key and the store is decided again against

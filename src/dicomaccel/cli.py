@@ -183,7 +183,76 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="check a configuration file and print the effective settings")
     check.add_argument("file", type=Path, metavar="FILE")
+
+    index = sub.add_parser("index", help="copy an archive's index to PostgreSQL, or check it against the files")
+    tools = index.add_subparsers(dest="index_command", required=True)
+    migrate = tools.add_parser("migrate", help="copy an SQLite index into a PostgreSQL database (the files stay "
+                                              "where they are); run it with no server writing")
+    migrate.add_argument("--from", dest="source", metavar="sqlite:PATH", required=True,
+                         help="the SQLite index file, e.g. sqlite:/var/lib/dicomaccel/index.sqlite3")
+    migrate.add_argument("--to", dest="target", metavar="URL", type=_index_url, required=True,
+                         help="postgresql://USER@HOST:PORT/DB")
+    verify = tools.add_parser("verify", help="check the index against the files: rows whose file is missing or "
+                                            "differs, files no row names; exit status 1 if any")
+    verify.add_argument("--data", metavar="DIR", type=Path, default=d.data, help=f"archive directory (default: ./{d.data})")
+    verify.add_argument("--index", metavar="URL", type=_index_url, default=d.index,
+                        help="postgresql://USER@HOST:PORT/DB (also DICOMACCEL_INDEX; default: the SQLite file in --data)")
+    verify.add_argument("--checksums", action="store_true", help="also compare every file's CRC-32 (reads every file)")
     return parser
+
+
+def _index_command(args: dict) -> int:
+    from .archive.maintenance import copy_index, verify
+
+    if args["index_command"] == "migrate":
+        from .archive.index import SQLiteIndex
+        from .archive.postgres_index import PostgresIndex
+
+        kind, _, path = args["source"].partition(":")
+        if kind != "sqlite" or not os.path.isfile(path):
+            print(f"dicomaccel: --from must be sqlite:PATH of an existing index file, not {args['source']!r}",
+                  file=sys.stderr)
+            return 2
+        root = os.path.dirname(os.path.abspath(path))  # rows name files relative to the data directory
+        source = SQLiteIndex(path, root, fsync=False)
+        try:
+            target = PostgresIndex(args["target"], root)
+        except OSError as exc:
+            source.close()
+            print(f"dicomaccel: {exc}", file=sys.stderr)
+            return 1
+        try:
+            copied, skipped = copy_index(source, target)
+        finally:
+            target.close()
+            source.close()
+        print(f"dicomaccel: {copied} row(s) copied, {skipped} already there")
+        return 0
+    from .archive import Archive
+
+    url = args["index"] or os.environ.get("DICOMACCEL_INDEX") or None
+    if not os.path.isdir(args["data"]):
+        print(f"dicomaccel: no archive directory {args['data']}", file=sys.stderr)
+        return 2
+    try:
+        # No recovery: a server may be running on the archive.
+        archive = Archive(args["data"], index=url, recover=False)
+    except OSError as exc:
+        print(f"dicomaccel: {exc}", file=sys.stderr)
+        return 1
+    try:
+        found = verify(archive.root, archive.index, checksums=args["checksums"])
+    finally:
+        archive.close()
+    for sop, rel in found.missing:
+        print(f"missing file: {rel} (SOP Instance UID {sop})")
+    for sop, rel in found.damaged:
+        print(f"file differs from its row: {rel} (SOP Instance UID {sop})")
+    for rel in found.orphans:
+        print(f"orphan (no row): {rel}")
+    print(f"dicomaccel: {found.rows} row(s), {found.files} file(s): {len(found.missing)} missing, "
+          f"{len(found.damaged)} differing, {len(found.orphans)} orphan(s)")
+    return 0 if found.clean else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {args['file']}: valid; the effective settings (defaults where it sets nothing)")
         print(as_toml(config), end="")
         return 0
+    if command == "index":
+        return _index_command(args)
     if command == "serve":
         from .server import run
 

@@ -188,6 +188,11 @@ class Index(abc.ABC):
         """True if a row names this file (path relative to the archive root, '/'-separated)."""
 
     @abc.abstractmethod
+    def page(self, after: str, limit: int) -> list[InstanceRecord]:
+        """Up to ``limit`` records in SOP Instance UID order, from the first UID above ``after``
+        (``""``: the first): every row, a page at a time (copying and checking an index)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections (idempotent)."""
 
@@ -672,6 +677,12 @@ class SQLiteIndex(Index):
         return self._reader().execute(
             "SELECT 1 FROM instances WHERE path = ?", (rel_path,)
         ).fetchone() is not None
+
+    def page(self, after: str, limit: int) -> list[InstanceRecord]:
+        rows = self._reader().execute(
+            _SELECT + " WHERE sop_instance_uid > ? ORDER BY sop_instance_uid LIMIT ?", (after, limit)
+        ).fetchall()
+        return [self._record(row) for row in rows]
 
     def close(self) -> None:
         with self._all_lock:

@@ -308,6 +308,11 @@ class PostgresIndex(Index):
     def has_path(self, rel_path: str) -> bool:
         return bool(self.read("SELECT 1 FROM instances WHERE path = %s", (rel_path,)))
 
+    def page(self, after: str, limit: int) -> list[InstanceRecord]:
+        rows = self.read(_SELECT + " WHERE sop_instance_uid > %s ORDER BY sop_instance_uid LIMIT %s",
+                         (after, limit))
+        return [record_of(row, self.root) for row in rows]
+
     # --- writes -------------------------------------------------------------------------
     def put_batch(self, records, replace_existing):
         now = time.time()
