@@ -124,6 +124,8 @@ MIGRATIONS: dict[int, list[str]] = {
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
+# The most parameters one statement binds (the protocol's Bind message counts them in 16 bits).
+_MAX_PARAMETERS = 65535
 
 
 def _values(rows: int, columns: int, first: int = 1) -> str:
@@ -320,7 +322,8 @@ class PostgresIndex(Index):
         items = [(_without_nul(row_of(r, self.root)), rep) for r, rep in zip(out, replace_existing)]
         with self._write_lock:
             try:
-                taken = self._insert_at_once(items) if not any(rep for _, rep in items) else None
+                at_once = not any(rep for _, rep in items) and len(items) * len(_COLUMNS) <= _MAX_PARAMETERS
+                taken = self._insert_at_once(items) if at_once else None
                 if taken is None:
                     taken = self._insert(items)
             except psycopg.Error as exc:
@@ -397,13 +400,14 @@ class PostgresIndex(Index):
             taken = set()
             for conflict in (_NEW_ONLY, _REPLACING):
                 rows = sorted(row for row, rep in items if bool(rep) == (conflict is _REPLACING))
-                if rows:
-                    raw.execute(_insert(len(rows)) + conflict, [v for row in rows for v in row])
+                for chunk in _chunks(rows):
+                    raw.execute(_insert(len(chunk)) + conflict, [v for row in chunk for v in row])
                     taken.update(uid for uid, in raw.fetchall())
             new = [row for row, _ in items if row[0] in taken]
             if new:
                 for sql, group in zip((_upsert_studies, _upsert_series), _entities(new, gone)):
-                    raw.execute(sql(len(group)), [v for row in group for v in row])
+                    for chunk in _chunks(group):
+                        raw.execute(sql(len(chunk)), [v for row in chunk for v in row])
             _unlink(cur, gone, written=({row[_AT["series_uid"]] for row in new},
                                         {row[_AT["study_uid"]] for row in new}))
         return taken
@@ -433,6 +437,14 @@ class PostgresIndex(Index):
         with self._write_lock:
             if self._conn is not None:
                 self._conn.close()
+
+
+def _chunks(rows: list[tuple]) -> list[list[tuple]]:
+    """``rows`` in statements of at most :data:`_MAX_PARAMETERS` values."""
+    if not rows:
+        return []
+    n = _MAX_PARAMETERS // len(rows[0])
+    return [rows[i:i + n] for i in range(0, len(rows), n)]
 
 
 def _without_nul(row: tuple) -> tuple:
