@@ -30,8 +30,9 @@ from pathlib import Path
 from .syntaxes import is_valid_uid
 from .urls import check_public_url
 
-__all__ = ["ServeConfig", "DEFAULTS", "check_index_url", "check_node_id", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
-           "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS"]
+__all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
+           "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS", "check_index_url", "check_node_id",
+           "without_password"]
 
 
 class ConfigError(ValueError):
@@ -378,13 +379,13 @@ def as_toml(config: ServeConfig) -> str:
         elif isinstance(value, tuple):
             lines.append(f"{key} = [{', '.join(_quoted(v) for v in value)}]")
         elif kind == "index":
-            lines.append(f"{key} = {_quoted(_without_password(value))}")
+            lines.append(f"{key} = {_quoted(without_password(value))}")
         else:
             lines.append(f"{key} = {_quoted(str(value))}")
     return "\n".join(lines) + "\n"
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """A database URL as it may be shown: a password in it replaced by ``***``."""
     return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 

@@ -6,7 +6,8 @@ that many workers. Every worker serves STOW-RS on the one shared HTTP socket (th
 hands each new connection to a worker that is waiting in accept), so ingest uses every core;
 worker 0 also serves DIMSE, so association limits stay exact. The workers share the data
 directory and the SQLite index (WAL mode allows several writer processes; each worker's
-group commit takes SQLite's write lock for one short transaction per batch).
+group commit takes SQLite's write lock for one short transaction per batch), or the
+PostgreSQL index that several nodes share (``--index``, docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import uvloop
 
 from .archive import Archive
-from .config import ServeConfig
+from .config import ServeConfig, without_password
 from .dimse import start_dimse_server
 from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ
 from .http_server import HTTPLimits, HTTPServer
@@ -72,6 +73,8 @@ def _announce(config: ServeConfig, http: tuple, dimse_port: int, tls_port: int |
     if tls_port is not None:
         print(f"dicomaccel: DICOM TLS on dicom+tls://{config.host}:{tls_port}", flush=True)
     print(f"dicomaccel: archive in {Path(config.data).resolve()}", flush=True)
+    if config.index is not None:
+        print(f"dicomaccel: index in {without_password(config.index)} (node {config.node_id})", flush=True)
     if config.workers > 1:
         print(f"dicomaccel: {config.workers} worker processes", flush=True)
     print("dicomaccel: ready", flush=True)
