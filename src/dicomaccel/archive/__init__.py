@@ -38,6 +38,12 @@ was told is stored can be lost. With ``fsync=False`` step 3 skips the flush and 
 unconfirmed list: a process crash loses nothing (the kernel holds the data), a power
 failure may lose the last stores.
 
+Shared index (``index="postgresql://..."``, :mod:`.postgres_index`): several nodes use one
+database and one data directory. The index commit is durable on its own, so step 3 flushes
+the batch's files *before* the commit and keeps no unconfirmed list: a row only ever names a
+file already on stable storage. Temp files and markers carry the node's ID, and start-up
+recovery cleans only this node's; its flush counters are its own (``flush.<node>.seq``).
+
 Thread safety: ``feed()`` and ``commit_async()`` on one event loop per instance; ``write()``
 and ``commit()`` from any thread (``commit()`` blocks); ``get``/``find`` from any thread. Stores of one SOP Instance UID never share a batch, so two concurrent stores of
 one UID cannot both win.
