@@ -128,9 +128,13 @@ class Index(abc.ABC):
         log); False if the archive's file flush makes it durable (an index file beside the
         instances). The archive flushes files before the commit in the first case, after it
         in the second.
+    sql_dialect : str
+        The SQL that :meth:`read` runs (``"sqlite"``, ``"postgresql"``): the query engine
+        writes its statements for it.
     """
 
     durable_on_commit: bool = True
+    sql_dialect: str
 
     @abc.abstractmethod
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
@@ -401,6 +405,7 @@ class SQLiteIndex(Index):
     """
 
     durable_on_commit = False
+    sql_dialect = "sqlite"
 
     def __init__(self, db_path: str, root: str, *, fsync: bool = True) -> None:
         self.db_path = db_path

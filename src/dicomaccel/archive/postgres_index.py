@@ -206,6 +206,7 @@ class PostgresIndex(Index):
     """
 
     durable_on_commit = True
+    sql_dialect = "postgresql"
 
     def __init__(self, url: str, root: str, *, fsync: bool = True) -> None:
         self.url = url
