@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 except ValueError as exc:
                     raise ConfigError(f"DICOMACCEL_INDEX: {exc}") from None
             config = merged(file_values, args)
+            if config.index is not None and importlib.util.find_spec("psycopg_pool") is None:
+                raise ConfigError("the PostgreSQL index needs psycopg 3: pip install 'dicomaccel[postgresql]'")
             credentials(config)  # refuse a bad token or JWKS file before serving
         except ConfigError as exc:
             print(f"dicomaccel: {exc}", file=sys.stderr)
