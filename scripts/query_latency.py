@@ -1,8 +1,9 @@
 """QIDO-RS search latency on an index of N synthetic instances (default 100,000).
 
-    python scripts/query_latency.py [--instances 100000] [--queries 400] [--data DIR]
+    python scripts/query_latency.py [--instances 100000] [--queries 400] [--data DIR] [--index URL]
 
-Fills an index directly (no files: rows through ``SQLiteIndex.put_batch``, 40 instances per
+Fills an index directly (no files: rows through ``put_batch`` of the SQLite index, or of the
+PostgreSQL one with ``--index``, 40 instances per
 study, 2 series per study, 5,000 patients; the builder is :mod:`dicomaccel.testing.query_index`,
 shared with the benchmark runner), then times searches through the QIDO-RS ASGI app in-process
 (engine, SQL, DICOM JSON encoding; no sockets): studies by Patient Name (prefix, exact-ish,
@@ -54,12 +55,19 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--index", metavar="URL", default=None,
+                        help="a PostgreSQL database (postgresql://USER@HOST:PORT/DB) instead of SQLite in --data")
     args = parser.parse_args()
     from dicomaccel.qido import create_qido_app
 
     root = args.data or tempfile.mkdtemp(prefix="qido-latency-")
     os.makedirs(root, exist_ok=True)
-    index = SQLiteIndex(os.path.join(root, "index.sqlite3"), root, fsync=False)
+    if args.index:
+        from dicomaccel.archive.postgres_index import PostgresIndex
+
+        index = PostgresIndex(args.index, root, fsync=False)
+    else:
+        index = SQLiteIndex(os.path.join(root, "index.sqlite3"), root, fsync=False)
     t0 = time.perf_counter()
     count = index.read("SELECT count(*) FROM instances")[0][0]
     if count < args.instances:
