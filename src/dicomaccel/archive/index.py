@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .ingest import QUERY_KEYS, FrameIndex, StoreFailure, scan
+from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, scan
 
 __all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "CommitInDoubt", "RecordList", "QUERY_FIELDS",
            "fold_case", "SCHEMA_VERSION", "STUDY_FIELDS", "SERIES_FIELDS"]
@@ -61,7 +61,7 @@ def fold_case(value: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class InstanceRecord:
+class InstanceRecord(QueryKeyValues):
     """One stored instance, as the index knows it.
 
     Offsets are absolute byte offsets in the stored PS3.10 file. For the deflated transfer
@@ -100,21 +100,6 @@ class InstanceRecord:
     # CRC-32 of the bytes as received, when the store policy rewrote them (coercion,
     # discard): what makes sending the same instance again idempotent. None otherwise.
     received_crc32: int | None = None
-    # Query keys (ingest.QUERY_KEYS): "" or None when absent.
-    specific_character_set: str = ""
-    study_date: str = ""
-    study_time: str = ""
-    accession_number: str = ""
-    modality: str = ""
-    referring_physician_name: str = ""
-    study_description: str = ""
-    series_description: str = ""
-    patient_birth_date: str = ""
-    patient_sex: str = ""
-    study_id: str = ""
-    series_number: int | None = None
-    performed_procedure_step_start_date: str = ""
-    performed_procedure_step_start_time: str = ""
 
 
 class Index(abc.ABC):

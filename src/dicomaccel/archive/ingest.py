@@ -361,8 +361,30 @@ def _le_array(blob, pos: int, count: int) -> array:
     return arr
 
 
+@dataclass(frozen=True, kw_only=True)
+class QueryKeyValues:
+    """The values of :data:`QUERY_KEYS` ("" or None when absent): found by the scan
+    (:class:`Header`) and kept in the index (``InstanceRecord``). Keyword-only, so both can add
+    them after fields of their own."""
+
+    specific_character_set: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    referring_physician_name: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_id: str = ""
+    series_number: int | None = None
+    performed_procedure_step_start_date: str = ""
+    performed_procedure_step_start_time: str = ""
+
+
 @dataclass(frozen=True)
-class Header:
+class Header(QueryKeyValues):
     """What the scan of one PS3.10 file found. Offsets are absolute in the scanned buffer.
 
     For the deflated transfer syntaxes the data set offsets refer to the inflated stream, so
@@ -396,21 +418,6 @@ class Header:
     extended_lengths: tuple[int, int] | None  # (value offset, length) of (7FE0,0002)
     has_alternates: bool = False  # a top-level Alternate Representation Sequence (0008,3001)
     problems: tuple = ()  # dicomaccel.policy.iod.Problem items, when the scan validated the IOD
-    # QUERY_KEYS ("" or None when absent).
-    specific_character_set: str = ""
-    study_date: str = ""
-    study_time: str = ""
-    accession_number: str = ""
-    modality: str = ""
-    referring_physician_name: str = ""
-    study_description: str = ""
-    series_description: str = ""
-    patient_birth_date: str = ""
-    patient_sex: str = ""
-    study_id: str = ""
-    series_number: int | None = None
-    performed_procedure_step_start_date: str = ""
-    performed_procedure_step_start_time: str = ""
 
 
 class _Scan:
