@@ -226,3 +226,13 @@ def test_qido_targets_are_latency_bounds():
     assert "| 12 ms |" in goals[2]
     line = next(x for x in report._request_table(data) if "Smi*" in x)
     assert "| 4 (3-5) | 12 (9-60) |" in line and "| 40 |" in line  # results per request
+
+
+def test_part_counter_reads_a_reused_buffer():
+    body = b"".join(b"--XyZ\r\n\r\n" + bytes(50) + b"\r\n" for _ in range(3)) + b"--XyZ--\r\n"
+    counter, buffer = PartCounter("XyZ"), bytearray(16)
+    for i in range(0, len(body), 7):
+        piece = body[i:i + 7]
+        buffer[:len(piece)] = piece
+        counter.feed(buffer, len(piece))  # what follows the first n bytes is stale
+    assert counter.closed and counter.parts == 3
