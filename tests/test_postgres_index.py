@@ -148,6 +148,43 @@ def test_an_sqlite_index_is_migrated_and_both_are_verified(tmp_path, pg_url, cap
         assert "orphan (no row): instances/1.2.3/4.5.6/7.8.9.0123456789abcdef.dcm" in out
 
 
+def test_studies_and_series_follow_stores_and_overwrites_as_on_sqlite(tmp_path, pg_url):
+    """The same stores, overwrites and batches (of instances that agree) on an SQLite archive
+    and a PostgreSQL one leave the same studies and series rows (attributes, last write wins, instance counts; a series
+    or study goes with its last instance)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    archives = [Archive(tmp_path / "sqlite", overwrite=True),
+                Archive(tmp_path / "pg", index=pg_url, node_id="n1", overwrite=True)]
+    study, series, new_study, new_series, third_study = (generate_uid() for _ in range(5))
+
+    def ct(study_uid, series_uid, number, **attrs):
+        return dicomgen.retag(dicomgen.ct_instance(study_uid, series_uid, number, 8, 8), **attrs)
+
+    first = ct(study, series, 1, PatientName="First^Name", StudyDescription="Before")
+    second = ct(study, series, 2, PatientName="First^Name", StudyDescription="Before")
+    changed = dicomgen.retag(second, PatientName="Second^Name", StudyDescription="After")
+    steps = [[first], [second], [changed],
+             [dicomgen.retag(first, StudyInstanceUID=new_study, SeriesInstanceUID=new_series)],
+             [dicomgen.retag(changed, StudyInstanceUID=new_study, SeriesInstanceUID=new_series)],
+             # One at a time: which of two instances that disagree comes last decides the study.
+             [dicomgen.retag(first, StudyInstanceUID=third_study, SeriesInstanceUID=new_series)],
+             [dicomgen.retag(changed, StudyInstanceUID=third_study, SeriesInstanceUID=new_series)],
+             [ct(study, series, n, Modality="MR") for n in range(3, 9)] + [ct(new_study, generate_uid(), n) for n in range(4)]]
+    try:
+        for step in steps:
+            tables = []
+            for archive in archives:
+                with ThreadPoolExecutor(4) as pool:  # several stores at once: batches of several
+                    list(pool.map(archive.store_bytes, step))
+                tables.append([archive.index.read(f"SELECT * FROM {t} ORDER BY 1") for t in ("studies", "series")])
+            assert tables[1] == tables[0]
+        assert len(tables[0][1]) == 6  # new_series, series again, four new ones
+    finally:
+        for archive in archives:
+            archive.close()
+
+
 def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
     """Two archives (two nodes) on one database: when node B's duplicate check ran before node
     A's row existed, B's insert meets the primary key and the store is decided again against
@@ -374,3 +411,95 @@ def test_a_database_restart_fails_stores_in_flight_clearly_and_the_node_recovers
     unreachable = pg_url.replace(f":{cluster.port}/", ":1/")
     with pytest.raises(RuntimeError, match="cannot use the index database"):
         _node(server_factory, tmp_path / "other", unreachable, "b")
+
+
+# Searches across levels and every kind of condition (PS3.4 C.2.2.2): keyword -> value(s).
+_SEARCHES = [
+    ("STUDY", {}, None, 0),
+    ("STUDY", {"PatientName": "lewis*"}, None, 0),
+    ("STUDY", {"PatientName": "*son??^*"}, 7, 2),
+    ("STUDY", {"PatientName": "LOPEZ3^Anna"}, None, 0),
+    ("STUDY", {"StudyDate": "20150101-20201231"}, 10, 0),
+    ("STUDY", {"StudyDate": "-20120101", "PatientSex": "O"}, None, 0),
+    ("STUDY", {"StudyTime": "10-"}, None, 5),
+    ("STUDY", {"AccessionNumber": "ACC000000*"}, None, 0),
+    ("STUDY", {"ModalitiesInStudy": ["CT", "MR"]}, None, 0),
+    ("STUDY", {"StudyInstanceUID": ["1.2.826.0.1.99.1", "1.2.826.0.1.99.3"]}, None, 0),
+    ("STUDY", {"PatientID": "PID00000*", "StudyDescription": "Synth*"}, 3, 1),
+    ("PATIENT", {}, None, 0),
+    ("PATIENT", {"PatientName": "*a*"}, 4, 2),
+    ("SERIES", {"Modality": "CT"}, None, 0),
+    ("SERIES", {"SeriesNumber": "1", "StudyInstanceUID": "1.2.826.0.1.99.2"}, None, 0),
+    ("SERIES", {"SeriesDescription": "Series ?"}, 6, 3),
+    ("IMAGE", {"StudyInstanceUID": "1.2.826.0.1.99.4", "SeriesInstanceUID": "1.2.826.0.1.99.4.1"}, None, 0),
+    ("IMAGE", {"InstanceNumber": "3"}, 20, 0),
+    ("IMAGE", {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "PatientName": "*"}, 5, 40),
+]
+
+
+def test_searches_answer_the_same_on_both_indexes(tmp_path, pg_url):
+    """The query engine (QIDO-RS, C-FIND) gives the same matches, in the same order, with the
+    same computed attributes, on the SQLite index and on PostgreSQL."""
+    from dicomaccel.archive.index import SQLiteIndex
+    from dicomaccel.archive.postgres_index import PostgresIndex
+    from dicomaccel.query import ATTRIBUTES, BY_KEYWORD, LEVELS, Query, condition, search
+    from dicomaccel.testing.query_index import fill
+
+    root = str(tmp_path)
+    indexes = [SQLiteIndex(str(tmp_path / "index.sqlite3"), root, fsync=False), PostgresIndex(pg_url, root)]
+    try:
+        for index in indexes:
+            fill(index, root, 1200, per_study=20, patients=25)
+        for level, keys, limit, offset in _SEARCHES:
+            conditions = tuple(c for c in (condition(BY_KEYWORD[k], v if isinstance(v, list) else [v])
+                                           for k, v in keys.items()) if c is not None)
+            returns = tuple(a.tag for a in ATTRIBUTES if LEVELS.index(a.level) <= LEVELS.index(level))
+            query = Query(level, conditions, returns, limit, offset)
+            on_sqlite, on_postgres = (search(index, query) for index in indexes)
+            assert on_sqlite.matches, (level, keys)
+            assert on_postgres == on_sqlite, (level, keys)
+    finally:
+        for index in indexes:
+            index.close()
+
+
+def test_qido_rs_answers_the_same_from_a_postgresql_node(server_factory, tmp_path, pg_url):
+    """QIDO-RS (PS3.18 §10.6) from a node on PostgreSQL answers as one on SQLite, loaded alike."""
+    nodes = [server_factory(data=tmp_path / "sqlite"), _node(server_factory, tmp_path / "pg", pg_url, "a")]
+    study, ct, mr, other = (generate_uid() for _ in range(4))
+
+    def ct_file(study_uid, series_uid, number, **attrs):
+        return dicomgen.retag(dicomgen.ct_instance(study_uid, series_uid, number, 8, 8), **attrs)
+
+    doe = dict(PatientName="Doe^John", PatientID="P1", StudyDate="20250110")
+    files = [ct_file(study, ct, 1, Modality="CT", **doe), ct_file(study, ct, 2, Modality="CT", **doe),
+             ct_file(study, mr, 1, Modality="MR", **doe),
+             ct_file(other, generate_uid(), 1, PatientName="Roe^Jane", PatientID="P2", StudyDate="20240301")]
+    for node in nodes:
+        assert post(node, multipart(files))[0] == 200
+    searches = ["/studies", "/studies?PatientName=doe*&includefield=all", "/studies?StudyDate=20250101-",
+                "/studies?ModalitiesInStudy=MR", "/studies?limit=1&offset=1", f"/studies/{study}/series",
+                "/series?Modality=CT", f"/studies/{study}/instances", "/instances?PatientName=*o*&offset=1"]
+    for search in searches:
+        answers = []
+        for node in nodes:
+            resp = requests.get(node.stow_url + search, headers={"Accept": "application/dicom+json"}, timeout=30)
+            assert resp.status_code == 200, (search, resp.text[:300])
+            # The Retrieve URLs name each node's own port.
+            answers.append([{tag: v for tag, v in match.items() if tag != "00081190"} for match in resp.json()])
+        assert answers[1] == answers[0] and answers[0], search
+    # C-FIND (PS3.4 C.4.1) from the PostgreSQL node: the same engine.
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as find_model
+
+    ae = AE(ae_title="FINDTEST")
+    ae.add_requested_context(find_model)
+    assoc = ae.associate("127.0.0.1", nodes[1].dimse_port)
+    assert assoc.is_established
+    try:
+        found = [ident for status, ident in assoc.send_c_find(
+            identifier("STUDY", PatientName="DOE*", StudyInstanceUID="", ModalitiesInStudy=""), find_model)
+            if status.Status == 0xFF00]
+    finally:
+        assoc.release()
+    assert [(f.StudyInstanceUID, list(f.ModalitiesInStudy)) for f in found] == [(study, ["CT", "MR"])]

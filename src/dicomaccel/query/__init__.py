@@ -3,6 +3,7 @@
 - :mod:`.attributes`: the keys, their levels and index columns;
 - :mod:`.matching`: a requested value to a condition (PS3.4 C.2.2.2);
 - :mod:`.engine`: conditions to SQL over the index, and the computed attributes;
+- :mod:`.dialect`: what differs in that SQL between the SQLite and the PostgreSQL index;
 - :mod:`.dicom_json`: results as the DICOM JSON Model (PS3.18 Annex F).
 """
 

@@ -1,4 +1,5 @@
-"""The query engine: conditions in, result rows out, over the archive's SQLite index.
+"""The query engine: conditions in, result rows out, over the archive's index (SQLite or
+PostgreSQL: :mod:`.dialect` holds what differs in their SQL).
 
 One search serves both doors (QIDO-RS in :mod:`dicomaccel.qido`, C-FIND in
 :mod:`dicomaccel.retrieve.cfind`). The entities of each level (PS3.4 C.6) are the rows of
@@ -14,16 +15,17 @@ A search is two steps:
    Modalities and SOP Classes in Study) over *all* the rows below each entity, so a key such
    as Modalities in Study restricts which studies match without changing what is counted.
 
-Every value is a bound parameter; lists travel as one JSON parameter (``json_each``), so no
-statement depends on how many values a request holds.
+Every value is a bound parameter; a list travels as one parameter (JSON for SQLite's
+``json_each``, an array for PostgreSQL), so no statement depends on how many values a
+request holds.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from .attributes import BY_TAG, LEVEL_COLUMN, LEVEL_TABLE, LEVELS, UNIQUE_KEYS, Attribute
+from .dialect import Dialect, dialect_of
 from .matching import Condition
 
 __all__ = ["Query", "SearchResult", "search"]
@@ -74,8 +76,8 @@ class SearchResult:
 
 
 def search(index, query: Query) -> SearchResult:
-    """Run ``query`` on ``index`` (a :class:`~dicomaccel.archive.index.SQLiteIndex`: its
-    :meth:`read` runs one read statement)."""
+    """Run ``query`` on ``index`` (an :class:`~dicomaccel.archive.index.Index` with a ``read``
+    method that runs one read statement, in the SQL its ``sql_dialect`` names)."""
     level = query.level
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}")
@@ -88,27 +90,28 @@ def search(index, query: Query) -> SearchResult:
     # The levels above this one whose computed attributes are asked for: the key of the
     # owning entity (e.g. the study of a series) is read with each row.
     owners = sorted({a.level for a in computed} - {level}, key=LEVELS.index)
+    d = dialect_of(index)
     joins: set[str] = set()
-    where, args = _where(query.conditions, table, joins)
+    where, args = _where(query.conditions, table, joins, d)
     columns = [f"{_ALIAS[table]}.{LEVEL_COLUMN[level]}"]
     columns += [_column(a, a.column, table, joins) for a in plain]
     columns += [_column(BY_TAG[UNIQUE_KEYS[lvl]], LEVEL_COLUMN[lvl], table, joins) for lvl in owners]
     page = ""
     page_args: list = []
     if query.limit is not None:
-        page = " LIMIT ? OFFSET ?"
+        page = f" LIMIT {d.p} OFFSET {d.p}"
         page_args = [query.limit + 1, query.offset]
     elif query.offset:
-        page = " LIMIT -1 OFFSET ?"
+        page = d.offset()
         page_args = [query.offset]
     # With matching keys, "+" keeps SQLite from walking the table in the order of the result
     # (to save a sort) instead of using the index of the matching column; without any,
     # walking in order is what lets LIMIT stop early.
-    plus = "+" if where else ""
-    group = f" GROUP BY {plus}st.patient_id" if level == "PATIENT" else ""
+    plus = d.plus if where else ""
+    distinct, group = d.one_per_patient(plus) if level == "PATIENT" else ("", "")
     source = f"{table} {_ALIAS[table]}" + "".join(
         _JOIN[table, above] for above in sorted(joins, key=_DEPTH.get))
-    rows = index.read(f"SELECT {', '.join(columns)} FROM {source}{where}{group}"
+    rows = index.read(f"SELECT {distinct}{', '.join(columns)} FROM {source}{where}{group}"
                       f" ORDER BY {plus}{_ORDER[level]}{page}", args + page_args)
     more = query.limit is not None and len(rows) > query.limit
     if more:
@@ -119,7 +122,7 @@ def search(index, query: Query) -> SearchResult:
     for j, lvl in enumerate(owners):
         keys[lvl] = [row[n + 1 + j] for row in rows]
     for lvl, source_table in {(a.level, a.table) for a in computed}:
-        _aggregate(index, matches, keys[lvl], lvl, source_table,
+        _aggregate(index, d, matches, keys[lvl], lvl, source_table,
                    [a for a in computed if (a.level, a.table) == (lvl, source_table)])
     return SearchResult(matches, more)
 
@@ -133,7 +136,7 @@ def _column(a: Attribute, column: str, table: str, joins: set[str]) -> str:
     return f"{_ALIAS[a.table]}.{column}"
 
 
-def _where(conditions, table: str, joins: set[str]) -> tuple[str, list]:
+def _where(conditions, table: str, joins: set[str], d: Dialect) -> tuple[str, list]:
     parts, args = [], []
     for c in conditions:
         a: Attribute = c.attribute
@@ -141,40 +144,42 @@ def _where(conditions, table: str, joins: set[str]) -> tuple[str, list]:
         if a.computed is not None or _DEPTH[a.table] > _DEPTH[table]:
             # Rows below the level: the entity has some row there that matches.
             link = LEVEL_COLUMN[a.level] if a.computed is not None else _LINK[table]
-            test, values = _test(column, c)
+            test, values = _test(column, c, d)
             parts.append(f"{_ALIAS[table]}.{link} IN (SELECT {link} FROM {a.table} WHERE {test})")
         else:
-            test, values = _test(_column(a, column, table, joins), c)
+            test, values = _test(_column(a, column, table, joins), c, d)
             parts.append(test)
         args += values
     return (" WHERE " + " AND ".join(parts) if parts else ""), args
 
 
-def _test(column: str, c: Condition) -> tuple[str, list]:
+def _test(column: str, c: Condition, d: Dialect) -> tuple[str, list]:
     """The SQL test of one condition on ``column``, and its parameters."""
     if c.kind == "single":
-        return f"{column} = ?", [c.values[0]]
+        return f"{column} = {d.p}", [c.values[0]]
     if c.kind == "list":
-        return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(c.values))]
+        test, values = d.any_of(column, c.values)
+        return test, [values]
     if c.kind == "wildcard":
-        return f"{column} GLOB ?", [c.values[0]]
+        test, pattern = d.wildcard(column, c.values[0])
+        return test, [pattern]
     if c.kind == "range":
         low, high = c.values
         parts, args = [], []
         if low is not None:
-            parts.append(f"{column} >= ?")
+            parts.append(f"{column} >= {d.p}")
             args.append(low)
         if high is not None:
             # A bound matches every value it is a prefix of ("12" ends at 12:59:59.x):
             # '~' sorts after the digits and '.'.
-            parts.append(f"{column} <= ?")
+            parts.append(f"{column} <= {d.p}")
             args.append(high + "~")
         parts.append(f"{column} != ''")
         return " AND ".join(parts), args
     raise ValueError(f"unknown condition kind {c.kind!r}")
 
 
-def _aggregate(index, matches: list[dict], keys: list, lvl: str, table: str,
+def _aggregate(index, d: Dialect, matches: list[dict], keys: list, lvl: str, table: str,
                attrs: list[Attribute]) -> None:
     """Fill the computed attributes ``attrs`` of level ``lvl`` (over rows of ``table``) of
     each match; ``keys`` holds the entity of that level each match belongs to."""
@@ -182,9 +187,9 @@ def _aggregate(index, matches: list[dict], keys: list, lvl: str, table: str,
         return
     rows_from, column = _AGGREGATE_FROM[lvl, table]
     wanted = sorted({k for k in keys if k is not None})
-    exprs = ", ".join(a.computed for a in attrs)
-    rows = index.read(f"SELECT {column}, {exprs} FROM {rows_from} WHERE {column} IN"
-                      f" (SELECT value FROM json_each(?)) GROUP BY {column}", [json.dumps(wanted)])
+    exprs = ", ".join(d.aggregate(a.computed) for a in attrs)
+    test, values = d.any_of(column, wanted)
+    rows = index.read(f"SELECT {column}, {exprs} FROM {rows_from} WHERE {test} GROUP BY {column}", [values])
     values = {r[0]: r[1:] for r in rows}
     for match, k in zip(matches, keys):
         got = values.get(k)
@@ -194,7 +199,7 @@ def _aggregate(index, matches: list[dict], keys: list, lvl: str, table: str,
 
 def _value(a: Attribute, v):
     if a.computed and isinstance(v, str):
-        # group_concat of the distinct values: a multi-valued attribute, sorted.
+        # The distinct values joined by commas: a multi-valued attribute, sorted.
         return sorted(x for x in set(v.split(",")) if x) or None
     if v == "":
         return None
