@@ -217,9 +217,14 @@ class LocalFileStore(FileStore):
         """Take back a file :meth:`publish` made visible; returns its temp path again."""
         self.remove(published.path)
         # The marker becomes the temp file again (its name is the temp file's, extended), so
-        # the instance's own clean-up removes it.
+        # the instance's own clean-up removes it; linked, not renamed, so a temp file made
+        # meanwhile under that name is never replaced (then the marker stays the temp file).
         temp_path = published.marker.partition(".pending!")[0] + ".part"
-        os.rename(published.marker, temp_path)
+        try:
+            os.link(published.marker, temp_path)
+        except FileExistsError:
+            return published.marker
+        self.remove(published.marker)
         return temp_path
 
     def retire(self, path: str) -> str:
