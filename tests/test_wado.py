@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 
 import pydicom
+import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom.uid import RLELossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from dicomaccel.testing import multipart, post
 from dicomaccel.testing import files as dicomgen
@@ -193,3 +194,17 @@ def test_study_as_stored_is_the_same_with_and_without_zero_copy_send(tmp_path):
     assert default[0] == 200 and sorted(
         p.get_payload(decode=True) for p in BytesParser(policy=HTTP).parsebytes(
             b"Content-Type: " + default[1][b"content-type"] + b"\r\n\r\n" + default[2]).iter_parts()) == sorted(files)
+
+
+@pytest.mark.parametrize("syntax, media", [(JPEG2000Lossless, "image/jp2"), (RLELossless, "image/x-dicom-rle")])
+def test_dicomweb_client_frames_of_encapsulated_instances_equal_pydicoms(server_factory, syntax, media):
+    # PS3.18 §8.7.3.3.2: each frame in its codestream's media type, as stored; the bytes equal
+    # the frame pydicom finds in the stored Pixel Data.
+    server = server_factory()
+    data = compressed_file(syntax, frames=4)
+    assert post(server, multipart([data]))[0] in (200, 202)
+    src = pydicom.dcmread(io.BytesIO(data))
+    client = DICOMwebClient(url=server.stow_url)
+    got = client.retrieve_instance_frames(src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID,
+                                          [1, 4], media_types=((media, syntax),))
+    assert got == [pydicom.encaps.get_frame(src.PixelData, k, number_of_frames=4) for k in (0, 3)]
