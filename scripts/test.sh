@@ -9,13 +9,20 @@ cd "$(dirname "$0")/.."
 # Debian's path, not PATH: pynetdicom installs Python apps of the same names (getscu, storescu).
 # dicom3tools' dciodvfy is the outside validator the IOD checks are compared with.
 # PostgreSQL's initdb and pg_ctl start the throwaway cluster of the PostgreSQL index tests.
+# gcc (with its ASan/UBSan runtimes) and the Python headers build the kernels, the sanitized
+# kernels of the fuzz replay and the benchmark floor server.
+packages="dcmtk dicom3tools postgresql gcc libc6-dev"
+python_h="$(python3 -c 'import os, sysconfig; print(os.path.join(sysconfig.get_paths()["include"], "Python.h"))')"
+[ -f "$python_h" ] || packages="$packages python3-dev"
 if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ] || [ ! -x /usr/bin/dciodvfy ] \
-        || ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        || ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v gcc >/dev/null \
+        || [ ! -f "$(gcc -print-file-name=libasan.so 2>/dev/null)" ] || [ ! -f "$python_h" ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk dicom3tools postgresql
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages
     else
-        echo "warning: DCMTK, dicom3tools or PostgreSQL is missing and we are not root; their tests will skip" >&2
+        echo "warning: one of $packages is missing and we are not root; their tests will skip or fail" >&2
     fi
 fi
 
