@@ -32,6 +32,7 @@ that allows no form we produce is 406; a malformed parameter is 400, with a plai
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import mmap
 import os
@@ -152,15 +153,23 @@ async def _start(send, request: Request, records, variant: str, content_type: st
     return send, boundary
 
 
+async def _records(archive: Archive, study, series, sop):
+    """The matching records, 404 if none: one query for the study, run off the event loop (a
+    study of thousands of rows takes milliseconds); each row becomes a record (frame index
+    decoded) when first read."""
+    records = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+        archive.find, study_uids=[study], series_uids=None if series is None else [series],
+        sop_instance_uids=None if sop is None else [sop], lazy=True))
+    if not records:
+        raise Refused(404, "No such study, series or instance")
+    return records
+
+
 async def _instances(send, request: Request, archive: Archive, study, series, sop) -> None:
     wanted = _wanted_syntax(request.header("accept"), "application/dicom")
     if wanted is None:
         raise Refused(406, 'Not acceptable: instances are multipart/related; type="application/dicom"')
-    # One query for the study; each row becomes a record (frame index decoded) when first read.
-    records = archive.find(study_uids=[study], series_uids=None if series is None else [series],
-                           sop_instance_uids=None if sop is None else [sop], lazy=True)
-    if not records:
-        raise Refused(404, "No such study, series or instance")
+    records = await _records(archive, study, series, sop)
     loop = asyncio.get_running_loop()
     sizes: list[int] = []
     v = await loop.run_in_executor(None, validators, records, f"dicom:{wanted}", sizes)
@@ -410,10 +419,7 @@ async def _metadata(send, request: Request, archive: Archive, cache: MetadataCac
     from .native_xml import to_native_xml
 
     form = _metadata_form(request)
-    records = archive.find(study_uids=[study], series_uids=None if series is None else [series],
-                           sop_instance_uids=None if sop is None else [sop], lazy=True)
-    if not records:
-        raise Refused(404, "No such study, series or instance")
+    records = await _records(archive, study, series, sop)
     gzip = request.accepts_gzip()
     content_type = "application/dicom+json" if form == "json" else \
         'multipart/related; type="application/dicom+xml"; boundary={boundary}'
