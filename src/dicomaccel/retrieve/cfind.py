@@ -16,8 +16,9 @@ PS3.5 §7.5) and the responses are written by :func:`dicomaccel.elements.encode_
 that walk does not read exactly as pydicom would (another byte order, a VR outside the
 character strings, numbers and SQ, a non-ASCII or ISO 2022 value, a value pydicom refuses, a
 tag the data dictionary lacks in Implicit VR) goes to pydicom, in a worker thread, as before.
-A search whose first page fits in :data:`_INLINE_ROWS` rows runs on the event loop (one
-SQLite statement of well under a millisecond); a larger one in a worker thread.
+Searches run in a worker thread, a page of :data:`_PAGE` matches at a time, as QIDO-RS's do:
+one is usually well under a millisecond, but a leading wild card on a large index takes
+milliseconds, which the event loop must not wait for.
 """
 
 from __future__ import annotations
@@ -79,10 +80,6 @@ _PAGE = 500
 # Identifiers up to this size are walked on the event loop (a few elements: microseconds);
 # larger ones (the DIMSE layer allows 1 MiB) in a worker thread.
 _INLINE_IDENTIFIER = 16 << 10
-# The first page of a search, this many matches, runs on the event loop; the pages after it
-# in a worker thread.
-_INLINE_ROWS = 16
-_INLINE_SEARCH = True
 
 
 def parse_find_identifier(sop_class_uid: str, ds: Dataset) -> tuple[Query, list[tuple[int, str]]]:
@@ -545,12 +542,8 @@ class CFindSCP:
                 if request.cancelled.is_set():
                     await assoc.respond(request, Status.CANCEL)
                     return
-                if offset == 0 and _INLINE_SEARCH:
-                    # The first page, small, on the loop: see _INLINE_ROWS.
-                    page, more = self._page(query, plan, 0, _INLINE_ROWS)
-                else:
-                    cork.release()  # what is written goes out while the next page is read
-                    page, more = await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
+                cork.release()  # what is written goes out while the next page is read
+                page, more = await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
                 cork.hold()
                 offset += len(page)
                 for identifier in page:
