@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import json
 import signal
 import threading
@@ -20,12 +21,15 @@ from dicomaccel.archive.ingest import StoreFailure
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import multipart, post, wait_until
 from dicomaccel.testing.files import generate_uid
+from dicomaccel.testing.stow import CONTENT_TYPE
 from dicomaccel.testing.scu import assert_counts, c_get, identifier
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]' psycopg_pool)")
 from dicomaccel.testing.postgres import start_cluster  # noqa: E402
 
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -385,32 +389,206 @@ def test_the_index_from_flag_environment_and_file(tmp_path, monkeypatch, capsys)
     assert main(["check-config", str(conf)]) == 2
 
 
-def test_a_database_restart_fails_stores_in_flight_clearly_and_the_node_recovers(server_factory, tmp_path,
-                                                                                  cluster, pg_url):
-    """PostgreSQL restarted under a node: a store meeting the restart is refused with 0110 and
-    an Error Comment naming the index database (never a lost acknowledgement), and the node
-    stores again without a restart of its own. A node that cannot reach the database does
-    not start, with a one-line reason."""
+def _stow(session: requests.Session, node, inst: bytes) -> tuple[int, dict, list]:
+    """STOW-RS one instance with ``requests``: (HTTP status, headers, Failed SOP Sequence items)."""
+    resp = session.post(f"{node.stow_url}/studies", data=multipart([inst]), timeout=120,
+                        headers={"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+json"})
+    failed = resp.json().get("00081198", {}).get("Value", []) if resp.content else []
+    return resp.status_code, resp.headers, failed
+
+
+def _cstore_association(node):
+    ae = AE(ae_title="PGRESTART")
+    ae.dimse_timeout = 120
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.dimse_port)
+    assert assoc.is_established
+    return assoc
+
+
+def _assert_index_refusal(kind: str, answer) -> str:
+    """A store the index database failed: PS3.4 Table B.2-1 A7xx Refused: Out of Resources (A720)
+    with an Error Comment; for STOW-RS (PS3.18 Table I.2-1) the same Failure Reason, HTTP 503
+    with Retry-After when nothing of the request was stored."""
+    if kind == "stow":
+        status, headers, failed = answer
+        assert status == 503 and headers.get("Retry-After"), answer
+        assert [f["00081197"]["Value"] for f in failed] == [[0xA720]], answer
+        comment = failed[0]["00000902"]["Value"][0]
+        assert "index database" in comment, answer
+        return comment
+    status, comment = answer
+    assert status == 0xA720 and "index database" in comment, answer
+    return comment
+
+
+def test_a_database_restart_under_load_fails_stores_in_flight_clearly_and_the_node_recovers(
+        server_factory, tmp_path, cluster, pg_url):
+    """PostgreSQL restarted (pg_ctl restart -m fast: every session ended) while three STOW-RS
+    clients and a C-STORE client store in a loop: a store that met the restart is refused with
+    A720 and an Error Comment naming the index database (STOW-RS: 503), never 0110 or 500, and
+    never a lost acknowledgement; the node stores again without a restart of its own. A node
+    that cannot reach the database does not start, with a one-line reason."""
     node = _node(server_factory, tmp_path / "shared", pg_url, "a")
-    before = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
-    assert post(node, multipart([before]))[0] == 200
-    cluster.restart()
-    answers = []
-    for n in range(6):
-        inst = dicomgen.ct_instance(generate_uid(), generate_uid(), n, 16, 16)
-        status, _, body = post(node, multipart([inst]), headers={"Accept": "application/dicom+json"})
-        answers.append(status)
-        if status != 200:
-            failed = json.loads(body)["00081198"]["Value"][0]
-            assert failed["00081197"]["Value"] == [0x0110]
-            assert "index database" in failed["00000902"]["Value"][0], failed
-    assert answers[-1] == 200 and answers.count(200) >= 5, answers
-    sop = pydicom.dcmread(io.BytesIO(before)).SOPInstanceUID
+    answers: list[tuple[str, object, str]] = []  # (kind, answer, SOP Instance UID)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def stow_client(seed: int):
+        with requests.Session() as session:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                inst = dicomgen.ct_instance(generate_uid(), generate_uid(), seed * 100000 + n, 16, 16)
+                answer = _stow(session, node, inst)
+                with lock:
+                    answers.append(("stow", answer, dicomgen.sop_of(inst)))
+
+    def cstore_client():
+        assoc = _cstore_association(node)
+        try:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                ds = pydicom.dcmread(io.BytesIO(dicomgen.ct_instance(generate_uid(), generate_uid(), n, 16, 16)))
+                rsp = assoc.send_c_store(ds)
+                with lock:
+                    answers.append(("cstore", (rsp.Status, rsp.get("ErrorComment", "")), ds.SOPInstanceUID))
+        finally:
+            assoc.release()
+
+    threads = [threading.Thread(target=stow_client, args=(s,)) for s in range(3)]
+    threads.append(threading.Thread(target=cstore_client))
+    for t in threads:
+        t.start()
+    try:
+        assert wait_until(lambda: len(answers) >= 40, timeout=60), answers
+        restarted_at = len(answers)
+        cluster.restart()
+        # The node recovers by itself: stores succeed again, from every client.
+        assert wait_until(lambda: len(answers) >= restarted_at + 80, timeout=120), len(answers)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    ok = lambda kind, answer: answer[0] == (200 if kind == "stow" else 0)  # noqa: E731
+    refused = [(kind, answer) for kind, answer, _ in answers if not ok(kind, answer)]
+    for kind, answer in refused:
+        _assert_index_refusal(kind, answer)
+    assert 1 <= len(refused) <= 20, refused  # the stores that met the restart, no more
+    assert all(ok(kind, answer) for kind, answer, _ in answers[-20:]), answers[-20:]
+    assert {kind for kind, answer, _ in answers[restarted_at:] if ok(kind, answer)} == {"stow", "cstore"}
+    # Every acknowledged instance is indexed and whole; nothing refused is.
     with Archive(tmp_path / "shared", index=pg_url, node_id="check", recover=False) as archive:
-        assert archive.get(sop) is not None
+        for kind, answer, sop in answers:
+            record = archive.get(sop)
+            if ok(kind, answer):
+                assert record is not None and Path(record.path).stat().st_size == record.size, sop
+            else:
+                assert record is None, sop
     unreachable = pg_url.replace(f":{cluster.port}/", ":1/")
     with pytest.raises(RuntimeError, match="cannot use the index database"):
         _node(server_factory, tmp_path / "other", unreachable, "b")
+
+
+def _waiting(url: str, event: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return bool(conn.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event = %s", (event,)).fetchall())
+
+
+def _no_standby(cluster) -> None:
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def _pending_markers(data: Path) -> list[str]:
+    return sorted(p.name for p in (data / "tmp").iterdir() if ".pending!" in p.name)
+
+
+def test_a_commit_in_doubt_keeps_its_file_until_recovery_decides(server_factory, tmp_path, cluster, pg_url):
+    """The database dies while a node waits for the answer to its commit, and cannot be asked
+    afterwards whether the commit happened (PS3.4 B.2.3: the store is refused, A720; nothing
+    acknowledged is lost). The node keeps the published file and its pending marker; its next
+    start-up keeps the file if the row went in, else removes it. Both cases, on a real server:
+
+    - committed, answer lost: with ``synchronous_standby_names`` naming a standby that never
+      comes, the COMMIT is in the server's log but waits for the standby's answer, and the
+      server is stopped (``-m immediate``) meanwhile;
+    - not committed: the batch's statement waits for a table lock held by another session,
+      and the server is stopped the same way.
+    """
+    try:
+        _in_doubt(server_factory, tmp_path / "shared", cluster, pg_url)
+    finally:  # the module's cluster serves the next tests: up, without the standby
+        try:
+            cluster.start()
+        except Exception:
+            pass  # already running
+        _no_standby(cluster)
+
+
+def _in_doubt(server_factory, data: Path, cluster, pg_url: str) -> None:
+    node = _node(server_factory, data, pg_url, "a")
+    study, series = generate_uid(), generate_uid()
+    committed, lost = (dicomgen.ct_instance(study, series, n, 16, 16) for n in (1, 2))
+    result: list = []
+
+    # 1. Committed, the answer lost (STOW-RS: 503).
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'never_connects'")
+        conn.execute("SELECT pg_reload_conf()")
+    sender = threading.Thread(target=lambda: result.append(_stow(requests.Session(), node, committed)))
+    sender.start()
+    try:
+        assert wait_until(lambda: _waiting(pg_url, "SyncRep"), timeout=60)
+        cluster.halt("immediate")
+    finally:
+        sender.join(120)
+    assert "during the commit" in _assert_index_refusal("stow", result.pop())
+    cluster.start("-c synchronous_standby_names=''")  # beats postgresql.auto.conf
+    _no_standby(cluster)
+    markers = _pending_markers(data)
+    assert len(markers) == 1 and markers[0].startswith("a~"), markers
+    # The row is there (the server recovered the commit from its log); the node, not restarted,
+    # answers the same bytes sent again as already stored.
+    status, _, failed = _stow(requests.Session(), node, committed)
+    assert status == 200 and not failed
+    assert len(_files(data)) == 1
+
+    # 2. Not committed (C-STORE: A720 with an Error Comment).
+    assoc = _cstore_association(node)
+    try:
+        blocker = psycopg.connect(pg_url)
+        blocker.execute("LOCK TABLE series IN SHARE MODE")  # the batch's series upsert waits
+        sender = threading.Thread(target=lambda: result.append(
+            assoc.send_c_store(pydicom.dcmread(io.BytesIO(lost)))))
+        sender.start()
+        try:
+            assert wait_until(lambda: _waiting(pg_url, "relation"), timeout=60)
+            cluster.halt("immediate")
+        finally:
+            sender.join(120)
+            blocker.close()
+        rsp = result.pop()
+        assert "during the commit" in _assert_index_refusal("cstore", (rsp.Status, rsp.get("ErrorComment", "")))
+    finally:
+        assoc.abort()
+    cluster.start()
+    assert len(_pending_markers(data)) == 2 and len(_files(data)) == 2
+
+    # 3. The node's next start-up decides: the committed row's file stays, the other goes.
+    node.stop()
+    node = _node(server_factory, data, pg_url, "a")
+    assert _pending_markers(data) == []
+    with Archive(data, index=pg_url, node_id="check", recover=False) as archive:
+        assert {Path(r.path) for r in archive.find()} == set(_files(data))
+        assert archive.get(dicomgen.sop_of(committed)) is not None
+        assert archive.get(dicomgen.sop_of(lost)) is None
+    resp = requests.get(f"{node.stow_url}/studies/{study}/series/{series}/instances/{dicomgen.sop_of(committed)}",
+                        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                        timeout=30)
+    assert resp.status_code == 200 and committed in resp.content
 
 
 # Searches across levels and every kind of condition (PS3.4 C.2.2.2): keyword -> value(s).

@@ -19,6 +19,10 @@ class FailureReason(IntEnum):
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_MEMORY = 0xA700  # PS3.2 J.4 sample: Refused, out of resources (memory)
     OUT_OF_STORAGE = 0xA710  # PS3.2 J.4 sample: Refused, out of resources (storage space)
+    # IMPL, in PS3.4 Table B.2-1's A7xx "Refused: Out of Resources" (PS3.18 Table I.2-1: the
+    # same for STOW-RS, answered 503): the index database cannot be reached or failed, nothing
+    # is acknowledged, sending again later is safe.
+    INDEX_UNAVAILABLE = 0xA720
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
     TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122

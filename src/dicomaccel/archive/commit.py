@@ -141,9 +141,10 @@ class GroupCommit:
                 self._commit(batch)
             except BaseException as exc:  # never leave a store waiting forever
                 log.exception("group commit failed")
+                failure = self.index.store_failure(exc) if isinstance(exc, Exception) else exc
                 for item in batch:
                     if item.result is None:
-                        item.result = exc
+                        item.result = failure
             finally:
                 for item in batch:
                     if item.result is not None:
@@ -160,7 +161,9 @@ class GroupCommit:
                 if self._place(item):
                     todo.append(item)
             except Exception as exc:  # this store fails alone; the caller maps the error
-                item.result = exc
+                # An index that lost its server names it (IndexUnavailable, A7xx): the one
+                # place where both front ends' stores learn it.
+                item.result = self.index.store_failure(exc)
         if not todo:
             return
         records = [self._record(item.header, item.published.path, item.size, item.frame_index,

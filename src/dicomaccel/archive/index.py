@@ -36,9 +36,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..status import FailureReason
 from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, scan
 
-__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "CommitInDoubt", "RecordList", "QUERY_FIELDS",
+__all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "IndexUnavailable", "CommitInDoubt", "RecordList", "QUERY_FIELDS",
            "fold_case", "SCHEMA_VERSION", "STUDY_FIELDS", "SERIES_FIELDS"]
 
 log = logging.getLogger("dicomaccel.archive")
@@ -184,6 +185,13 @@ class Index(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections (idempotent)."""
+
+    def store_failure(self, exc: BaseException) -> BaseException:
+        """What a store is refused with when a read of this index on its way (the duplicate
+        rule's :meth:`lookup` and :meth:`get`) raised ``exc``: :class:`IndexUnavailable` when
+        the database cannot answer, else ``exc`` itself. The embedded index has no server to
+        lose."""
+        return exc
 
 
 _COLUMNS = (
@@ -713,10 +721,35 @@ class RecordList(Sequence):
         return record
 
 
-class CommitInDoubt(StoreFailure):
+UNAVAILABLE_COMMENT = "the index database is unavailable; send again later"
+IN_DOUBT_COMMENT = "the index database failed during the commit; send again later"
+
+
+class IndexUnavailable(StoreFailure):
+    """The index's database could not be reached or failed (not this instance's row): the store
+    is refused with A720, an A7xx "Refused: Out of Resources" (PS3.4 Table B.2-1; for STOW-RS
+    PS3.18 Table I.2-1, and a request of such failures only is answered 503), with an Error
+    Comment that says so. Nothing of the instance stays, so sending it again later is safe.
+
+    Every index failure of a store becomes this in one place, the group commit
+    (:meth:`Index.store_failure`), so the STOW-RS and C-STORE front ends map it like any
+    other A7xx refusal."""
+
+    def __init__(self, cause: BaseException | None = None, comment: str = UNAVAILABLE_COMMENT) -> None:
+        super().__init__(FailureReason.INDEX_UNAVAILABLE, comment)
+        if cause is not None:
+            log.debug("index unavailable: %s", cause)
+
+
+class CommitInDoubt(IndexUnavailable):
     """:meth:`Index.put_batch` lost its database during the commit and could not learn whether
-    the row went in. The store is refused, but the group commit keeps the published file and
-    its pending marker: start-up recovery keeps the file if the row exists, else removes it."""
+    the row went in. The store is refused (A720, as :class:`IndexUnavailable`: a client that
+    sends the same bytes again is told "already stored" if the row went in), but the group
+    commit keeps the published file and its pending marker: start-up recovery keeps the file
+    if the row exists, else removes it."""
+
+    def __init__(self, cause: BaseException | None = None) -> None:
+        super().__init__(cause, IN_DOUBT_COMMENT)
 
 
 class DuplicateRow:

@@ -27,10 +27,12 @@ last stores.
 
 *A lost connection.* If the connection fails during a batch, the commit may have happened
 without the client hearing of it. The batch's rows are then looked for by their paths (new
-names) on a new connection: those found are stored, the others refused with 0110 "the index
-database is unavailable" (:class:`IndexUnavailable`); if the server cannot be asked,
-:class:`~.index.CommitInDoubt` refuses them but keeps their files and pending markers, and
-this node's next start-up keeps the files whose rows exist. Reads retry once on a new
+names) on a new connection: those found are stored, the others refused with A720 (an A7xx
+"Refused: Out of Resources", PS3.4 Table B.2-1; STOW-RS answers 503) and the Error Comment
+"the index database is unavailable; send again later" (:class:`~.index.IndexUnavailable`);
+if the server cannot be asked, :class:`~.index.CommitInDoubt` refuses them the same way but
+keeps their files and pending markers, and this node's next start-up keeps the files whose
+rows exist. Reads retry once on a new
 connection, so a restarted server costs the stores that met it, not a restart of the node.
 
 *Schema.* Versioned in ``dicomaccel_schema``; :data:`MIGRATIONS` brings a database from any
@@ -57,11 +59,9 @@ from collections.abc import Sequence
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ..status import FailureReason
 from .index import (_AT, _COLUMNS, _ORDER, _SERIES_COLUMNS, _STUDY_COLUMNS, QUERY_FIELDS, STUDY_FIELDS,
-                    CommitInDoubt, DuplicateRow, Index, InstanceRecord, RecordList, fold_case, record_of,
-                    row_of)
-from .ingest import StoreFailure
+                    CommitInDoubt, DuplicateRow, Index, IndexUnavailable, InstanceRecord, RecordList,
+                    fold_case, record_of, row_of)
 
 __all__ = ["PostgresIndex", "IndexUnavailable", "SCHEMA_VERSION", "MIGRATIONS"]
 
@@ -72,7 +72,7 @@ _MIGRATION_LOCK = int.from_bytes(b"dicomacc", "big")
 # Readers borrowed at once per process (request threads, QIDO-RS, C-GET); more wait.
 POOL_SIZE = 8
 # Seconds a read waits for a pooled connection (all busy, or the server unreachable) before
-# it fails: a store then gets 0110 "the index database is unavailable".
+# it fails: a store then gets A720 "the index database is unavailable".
 POOL_WAIT = 10.0
 
 _INTEGERS = {"instance_number", "number_of_frames", "n_rows", "n_columns", "samples_per_pixel",
@@ -176,18 +176,6 @@ def _at_once(rows: int, studies: int, series: int) -> str:
     first_series = first_study + studies * len(_STUDY_COLUMNS)
     return (f"WITH i AS ({_insert(rows)}), s AS ({_upsert_studies(studies, first_study)})"
             f" {_upsert_series(series, first_series)}")
-
-
-_UNAVAILABLE = "the index database is unavailable; send again later"
-
-
-class IndexUnavailable(StoreFailure):
-    """The database could not be reached or failed: the store is refused (0110 Processing
-    failure, PS3.4 B.2.3, with an Error Comment that says so) and may be sent again."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(FailureReason.PROCESSING_FAILURE, _UNAVAILABLE)
-        log.debug("index unavailable: %s", exc)
 
 
 class PostgresIndex(Index):
@@ -308,6 +296,10 @@ class PostgresIndex(Index):
             return None
         return os.path.join(self.root, *rows[0][0].split("/")), *rows[0][1:]
 
+    def store_failure(self, exc: BaseException) -> BaseException:
+        # A lost server, a pool that waited POOL_WAIT for a connection (PoolTimeout is one too).
+        return IndexUnavailable(exc) if _unavailable(exc) else exc
+
     def has_path(self, rel_path: str) -> bool:
         return bool(self.read("SELECT 1 FROM instances WHERE path = %s", (rel_path,)))
 
@@ -368,7 +360,7 @@ class PostgresIndex(Index):
                     "SELECT sop_instance_uid FROM instances WHERE path = ANY(%s)", (paths,))}
         except psycopg.Error:
             log.error("index: the database failed during a commit and cannot be reached: %s", exc)
-            return [CommitInDoubt(FailureReason.PROCESSING_FAILURE, _UNAVAILABLE)] * len(items)
+            return [CommitInDoubt(exc)] * len(items)
         log.error("index: the database failed during a batch (%d of %d row(s) committed): %s",
                   len(found), len(items), exc)
         return [r if r.sop_instance_uid in found else IndexUnavailable(exc) for r in out]

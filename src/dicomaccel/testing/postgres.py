@@ -38,6 +38,7 @@ class PostgresCluster:
     data_dir: str
     port: int
     run_as: list[str]
+    options: str = ""  # the server's command-line options (postgres -c ...)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -55,9 +56,23 @@ class PostgresCluster:
         subprocess.run([*self.run_as, os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data_dir,
                         "-w", "-s", *args], check=True, capture_output=True, timeout=60)
 
-    def restart(self) -> None:
-        """Stop (fast: sessions are ended) and start again, with the same options."""
-        self.pg_ctl("restart", "-m", "fast", "-l", os.path.join(os.path.dirname(self.data_dir), "server.log"))
+    def restart(self, mode: str = "fast") -> None:
+        """Stop (fast: sessions are ended; immediate: the server is killed and recovers from
+        its log at start) and start again, with the same options."""
+        self.pg_ctl("restart", "-m", mode, "-l", self._log)
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping the cluster (:meth:`start` starts it again)."""
+        self.pg_ctl("stop", "-m", mode)
+
+    def start(self, extra: str = "") -> None:
+        """Start the stopped server with its options and ``extra`` ones (``-c name=value``,
+        which beat ``postgresql.auto.conf``)."""
+        self.pg_ctl("start", "-l", self._log, "-o", f"{self.options} {extra}".strip())
+
+    @property
+    def _log(self) -> str:
+        return os.path.join(os.path.dirname(self.data_dir), "server.log")
 
     def stop(self) -> None:
         self.pg_ctl("stop", "-m", "immediate")
@@ -98,8 +113,9 @@ def start_cluster(durable: bool = False) -> PostgresCluster:
     subprocess.run([*run_as, os.path.join(bin_dir, "initdb"), "-D", data_dir, "-U", SUPERUSER,
                     "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C"],
                    check=True, capture_output=True, timeout=120)
-    cluster = PostgresCluster(bin_dir, data_dir, _free_port(), run_as)
-    options = (f"-c listen_addresses=127.0.0.1 -c port={cluster.port} -c unix_socket_directories='' "
+    port = _free_port()
+    options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='' "
                "-c max_connections=200" + ("" if durable else " -c fsync=off -c full_page_writes=off"))
-    cluster.pg_ctl("start", "-l", os.path.join(base, "server.log"), "-o", options)
+    cluster = PostgresCluster(bin_dir, data_dir, port, run_as, options)
+    cluster.start()
     return cluster
