@@ -19,9 +19,10 @@
   under its ingest policy; the C-STORE status is the policy's.
 - :func:`add_presentation_contexts`: the contexts and SCP/SCU role selections they need.
 
-Tested with the pynetdicom version installed with dicomaccel (3.0) and written against the
-hooks pynetdicom has had since 2.0 (``STORE_RECV_CHUNKED_DATASET``, ``event.dataset_path``,
-``event.is_cancelled``, generator C-GET handlers).
+Tested with the pynetdicom version installed with dicomaccel (3.0) and with 2.0.2, the
+oldest that works: ``STORE_RECV_CHUNKED_DATASET`` and ``event.dataset_path`` came in 2.0.0,
+but before 2.0.2 the file is not flushed when the C-STORE handler runs (pynetdicom issue 765).
+The other hooks (generator C-GET handlers, ``event.is_cancelled``) are older.
 """
 
 from .contexts import ALL_TRANSFER_SYNTAXES, add_presentation_contexts
