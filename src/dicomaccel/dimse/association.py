@@ -266,6 +266,43 @@ class Association:
             raise AssociationClosedError("association ended before the C-STORE-RSP")
         return response
 
+    async def send_request(self, context: PresentationContext, command: dict, dataset: Any = None) -> dict:
+        """Send any request (an N-EVENT-REPORT-RQ, PS3.7 §10.3.1) on ``context`` and wait for
+        its response.
+
+        ``command`` is the command set dict without (0000,0800), which is set from whether
+        ``dataset`` is given; without a ``MessageID`` one from :meth:`next_message_id` is used.
+        Whether our role on ``context`` allows the request is the caller's to know.
+
+        Returns
+        -------
+        dict
+            The response command set.
+
+        Raises
+        ------
+        ValueError
+            ``context`` was not accepted.
+        AssociationClosedError
+            The association ended before the response arrived.
+        """
+        if context.result != pdu.PC_ACCEPTANCE:
+            raise ValueError(f"presentation context {context.id} was not accepted")
+        command = dict(command)
+        message_id = command.setdefault("MessageID", self.next_message_id())
+        command["CommandDataSetType"] = messages.NO_DATASET if dataset is None else messages.DATASET_PRESENT
+        future = asyncio.get_running_loop().create_future()
+        self._pending[message_id] = future
+        try:
+            await self._protocol.send_message(context.id, messages.encode_command(command), dataset)
+            response = await future
+        finally:
+            if self._pending.get(message_id) is future:
+                del self._pending[message_id]
+        if response is None:  # the association ended first (see DIMSEProtocol._teardown)
+            raise AssociationClosedError("association ended before the response")
+        return response
+
     async def send_response(self, context: PresentationContext, command: dict, dataset: Any = None) -> None:
         """Send a response (or any message) on ``context``.
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from dicomaccel.errors import ParseError
 
-# Command Field values (PS3.7 §9.3 and §E.1).
+# Command Field values (PS3.7 §9.3, §10.3 and §E.1).
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RQ = 0x0010
@@ -25,6 +25,11 @@ C_MOVE_RSP = 0x8021
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
+# DIMSE-N: N-EVENT-REPORT (PS3.7 §10.3.1) and N-ACTION (PS3.7 §10.3.4).
+N_EVENT_REPORT_RQ = 0x0100
+N_EVENT_REPORT_RSP = 0x8100
+N_ACTION_RQ = 0x0130
+N_ACTION_RSP = 0x8130
 
 # Command Data Set Type (0000,0800): 0x0101 means no data set; anything else means one follows.
 NO_DATASET = 0x0101

@@ -4,10 +4,12 @@
 presentation contexts and returns the same :class:`~dicomaccel.dimse.association.Association`
 an acceptor's handler sees, once the A-ASSOCIATE-AC arrived: ``storage_contexts()``,
 ``send_c_store()`` (the peer is SCP on every context we propose, PS3.7 D.3.3.4 default
-roles), ``release()`` and ``abort()``. Everything after association (P-DATA framing, the
+roles), ``send_request()``, ``release()`` and ``abort()``. A context proposed with SCP/SCU Role
+Selection (``roles``) gets the roles the acceptor's answer grants. Everything after association (P-DATA framing, the
 state machine, flow control, release and abort, the idle timer) is the acceptor's code:
 :class:`RequestorProtocol` only adds the requestor's actions. C-MOVE sub-operations use it
-to reach the move destination (PS3.4 C.4.2.3).
+to reach the move destination (PS3.4 C.4.2.3); the Storage Commitment SCP to send an
+N-EVENT-REPORT as SCP (PS3.4 J.3.3.1).
 """
 
 from __future__ import annotations
@@ -69,14 +71,15 @@ class _Alone:
 class RequestorProtocol(DIMSEProtocol):
     """One connection on which we are the association-requestor."""
 
-    __slots__ = ("_rq_pdu", "_proposed", "_called_ae", "_established")
+    __slots__ = ("_rq_pdu", "_proposed", "_called_ae", "_established", "_roles")
 
     def __init__(self, config: ServerConfig, rq_pdu: bytes, proposed: list[pdu.ProposedContext],
-                 called_ae: str) -> None:
+                 called_ae: str, roles: dict[str, tuple[int, int]] | None = None) -> None:
         super().__init__(_Alone(), config)
         self._rq_pdu = rq_pdu
         self._proposed = proposed
         self._called_ae = called_ae
+        self._roles = roles or {}
         self._established: asyncio.Future = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,10 +104,19 @@ class RequestorProtocol(DIMSEProtocol):
             result, ts = ac.results.get(pc.id, (pdu.PC_NO_REASON, None))
             accepted = result == pdu.PC_ACCEPTANCE and ts in pc.transfer_syntaxes
             # PS3.7 D.3.3.4 default roles: we are SCU, the acceptor SCP; it invokes nothing.
+            ours = (True, False)
+            proposed_role = self._roles.get(pc.abstract_syntax)
+            answer = ac.roles.get(pc.abstract_syntax)
+            if proposed_role is not None and answer is not None:
+                # A role is ours only if we proposed it and the acceptor answered 1 for it;
+                # no answer item means the acceptor ignored the proposal: default roles.
+                ours = (bool(proposed_role[0] and answer[0]), bool(proposed_role[1] and answer[1]))
+            # The context's roles are the peer's: it is SCP where we are SCU and vice versa.
             contexts[pc.id] = PresentationContext(
                 pc.id, pc.abstract_syntax, ts if accepted else None,
                 result if result != pdu.PC_ACCEPTANCE or accepted else pdu.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
-                scu_role=False, scp_role=accepted, proposed_transfer_syntaxes=tuple(pc.transfer_syntaxes))
+                scu_role=accepted and ours[1], scp_role=accepted and ours[0],
+                proposed_transfer_syntaxes=tuple(pc.transfer_syntaxes))
         rq = pdu.AssociateRQ(1, self._called_ae, self._config.ae_title, b"", b"",
                              implementation_class_uid=ac.implementation_class_uid,
                              implementation_version_name=ac.implementation_version_name)
@@ -155,6 +167,7 @@ async def request_association(
     max_pdu: int = DEFAULT_MAX_PDU,
     timeout: float = DEFAULTS.artim_timeout,
     idle_timeout: float | None = DEFAULTS.idle_timeout,
+    roles: dict[str, tuple[int, int]] | None = None,
 ) -> Association:
     """Associate with ``called_ae`` at ``host:port`` as requestor (PS3.8 §9.2, AE-1 to AE-3).
 
@@ -169,6 +182,10 @@ async def request_association(
     idle_timeout : float or None
         As :func:`~dicomaccel.dimse.start_dimse_server`'s: a peer that stops answering is
         aborted after this long.
+    roles : mapping of str to (int, int), optional
+        Abstract syntax -> the (SCU-role, SCP-role) we propose in an SCP/SCU Role Selection
+        sub-item (PS3.7 D.3.3.4); each context's ``scu_role``/``scp_role`` then say what the
+        acceptor granted (``scu_role`` true: the peer is SCU, we act as SCP).
 
     Returns
     -------
@@ -192,6 +209,8 @@ async def request_association(
     user_info = [
         pdu.sub_maximum_length(max_pdu),
         pdu.sub_uid(pdu.SUB_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_CLASS_UID),
+        # PS3.7 D.3.3.4: one 54H sub-item per SOP Class whose roles we propose.
+        *(pdu.sub_role_selection(uid, scu, scp) for uid, (scu, scp) in (roles or {}).items()),
         pdu.sub_uid(pdu.SUB_IMPLEMENTATION_VERSION_NAME, IMPLEMENTATION_VERSION_NAME),
     ]
     rq = pdu.encode_associate_rq(called_ae, calling_ae, proposed, user_info)
@@ -202,7 +221,7 @@ async def request_association(
 
     def factory() -> RequestorProtocol:
         nonlocal protocol
-        protocol = RequestorProtocol(config, rq, proposed, called_ae)
+        protocol = RequestorProtocol(config, rq, proposed, called_ae, roles)
         return protocol
 
     async def connect() -> Association:
