@@ -96,7 +96,7 @@ class ServeConfig:
     accept_sop_classes: tuple[str, ...] = ()
     reject_sop_classes: tuple[str, ...] = ()
     # [ae-permissions] table of the configuration file: calling AE title -> what it may do
-    # over DIMSE ("get"; C-STORE, C-FIND and C-MOVE will add theirs). None: everything.
+    # over DIMSE (DIMSE_PERMISSIONS: "get", "find", "store", "move", "commit"). None: everything.
     ae_permissions: dict[str, tuple[str, ...]] | None = None
     # [[coerce]] and [[discard]] tables of the configuration file (dicomaccel.policy.rules).
     coerce: tuple[dict, ...] = ()
@@ -121,7 +121,7 @@ QIDO_MAX_RESULTS = 1000
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
-DIMSE_PERMISSIONS = ("get", "find", "store", "move")  # the DIMSE services an [ae-permissions] entry can grant
+DIMSE_PERMISSIONS = ("get", "find", "store", "move", "commit")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
     "index": ("index", "index"),

@@ -27,7 +27,7 @@ import uvloop
 from .archive import Archive
 from .config import ServeConfig, without_password
 from .dimse import start_dimse_server
-from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ
+from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .qido import create_qido_app
@@ -35,6 +35,7 @@ from .retrieve import GET_SOP_CLASSES, CGetSCP
 from .retrieve.cfind import FIND_SOP_CLASSES, CFindSCP
 from .retrieve.cmove import MOVE_SOP_CLASSES, CMoveSCP
 from .access import credentials, require
+from .commitment_scp import STORAGE_COMMITMENT_PUSH_MODEL, StorageCommitmentSCP
 from .cors import with_cors
 from .ops import scope_needed, with_ops
 from .store_scp import STORE_TRANSFER_SYNTAXES, CStoreSCP, storage_sop_classes
@@ -220,14 +221,21 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                 cmove = CMoveSCP(cget, {ae: (host, port) for ae, host, port in config.move_destinations},
                                  ae_title=config.ae_title, connect_timeout=config.artim_timeout,
                                  idle_timeout=config.idle_timeout)
+                # Storage Commitment (PS3.4 J): reports to a requester that left go to its
+                # configured destination (the C-MOVE destinations).
+                commitment = StorageCommitmentSCP(
+                    archive, {ae: (host, port) for ae, host, port in config.move_destinations},
+                    ae_title=config.ae_title, connect_timeout=config.artim_timeout,
+                    response_timeout=config.idle_timeout)
                 dimse = await start_dimse_server(
                     config.host,
                     config.dimse_port,
                     ae_title=config.ae_title,
                     handlers={C_GET_RQ: cget, C_FIND_RQ: CFindSCP(archive), C_MOVE_RQ: cmove,
-                              C_STORE_RQ: CStoreSCP(archive, config.max_instance_bytes)},
+                              C_STORE_RQ: CStoreSCP(archive, config.max_instance_bytes),
+                              N_ACTION_RQ: commitment},
                     supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES + MOVE_SOP_CLASSES
-                    + store_classes,
+                    + store_classes + (STORAGE_COMMITMENT_PUSH_MODEL,),
                     # C-STORE SCP (PS3.4 B.4.1): the sender's transfer syntax, stored as received;
                     # its data sets stream into the archive (never joined, no identifier cap).
                     peer_ordered_syntaxes={uid: STORE_TRANSFER_SYNTAXES for uid in store_classes},
@@ -237,13 +245,15 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     calling_ae_allow=config.calling_ae_allow,
                     artim_timeout=config.artim_timeout,
                     idle_timeout=config.idle_timeout,
-                    # Joined data sets are only Identifiers and responses: a few KiB.
+                    # Joined data sets are Identifiers and responses (a few KiB) and Storage
+                    # Commitment Action Information (MAX_REFERENCES items fit: commitment_scp).
                     max_dataset_size=MAX_IDENTIFIER_SIZE,
                     sock=None if listeners is None else listeners[1],
                     context_permissions={**{uid: "get" for uid in GET_SOP_CLASSES},
                                          **{uid: "find" for uid in FIND_SOP_CLASSES},
                                          **{uid: "move" for uid in MOVE_SOP_CLASSES},
-                                         **{uid: "store" for uid in store_classes}},
+                                         **{uid: "store" for uid in store_classes},
+                                         STORAGE_COMMITMENT_PUSH_MODEL: "commit"},
                     ae_permissions=config.ae_permissions,
                     tls_client_ae=config.tls_client_ae,
                 )
