@@ -16,7 +16,8 @@ from pathlib import Path
 
 SECTIONS = (("ingest", "Ingest"), ("retrieve", "Retrieve (C-GET)"), ("frame", "Retrieve at FRAME level"),
             ("latency", "Time to one instance: FRAME level against the whole instance"),
-            ("wado", "Retrieve (WADO-RS)"), ("requests", "Requests: WADO-RS frames, C-FIND, QIDO-RS"))
+            ("wado", "Retrieve (WADO-RS)"), ("requests", "Requests: WADO-RS frames, C-FIND, QIDO-RS"),
+            ("embed", "Embedded in a pynetdicom AE: dicomaccel's handlers, the usual ones, pynetdicom's floor"))
 PEER_ORDER = ("dicomaccel", "orthanc", "dcmqrscp", "pynetdicom")
 SHORT = {"ct": "CT", "multiframe": "multi-frame", "j2k": "JPEG 2000", "pydicom-data": "pydicom-data",
          "large": "large", "archive": "archive", "qido-shared": "QIDO-RS", "qido-index": "QIDO-RS"}
@@ -294,6 +295,65 @@ def latency(data: dict) -> list[str]:
             "|---|---|---|---|", *out]
 
 
+# The embed workload (issue 16): (method prefix, what is compared, goal, text).
+EMBED_TARGETS = (
+    ("C-GET FRAME", "handler", 20.0, "FRAME level, 1 frame: handler's own time >= 20x faster than the usual"),
+    ("C-GET FRAME", "floor", 1.25, "FRAME level, 1 frame: end to end within 25% of pynetdicom's floor"),
+    ("C-GET STUDY", "usual", 2.0, "C-GET of the CT study: >= 2x the usual handler"),
+    ("C-STORE", "usual", 2.0, "C-STORE of the CT study: >= 2x the usual handler"),
+)
+EMBED_OURS, EMBED_USUAL, EMBED_FLOOR = "pynetdicom+dicomaccel", "pynetdicom-usual", "pynetdicom-floor"
+
+
+def embed(data: dict) -> list[str]:
+    """The embed workload: per method, each handler set's median time per request (or per
+    instance) end to end and in the handlers, and dicomaccel's handlers against the usual ones
+    and against the floor in the same run; then the targets of issue 16."""
+    def per_item(row: dict, key: str) -> float | None:
+        values = [1e3 * r[key] / count(row, r) for r in row["runs"] if key in r]
+        return statistics.median(values) if values else None
+
+    lines = ["| workload | method | handlers | ms per request or instance (end to end) | handlers' own ms | "
+             "peak RSS MiB | end to end: usual / this | handlers: usual / this | this / floor (end to end) |",
+             "|---" * 9 + "|"]
+    found: dict[str, dict[str, float]] = {}
+    for label, method, rows in _groups(data, "embed"):
+        ms = {r["peer"]: (per_item(r, "seconds"), per_item(r, "handler_s"), r) for r in rows if r["runs"]}
+        usual, floor = ms.get(EMBED_USUAL), ms.get(EMBED_FLOOR)
+        for peer, (total, own, row) in ms.items():
+            s = summary(row)
+            vs_usual = f"{usual[0] / total:.2f}x" if usual and total else "-"
+            own_vs = f"{usual[1] / own:.1f}x" if usual and usual[1] and own else "-"
+            vs_floor = f"{total / floor[0]:.2f}" if floor and total and floor[0] else "-"
+            lines.append(f"| {label} | {method} | {peer} | {fig(total)} | {fig(own) if own is not None else '-'} | "
+                         f"{s['peak_cell']} | {vs_usual} | {own_vs} | {vs_floor} |")
+        ours = ms.get(EMBED_OURS)
+        if ours:
+            for prefix, *_ in EMBED_TARGETS:
+                if method.startswith(prefix):
+                    found[prefix] = {"usual": usual[0] / ours[0] if usual else None,
+                                     "handler": usual[1] / ours[1] if usual and usual[1] and ours[1] else None,
+                                     "floor": ours[0] / floor[0] if floor and floor[0] else None,
+                                     "peak": summary(ours[2])["peak"],
+                                     "usual_peak": summary(usual[2])["peak"] if usual else None}
+    for row in data["rows"]:
+        if row["section"] == "embed" and not row["runs"]:
+            lines.append(f"| {row['label']} | {row['method']} | {row['peer']} | failed: {row['error']} | - | - | - | - | - |")
+    goals = []
+    for prefix, kind, goal, text in EMBED_TARGETS:
+        value = found.get(prefix, {}).get(kind)
+        if value is None:
+            continue
+        met = value <= goal if kind == "floor" else value >= goal
+        shown = f"{value:.2f} of the floor's time" if kind == "floor" else f"{value:.1f}x"
+        if kind == "usual" and found[prefix]["usual_peak"] is not None:
+            shown += f" (peak RSS {found[prefix]['peak']:.0f} against {found[prefix]['usual_peak']:.0f} MiB)"
+        goals.append(f"| {text} | {shown} | {'yes' if met else '**no**'} |")
+    if goals:
+        lines += ["", "| target (issue 16) | measured | met |", "|---|---|---|", *goals]
+    return lines
+
+
 def _load_range(data: dict) -> str:
     loads = [r["load1"] for row in data["rows"] for r in row["runs"]]
     if not loads:
@@ -384,6 +444,11 @@ def markdown(data: dict, charts: list[Path]) -> str:
     for section, title in SECTIONS:
         if any(r["section"] == section for r in data["rows"]):
             out += [f"## {title}", "", *_table(data, section), ""]
+            if section == "embed":
+                out += ["Per request (FRAME) or per instance, medians of the runs; the ratios are taken in "
+                        "this run. Handlers' own time: inside the C-GET handler's generator (pynetdicom's "
+                        "encoding and sending of what it yields is outside) or the C-STORE handler's call.",
+                        "", *embed(data), ""]
     if answers := answered_as(data):
         out += ["### What each DICOMweb peer was asked and answered", "", *answers, ""]
     if data.get("qido_load"):

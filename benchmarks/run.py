@@ -3,6 +3,7 @@
     python -m benchmarks run [--peers dicomaccel,orthanc,dcmqrscp,pynetdicom]
                              [--workloads stow,cstore,cget,frame,large-upload] [--runs 5] [--out DIR]
     python -m benchmarks run --workloads wado-frame,wado-study,qido,cfind [...]
+    python -m benchmarks run --workloads embed [--embed-requests 20] [...]
 
 Peers (:mod:`benchmarks.peers`), installed from Debian's packages (as root; ``--install-peers``
 runs this when a package is missing):
@@ -65,6 +66,14 @@ Asked for by name (not in the default ``--workloads``), on the servers loaded fo
   PS3.4 allows and dicomaccel does); then over an index of ``--qido-index`` rows built
   directly (:mod:`dicomaccel.testing.query_index`; storing 100,000 instances would take most
   of an hour), served by ``dicomaccel serve`` alone.
+- ``embed``: one pynetdicom AE (:mod:`benchmarks.pynetdicom_embed`) with dicomaccel's handlers
+  (``pynetdicom+dicomaccel``), with the handlers a pynetdicom user writes (``pynetdicom-usual``:
+  ``dcmread``, pydicom-built FRAME instance, ``ds.save_as``) and handing over data sets built
+  beforehand (``pynetdicom-floor``): FRAME level, 1 frame of the instance with the most frames
+  (``--embed-requests`` requests per run); Study Root C-GET of the CT study; C-STORE of it by
+  ``storescu`` into a fresh server. Each run records the handlers' own time too
+  (:mod:`benchmarks.embedded`); the report shows the ratios against the usual handlers and
+  the floor, measured in the same run.
 
 Runs are interleaved peer by peer (A B A B ...) so machine drift hits every side. Each figure is
 the median of ``--runs`` runs, with the spread (min-max). Server memory is the peak resident set
@@ -111,6 +120,7 @@ from benchmarks.clients import (
     storescu,
     storescu_groups,
 )
+from benchmarks.embedded import EMBED_PEERS, frame_requests_run, with_handler_time
 from benchmarks.corpus import (
     FRAME_STEP,
     Corpus,
@@ -162,7 +172,8 @@ PEERS: dict[str, type[Peer]] = {"dicomaccel": DicomaccelPeer, "orthanc": Orthanc
 STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": (OrthancPeer, "/dicom-web/studies")}
 CSTORE_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
 NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
-WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind")
+WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind",
+             "embed")
 # The four DICOMweb and C-FIND workloads are asked for by name (--workloads): with them the
 # default run would outgrow half an hour on a 2-core machine.
 DEFAULT_WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload")
@@ -243,7 +254,7 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                     fresh = Path(tempfile.mkdtemp(prefix=f"ingest-{name}-", dir=work))
                     # Ingest into dicomaccel (STOW-RS or C-STORE) with --fsync always.
                     ingest = method.label.startswith(("STOW", "C-STORE")) and name in STOW_PEERS
-                    peer = STOW_PEERS[name][0](fresh) if ingest else PEERS[name](fresh)
+                    peer = STOW_PEERS[name][0](fresh) if ingest else (PEERS.get(name) or EMBED_PEERS[name])(fresh)
                     peer.start([])
                 else:
                     peer = started[name]
@@ -403,6 +414,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--qido-queries", type=int, default=200, help="qido: searches per run (default 200)")
     p.add_argument("--cfind-requests", type=int, default=200,
                    help="cfind: C-FINDs per run, on one association (findscu --repeat; default 200)")
+    p.add_argument("--embed-requests", type=int, default=20,
+                   help="embed: FRAME-level C-GETs of 1 frame per run, on one association (default 20)")
     p.add_argument("--out", type=Path, default=Path("bench-report"),
                    help="directory for report.md, results.json and the PNG charts (default ./bench-report)")
     p.add_argument("--cache-dir", type=Path,
@@ -488,6 +501,61 @@ def frame_methods(corpora: list[Corpus], supported: list[str], started: list[str
         out.append(Method("latency", source, f"IMAGE whole instance of {n} frames, raw SCU", started,
                           lambda peer, source=source: forked(drain_run, peer, source, "IMAGE", max_pdu)))
     return out
+
+
+def embed_methods(args, corpora: list[Corpus], log_config: Path) -> tuple[list[Method], list[Method]]:
+    """The ``embed`` workload (:mod:`benchmarks.embedded`): (C-STORE methods on fresh servers,
+    C-GET methods on servers loaded with the CT study and the largest multi-frame instance)."""
+    peers = list(EMBED_PEERS)
+    ingest, retrieve = [], []
+    mf = next((c for c in corpora if c.name == "multiframe" and c.frames), None)
+    if mf is not None:
+        source = largest(mf)
+        n = source.frames[0]
+        retrieve.append(Method("embed", source, f"C-GET FRAME 1 frame of {n}, {args.embed_requests} requests, "
+                               "pynetdicom SCU", peers,
+                               lambda peer, source=source, frame=n // 2 + 1: frame_requests_run(
+                                   peer, source, frame, args.embed_requests, args.max_pdu),
+                               unit="requests"))
+    ct = next((c for c in corpora if c.name == "ct"), None)
+    if ct is not None:
+        retrieve.append(Method("embed", ct, "C-GET STUDY, pynetdicom SCU", peers,
+                               lambda peer, ct=ct: with_handler_time(peer, pynetdicom_run, ct, "STUDY",
+                                                                      args.max_pdu)))
+        if dcmtk_program("storescu"):
+            ingest.append(Method("embed", ct, "C-STORE storescu, 1 association (no fsync)", peers,
+                                 lambda peer, ct=ct: with_handler_time(peer, cstore_run, ct, log_config),
+                                 fresh=True))
+    return ingest, retrieve
+
+
+def run_embed(args, corpora: list[Corpus], work: Path, log_config: Path, data: dict) -> None:
+    """Measure :func:`embed_methods`: C-STORE into fresh servers, then the C-GETs from the
+    three servers started once and loaded with what they serve."""
+    ingest, retrieve = embed_methods(args, corpora, log_config)
+    for method in ingest:
+        data["rows"] += measure(method, args.runs, {}, work)
+    if not retrieve:
+        return
+    files = list(dict.fromkeys(f for m in retrieve for f in m.corpus.files))
+    started: dict[str, Peer] = {}
+    try:
+        for name, cls in EMBED_PEERS.items():
+            peer = cls(work / "embed")
+            try:
+                peer.start(files)
+            except PeerUnavailable as exc:
+                data["skipped"][name] = " ".join(str(exc).split())[:300]
+                print(f"peer {name} did not start: {exc}", file=sys.stderr, flush=True)
+                continue
+            started[name] = peer
+        for method in retrieve:
+            method.peers = [p for p in method.peers if p in started]
+            if method.peers:
+                data["rows"] += measure(method, args.runs, started, work)
+    finally:
+        for peer in started.values():
+            peer.stop()
 
 
 def largest(corpus: Corpus) -> Corpus:
@@ -724,6 +792,8 @@ def run_harness(args, argv: list[str]) -> int:
         ingest, retrieve = plan(args, corpora, available, log_config)
         for method in ingest:
             data["rows"] += measure(method, args.runs, started, work)
+        if "embed" in args.workloads:
+            run_embed(args, corpora, work, log_config, data)
 
         retrievable = [c for c in corpora if c.retrievable]
         wants_frames = "frame" in args.workloads and any(c.frames for c in retrievable)

@@ -236,3 +236,29 @@ def test_part_counter_reads_a_reused_buffer():
         buffer[:len(piece)] = piece
         counter.feed(buffer, len(piece))  # what follows the first n bytes is stale
     assert counter.closed and counter.parts == 3
+
+
+def test_embed_rows_compare_with_the_usual_handlers_and_the_floor_of_the_same_run():
+    def row(peer, method, unit, runs):
+        return {"section": "embed", "label": "w", "method": method, "peer": peer, "instances": 1 if unit else 10,
+                "bytes": 1, "unit": unit or "instances",
+                "runs": [dict(seconds=s, handler_s=h, bytes=1, peak_mib=50, accepted=10, **({"requests": 10} if unit
+                                                                                            else {}))
+                         for s, h in runs]}
+    frame = "C-GET FRAME 1 frame of 250, 10 requests, pynetdicom SCU"
+    data = {"rows": [
+        row("pynetdicom+dicomaccel", frame, "requests", [(0.2, 0.01), (0.3, 0.02), (0.25, 0.015)]),
+        row("pynetdicom-usual", frame, "requests", [(1.5, 1.2), (2.0, 1.5), (1.8, 1.3)]),
+        row("pynetdicom-floor", frame, "requests", [(0.2, 0.001), (0.22, 0.001), (0.21, 0.001)]),
+        row("pynetdicom+dicomaccel", "C-GET STUDY, pynetdicom SCU", None, [(1.0, 0.1)]),
+        row("pynetdicom-usual", "C-GET STUDY, pynetdicom SCU", None, [(1.5, 0.2)]),
+    ]}
+    lines = report.embed(data)
+    ours = next(x for x in lines if "| pynetdicom+dicomaccel |" in x and "FRAME" in x)
+    # Medians per request: 25 ms end to end, 1.5 ms in the handler; usual 180 and 130; floor 21.
+    assert "| 25 | 1.5 | 50 (50-50) | 7.20x | 86.7x | 1.19 |" in ours
+    text = "\n".join(lines)
+    assert "| FRAME level, 1 frame: handler's own time >= 20x faster than the usual | 86.7x | yes |" in text
+    assert "| FRAME level, 1 frame: end to end within 25% of pynetdicom's floor | 1.19 of the floor's time | yes |" in text
+    assert "| C-GET of the CT study: >= 2x the usual handler | 1.5x (peak RSS 50 against 50 MiB) | **no** |" in text
+    assert "C-STORE" not in text  # not measured: no target line
