@@ -32,10 +32,14 @@ from dicomaccel.testing.files import (
 )
 from helpers import assert_matches_pydicom
 
+# The index matters here: tests using index_backend run on SQLite and on PostgreSQL
+# (tests/conftest.py).
+pytestmark = pytest.mark.indexes("sqlite", "postgresql")
+
 
 @pytest.fixture
-def archive(tmp_path):
-    a = Archive(tmp_path / "data", fsync=True)
+def archive(tmp_path, index_backend):
+    a = Archive(tmp_path / "data", fsync=True, index=index_backend.url(tmp_path / "data"))
     yield a
     a.close()
 
@@ -63,6 +67,7 @@ def expect_failure(archive, data, status, **kw) -> StoreFailure:
 
 
 # --- layout, index rows, stored bytes ------------------------------------------------------
+@pytest.mark.indexes("sqlite")  # the SQLite file and its flush after the commit
 def test_layout_and_wal(archive):
     root = archive.root
     assert {"index.sqlite3", "instances", "tmp"} <= set(os.listdir(root))
@@ -666,6 +671,7 @@ def _unconfirmed(root) -> set[str]:
         return {r[0] for r in db.execute("SELECT sop_instance_uid FROM unconfirmed")}
 
 
+@pytest.mark.indexes("sqlite")  # the SQLite file and its flush after the commit
 def test_a_failed_flush_acknowledges_nothing_and_confirms_nothing(archive):
     """The batch's rows are committed when its flush fails: the store is answered with a
     failure, the row keeps naming the whole file, and it stays unconfirmed (checked at
@@ -835,15 +841,21 @@ def test_bad_rules_are_refused_with_the_reason(coerce, discard, message):
 
 
 # --- studies and series tables (index schema 6) ------------------------------------------------
-def _entities(root) -> tuple[dict, dict]:
+def _entities(where) -> tuple[dict, dict]:
     """The series rows ``{series: (study, count)}`` and study rows ``{study: patient name}``
-    of an index, after checking them against the instance rows they summarise."""
-    with sqlite3.connect(os.path.join(root, "index.sqlite3")) as db:
-        series = {s: (st, n) for s, st, n in db.execute("SELECT series_uid, study_uid, n_instances FROM series")}
-        studies = dict(db.execute("SELECT study_uid, patient_name FROM studies"))
-        counted = {s: (st, n) for s, st, n in db.execute(
-            "SELECT series_uid, study_uid, count(*) FROM instances GROUP BY series_uid")}
-        study_uids = {st for (st,) in db.execute("SELECT DISTINCT study_uid FROM instances")}
+    of an index (an open Archive's, on either backend, or the SQLite file under a root),
+    after checking them against the instance rows they summarise."""
+    if isinstance(where, Archive):
+        read = where.index.read
+    else:
+        def read(sql):
+            with sqlite3.connect(os.path.join(where, "index.sqlite3")) as db:
+                return db.execute(sql).fetchall()
+    series = {s: (st, n) for s, st, n in read("SELECT series_uid, study_uid, n_instances FROM series")}
+    studies = dict(read("SELECT study_uid, patient_name FROM studies"))
+    counted = {s: (st, n) for s, st, n in read(
+        "SELECT series_uid, study_uid, count(*) FROM instances GROUP BY series_uid, study_uid")}
+    study_uids = {st for (st,) in read("SELECT DISTINCT study_uid FROM instances")}
     assert series == counted and set(studies) == study_uids
     return series, studies
 
@@ -876,7 +888,7 @@ def test_counts_after_several_batches(archive):
         list(pool.map(archive.store_bytes, [_ct(s1, a, n, Modality="CT") for n in range(3, 9)]
                       + [_ct(s1, b, n, Modality="MR") for n in range(1, 4)]
                       + [_ct(s2, c, n, PatientName="Other^Pat", PatientID="P2") for n in range(1, 6)]))
-    series, studies = _entities(archive.root)
+    series, studies = _entities(archive)
     assert series == {a: (s1, 8), b: (s1, 3), c: (s2, 5)} and set(studies) == {s1, s2}
     one = _study_search(archive, StudyInstanceUID=s1)
     assert one == [{"StudyInstanceUID": s1, "PatientName": "Test^Patient", "PatientID": "PID-0001",

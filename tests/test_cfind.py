@@ -23,7 +23,8 @@ from dicomaccel.testing import multipart, post, start_server
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import retag
 
-pytestmark = pytest.mark.timeout(120)
+# The index matters here: every test on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.indexes("sqlite", "postgresql")]
 
 FINDSCU = "/usr/bin/findscu"  # DCMTK's; pynetdicom installs a Python script of the same name
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
@@ -35,8 +36,9 @@ def _ct(study, series, number, **attrs) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("cfind") / "data")
+def loaded(tmp_path_factory, index_backend):
+    data = tmp_path_factory.mktemp("cfind") / "data"
+    server = start_server(data, *index_backend.args(data))
     k = {n: generate_uid() for n in ("S1", "S1a", "S1b", "S2", "S2a", "S3", "S3a")}
     doe = dict(PatientName="Doe^John", PatientID="FIND-1", StudyDate="20250110", AccessionNumber="F-1")
     files = [_ct(k["S1"], k["S1a"], i, Modality="CT", **doe) for i in (1, 2, 3)]

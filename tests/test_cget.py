@@ -38,7 +38,8 @@ from dicomaccel.testing import multipart, post, warnings_only
 from dicomaccel.testing.files import dataset_part, retag, sop_of
 from dicomaccel.testing.scu import assert_counts, c_get, failed_list, identifier
 
-pytestmark = pytest.mark.timeout(120)
+# The index matters here: every test on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.indexes("sqlite", "postgresql")]
 
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelGet
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelGet

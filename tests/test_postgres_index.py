@@ -21,11 +21,10 @@ from dicomaccel.archive.ingest import StoreFailure
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import multipart, post, wait_until
 from dicomaccel.testing.files import generate_uid
-from dicomaccel.testing.stow import CONTENT_TYPE
 from dicomaccel.testing.scu import assert_counts, c_get, identifier
+from dicomaccel.testing.stow import CONTENT_TYPE
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]' psycopg_pool)")
-from dicomaccel.testing.postgres import start_cluster  # noqa: E402
 
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE  # noqa: E402
@@ -33,13 +32,10 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    try:
-        started = start_cluster()
-    except RuntimeError as exc:
-        pytest.skip(f"no PostgreSQL to test on: {exc}")
-    yield started
-    started.stop()
+def cluster(postgres_cluster):
+    """The session's throwaway cluster (tests/conftest.py); these tests restart and stop it,
+    and leave it running with its settings."""
+    return postgres_cluster
 
 
 @pytest.fixture

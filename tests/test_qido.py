@@ -18,7 +18,8 @@ from dicomaccel.testing import multipart, post, start_server
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import retag
 
-pytestmark = pytest.mark.timeout(120)
+# The index matters here: every test on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.indexes("sqlite", "postgresql")]
 
 
 def _ct(study, series, number, **attrs) -> bytes:
@@ -26,9 +27,10 @@ def _ct(study, series, number, **attrs) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
+def loaded(tmp_path_factory, index_backend):
     """One server with three patients' studies (the UIDs are in the returned dict)."""
-    server = start_server(tmp_path_factory.mktemp("qido") / "data")
+    data = tmp_path_factory.mktemp("qido") / "data"
+    server = start_server(data, *index_backend.args(data))
     k = {n: generate_uid() for n in ("S1", "S1a", "S1b", "S2", "S2a", "S3", "S3a")}
     doe = dict(PatientName="Doe^John", PatientID="QIDO-1", StudyDate="20250110", StudyTime="083000",
                AccessionNumber="ACC-1", ReferringPhysicianName="Smith^Ann", StudyDescription="Chest")

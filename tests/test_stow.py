@@ -31,6 +31,10 @@ from dicomaccel.stow import create_app
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import memory_kib, multipart, post, run_asgi, wait_until
 
+# The index matters here: tests using index_backend run on SQLite and on PostgreSQL
+# (tests/conftest.py).
+pytestmark = pytest.mark.indexes("sqlite", "postgresql")
+
 JSON = "application/dicom+json"
 REAL_FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "SC_rgb_rle_2frame.dcm",
               "JPEG2000.dcm", "JPEG-lossy.dcm", "liver.dcm"]
@@ -64,7 +68,7 @@ def test_dicomweb_client_stores_and_archive_holds_identical_files(server_factory
         client.store_instances(datasets=[ds])
     server.stop()
 
-    archive = Archive(server.data)
+    archive = Archive(server.data, index=server.index)
     try:
         for ds in datasets:
             record = archive.get(ds.SOPInstanceUID)
@@ -97,7 +101,7 @@ def test_bytes_identical_and_response_module(server_factory):
     item = r["doc"]["00081199"]["Value"][0]
     assert "/series/" in item["00081190"]["Value"][0] and item["00081150"]["Value"][0] == "1.2.840.10008.5.1.4.1.1.2"
     server.stop()
-    archive = Archive(server.data)
+    archive = Archive(server.data, index=server.index)
     try:
         for data in series:
             assert Path(archive.get(sop_uid(data)).path).read_bytes() == data
@@ -310,7 +314,7 @@ def test_client_disconnect_mid_upload(server_factory):
     ok = dicomgen.ct_instance(generate_uid(), generate_uid(), 2, 16, 16)
     assert post(server, multipart([ok]))[0] == 200  # still serving
     server.stop()
-    archive = Archive(server.data)
+    archive = Archive(server.data, index=server.index)
     try:
         assert archive.get(sop_uid(data)) is None
         assert archive.get(sop_uid(ok)) is not None
@@ -367,6 +371,7 @@ def _two_while_held(server) -> queue.Queue:
     return answers
 
 
+@pytest.mark.indexes("sqlite")  # slow, and about the request queue, not the index
 def test_queue_limit_and_fifo(server_factory):
     server = server_factory("--max-concurrent-stores", "1", "--store-queue-limit", "1", "--store-queue-wait", "2")
     body = multipart([dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 1024, 1280)])  # 2.6 MB
@@ -391,6 +396,7 @@ def test_queue_limit_and_fifo(server_factory):
 CRASH_ROUNDS = int(os.environ.get("DICOMACCEL_CRASH_ROUNDS", "5"))  # scripts/crash_rounds.sh: 20
 
 
+@pytest.mark.indexes("sqlite")  # slow; on PostgreSQL: test_postgres_index's SIGKILL test
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_crash_during_uploads_loses_nothing_acknowledged(server_factory, tmp_path, workers):
     """SIGKILL during 8-client ingest, CRASH_ROUNDS times on one archive: after each restart
@@ -455,6 +461,7 @@ def _check_after_crash(server, data_dir: Path, sent: dict[str, bytes], round_: i
         archive.close()
 
 
+@pytest.mark.indexes("sqlite")  # slow, and about timeouts of the HTTP front end, not the index
 def test_stalled_upload_gets_408_and_frees_its_slot(server_factory):
     server = server_factory("--max-concurrent-stores", "1", "--body-timeout", "1")
     data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 64, 64)
@@ -563,7 +570,7 @@ def test_workers_share_one_archive(server_factory):
         labels |= set(re.findall(r'dicomaccel_stow_requests_total\{worker="(\d+)",status="200"\}', text))
     assert labels and labels <= {str(pid) for pid in workers}, labels
     server.stop()
-    archive = Archive(server.data)
+    archive = Archive(server.data, index=server.index)
     try:
         records = archive.find(study_uids=[study])
         assert len(records) == 41
@@ -586,6 +593,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.indexes("sqlite")  # slow, and about the supervisor, not the index
 def test_a_killed_worker_is_replaced(server_factory):
     import signal as sig
 
@@ -619,6 +627,7 @@ def test_a_killed_worker_is_replaced(server_factory):
 
 
 
+@pytest.mark.indexes("sqlite")  # slow; about the request path's memory
 def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
     """The event loop holds at most SPILL_BYTES (256 KiB) of a part plus the hand-off being
     written: a 200 MB upload, sent chunked, raises the server's peak RSS by well under 48 MiB."""
@@ -655,6 +664,7 @@ def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
     assert len(stored) == 1 and stored[0].stat().st_size == len(head) + frames * rows * columns * 2
 
 
+@pytest.mark.indexes("sqlite")  # slow; refused before the index
 def test_deflate_bomb_is_refused_in_bounded_memory(server_factory):
     # 1.9 MB of deflate stream that inflates to 1.875 GiB of data set without Pixel Data: the
     # scan stops at the 64 MiB bound on a deflated header (C000), and server memory stays
@@ -696,6 +706,7 @@ def test_deflate_bomb_is_refused_in_bounded_memory(server_factory):
     assert memory_kib(pid, "VmRSS") - before < 20 << 10
 
 
+@pytest.mark.indexes("sqlite")  # slow, and about timeouts of the HTTP front end, not the index
 def test_trickling_uploads_are_408_and_free_their_slots(server_factory):
     # Two slots; two clients trickle a byte a second for 40 s (well inside the body timeout),
     # a third sends a normal store that may wait 20 s for a slot. The trickles are cut once

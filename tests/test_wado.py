@@ -15,6 +15,10 @@ from dicomaccel.testing import multipart, post
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import compressed_file
 
+# The index matters here: tests using index_backend run on SQLite and on PostgreSQL
+# (tests/conftest.py).
+pytestmark = pytest.mark.indexes("sqlite", "postgresql")
+
 
 def _load(server):
     study, series = generate_uid(), generate_uid()

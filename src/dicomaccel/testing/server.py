@@ -24,6 +24,7 @@ class RunningServer:
     http_url: str | None = None
     dimse_port: int | None = None
     dimse_tls_port: int | None = None
+    index: str | None = None  # the --index URL; None: SQLite in ``data`` (open it with Archive(data, index=...))
 
     @property
     def stow_url(self) -> str:
@@ -56,7 +57,8 @@ def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-    server = RunningServer(proc, data, log)
+    index = args[args.index("--index") + 1] if "--index" in args[:-1] else None
+    server = RunningServer(proc, data, log, index=index)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
