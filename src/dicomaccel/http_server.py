@@ -42,6 +42,7 @@ from http import HTTPStatus
 
 import httptools
 
+from .accept import Acceptor, Seat
 from .config import DEFAULTS
 
 __all__ = ["HTTPLimits", "HTTPServer", "ClientDisconnected"]
@@ -134,6 +135,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             return
         self.server.connections.add(self)
+        self.server.publish()
         self._arm(self.limits.keepalive_timeout, self._idle)
 
     def data_received(self, data: bytes) -> None:
@@ -162,7 +164,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.resume_writing()  # a sender waiting to write wakes and sees the connection gone
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
         self._disarm()
         if self.request is not None and not self.request.complete:
             self.request.disconnected = True
@@ -446,7 +448,7 @@ class _Connection(asyncio.Protocol):
         """Close after the response, reading and dropping what the client still sends."""
         self._disarm()
         self.lingering = LINGER_BYTES
-        self.server.connections.discard(self)
+        self.server.forget(self)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         if self.paused:
@@ -459,7 +461,7 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._disarm()
-            self.server.connections.discard(self)
+            self.server.forget(self)
             self.transport.close()
 
 
@@ -483,19 +485,59 @@ class HTTPServer:
         self.address: tuple | None = None
         self.scheme = "http"
         self._server: asyncio.AbstractServer | None = None
+        self._acceptor: Acceptor | None = None
+        self._seat: Seat | None = None
+        self._opening = 0  # accepted, not yet connected to a protocol (TLS: handshaking)
+        self._ssl = None
 
-    async def start(self, sock, ssl=None) -> None:
-        """Accept on ``sock``; with an ``ssl`` context, HTTPS."""
+    async def start(self, sock, ssl=None, seat: Seat | None = None) -> None:
+        """Accept on ``sock``; with an ``ssl`` context, HTTPS. A worker sharing ``sock`` with
+        others passes its ``seat`` on their :class:`~.accept.LoadBoard`, so that each new
+        connection goes to the worker holding fewest (:mod:`.accept`)."""
         self.address = sock.getsockname()[:2]
         self.scheme = "http" if ssl is None else "https"
+        if seat is None:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(lambda: _Guarded(self), sock=sock, backlog=1024, ssl=ssl)
+        else:
+            self._seat, self._ssl = seat, ssl
+            self._acceptor = Acceptor(sock, seat, self._accepted)
+            self._acceptor.start()
+
+    def publish(self) -> None:
+        """Tell the other workers how many connections this one holds."""
+        if self._seat is not None:
+            self._seat.publish(len(self.connections) + self._opening)
+
+    def forget(self, conn: "_Connection") -> None:
+        self.connections.discard(conn)
+        self.publish()
+
+    def _accepted(self, conn) -> None:
+        self._opening += 1
+        self.publish()
+        task = asyncio.ensure_future(self._connect(conn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self, conn) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Guarded(self), sock=sock, backlog=1024, ssl=ssl)
+        try:
+            await loop.connect_accepted_socket(lambda: _Guarded(self), conn, ssl=self._ssl)
+        except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
+            log.debug("connection dropped before its first request: %s", exc)
+            conn.close()
+        finally:
+            self._opening -= 1
+            self.publish()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, close idle connections, give requests under way ``grace`` seconds."""
         self.stopping = True
         if self._server is not None:
             self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for conn in list(self.connections):
             if conn.request is None:
                 conn._close()

@@ -2,8 +2,8 @@
 one archive.
 
 With ``workers > 1`` a supervisor process recovers the archive, binds both ports and forks
-that many workers. Every worker serves STOW-RS on the one shared HTTP socket (the kernel
-hands each new connection to a worker that is waiting in accept), so ingest uses every core;
+that many workers. Every worker serves STOW-RS on the one shared HTTP socket, each new
+connection going to the worker that holds fewest (:mod:`.accept`), so ingest uses every core;
 worker 0 also serves DIMSE, so association limits stay exact. The workers share the data
 directory and the SQLite index (WAL mode allows several writer processes; each worker's
 group commit takes SQLite's write lock for one short transaction per batch), or the
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import uvloop
 
+from .accept import LoadBoard, Seat
 from .archive import Archive
 from .config import ServeConfig, without_password
 from .dimse import start_dimse_server
@@ -90,6 +91,7 @@ RESTART_PAUSE_S = (1.0, 10.0)
 def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket.socket,
                tls_sock: socket.socket | None) -> int:
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
+    board = LoadBoard(config.workers)  # before any fork: the workers share it (.accept)
     stopping = False
     pause = RESTART_PAUSE_S[0]
 
@@ -106,7 +108,8 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
                     if tls_sock is not None:
                         tls_sock.close()
                 code = _run_worker(config, (http_sock, *((dimse_sock, tls_sock) if number == 0 else (None, None))),
-                                   recover=False, with_dimse=number == 0, announce=False)
+                                   recover=False, with_dimse=number == 0, announce=False,
+                                   seat=board.seat(number))
             finally:
                 os._exit(code)
         children[pid] = (number, time.monotonic())
@@ -133,6 +136,7 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
         if pid not in children:
             continue
         number, started = children.pop(pid)
+        board.vacate(number)
         if not stopping:
             # A worker died (a crash, the OOM killer): serve on with a new one. Its temp
             # files stay in tmp/ until the next start-up recovers them.
@@ -165,10 +169,10 @@ def _die_with_parent() -> None:
 
 
 def _run_worker(config: ServeConfig, listeners, *, recover: bool, with_dimse: bool,
-                announce: bool) -> int:
+                announce: bool, seat: Seat | None = None) -> int:
     try:
         uvloop.run(serve(config, listeners=listeners, recover=recover, with_dimse=with_dimse,
-                         announce=announce))
+                         announce=announce, seat=seat))
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # a port in use, an unwritable --data directory
@@ -178,13 +182,14 @@ def _run_worker(config: ServeConfig, listeners, *, recover: bool, with_dimse: bo
 
 
 async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
-                with_dimse: bool = True, announce: bool = True) -> None:
+                with_dimse: bool = True, announce: bool = True, seat: Seat | None = None) -> None:
     """Run until SIGINT/SIGTERM.
 
     In-flight stores get 30 s to finish; parts whose bytes all arrived are committed before
     the archive closes, the rest are discarded.
     ``listeners`` is ``(http_socket, dimse_socket or None, dimse_tls_socket or None)``
-    already bound by a supervisor.
+    already bound by a supervisor, and ``seat`` this worker's place on the supervisor's
+    :class:`~.accept.LoadBoard`.
     """
     archive = Archive(config.data, index=config.index, node_id=config.node_id, fsync=config.fsync,
                       min_free_bytes=config.min_free_bytes,
@@ -266,7 +271,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
             # A busy port is an OSError we report plainly.
             listener = listeners[0] if listeners is not None else \
                 socket.create_server((config.host, config.http_port), backlog=1024)
-            await http.start(listener, ssl=tls)
+            await http.start(listener, ssl=tls, seat=seat)
             if announce:
                 _announce(config, listener.getsockname()[:2], dimse.port, dimse.tls_port)
             stop = asyncio.Event()

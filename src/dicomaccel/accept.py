@@ -1,0 +1,136 @@
+"""Worker processes sharing one listening socket, each taking its share of the connections.
+
+With ``dicomaccel serve --workers N`` every worker waits on the same HTTP socket. Left to the
+kernel and the event loop, a new connection wakes every worker, and the first to run accepts
+it *and every other connection waiting*: four clients connecting together landed 3 + 1 on two
+workers in four tries out of five (``ss -tnp`` on the development machine). As each worker's
+Python runs on one core at a time, the worker holding three clients was then the bottleneck
+while the other idled.
+
+So each worker publishes how many connections it holds on a :class:`LoadBoard`: one slot per
+worker in an anonymous shared mapping that the supervisor makes before it forks. An
+:class:`Acceptor` takes one connection at a time, and only while no other worker holds
+fewer; otherwise it stops watching the socket for :data:`DECLINE_PAUSE` seconds and looks
+again. A less-loaded worker may be stuck in a long request, so a connection is never left
+waiting longer than :data:`MAX_DEFER`: past that, whoever sees it takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import mmap
+import socket
+from collections.abc import Callable
+
+log = logging.getLogger("dicomaccel.http")
+
+# A worker with more connections than another looks at the socket again after this long ...
+DECLINE_PAUSE = 0.001
+# ... and takes a connection that has waited this long whatever the board says.
+MAX_DEFER = 0.05
+# After accept(2) fails for want of file descriptors or memory, the next try waits this long
+# (the connection stays queued in the backlog; a tight retry would spin the loop).
+RESOURCE_PAUSE = 0.1
+# A slot no worker holds (its worker exited; the supervisor writes it): never the least loaded.
+ABSENT = (1 << 63) - 1
+
+
+class LoadBoard:
+    """Connection counts of ``workers`` processes, in memory that survives ``fork``: make it
+    before forking, and give worker ``n`` its :meth:`seat`."""
+
+    def __init__(self, workers: int) -> None:
+        self._map = mmap.mmap(-1, 8 * workers)  # anonymous and MAP_SHARED: shared with children
+        self._counts = memoryview(self._map).cast("q")  # aligned 8-byte stores: never torn
+        for n in range(workers):
+            self._counts[n] = ABSENT
+
+    def seat(self, number: int) -> "Seat":
+        """Worker ``number``'s place on the board (it starts holding no connection)."""
+        self._counts[number] = 0
+        return Seat(self._counts, number)
+
+    def vacate(self, number: int) -> None:
+        """Worker ``number`` has exited (the supervisor calls this): others stop deferring to it."""
+        self._counts[number] = ABSENT
+
+
+class Seat:
+    """One worker's slot on a :class:`LoadBoard`; only that worker writes it."""
+
+    __slots__ = ("_counts", "_number")
+
+    def __init__(self, counts: memoryview, number: int) -> None:
+        self._counts = counts
+        self._number = number
+
+    def publish(self, count: int) -> None:
+        self._counts[self._number] = count
+
+    def least_loaded(self) -> bool:
+        """No other worker holds fewer connections than this one."""
+        return self._counts[self._number] <= min(self._counts)
+
+
+class Acceptor:
+    """Accept on a listening socket shared with other workers, taking a connection only when
+    :meth:`Seat.least_loaded` (or after :data:`MAX_DEFER`); each accepted socket goes to
+    ``on_accept``, which must publish the new count on the seat before it returns."""
+
+    def __init__(self, sock: socket.socket, seat: Seat, on_accept: Callable[[socket.socket], None]) -> None:
+        self._sock = sock
+        self._seat = seat
+        self._on_accept = on_accept
+        self._loop = asyncio.get_running_loop()
+        self._declined_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watching = False
+        sock.setblocking(False)
+
+    def start(self) -> None:
+        self._watch()
+
+    def close(self) -> None:
+        """Stop accepting (the socket stays open: the other workers still use it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watching:
+            self._loop.remove_reader(self._sock.fileno())
+            self._watching = False
+
+    def _watch(self) -> None:
+        self._timer = None
+        if not self._watching:
+            self._loop.add_reader(self._sock.fileno(), self._ready)
+            self._watching = True
+
+    def _pause(self, seconds: float) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._watching = False
+        self._timer = self._loop.call_later(seconds, self._watch)
+
+    def _ready(self) -> None:
+        if not self._seat.least_loaded():
+            now = self._loop.time()
+            if self._declined_since is None:
+                self._declined_since = now
+            if now - self._declined_since < MAX_DEFER:
+                self._pause(DECLINE_PAUSE)
+                return
+        self._declined_since = None
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the peer gave up while queued
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            log.warning("cannot accept a connection: %s; retrying in %.1f s", exc, RESOURCE_PAUSE)
+            self._pause(RESOURCE_PAUSE)
+            return
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._on_accept(conn)
