@@ -249,6 +249,8 @@ class IncomingInstance:
 
         def committed(item: PreparedInstance) -> None:
             _close_map(item.buffer)
+            if item.published is not None:
+                self._path = None  # renamed by the publish: nothing left to remove
             self.abort()
             result = item.result
             finished(self._failure(result) if isinstance(result, BaseException) else result)
@@ -373,7 +375,8 @@ class IncomingInstance:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-            self._archive.files.remove(self._path)
+            if self._path is not None:
+                self._archive.files.remove(self._path)
 
 
 def _settle(future: asyncio.Future, result) -> None:
