@@ -196,17 +196,17 @@ def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
         data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
         changed = _changed(data)
         sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
-        real = b.index.lookup
+        real = b.index.lookup_many
         misses = []
 
-        def stale_lookup(uid):  # B looks before A commits, then the normal lookup
-            if uid == sop and not misses:
-                misses.append(uid)
+        def stale_lookup(uids):  # B looks before A commits, then the normal lookup
+            if sop in uids and not misses:
+                misses.append(sop)
                 a.store_bytes(data)
-                return None
-            return real(uid)
+                return {}
+            return real(uids)
 
-        b.index.lookup = stale_lookup
+        b.index.lookup_many = stale_lookup
         assert b.store_bytes(data).already_stored and misses
         misses.clear()
         with psycopg.connect(pg_url, autocommit=True) as conn:

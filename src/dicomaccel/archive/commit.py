@@ -4,8 +4,8 @@ Every store that reaches :meth:`GroupCommit.submit` has its bytes in a complete 
 scanned and validated. The committer takes *all* stores queued at that moment as one batch:
 
 1. per instance, the duplicate rule (another SOP Class: 0119; same bytes: already stored;
-   different bytes: 0111 unless the archive overwrites), then publish: rename to a marker,
-   hard-link into ``instances/``;
+   different bytes: 0111 unless the archive overwrites; the index is asked about the whole
+   batch at once), then publish: rename to a marker, hard-link into ``instances/``;
 2. one index transaction for the batch's rows;
 3. one flush of the file system (:meth:`FileStore.flush`) for everything above, ordered after
    the commit when the index lives beside the files (SQLite: the flush also covers its WAL)
@@ -141,10 +141,9 @@ class GroupCommit:
                 self._commit(batch)
             except BaseException as exc:  # never leave a store waiting forever
                 log.exception("group commit failed")
-                failure = self.index.store_failure(exc) if isinstance(exc, Exception) else exc
                 for item in batch:
-                    if item.result is None:
-                        item.result = failure
+                    if item.result is None:  # each its own (the caller names it)
+                        item.result = self.index.store_failure(exc) if isinstance(exc, Exception) else exc
             finally:
                 for item in batch:
                     if item.result is not None:
@@ -155,10 +154,22 @@ class GroupCommit:
                         self._queue.extendleft(reversed(retry))
 
     def _commit(self, batch: list[PreparedInstance]) -> None:
+        try:
+            # The duplicate rule's question for the whole batch at once (its UIDs are distinct):
+            # with a database server, one round trip instead of one per store.
+            existing = self.index.lookup_many([item.header.sop_instance_uid for item in batch])
+        except Exception as exc:
+            if self.index.store_failure(exc) is exc:
+                existing = None  # not the server: ask one by one, so a failure fails its store alone
+            else:  # the database is unavailable: every store of the batch is refused (A7xx)
+                for item in batch:  # each its own failure: the caller names it after its instance
+                    item.result = self.index.store_failure(exc)
+                return
         todo = []
         for item in batch:
             try:
-                if self._place(item):
+                uid = item.header.sop_instance_uid
+                if self._place(item, self.index.lookup(uid) if existing is None else existing.get(uid)):
                     todo.append(item)
             except Exception as exc:  # this store fails alone; the caller maps the error
                 # An index that lost its server names it (IndexUnavailable, A7xx): the one
@@ -208,10 +219,10 @@ class GroupCommit:
                 self.files.remove(self._undo(item))
                 item.result = result
 
-    def _place(self, item: PreparedInstance) -> bool:
-        """Apply the duplicate rule; publish the file if it is to be indexed."""
+    def _place(self, item: PreparedInstance, existing: tuple | None) -> bool:
+        """Apply the duplicate rule (``existing``: the index's :meth:`~.index.Index.lookup`
+        of the UID); publish the file if it is to be indexed."""
         h = item.header
-        existing = self.index.lookup(h.sop_instance_uid)
         if existing is not None:
             path, size, crc, sop_class, received_crc = existing
             if sop_class != h.sop_class_uid:

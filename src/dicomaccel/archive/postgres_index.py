@@ -296,6 +296,12 @@ class PostgresIndex(Index):
             return None
         return os.path.join(self.root, *rows[0][0].split("/")), *rows[0][1:]
 
+    def lookup_many(self, sop_instance_uids):
+        # One round trip for the batch (the primary key's index, one array parameter).
+        rows = self.read("SELECT sop_instance_uid, path, size, crc32, sop_class_uid, received_crc32"
+                         " FROM instances WHERE sop_instance_uid = ANY(%s)", (list(sop_instance_uids),))
+        return {uid: (os.path.join(self.root, *path.split("/")), *rest) for uid, path, *rest in rows}
+
     def store_failure(self, exc: BaseException) -> BaseException:
         # A lost server, a pool that waited POOL_WAIT for a connection (PoolTimeout is one too).
         return IndexUnavailable(exc) if _unavailable(exc) else exc
