@@ -629,7 +629,7 @@ def test_a_killed_worker_is_replaced(server_factory):
 
 @pytest.mark.indexes("sqlite")  # slow; about the request path's memory
 def test_a_streamed_200_mb_instance_is_stored_in_bounded_memory(server_factory):
-    """The event loop holds at most SPILL_BYTES (256 KiB) of a part plus the hand-off being
+    """The event loop holds at most SPILL_BYTES (1 MiB) of a part plus the hand-off being
     written: a 200 MB upload, sent chunked, raises the server's peak RSS by well under 48 MiB."""
     from dicomaccel.elements import encode_header
     from dicomaccel.testing.files import multiframe_dataset, to_bytes
