@@ -254,17 +254,7 @@ class Association:
             message_id = self.next_message_id()
         command = messages.encode_c_store_rq(sop_class_uid, message_id, priority, sop_instance_uid,
                                              move_originator)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[message_id] = future
-        try:
-            await self._protocol.send_message(context.id, command, dataset, on_sent)
-            response = await future
-        finally:
-            if self._pending.get(message_id) is future:
-                del self._pending[message_id]
-        if response is None:  # the association ended first (see DIMSEProtocol._teardown)
-            raise AssociationClosedError("association ended before the C-STORE-RSP")
-        return response
+        return await self._exchange(context, message_id, command, dataset, on_sent)
 
     async def send_request(self, context: PresentationContext, command: dict, dataset: Any = None) -> dict:
         """Send any request (an N-EVENT-REPORT-RQ, PS3.7 §10.3.1) on ``context`` and wait for
@@ -291,10 +281,16 @@ class Association:
         command = dict(command)
         message_id = command.setdefault("MessageID", self.next_message_id())
         command["CommandDataSetType"] = messages.NO_DATASET if dataset is None else messages.DATASET_PRESENT
+        return await self._exchange(context, message_id, messages.encode_command(command), dataset)
+
+    async def _exchange(self, context: PresentationContext, message_id: int, command: bytes,
+                        dataset: Any, on_sent: Callable[[int], None] | None = None) -> dict:
+        """Send a request's encoded ``command`` (and ``dataset``) and wait for the response
+        to ``message_id`` (PS3.7 §9.3.1: it carries Message ID Being Responded To)."""
         future = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
         try:
-            await self._protocol.send_message(context.id, messages.encode_command(command), dataset)
+            await self._protocol.send_message(context.id, command, dataset, on_sent)
             response = await future
         finally:
             if self._pending.get(message_id) is future:
