@@ -320,15 +320,103 @@ def test_move_destination_configuration(tmp_path):
     path.write_text('[[move_destination]]\nae = "WS1"\nhost = "10.0.0.5"\nport = 104\n'
                     '[[move_destination]]\nae = "WS2"\nhost = "ws2.example"\nport = 11112\n')
     config = merged(load_toml(path), {})
-    assert config.move_destinations == (("WS1", "10.0.0.5", 104), ("WS2", "ws2.example", 11112))
+    assert config.move_destinations == (("WS1", "10.0.0.5", 104, False), ("WS2", "ws2.example", 11112, False))
     again = tmp_path / "again.toml"
     again.write_text(as_toml(config).split("[[move_destination]]", 1)[1].join(["[[move_destination]]", ""]))
     assert load_toml(again)["move_destinations"] == config.move_destinations
-    for bad in ('ae = "WS1"\nport = 104', 'ae = "WS1"\nhost = "h"\nport = 0', 'ae = "WS1"\nhost = "h"\nport = 1\ntls = true'):
+    path.write_text('[[move_destination]]\nae = "WS3"\nhost = "10.0.0.6"\nport = 2762\ntls = true\n')
+    tls = merged(load_toml(path), {})
+    assert tls.move_destinations == (("WS3", "10.0.0.6", 2762, True),)
+    again.write_text(as_toml(tls).split("[[move_destination]]", 1)[1].join(["[[move_destination]]", ""]))
+    assert load_toml(again)["move_destinations"] == tls.move_destinations
+    for bad in ('ae = "WS1"\nport = 104', 'ae = "WS1"\nhost = "h"\nport = 0', 'ae = "WS1"\nhost = "h"\nport = 1\ntls = "yes"'):
         path.write_text("[[move_destination]]\n" + bad + "\n")
         with pytest.raises(ConfigError):
             load_toml(path)
-    assert parse_move_destination("PACS=::1:104") == ("PACS", "::1", 104)
-    assert parse_move_destination("WS=[fe80::1]:11112") == ("WS", "fe80::1", 11112)
-    with pytest.raises(ConfigError):
-        parse_move_destination("WS:104")
+    assert parse_move_destination("PACS=::1:104") == ("PACS", "::1", 104, False)
+    assert parse_move_destination("WS=[fe80::1]:11112") == ("WS", "fe80::1", 11112, False)
+    # The flag says TLS with a scheme, as the server announces its TLS listener.
+    assert parse_move_destination("WS=dicom+tls://10.0.0.6:2762") == ("WS", "10.0.0.6", 2762, True)
+    assert parse_move_destination("WS=dicom+tls://[::1]:2762") == ("WS", "::1", 2762, True)
+    assert parse_move_destination("WS=dicom://h:104") == ("WS", "h", 104, False)
+    for bad in ("WS:104", "WS=https://h:443", "WS=dicom+tls://h"):
+        with pytest.raises(ConfigError):
+            parse_move_destination(bad)
+
+
+@pytest.mark.skipif(MOVESCU is None or STORESCP is None, reason="DCMTK movescu/storescp not installed")
+def test_move_to_a_tls_destination(tmp_path):
+    """PS3.15 B.9: a destination marked TLS is reached over TLS. DCMTK storescp +tls requires
+    our certificate (mutual authentication); one whose certificate our CA did not sign fails
+    every sub-operation at once (A702, the Error Comment says why), and the SCP keeps serving."""
+    import requests
+
+    from dicomaccel.testing import start_server
+    from dicomaccel.testing.tls import make_certificates
+
+    ours = make_certificates(tmp_path / "ours")
+    other = make_certificates(tmp_path / "other")  # a CA we do not trust
+    ports = {"TLSDEST": _free_port(), "UNTRUSTED": _free_port(), "DISTRUSTS": _free_port(), "PLAINTLS": _free_port()}
+    # The configuration file's tls = true is test_move_destination_configuration's.
+    server = start_server(tmp_path / "data", "--tls-cert", str(ours.server_cert), "--tls-key", str(ours.server_key),
+                          "--tls-ca", str(ours.ca),
+                          *(a for ae, port in ports.items()
+                            for a in ("--move-destination", f"{ae}=dicom+tls://127.0.0.1:{port}")))
+    scps = []
+    try:
+        study, series = generate_uid(), generate_uid()
+        files = [dicomgen.ct_instance(study, series, i + 1, 64, 64) for i in range(3)]
+        resp = requests.post(f"{server.stow_url}/studies", data=multipart(files), verify=str(ours.ca),
+                             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=BOUNDARY'},
+                             timeout=60)
+        assert resp.status_code == 200, resp.text[:300]
+        out = tmp_path / "out"
+        out.mkdir()
+
+        def storescp(ae: str, certs, trusted) -> None:
+            # Default peer authentication of storescp +tls: --require-peer-cert, checked
+            # against +cf: we must offer a certificate signed by ``trusted``.
+            cmd = [STORESCP, "+tls", str(certs.server_key), str(certs.server_cert), "-pw", "+cf", str(trusted.ca),
+                   "-aet", ae, "-od", str(out), str(ports[ae])]
+            scps.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            assert wait_until(lambda: _listening(ports[ae]), timeout=10)
+
+        storescp("TLSDEST", ours, ours)
+        storescp("UNTRUSTED", other, ours)  # its certificate is not signed by our CA
+        storescp("DISTRUSTS", ours, other)  # it does not trust our certificate
+        # A plain (not TLS) storescp where TLS is configured: the handshake fails too.
+        scps.append(subprocess.Popen([STORESCP, "-aet", "PLAINTLS", "-od", str(out), str(ports["PLAINTLS"])],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        assert wait_until(lambda: _listening(ports["PLAINTLS"]), timeout=10)
+
+        run = subprocess.run([MOVESCU, "-S", "-aem", "TLSDEST", "-k", "QueryRetrieveLevel=STUDY",
+                              "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.dimse_port)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert wait_until(lambda: len(list(out.iterdir())) == 3, timeout=10), list(out.iterdir())
+        by_uid = {sop_of(f): f for f in files}
+        for path in out.iterdir():
+            got = path.read_bytes()
+            assert dataset_part(got) == dataset_part(by_uid[sop_of(got)]), path.name
+
+        ident = identifier("STUDY", StudyInstanceUID=study)
+        for destination, why in (("UNTRUSTED", "is not trusted"), ("DISTRUSTS", "TLS"), ("PLAINTLS", "over TLS")):
+            started = time.monotonic()
+            responses = send_move(server.dimse_port, StudyRootQueryRetrieveInformationModelMove, ident, destination)
+            assert time.monotonic() - started < 20  # a failure, not a wait for the ARTIM timer
+            final, ds = responses[-1]
+            assert final.Status == 0xA702, final
+            assert _counts(final) == (0, 3, 0)
+            assert why in final.ErrorComment
+            assert sorted(_failed_uids(ds)) == sorted(by_uid)
+        assert len(list(out.iterdir())) == 3  # nothing reached the untrusted destinations
+        # The SCP keeps serving: the trusted destination again.
+        responses = send_move(server.dimse_port, StudyRootQueryRetrieveInformationModelMove, ident, "TLSDEST")
+        assert responses[-1][0].Status == 0x0000 and _counts(responses[-1][0]) == (3, 0, 0)
+        for p in scps:
+            assert p.poll() is None  # the destinations survived too
+    finally:
+        for p in scps:
+            p.terminate()
+            p.wait(10)
+        server.stop()

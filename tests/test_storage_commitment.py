@@ -184,7 +184,8 @@ class Listener:
     """The requester's own SCP for reports on a new association (PS3.4 J.3.3.1.3): it accepts
     the SCP role proposed by the Storage Commitment SCP, unless ``accept_scp_role`` is False."""
 
-    def __init__(self, port: int, ae_title: str = "MODALITY", accept_scp_role: bool = True) -> None:
+    def __init__(self, port: int, ae_title: str = "MODALITY", accept_scp_role: bool = True,
+                 ssl_context=None) -> None:
         self.reports = Reports()
         self.associations = []
         ae = _ae(ae_title)
@@ -192,7 +193,7 @@ class Listener:
             ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
         else:
             ae.add_supported_context(StorageCommitmentPushModel)
-        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        self.server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=ssl_context, evt_handlers=[
             (evt.EVT_N_EVENT_REPORT, self.reports),
             (evt.EVT_ACCEPTED, lambda event: self.associations.append(event.assoc.requestor.ae_title))])
 
@@ -393,3 +394,37 @@ def test_ae_permissions_commit(server_factory, tmp_path):
             assert Verification in contexts
         finally:
             assoc.release()
+
+
+def test_report_to_a_tls_destination(tmp_path):
+    """PS3.15 B.9: a requester configured as a TLS destination gets its report on a new
+    association over TLS; it requires our certificate (mutual authentication)."""
+    import ssl
+
+    from dicomaccel.testing import start_server
+    from dicomaccel.testing.tls import make_certificates
+
+    certs = make_certificates(tmp_path / "tls")
+    port = _free_port()
+    server = start_server(tmp_path / "data", "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+                          "--tls-ca", str(certs.ca), "--move-destination", f"MODALITY=dicom+tls://127.0.0.1:{port}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs.ca))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(str(certs.server_cert), str(certs.server_key))  # names 127.0.0.1
+    listener = Listener(port, ssl_context=context)
+    try:
+        ae = _ae("MODALITY")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", server.dimse_port)
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        status, _, transaction = commit(server.dimse_port, [(str(ds.SOPClassUID), str(ds.SOPInstanceUID))],
+                                        wait_report=False)
+        assert status.Status == 0x0000
+        assert listener.reports.arrived.wait(20), "no report over TLS"
+        event_type, info, calling, _ = listener.reports.received[0]
+        assert (event_type, calling, info.TransactionUID) == (1, "DICOMACCEL", transaction)
+    finally:
+        listener.close()
+        server.stop()

@@ -168,7 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--reject-sop-class", action="append", dest="reject_sop_classes", metavar="UID",
                        type=_uid, help="refuse this SOP Class with 0122 (repeatable)")
     serve.add_argument("--move-destination", action="append", dest="move_destinations", metavar="AE=HOST:PORT",
-                       type=_destination, help="a C-MOVE destination (repeatable; others get A801; "
+                       type=_destination, help="a C-MOVE destination, also where Storage Commitment reports "
+                                               "go (repeatable; others get A801; AE=dicom+tls://HOST:PORT: "
+                                               "over TLS, verified against --tls-ca, offering --tls-cert; "
                                                "default: none)")
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                        help="let browser viewers from this origin (e.g. https://viewer.example:3000, or *) "

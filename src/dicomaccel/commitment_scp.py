@@ -256,9 +256,9 @@ class StorageCommitmentSCP:
     ----------
     archive : Archive
         Where committed instances must be; its store policy tells 0122 from 0112.
-    destinations : mapping of str to (host, port)
+    destinations : mapping of str to (host, port) or (host, port, ssl.SSLContext or None)
         Requester AE title -> where it listens for a report on a new association (the C-MOVE
-        destinations of the configuration).
+        destinations of the configuration), and the TLS context to reach it with (PS3.15 B.9).
     ae_title : str
         Our Calling AE Title on a new association, and the Retrieve AE Title we report.
     connect_timeout : float
@@ -267,7 +267,7 @@ class StorageCommitmentSCP:
         Seconds we wait for the N-EVENT-REPORT-RSP; also the idle timeout of a new association.
     """
 
-    def __init__(self, archive: Archive, destinations: Mapping[str, tuple[str, int]], *, ae_title: str,
+    def __init__(self, archive: Archive, destinations: Mapping[str, tuple], *, ae_title: str,
                  connect_timeout: float, response_timeout: float | None) -> None:
         self.archive = archive
         self.destinations = {ae.strip(): address for ae, address in destinations.items()}
@@ -372,7 +372,7 @@ class StorageCommitmentSCP:
             log.warning("storage commitment report %s for %s dropped: the requester left and %s is not a "
                         "configured destination", wanted.transaction_uid, requester, requester)
             return
-        host, port = address
+        host, port = address[:2]
         try:
             # PS3.4 J.3.3.1.3 Note: the Storage Commitment SCP proposes the SCP role as
             # association-requestor (PS3.7 D.3.3.4: SCU-role 0, SCP-role 1).
@@ -380,7 +380,8 @@ class StorageCommitmentSCP:
                 host, port, called_ae=requester, calling_ae=self.ae_title,
                 contexts=[(STORAGE_COMMITMENT_PUSH_MODEL, list(_REPORT_SYNTAXES))],
                 roles={STORAGE_COMMITMENT_PUSH_MODEL: (0, 1)},
-                timeout=self.connect_timeout, idle_timeout=self.response_timeout)
+                timeout=self.connect_timeout, idle_timeout=self.response_timeout,
+                ssl=address[2] if len(address) > 2 else None)
         except (OSError, asyncio.TimeoutError, AssociationRejectedError, AssociationClosedError) as exc:
             log.warning("storage commitment report %s dropped: cannot associate with %s at %s:%d: %s",
                         wanted.transaction_uid, requester, host, port, exc)

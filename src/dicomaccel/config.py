@@ -15,6 +15,17 @@ A configuration file uses the long option names as keys::
     calling-ae = ["MODALITY1", "WORKSTATION"]
     max-instance-size = "2G"
     fsync = "always"
+
+    [[move_destination]]          # --move-destination WS1=10.0.0.5:104
+    ae = "WS1"
+    host = "10.0.0.5"
+    port = 104
+
+    [[move_destination]]          # --move-destination PACS2=dicom+tls://pacs2.example:2762
+    ae = "PACS2"
+    host = "pacs2.example"        # its certificate must name it and chain to tls-ca
+    port = 2762
+    tls = true
 """
 
 from __future__ import annotations
@@ -26,17 +37,29 @@ import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .syntaxes import is_valid_uid
 from .urls import check_public_url
 
 __all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
            "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS", "check_index_url", "check_node_id",
-           "without_password"]
+           "without_password", "MoveDestination", "parse_move_destination"]
 
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message says which and why."""
+
+
+class MoveDestination(NamedTuple):
+    """A C-MOVE destination (also where Storage Commitment reports go on a new association):
+    its AE title, where it listens and whether the association is opened over TLS (PS3.15
+    B.9, :func:`dicomaccel.tls.client_context` with ``tls-ca`` and ``tls-cert``/``tls-key``)."""
+
+    ae: str
+    host: str
+    port: int
+    tls: bool = False
 
 
 @dataclass
@@ -101,9 +124,9 @@ class ServeConfig:
     # [[coerce]] and [[discard]] tables of the configuration file (dicomaccel.policy.rules).
     coerce: tuple[dict, ...] = ()
     discard: tuple[dict, ...] = ()
-    # C-MOVE destinations (--move-destination AE=HOST:PORT, [[move_destination]] tables):
-    # (AE title, host, port) each; a C-MOVE to any other AE gets A801.
-    move_destinations: tuple[tuple[str, str, int], ...] = ()
+    # C-MOVE destinations (--move-destination AE=HOST:PORT or AE=dicom+tls://HOST:PORT,
+    # [[move_destination]] tables): a C-MOVE to any other AE gets A801.
+    move_destinations: tuple[MoveDestination, ...] = ()
     # Origins browser viewers may read the DICOMweb services from (dicomaccel.cors); "*" for
     # any; empty: no CORS headers.
     cors_origins: tuple[str, ...] = ()
@@ -300,17 +323,17 @@ def _convert(path, key: str, value, kind: str):
     return Path(value) if kind == "path" else value
 
 
-def _destination(path, key: str, table) -> tuple[str, str, int]:
-    """One [[move_destination]] table: ``ae``, ``host``, ``port`` (``tls`` is not supported)."""
+def _destination(path, key: str, table) -> MoveDestination:
+    """One [[move_destination]] table: ``ae``, ``host``, ``port``, optional ``tls`` (bool)."""
     ok = (isinstance(table, dict) and set(table) <= {"ae", "host", "port", "tls"}
           and isinstance(table.get("ae"), str) and 0 < len(table["ae"].strip()) <= 16
           and isinstance(table.get("host"), str) and table["host"]
           and isinstance(table.get("port"), int) and not isinstance(table["port"], bool)
-          and 0 < table["port"] <= 65535 and table.get("tls", False) is False)
+          and 0 < table["port"] <= 65535 and isinstance(table.get("tls", False), bool))
     if not ok:
         raise ConfigError(f'{path}: each [[{key}]] needs ae = "AE" (1-16 characters), host = "HOST" and '
-                          f"port = 1-65535 (tls is not supported), not {table!r}")
-    return table["ae"].strip(), table["host"], table["port"]
+                          f"port = 1-65535, and may have tls = true or false, not {table!r}")
+    return MoveDestination(table["ae"].strip(), table["host"], table["port"], table.get("tls", False))
 
 
 def check_index_url(text: str) -> str:
@@ -327,13 +350,18 @@ def check_node_id(text: str) -> str:
     return text
 
 
-def parse_move_destination(text: str) -> tuple[str, str, int]:
-    """``AE=HOST:PORT`` (the --move-destination flag) as (AE title, host, port)."""
+def parse_move_destination(text: str) -> MoveDestination:
+    """``AE=HOST:PORT``, or ``AE=dicom+tls://HOST:PORT`` for a destination reached over TLS
+    (``AE=dicom://HOST:PORT`` is the plain one spelled out), the --move-destination flag."""
     ae, sep, address = text.partition("=")
-    host, colon, port = address.rpartition(":")
+    scheme, slashes, rest = address.partition("://")
+    tls = bool(slashes) and scheme.lower() == "dicom+tls"
+    if slashes and not tls and scheme.lower() != "dicom":
+        raise ConfigError(f"not AE=HOST:PORT or AE=dicom+tls://HOST:PORT: {text!r}")
+    host, colon, port = (rest if slashes else address).rpartition(":")
     if not (sep and colon and 0 < len(ae.strip()) <= 16 and host and port.isdigit() and 0 < int(port) <= 65535):
-        raise ConfigError(f"not AE=HOST:PORT: {text!r}")
-    return ae.strip(), host.strip("[]"), int(port)
+        raise ConfigError(f"not AE=HOST:PORT or AE=dicom+tls://HOST:PORT: {text!r}")
+    return MoveDestination(ae.strip(), host.strip("[]"), int(port), tls)
 
 
 def merged(file_values: dict, flag_values: dict) -> ServeConfig:
@@ -370,8 +398,10 @@ def as_toml(config: ServeConfig) -> str:
             lines.append(f"[{key}]")
             lines += [f"{_quoted(ae)} = [{', '.join(_quoted(p) for p in perms)}]" for ae, perms in value.items()]
         elif kind == "destinations":
-            for ae, host, port in value:
+            for ae, host, port, tls in value:
                 lines += [f"[[{key}]]", f"ae = {_quoted(ae)}", f"host = {_quoted(host)}", f"port = {port}"]
+                if tls:
+                    lines.append("tls = true")
         elif kind == "tables":
             for table in value:
                 lines.append(f"[[{key}]]")

@@ -41,7 +41,7 @@ from .cors import with_cors
 from .ops import scope_needed, with_ops
 from .store_scp import STORE_TRANSFER_SYNTAXES, CStoreSCP, storage_sop_classes
 from .stow import create_app
-from .tls import server_context
+from .tls import client_context, server_context
 from .urls import presented_at
 from .wado import create_wado_app
 
@@ -181,6 +181,17 @@ def _run_worker(config: ServeConfig, listeners, *, recover: bool, with_dimse: bo
     return 0
 
 
+def _destinations(config: ServeConfig) -> dict:
+    """Move destination AE title -> (host, port, TLS context or None). Destinations marked
+    ``tls`` share one requestor context (PS3.15 B.9, BCP 195): their certificates verified
+    against ``tls-ca`` (the system's CAs without it), ours offered when configured."""
+    context = None
+    if any(d.tls for d in config.move_destinations):
+        context = client_context(*(None if p is None else str(p)
+                                   for p in (config.tls_ca, config.tls_cert, config.tls_key)))
+    return {d.ae: (d.host, d.port, context if d.tls else None) for d in config.move_destinations}
+
+
 async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                 with_dimse: bool = True, announce: bool = True, seat: Seat | None = None) -> None:
     """Run until SIGINT/SIGTERM.
@@ -222,14 +233,15 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
             if with_dimse:
                 store_classes = storage_sop_classes(archive.policy)
                 cget = CGetSCP(archive)
+                destinations = _destinations(config)
                 # C-MOVE: the C-GET engine, sending over an association to the destination.
-                cmove = CMoveSCP(cget, {ae: (host, port) for ae, host, port in config.move_destinations},
+                cmove = CMoveSCP(cget, destinations,
                                  ae_title=config.ae_title, connect_timeout=config.artim_timeout,
                                  idle_timeout=config.idle_timeout)
                 # Storage Commitment (PS3.4 J): reports to a requester that left go to its
                 # configured destination (the C-MOVE destinations).
                 commitment = StorageCommitmentSCP(
-                    archive, {ae: (host, port) for ae, host, port in config.move_destinations},
+                    archive, destinations,
                     ae_title=config.ae_title, connect_timeout=config.artim_timeout,
                     response_timeout=config.idle_timeout)
                 dimse = await start_dimse_server(

@@ -15,6 +15,7 @@ N-EVENT-REPORT as SCP (PS3.4 J.3.3.1).
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from typing import Iterable, Sequence
 
 from dicomaccel.config import DEFAULTS
@@ -168,6 +169,7 @@ async def request_association(
     timeout: float = DEFAULTS.artim_timeout,
     idle_timeout: float | None = DEFAULTS.idle_timeout,
     roles: dict[str, tuple[int, int]] | None = None,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> Association:
     """Associate with ``called_ae`` at ``host:port`` as requestor (PS3.8 §9.2, AE-1 to AE-3).
 
@@ -186,6 +188,10 @@ async def request_association(
         Abstract syntax -> the (SCU-role, SCP-role) we propose in an SCP/SCU Role Selection
         sub-item (PS3.7 D.3.3.4); each context's ``scu_role``/``scp_role`` then say what the
         acceptor granted (``scu_role`` true: the peer is SCU, we act as SCP).
+    ssl : ssl.SSLContext, optional
+        Open the association over TLS (PS3.15 B.9: the TLS handshake comes before the
+        A-ASSOCIATE-RQ), the peer's certificate checked against ``host`` (e.g.
+        :func:`dicomaccel.tls.client_context`); the handshake counts within ``timeout``.
 
     Returns
     -------
@@ -198,7 +204,8 @@ async def request_association(
     AssociationClosedError
         The peer aborted or closed the connection before accepting.
     OSError, TimeoutError
-        No connection, or no answer within ``timeout`` (the connection is then aborted).
+        No connection, or no answer within ``timeout`` (the connection is then aborted);
+        a failed TLS handshake is an :class:`ssl.SSLError` (an OSError).
     ValueError
         No context, or more than 128.
     """
@@ -225,7 +232,11 @@ async def request_association(
         return protocol
 
     async def connect() -> Association:
-        await loop.create_connection(factory, host, port)
+        if ssl is None:
+            await loop.create_connection(factory, host, port)
+        else:
+            await loop.create_connection(factory, host, port, ssl=ssl, server_hostname=host,
+                                         ssl_handshake_timeout=timeout)
         return await protocol._established
 
     try:

@@ -15,12 +15,19 @@ responses with the four counters after each, C-CANCEL honoured between sub-opera
 each C-STORE-RQ carrying the Move Originator AE title and Message ID (PS3.7 §9.3.1.1). A
 destination that refuses the association, or is not listening, fails every sub-operation
 (A702 with the Failed SOP Instance UID List); one that goes away midway fails the rest.
+
+A destination marked ``tls`` (``[[move_destination]]`` ``tls = true``, or
+``--move-destination AE=dicom+tls://HOST:PORT``) is reached over TLS (PS3.15 B.9, the BCP 195
+profile of :func:`dicomaccel.tls.client_context`); a failed handshake (e.g. a certificate
+our CA did not sign) fails every sub-operation like an unreachable destination, with the
+TLS error in the Error Comment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Mapping
 
 from ..archive import InstanceRecord
@@ -59,8 +66,8 @@ class CMoveSCP:
     ----------
     engine : CGetSCP
         The sub-operation engine (and its archive and transcoding pool), shared with C-GET.
-    destinations : mapping of str to (host, port)
-        Move Destination AE title -> where it listens.
+    destinations : mapping of str to (host, port) or (host, port, ssl.SSLContext or None)
+        Move Destination AE title -> where it listens, and the TLS context to reach it with.
     ae_title : str
         Our Calling AE Title on the sub-association.
     connect_timeout : float
@@ -69,7 +76,7 @@ class CMoveSCP:
         A destination that stops answering is aborted after this long.
     """
 
-    def __init__(self, engine: CGetSCP, destinations: Mapping[str, tuple[str, int]], *, ae_title: str,
+    def __init__(self, engine: CGetSCP, destinations: Mapping[str, tuple], *, ae_title: str,
                  connect_timeout: float, idle_timeout: float | None) -> None:
         self.engine = engine
         self.destinations = {ae.strip(): address for ae, address in destinations.items()}
@@ -111,11 +118,13 @@ class CMoveSCP:
         try:
             target = await request_association(
                 address[0], address[1], called_ae=destination, calling_ae=self.ae_title,
-                contexts=contexts, timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
+                contexts=contexts, timeout=self.connect_timeout, idle_timeout=self.idle_timeout,
+                ssl=address[2] if len(address) > 2 else None)
         except (OSError, asyncio.TimeoutError, AssociationRejectedError, AssociationClosedError) as exc:
             log.warning("cannot associate with move destination %s at %s:%d: %s", destination,
                         address[0], address[1], exc)
-            await self._unreachable(assoc, request, records, query, f"cannot reach {destination[:16]}")
+            await self._unreachable(assoc, request, records, query,
+                                    _why(destination, exc, len(address) > 2 and address[2] is not None))
             return
         originator = (assoc.calling_ae, request.message_id)
         try:
@@ -137,6 +146,16 @@ class CMoveSCP:
             counters.record("failure", record.sop_instance_uid)
         await assoc.respond(request, Status.OUT_OF_RESOURCES_SUBOPERATIONS, _failed_list(counters, request),
                             ErrorComment=comment, **counters.fields(with_remaining=False))
+
+
+def _why(destination: str, exc: BaseException, tls: bool) -> str:
+    """The Error Comment (0000,0902, an LO: at most 64 characters) for a destination not
+    reached; a peer that is not speaking TLS usually just resets the connection."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the certificate of {destination[:16]} is not trusted"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {destination[:16]} failed"
+    return f"cannot reach {destination[:16]}" + (" over TLS" if tls else "")
 
 
 def _contexts_for(records: list[InstanceRecord]) -> list[tuple[str, list[str]]]:

@@ -1,5 +1,6 @@
 """Certificates for TLS tests: a throwaway CA, a server certificate for 127.0.0.1 and
-localhost, and a client certificate, written as PEM files (needs ``cryptography``)."""
+localhost (usable as client certificate too), and a client certificate, written as PEM
+files (needs ``cryptography``)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,16 @@ def make_certificates(directory: Path, client_name: str = "MODALITY1") -> Certif
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     out = {}
-    for role, common, usage in (("server", "localhost", ExtendedKeyUsageOID.SERVER_AUTH),
-                                ("client", client_name, ExtendedKeyUsageOID.CLIENT_AUTH)):
+    # The server certificate also serves as client certificate when the server opens an
+    # association to a move destination over TLS (mutual authentication): both usages.
+    for role, common, usages in (("server", "localhost", [ExtendedKeyUsageOID.SERVER_AUTH,
+                                                           ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                 ("client", client_name, [ExtendedKeyUsageOID.CLIENT_AUTH])):
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(ca.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+                   .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
         if role == "server":
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
