@@ -729,6 +729,8 @@ def test_one_failing_store_in_a_batch_leaves_the_others_stored(archive):
         return real_lookup(sop)
 
     archive.index.lookup = lookup
+    # An index that inserts first asks only about a store it refused before: say this one was.
+    prepared[1].refused = True
     # The batch's question one UID at a time (what every index answers), so the error meets it.
     archive.index.lookup_many = lambda uids: Index.lookup_many(archive.index, uids)
     archive._committer._commit(prepared)

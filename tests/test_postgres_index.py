@@ -186,9 +186,11 @@ def test_studies_and_series_follow_stores_and_overwrites_as_on_sqlite(tmp_path, 
 
 
 def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
-    """Two archives (two nodes) on one database: when node B's duplicate check ran before node
-    A's row existed, B's insert meets the primary key and the store is decided again against
-    A's row: same bytes are already stored, changed bytes get 0111."""
+    """Two archives (two nodes) on one database. A batch is inserted without a lookup first:
+    B's insert of a UID that A stored meets the primary key, and the store is decided again
+    against A's row (only the refused UID is looked up). The same when B asks first (the
+    archive does while duplicates keep coming) but before A's row exists. Either way same
+    bytes are already stored, changed bytes get 0111."""
     root = tmp_path / "data"
     a = Archive(root, index=pg_url, node_id="a")
     b = Archive(root, index=pg_url, node_id="b")
@@ -197,6 +199,22 @@ def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
         changed = _changed(data)
         sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
         real = b.index.lookup_many
+        asked = []
+
+        def counted(uids):
+            asked.append(sorted(uids))
+            return real(uids)
+
+        # 1. Insert first: B asks about nothing, its row is refused, then it asks about that UID.
+        b.index.lookup_many = counted
+        assert not b.store_bytes(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)).already_stored
+        assert asked == []
+        a.store_bytes(data)
+        assert b.store_bytes(data).already_stored and asked == [[sop]]
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM instances WHERE sop_instance_uid = %s", (sop,))
+
+        # 2. Ask first (after a duplicate), but before A commits.
         misses = []
 
         def stale_lookup(uids):  # B looks before A commits, then the normal lookup
@@ -207,6 +225,7 @@ def test_a_lost_race_is_decided_by_the_primary_key(tmp_path, pg_url):
             return real(uids)
 
         b.index.lookup_many = stale_lookup
+        b._committer._ask_first = True
         assert b.store_bytes(data).already_stored and misses
         misses.clear()
         with psycopg.connect(pg_url, autocommit=True) as conn:

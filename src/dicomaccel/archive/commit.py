@@ -17,6 +17,14 @@ scanned and validated. The committer takes *all* stores queued at that moment as
 So a store's critical path holds one flush, shared by everyone in its batch; while a batch
 flushes, the next one gathers. A batch holds at most one store per SOP Instance UID; a second
 one waits for the next batch, which sees the first as existing.
+
+An index whose unique key decides duplicates on its own (``Index.insert_first``: a database
+server, where every question is a round trip) is not asked in step 1: the batch is inserted,
+and a row it refuses (:class:`~.index.DuplicateRow`: the UID is stored) sends its store back
+to the queue, marked, to be decided by step 1 against the existing row with the same rules.
+So a batch of new instances costs one round trip, a duplicate a few more; while duplicates
+keep coming (a client sending a study again), each batch asks first, as with the embedded
+index always.
 """
 
 from __future__ import annotations
@@ -68,7 +76,8 @@ class PreparedInstance:
     """A complete, validated temp file waiting for the group commit."""
 
     __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer", "warning",
-                 "changes", "received_crc32", "published", "retired", "replaces", "result", "on_done")
+                 "changes", "received_crc32", "published", "retired", "replaces", "refused", "result",
+                 "on_done")
 
     def __init__(self, temp_path: str, size: int, crc32: int, header: Header,
                  frame_index: FrameIndex | None, buffer, warning: int | None = None,
@@ -86,6 +95,7 @@ class PreparedInstance:
         self.published: Published | None = None
         self.retired: tuple[str, str] | None = None  # (old path, obsolete marker)
         self.replaces = False
+        self.refused = False  # the index refused its row (the UID is stored): ask before inserting
         self.result: StoreOutcome | BaseException | None = None
         self.on_done = on_done  # called once on the committer thread when ``result`` is set
 
@@ -105,6 +115,7 @@ class GroupCommit:
         self._queue: collections.deque[PreparedInstance] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._ask_first = False  # the last batch met a stored UID: ask about the next one first
         self._thread = threading.Thread(target=self._run, name="archive-commit", daemon=True)
         self._thread.start()
 
@@ -154,22 +165,32 @@ class GroupCommit:
                         self._queue.extendleft(reversed(retry))
 
     def _commit(self, batch: list[PreparedInstance]) -> None:
-        try:
-            # The duplicate rule's question for the whole batch at once (its UIDs are distinct):
-            # with a database server, one round trip instead of one per store.
-            existing = self.index.lookup_many([item.header.sop_instance_uid for item in batch])
-        except Exception as exc:
-            if self.index.store_failure(exc) is exc:
-                existing = None  # not the server: ask one by one, so a failure fails its store alone
-            else:  # the database is unavailable: every store of the batch is refused (A7xx)
-                for item in batch:  # each its own failure: the caller names it after its instance
-                    item.result = self.index.store_failure(exc)
-                return
+        # Who the duplicate rule asks about before inserting (see the module docstring): the
+        # whole batch, or, when the index's unique key decides, only stores it refused before.
+        asking = batch if not self.index.insert_first or self._ask_first else \
+            [item for item in batch if item.refused]
+        asked = {item.header.sop_instance_uid for item in asking}
+        existing: dict | None = {}
+        if asking:
+            try:
+                # The question for all of them at once (a batch's UIDs are distinct): with a
+                # database server, one round trip instead of one per store.
+                existing = self.index.lookup_many(list(asked))
+            except Exception as exc:
+                if self.index.store_failure(exc) is exc:
+                    existing = None  # not the server: ask one by one, so a failure fails its store alone
+                else:  # the database is unavailable: every store of the batch is refused (A7xx)
+                    for item in batch:  # each its own failure: the caller names it after its instance
+                        item.result = self.index.store_failure(exc)
+                    return
+        self._ask_first = bool(existing)
         todo = []
         for item in batch:
             try:
                 uid = item.header.sop_instance_uid
-                if self._place(item, self.index.lookup(uid) if existing is None else existing.get(uid)):
+                found = None if uid not in asked else \
+                    self.index.lookup(uid) if existing is None else existing.get(uid)
+                if self._place(item, found):
                     todo.append(item)
             except Exception as exc:  # this store fails alone; the caller maps the error
                 # An index that lost its server names it (IndexUnavailable, A7xx): the one
@@ -209,9 +230,12 @@ class GroupCommit:
                     self.files.finish(item.retired[1])
                 item.result = flush_error or item.outcome(result, False)
             elif isinstance(result, DuplicateRow):
-                # Another writer stored this UID between our lookup and our insert.
+                # The UID is stored (by another writer since our lookup, or before an insert that
+                # did not ask): back to the queue, to be decided against the existing row.
                 item.temp_path = self._undo(item)
                 item.published = None
+                item.refused = True
+                self._ask_first = True
             elif isinstance(result, CommitInDoubt):
                 # The row may exist: the file and its marker stay for start-up recovery.
                 item.result = result

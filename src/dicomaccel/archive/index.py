@@ -117,9 +117,14 @@ class Index(abc.ABC):
     sql_dialect : str
         The SQL that :meth:`read` runs (``"sqlite"``, ``"postgresql"``): the query engine
         writes its statements for it.
+    insert_first : bool
+        True if the group commit should insert a batch without asking :meth:`lookup_many`
+        first, leaving duplicates to :meth:`put_batch`'s :class:`DuplicateRow` (a server, where
+        the question costs a round trip); False: ask first (an embedded index answers at once).
     """
 
     durable_on_commit: bool = True
+    insert_first: bool = False
     sql_dialect: str
 
     @abc.abstractmethod

@@ -7,8 +7,9 @@ changes is who decides between nodes, and when a row is durable.
 
 *Duplicates across nodes.* The primary key on SOP Instance UID decides. A batch of new UIDs
 is one statement (rows inserted, their studies and series upserted, committed on its own: one
-round trip). If another node committed one of its UIDs first (or is committing it: the insert
-waits for that transaction), the primary key's unique violation undoes the statement, and
+round trip), and the group commit does not look its UIDs up first (``insert_first``). If one
+of its UIDs is stored (by any node, or being committed by one: the insert waits for that
+transaction), the primary key's unique violation undoes the statement, and
 the batch goes again with ``ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING``: the rows
 not returned come back as :class:`~.index.DuplicateRow`, and the group commit decides those
 stores again against the winner (same bytes: already stored; different bytes: 0111; another
@@ -52,6 +53,7 @@ import dataclasses
 import functools
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Sequence
@@ -195,6 +197,8 @@ class PostgresIndex(Index):
 
     durable_on_commit = True
     sql_dialect = "postgresql"
+    # The primary key decides duplicates: a batch of new UIDs is one round trip, no lookup first.
+    insert_first = True
 
     def __init__(self, url: str, root: str, *, fsync: bool = True) -> None:
         self.url = url
@@ -213,9 +217,19 @@ class PostgresIndex(Index):
 
     # --- connections --------------------------------------------------------------------
     def _writer(self) -> psycopg.Connection:
-        """The group commit's connection, opened again after the server dropped it."""
+        """The group commit's connection, opened again after the server dropped it.
+
+        Between batches the connection is idle: nothing is due from the server, so a socket
+        with something to read means the server ended the session (a restart, a shutdown:
+        its notice, then end of file). Such a connection is replaced *before* a batch is sent
+        on it, so a server that went away refuses the batch cleanly (nothing sent) instead of
+        leaving its commit in doubt."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken and \
+                select.select([conn.fileno()], [], [], 0)[0]:
+            conn.close()
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, autocommit=True)
+            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=int(POOL_WAIT))
             if not self.fsync:
                 self._conn.execute("SET synchronous_commit = off")
         return self._conn
@@ -320,6 +334,11 @@ class PostgresIndex(Index):
         out: list = [r if r.stored_at else dataclasses.replace(r, stored_at=now) for r in records]
         items = [(_without_nul(row_of(r, self.root)), rep) for r, rep in zip(out, replace_existing)]
         with self._write_lock:
+            try:
+                self._writer()
+            except psycopg.OperationalError as exc:  # nothing was sent: refused, not in doubt
+                log.error("index: cannot reach the database: %s", str(exc).strip())
+                return [IndexUnavailable(exc)] * len(out)
             try:
                 at_once = not any(rep for _, rep in items) and len(items) * len(_COLUMNS) <= _MAX_PARAMETERS
                 taken = self._insert_at_once(items) if at_once else None
