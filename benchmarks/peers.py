@@ -258,6 +258,8 @@ class DicomaccelPeer(Peer):
     ae_title = "DICOMACCEL"
     fsync = "never"
     workers = 1  # processes of ``dicomaccel serve --workers``: all serve STOW-RS, the first DIMSE
+    # C-MOVE destinations, AE title -> (host, port); set by the cmove workload (benchmarks.cmove).
+    move_destinations: dict[str, tuple[str, int]] = {}
     _listen = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on \S+://[^:/]+:(\d+)")
 
     def start(self, files: list[Path]) -> None:
@@ -265,7 +267,9 @@ class DicomaccelPeer(Peer):
         # how long loading takes. An ingest benchmark sets ``fsync = "always"``.
         cmd = [sys.executable, "-m", "dicomaccel.cli", "serve", "--data", str(self.workdir / "data"),
                "--host", "127.0.0.1", "--http-port", "0", "--dimse-port", "0", "--ae-title", self.ae_title,
-               "--fsync", self.fsync, "--workers", str(self.workers), "--log-level", "warning"]
+               "--fsync", self.fsync, "--workers", str(self.workers), "--log-level", "warning",
+               *(a for ae, (host, port) in self.move_destinations.items()
+                 for a in ("--move-destination", f"{ae}={host}:{port}"))]
         self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.http_port = None
         for line in _Lines(self.proc, self.log).until("dicomaccel: ready", 60):
@@ -362,7 +366,10 @@ class DcmqrscpPeer(Peer):
     name = "dcmqrscp"
     ae_title = "DCMQRSCP"
     options: tuple[str, ...] = ()  # extra dcmqrscp command-line options, e.g. accepted transfer syntaxes
-    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM", "findscu": "FINDSCU"}
+    client_titles = {"getscu": "GETSCU", "storescu": "STORESCU", "pynetdicom": "PYNETDICOM", "findscu": "FINDSCU",
+                     "movescu": "MOVESCU"}
+    # C-MOVE destinations, AE title -> (host, port): HostTable entries with their real ports.
+    move_destinations: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -374,7 +381,9 @@ class DcmqrscpPeer(Peer):
         storage.mkdir(exist_ok=True)
         # Host table: only C-MOVE destinations need real ports; we list the SCUs so the table
         # names every AE that talks to this archive. Quota: (max studies, max bytes per study).
-        hosts = "\n".join(f"{entry} = ({title}, 127.0.0.1, 0)" for entry, title in self.client_titles.items())
+        hosts = "\n".join([f"{entry} = ({title}, 127.0.0.1, 0)" for entry, title in self.client_titles.items()]
+                          + [f"dest{i} = ({title}, {host}, {port})"
+                             for i, (title, (host, port)) in enumerate(self.move_destinations.items())])
         cfg = self.workdir / "dcmqrscp.cfg"
         cfg.write_text(
             f"NetworkTCPPort = {self.port}\nMaxPDUSize = 131072\nMaxAssociations = 16\n\n"

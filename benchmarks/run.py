@@ -2,7 +2,7 @@
 
     python -m benchmarks run [--peers dicomaccel,orthanc,dcmqrscp,pynetdicom]
                              [--workloads stow,cstore,cget,frame,large-upload] [--runs 5] [--out DIR]
-    python -m benchmarks run --workloads wado-frame,wado-study,qido,cfind [...]
+    python -m benchmarks run --workloads wado-frame,wado-study,qido,cfind,cmove [...]
     python -m benchmarks run --workloads embed [--embed-requests 20] [...]
 
 Peers (:mod:`benchmarks.peers`), installed from Debian's packages (as root; ``--install-peers``
@@ -66,6 +66,9 @@ Asked for by name (not in the default ``--workloads``), on the servers loaded fo
   PS3.4 allows and dicomaccel does); then over an index of ``--qido-index`` rows built
   directly (:mod:`dicomaccel.testing.query_index`; storing 100,000 instances would take most
   of an hour), served by ``dicomaccel serve`` alone.
+- ``cmove``: Study Root C-MOVE of the CT study by DCMTK ``movescu`` from dicomaccel and from
+  dcmqrscp to one DCMTK ``storescp --ignore`` the harness starts (:mod:`benchmarks.cmove`; both
+  servers are configured with it as a move destination);
 - ``embed``: one pynetdicom AE (:mod:`benchmarks.pynetdicom_embed`) with dicomaccel's handlers
   (``pynetdicom+dicomaccel``), with the handlers a pynetdicom user writes (``pynetdicom-usual``:
   ``dcmread``, pydicom-built FRAME instance, ``ds.save_as``) and handing over data sets built
@@ -121,6 +124,7 @@ from benchmarks.clients import (
     storescu_groups,
 )
 from benchmarks.embedded import EMBED_PEERS, frame_requests_run, with_handler_time
+from benchmarks.cmove import DESTINATION_TITLE, MOVE_PEERS, MOVESCU_LOG_CONFIG, Destination, movescu_run
 from benchmarks.corpus import (
     FRAME_STEP,
     Corpus,
@@ -173,7 +177,7 @@ STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": 
 CSTORE_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
 NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
 WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind",
-             "embed")
+             "embed", "cmove")
 # The four DICOMweb and C-FIND workloads are asked for by name (--workloads): with them the
 # default run would outgrow half an hour on a 2-core machine.
 DEFAULT_WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload")
@@ -701,6 +705,30 @@ def run_qido(args, started: dict[str, Peer], web_peers: list[str], work: Path, l
             peer.stop()
 
 
+MOVE_DESTINATIONS: list[Destination] = []  # the cmove workload's storescp once started, until the end
+
+
+def cmove_methods(corpora: list[Corpus], available: list[str], work: Path, data: dict) -> list[Method]:
+    """The ``cmove`` workload: its destination started and made known to the peers that will
+    start for retrieval, and one method moving the CT study (:mod:`benchmarks.cmove`)."""
+    ct = next((c for c in corpora if c.name == "ct" and c.retrievable), None)
+    peers = [p for p in available if p in MOVE_PEERS]
+    why = Destination.unavailable() or (None if ct else "needs the CT corpus (--ct)") or \
+        (None if peers else "needs dicomaccel or dcmqrscp among --peers")
+    if why:
+        data["skipped"]["cmove"] = why
+        print(f"skipping workload cmove: {why}", file=sys.stderr, flush=True)
+        return []
+    destination = Destination(work / "move-destination").start()
+    MOVE_DESTINATIONS.append(destination)
+    for peer in (DicomaccelPeer, DcmqrscpPeer):
+        peer.move_destinations = {DESTINATION_TITLE: ("127.0.0.1", destination.port)}
+    move_log = work / "dcmtk-move-log.cfg"
+    move_log.write_text(MOVESCU_LOG_CONFIG)
+    return [Method("move", ct, "C-MOVE STUDY, movescu to storescp --ignore", peers,
+                   lambda peer: movescu_run(peer, ct, move_log))]
+
+
 def build_corpora(args) -> list[Corpus]:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -790,6 +818,8 @@ def run_harness(args, argv: list[str]) -> int:
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(DCMTK_LOG_CONFIG)
         ingest, retrieve = plan(args, corpora, available, log_config)
+        if "cmove" in args.workloads:
+            retrieve += cmove_methods(corpora, available, work, data)
         for method in ingest:
             data["rows"] += measure(method, args.runs, started, work)
         if "embed" in args.workloads:
@@ -833,6 +863,8 @@ def run_harness(args, argv: list[str]) -> int:
     finally:
         for peer in started.values():
             peer.stop()
+        while MOVE_DESTINATIONS:
+            MOVE_DESTINATIONS.pop().stop()
         shutil.rmtree(work, ignore_errors=True)
 
     data["seconds"] = round(time.time() - began, 1)
