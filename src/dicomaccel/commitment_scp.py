@@ -47,7 +47,7 @@ from .archive import Archive
 from .dimse import messages
 from .dimse.association import Association, AssociationClosedError, Request
 from .dimse.negotiation import PresentationContext
-from .dimse.requestor import AssociationRejectedError, request_association
+from .dimse.requestor import AssociationRejectedError, RemoteAE
 from .elements import encode_element, encode_item, encode_padded
 from .retrieve.identifier import IdentifierError, decode_identifier
 from .syntaxes import EXPLICIT_VR_LE, IMPLICIT_VR_LE, is_valid_uid
@@ -256,7 +256,7 @@ class StorageCommitmentSCP:
     ----------
     archive : Archive
         Where committed instances must be; its store policy tells 0122 from 0112.
-    destinations : mapping of str to (host, port) or (host, port, ssl.SSLContext or None)
+    destinations : mapping of str to RemoteAE
         Requester AE title -> where it listens for a report on a new association (the C-MOVE
         destinations of the configuration), and the TLS context to reach it with (PS3.15 B.9).
     ae_title : str
@@ -267,10 +267,10 @@ class StorageCommitmentSCP:
         Seconds we wait for the N-EVENT-REPORT-RSP; also the idle timeout of a new association.
     """
 
-    def __init__(self, archive: Archive, destinations: Mapping[str, tuple], *, ae_title: str,
+    def __init__(self, archive: Archive, destinations: Mapping[str, RemoteAE], *, ae_title: str,
                  connect_timeout: float, response_timeout: float | None) -> None:
         self.archive = archive
-        self.destinations = {ae.strip(): address for ae, address in destinations.items()}
+        self.destinations = dict(destinations)
         self.ae_title = ae_title
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
@@ -372,19 +372,17 @@ class StorageCommitmentSCP:
             log.warning("storage commitment report %s for %s dropped: the requester left and %s is not a "
                         "configured destination", wanted.transaction_uid, requester, requester)
             return
-        host, port = address[:2]
         try:
             # PS3.4 J.3.3.1.3 Note: the Storage Commitment SCP proposes the SCP role as
             # association-requestor (PS3.7 D.3.3.4: SCU-role 0, SCP-role 1).
-            target = await request_association(
-                host, port, called_ae=requester, calling_ae=self.ae_title,
+            target = await address.associate(
+                requester, calling_ae=self.ae_title,
                 contexts=[(STORAGE_COMMITMENT_PUSH_MODEL, list(_REPORT_SYNTAXES))],
                 roles={STORAGE_COMMITMENT_PUSH_MODEL: (0, 1)},
-                timeout=self.connect_timeout, idle_timeout=self.response_timeout,
-                ssl=address[2] if len(address) > 2 else None)
+                timeout=self.connect_timeout, idle_timeout=self.response_timeout)
         except (OSError, asyncio.TimeoutError, AssociationRejectedError, AssociationClosedError) as exc:
             log.warning("storage commitment report %s dropped: cannot associate with %s at %s:%d: %s",
-                        wanted.transaction_uid, requester, host, port, exc)
+                        wanted.transaction_uid, requester, address.host, address.port, exc)
             return
         try:
             # Our role must be SCP, so the requester's SCU (context.scu_role).

@@ -29,6 +29,7 @@ from .archive import Archive
 from .config import ServeConfig, without_password
 from .dimse import start_dimse_server
 from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ
+from .dimse.requestor import RemoteAE
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .qido import create_qido_app
@@ -42,6 +43,7 @@ from .ops import scope_needed, with_ops
 from .store_scp import STORE_TRANSFER_SYNTAXES, CStoreSCP, storage_sop_classes
 from .stow import create_app
 from .tls import client_context, server_context
+from .unavailable import FIND_STATUS, RETRIEVE_STATUS, dimse_refusal, http_refusal
 from .urls import presented_at
 from .wado import create_wado_app
 
@@ -182,14 +184,14 @@ def _run_worker(config: ServeConfig, listeners, *, recover: bool, with_dimse: bo
 
 
 def _destinations(config: ServeConfig) -> dict:
-    """Move destination AE title -> (host, port, TLS context or None). Destinations marked
+    """Move destination AE title -> :class:`~.dimse.requestor.RemoteAE`. Destinations marked
     ``tls`` share one requestor context (PS3.15 B.9, BCP 195): their certificates verified
     against ``tls-ca`` (the system's CAs without it), ours offered when configured."""
     context = None
     if any(d.tls for d in config.move_destinations):
         context = client_context(*(None if p is None else str(p)
                                    for p in (config.tls_ca, config.tls_cert, config.tls_key)))
-    return {d.ae: (d.host, d.port, context if d.tls else None) for d in config.move_destinations}
+    return {d.ae.strip(): RemoteAE(d.host, d.port, context if d.tls else None) for d in config.move_destinations}
 
 
 async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
@@ -220,7 +222,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
     # QIDO-RS builds its Retrieve URLs from the request: it sees requests as addressed to
     # the public URL (dicomaccel.urls.presented_at).
     qido = presented_at(create_qido_app(archive, fallback=app), config.public_url)
-    front = with_ops(create_wado_app(archive, fallback=qido, public_url=config.public_url), archive)
+    # QIDO-RS and WADO-RS reads that meet a lost index database: 503 (dicomaccel.unavailable).
+    front = with_ops(http_refusal(create_wado_app(archive, fallback=qido, public_url=config.public_url)), archive)
     checkers = credentials(config)
     if checkers is not None:
         front = require(front, checkers, scope_needed)
@@ -248,7 +251,10 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                     config.host,
                     config.dimse_port,
                     ae_title=config.ae_title,
-                    handlers={C_GET_RQ: cget, C_FIND_RQ: CFindSCP(archive), C_MOVE_RQ: cmove,
+                    # A lost index database: C-FIND A700, C-GET/C-MOVE A701 (dicomaccel.unavailable).
+                    handlers={C_GET_RQ: dimse_refusal(cget, RETRIEVE_STATUS),
+                              C_FIND_RQ: dimse_refusal(CFindSCP(archive), FIND_STATUS),
+                              C_MOVE_RQ: dimse_refusal(cmove, RETRIEVE_STATUS),
                               C_STORE_RQ: CStoreSCP(archive, config.max_instance_bytes),
                               N_ACTION_RQ: commitment},
                     supported_abstract_syntaxes=GET_SOP_CLASSES + FIND_SOP_CLASSES + MOVE_SOP_CLASSES

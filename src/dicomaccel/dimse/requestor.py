@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from dicomaccel.config import DEFAULTS
@@ -245,3 +246,19 @@ async def request_association(
         if protocol is not None and protocol._transport is not None:
             protocol._transport.abort()
         raise
+
+
+@dataclass(frozen=True)
+class RemoteAE:
+    """An AE we open associations to, as configured: a C-MOVE destination, or where a Storage
+    Commitment report goes once its requester has released. ``ssl``: reach it over TLS
+    (PS3.15 B.9) with this client context."""
+
+    host: str
+    port: int
+    ssl: ssl_module.SSLContext | None = None
+
+    async def associate(self, called_ae: str, **kwargs) -> Association:
+        """:func:`request_association` with this AE (``kwargs`` as there, but for the address
+        and ``ssl``)."""
+        return await request_association(self.host, self.port, called_ae=called_ae, ssl=self.ssl, **kwargs)

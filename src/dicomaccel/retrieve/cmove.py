@@ -32,7 +32,7 @@ from typing import Mapping
 
 from ..archive import InstanceRecord
 from ..dimse.association import Association, AssociationClosedError, Request
-from ..dimse.requestor import AssociationRejectedError, request_association
+from ..dimse.requestor import AssociationRejectedError, RemoteAE
 from ..status import Status
 from ..syntaxes import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from .cget import MAX_SUBOPERATIONS, CGetSCP, SubOperations, _failed_list, match_records, one_per_image
@@ -66,7 +66,7 @@ class CMoveSCP:
     ----------
     engine : CGetSCP
         The sub-operation engine (and its archive and transcoding pool), shared with C-GET.
-    destinations : mapping of str to (host, port) or (host, port, ssl.SSLContext or None)
+    destinations : mapping of str to RemoteAE
         Move Destination AE title -> where it listens, and the TLS context to reach it with.
     ae_title : str
         Our Calling AE Title on the sub-association.
@@ -76,10 +76,10 @@ class CMoveSCP:
         A destination that stops answering is aborted after this long.
     """
 
-    def __init__(self, engine: CGetSCP, destinations: Mapping[str, tuple], *, ae_title: str,
+    def __init__(self, engine: CGetSCP, destinations: Mapping[str, RemoteAE], *, ae_title: str,
                  connect_timeout: float, idle_timeout: float | None) -> None:
         self.engine = engine
-        self.destinations = {ae.strip(): address for ae, address in destinations.items()}
+        self.destinations = dict(destinations)
         self.ae_title = ae_title
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -116,15 +116,14 @@ class CMoveSCP:
             return
         contexts = await loop.run_in_executor(None, _contexts_for, records)
         try:
-            target = await request_association(
-                address[0], address[1], called_ae=destination, calling_ae=self.ae_title,
-                contexts=contexts, timeout=self.connect_timeout, idle_timeout=self.idle_timeout,
-                ssl=address[2] if len(address) > 2 else None)
+            target = await address.associate(
+                destination, calling_ae=self.ae_title, contexts=contexts,
+                timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
         except (OSError, asyncio.TimeoutError, AssociationRejectedError, AssociationClosedError) as exc:
             log.warning("cannot associate with move destination %s at %s:%d: %s", destination,
-                        address[0], address[1], exc)
+                        address.host, address.port, exc)
             await self._unreachable(assoc, request, records, query,
-                                    _why(destination, exc, len(address) > 2 and address[2] is not None))
+                                    _why(destination, exc, address.ssl is not None))
             return
         originator = (assoc.calling_ae, request.message_id)
         try:
