@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..status import FailureReason
-from .index import CommitInDoubt, DuplicateRow, Index, InstanceRecord
+from .index import CommitInDoubt, DuplicateRow, Index, IndexUnavailable, InstanceRecord
 from .ingest import FrameIndex, Header, StoreFailure
 from .store import FileStore, Published
 
@@ -177,7 +177,7 @@ class GroupCommit:
                 # database server, one round trip instead of one per store.
                 existing = self.index.lookup_many(list(asked))
             except Exception as exc:
-                if self.index.store_failure(exc) is exc:
+                if not isinstance(self.index.store_failure(exc), IndexUnavailable):
                     existing = None  # not the server: ask one by one, so a failure fails its store alone
                 else:  # the database is unavailable: every store of the batch is refused (A7xx)
                     for item in batch:  # each its own failure: the caller names it after its instance

@@ -34,7 +34,10 @@ names) on a new connection: those found are stored, the others refused with A720
 if the server cannot be asked, :class:`~.index.CommitInDoubt` refuses them the same way but
 keeps their files and pending markers, and this node's next start-up keeps the files whose
 rows exist. Reads retry once on a new
-connection, so a restarted server costs the stores that met it, not a restart of the node.
+connection, so a restarted server costs the stores that met it, not a restart of the node;
+a read the database cannot answer raises :class:`~.index.IndexUnavailable` (QIDO-RS and WADO-RS
+answer 503, C-FIND A700, C-GET and C-MOVE A701, each with the same Error Comment:
+:mod:`dicomaccel.unavailable`).
 
 *Schema.* Versioned in ``dicomaccel_schema``; :data:`MIGRATIONS` brings a database from any
 older version to :data:`SCHEMA_VERSION` at start-up, all in one transaction that first takes
@@ -76,6 +79,9 @@ POOL_SIZE = 8
 # Seconds a read waits for a pooled connection (all busy, or the server unreachable) before
 # it fails: a store then gets A720 "the index database is unavailable".
 POOL_WAIT = 10.0
+# Seconds a read waits for a connection of its own while the database is unavailable (libpq's
+# connect_timeout; a refused connection fails at once).
+CONNECT_WAIT = 3
 
 _INTEGERS = {"instance_number", "number_of_frames", "n_rows", "n_columns", "samples_per_pixel",
              "bits_allocated", "planar_configuration", "size", "dataset_offset", "pixel_tag",
@@ -212,8 +218,9 @@ class PostgresIndex(Index):
         except psycopg.OperationalError as exc:
             # An OSError, which `dicomaccel serve` reports in one line (as a busy port).
             raise ConnectionError(f"cannot use the index database: {str(exc).strip()}") from None
-        self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=True, timeout=POOL_WAIT,
-                                    kwargs={"autocommit": True}, name="dicomaccel-index")
+        self._pool_lock = threading.Lock()
+        self._down = False  # the last read found no database: reads connect on their own
+        self._pool = self._new_pool()
 
     # --- connections --------------------------------------------------------------------
     def _writer(self) -> psycopg.Connection:
@@ -260,17 +267,49 @@ class PostgresIndex(Index):
 
     def read(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
         """Run one read-only statement (``%s`` placeholders, parameters always bound) on a
-        pooled connection. A connection the server dropped (a restart, a fail-over) is
-        discarded by the pool and the statement runs once more on a new one."""
+        pooled connection: every read of the index (the query engine's, ``get``, ``find``,
+        ``lookup``...) comes here, so this is where a lost database is named.
+
+        A connection the server dropped (a restart, a fail-over) is discarded and the
+        statement runs once more on a new connection of its own, opened at once rather than
+        waiting for the pool's next attempt; if that works the pool is renewed (its other
+        connections are gone too). If the database cannot answer (no connection, or the pool
+        had none for :data:`POOL_WAIT` seconds), :class:`~.index.IndexUnavailable` is raised,
+        and until a read succeeds again each read tries its own connection, so it fails at
+        once (refused) or after :data:`CONNECT_WAIT` seconds rather than after the pool's
+        wait, and the node is back on the first read that reaches the database.
+        """
+        if self._down:
+            return self._read_alone(sql, parameters)
         conn = None
         try:
             with self._pool.connection() as conn:
                 return conn.execute(sql, parameters).fetchall()
-        except psycopg.OperationalError:
-            if conn is None or not conn.broken:
-                raise
-        with self._pool.connection() as conn:
-            return conn.execute(sql, parameters).fetchall()
+        except psycopg.OperationalError as exc:
+            if conn is None or not conn.broken:  # the pool waited in vain: the server is gone
+                self._down = True
+                raise IndexUnavailable(exc) from None
+        return self._read_alone(sql, parameters)
+
+    def _read_alone(self, sql: str, parameters: Sequence) -> list[tuple]:
+        """``read`` on a new connection of its own; the pool is renewed once that works."""
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_WAIT) as conn:
+                rows = conn.execute(sql, parameters).fetchall()
+        except psycopg.OperationalError as exc:
+            self._down = True
+            raise IndexUnavailable(exc) from None
+        with self._pool_lock:
+            old, self._pool = self._pool, self._new_pool()
+            self._down = False
+        log.warning("index: the database answers again")
+        # A connection still lent by the old pool is closed when it comes back.
+        threading.Thread(target=old.close, name="dicomaccel-index-old-pool", daemon=True).start()
+        return rows
+
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(self.url, min_size=1, max_size=POOL_SIZE, open=True, timeout=POOL_WAIT,
+                              kwargs={"autocommit": True}, name="dicomaccel-index")
 
     # --- reads --------------------------------------------------------------------------
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
@@ -301,11 +340,8 @@ class PostgresIndex(Index):
         return [record_of(row, self.root) for row in rows]
 
     def lookup(self, sop_instance_uid: str):
-        try:
-            rows = self.read("SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"
-                             " WHERE sop_instance_uid = %s", (sop_instance_uid,))
-        except psycopg.OperationalError as exc:  # the store's first question: refuse it clearly
-            raise IndexUnavailable(exc) from None
+        rows = self.read("SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"
+                         " WHERE sop_instance_uid = %s", (sop_instance_uid,))
         if not rows:
             return None
         return os.path.join(self.root, *rows[0][0].split("/")), *rows[0][1:]
@@ -317,7 +353,10 @@ class PostgresIndex(Index):
         return {uid: (os.path.join(self.root, *path.split("/")), *rest) for uid, path, *rest in rows}
 
     def store_failure(self, exc: BaseException) -> BaseException:
-        # A lost server, a pool that waited POOL_WAIT for a connection (PoolTimeout is one too).
+        # A read's IndexUnavailable (one per store: the caller names it after its instance), a
+        # lost server, a pool that waited POOL_WAIT for a connection (PoolTimeout is one too).
+        if isinstance(exc, IndexUnavailable):
+            return IndexUnavailable(None, exc.comment)
         return IndexUnavailable(exc) if _unavailable(exc) else exc
 
     def has_path(self, rel_path: str) -> bool:
