@@ -97,8 +97,10 @@ def stored_bytes(archive: Archive, uid: str) -> bytes:
 
 
 @needs_dcmtk
-def test_storescu_into_the_archive(node, tmp_path, chunked):
+@pytest.mark.parametrize("to_file", [True, False], ids=["chunked", "in-memory"])
+def test_storescu_into_the_archive(node, tmp_path, to_file, monkeypatch):
     archive, port = node
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", to_file)
     study, files = dicomgen.ct_series(3, 64, 64)
     paths = []
     for i, data in enumerate(files):

@@ -48,11 +48,14 @@ log = logging.getLogger("dicomaccel.integrations.pynetdicom")
 CHUNK = 1 << 20
 
 
-def _status(code: int, comment: str | None = None) -> Dataset:
+def _status(code: int, comment: str | None = None) -> Dataset | int:
+    # pynetdicom takes a bare int as the response's Status (PS3.7 9.3.1.2): a Dataset only
+    # when there is an Error Comment to carry (a Dataset with Status alone costs ~10 us).
+    if not comment:
+        return int(code)
     ds = Dataset()
     ds.Status = int(code)
-    if comment:
-        ds.ErrorComment = comment[:64]  # LO (PS3.7 C.4)
+    ds.ErrorComment = comment[:64]  # LO (PS3.7 C.4)
     return ds
 
 
@@ -85,7 +88,7 @@ class ArchiveStoreHandler:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 
-    def __call__(self, event) -> Dataset:
+    def __call__(self, event) -> Dataset | int:
         request = event.request
         meta = file_meta_bytes(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
                                str(event.context.transfer_syntax))
