@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from . import metrics
@@ -39,7 +40,9 @@ def with_ops(app, archive: Archive):
         elif path == "/ready":
             reasons = []
             try:
-                archive.index.lookup("0")  # one indexed read: the index answers
+                # One indexed read: the index answers (off the loop: a database server may
+                # take its connect timeout to say it is gone).
+                await asyncio.get_running_loop().run_in_executor(None, archive.index.lookup, "0")
             except Exception as exc:  # any failure means not ready; say which, not a traceback
                 reasons.append(f"index: {exc.__class__.__name__}")
             if not archive.writable():

@@ -121,10 +121,15 @@ class Index(abc.ABC):
         True if the group commit should insert a batch without asking :meth:`lookup_many`
         first, leaving duplicates to :meth:`put_batch`'s :class:`DuplicateRow` (a server, where
         the question costs a round trip); False: ask first (an embedded index answers at once).
+    remote : bool
+        True if a read crosses the network (and may wait for a server that went away): the
+        event loop then never reads it itself. An embedded index is read inline where one
+        indexed row is all that is needed.
     """
 
     durable_on_commit: bool = True
     insert_first: bool = False
+    remote: bool = False
     sql_dialect: str
 
     @abc.abstractmethod

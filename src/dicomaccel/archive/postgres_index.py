@@ -205,6 +205,7 @@ class PostgresIndex(Index):
     sql_dialect = "postgresql"
     # The primary key decides duplicates: a batch of new UIDs is one round trip, no lookup first.
     insert_first = True
+    remote = True
 
     def __init__(self, url: str, root: str, *, fsync: bool = True) -> None:
         self.url = url
