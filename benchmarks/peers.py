@@ -260,6 +260,7 @@ class DicomaccelPeer(Peer):
     workers = 1  # processes of ``dicomaccel serve --workers``: all serve STOW-RS, the first DIMSE
     # C-MOVE destinations, AE title -> (host, port); set by the cmove workload (benchmarks.cmove).
     move_destinations: dict[str, tuple[str, int]] = {}
+    index_url: str | None = None  # --index (a PostgreSQL database); None: the embedded SQLite file
     _listen = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP) on \S+://[^:/]+:(\d+)")
 
     def start(self, files: list[Path]) -> None:
@@ -269,7 +270,8 @@ class DicomaccelPeer(Peer):
                "--host", "127.0.0.1", "--http-port", "0", "--dimse-port", "0", "--ae-title", self.ae_title,
                "--fsync", self.fsync, "--workers", str(self.workers), "--log-level", "warning",
                *(a for ae, (host, port) in self.move_destinations.items()
-                 for a in ("--move-destination", f"{ae}={host}:{port}"))]
+                 for a in ("--move-destination", f"{ae}={host}:{port}")),
+               *(("--index", self.index_url) if self.index_url else ())]
         self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.http_port = None
         for line in _Lines(self.proc, self.log).until("dicomaccel: ready", 60):

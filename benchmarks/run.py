@@ -15,7 +15,10 @@ runs this when a package is missing):
 - orthanc: Orthanc + DICOMweb plugin on a generated configuration (STOW-RS, C-STORE, C-GET SCP);
 - dcmqrscp: DCMTK's Q/R SCP (C-STORE and C-GET SCP), loaded with ``storescu``;
 - pynetdicom: the C-GET SCP of ``benchmarks/pynetdicom_scp.py`` (retrieve only; FRAME level done
-  with pydicom, the way a pynetdicom server would add it).
+  with pydicom, the way a pynetdicom server would add it);
+- dicomaccel-pg (asked for by name): dicomaccel for the ``stow`` workload with its index on
+  PostgreSQL (``--index``), a new database per run on a throwaway cluster of Debian's
+  ``postgresql`` that the runner starts: the report compares it with ``dicomaccel`` (SQLite).
 
 Network isolation: Orthanc 1.10 and dcmqrscp cannot bind to one address, so when either is
 selected the runner re-runs itself, servers and clients alike, inside a private network
@@ -137,6 +140,7 @@ from benchmarks.corpus import (
     qido_corpus,
     qido_index,
 )
+from dicomaccel.testing.postgres import postgres_bin, start_cluster
 from dicomaccel.testing.query_index import FAMILY, GIVEN
 from benchmarks.machine import core_busy, core_times, harness_cpu_s, limits, loadavg, machine, stow_floor, versions
 from benchmarks.orthanc import OrthancPeer
@@ -165,6 +169,32 @@ class IngestDicomaccel(DicomaccelPeer):
     fsync = "always"
 
 
+class IngestDicomaccelPostgres(IngestDicomaccel):
+    """dicomaccel for ingest with its index on PostgreSQL (``--index``): each run a new database
+    on one throwaway cluster that the harness starts when first needed (durable: commits
+    flushed, like the SQLite side's); the STOW-RS workload only, next to ``dicomaccel``."""
+
+    name = "dicomaccel-pg"
+    cluster = None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None if postgres_bin() else "PostgreSQL is not installed (apt-get install -y postgresql)"
+
+    def start(self, files: list[Path]) -> None:
+        if IngestDicomaccelPostgres.cluster is None:
+            IngestDicomaccelPostgres.cluster = start_cluster(durable=True)
+        cluster = IngestDicomaccelPostgres.cluster
+        self.index_url = cluster.create_database()
+        super().start(files)
+
+    @classmethod
+    def shut_down(cls) -> None:
+        if cls.cluster is not None:
+            cls.cluster.stop()
+            cls.cluster = None
+
+
 class Dcmqrscp(DcmqrscpPeer):
     # +xv: accept JPEG 2000 lossless besides the uncompressed syntaxes, so storescu can load the
     # JPEG 2000 corpus as is and a C-GET SCU that proposes it receives it as stored.
@@ -173,7 +203,9 @@ class Dcmqrscp(DcmqrscpPeer):
 
 PEERS: dict[str, type[Peer]] = {"dicomaccel": DicomaccelPeer, "orthanc": OrthancPeer,
                                 "dcmqrscp": Dcmqrscp, "pynetdicom": PynetdicomPeer}
-STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": (OrthancPeer, "/dicom-web/studies")}
+STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": (OrthancPeer, "/dicom-web/studies"),
+              "dicomaccel-pg": (IngestDicomaccelPostgres, "/dicomweb/studies")}
+INGEST_ONLY = ("dicomaccel-pg",)  # peers of the stow workload alone, never loaded for retrieval
 CSTORE_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
 NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
 WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind",
@@ -385,8 +417,9 @@ def _csv(choices: tuple[str, ...], cast=str):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--peers", type=_csv(tuple(PEERS)), default=list(PEERS),
-                   help="comma-separated servers (default: all four)")
+    p.add_argument("--peers", type=_csv((*PEERS, *INGEST_ONLY)), default=list(PEERS),
+                   help="comma-separated servers (default: the first four; dicomaccel-pg, dicomaccel "
+                        "with a PostgreSQL index, takes part in the stow workload only)")
     p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(DEFAULT_WORKLOADS),
                    help=f"comma-separated: {', '.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})")
     p.add_argument("--clients", type=_csv(CLIENTS), default=list(CLIENTS),
@@ -789,7 +822,7 @@ def run_harness(args, argv: list[str]) -> int:
     IngestDicomaccel.workers = args.dicomaccel_workers
     available = []
     for name in args.peers:
-        reason = PEERS[name].unavailable()
+        reason = (PEERS.get(name) or STOW_PEERS[name][0]).unavailable()
         if name in NEEDS_NETNS and not data["netns"]:
             reason = reason or ("binds every interface and cannot be limited to 127.0.0.1: needs root and "
                                 "`unshare -n` to run in a loopback-only network namespace")
@@ -834,7 +867,7 @@ def run_harness(args, argv: list[str]) -> int:
             print("skipping workload cfind: DCMTK findscu not installed", file=sys.stderr, flush=True)
             wants_find = False
         if retrieve or wants_frames:
-            needed = available
+            needed = [p for p in available if p not in INGEST_ONLY]
         else:  # only the servers the DICOMweb and C-FIND workloads talk to
             needed = [p for p in available if (wants_web and p in WEB_PEERS) or (wants_find and p in FIND_PEERS)]
         if needed:
@@ -865,6 +898,7 @@ def run_harness(args, argv: list[str]) -> int:
             peer.stop()
         while MOVE_DESTINATIONS:
             MOVE_DESTINATIONS.pop().stop()
+        IngestDicomaccelPostgres.shut_down()
         shutil.rmtree(work, ignore_errors=True)
 
     data["seconds"] = round(time.time() - began, 1)

@@ -262,3 +262,18 @@ def test_embed_rows_compare_with_the_usual_handlers_and_the_floor_of_the_same_ru
     assert "| FRAME level, 1 frame: end to end within 25% of pynetdicom's floor | 1.19 of the floor's time | yes |" in text
     assert "| C-GET of the CT study: >= 2x the usual handler | 1.5x (peak RSS 50 against 50 MiB) | **no** |" in text
     assert "C-STORE" not in text  # not measured: no target line
+
+
+def test_postgresql_index_is_a_share_of_sqlite_and_never_the_best_peer():
+    def row(peer, seconds, cpu):
+        return {"section": "ingest", "corpus": "ct", "label": "CT", "method": "STOW-RS 1/request, 4 clients",
+                "peer": peer, "instances": 200, "bytes": 10**8,
+                "runs": [{"seconds": s, "bytes": 10**8, "peak_mib": 60, "accepted": 200, "server_cpu_s": cpu}
+                         for s in seconds]}
+    data = {"rows": [row("dicomaccel", [0.40, 0.40, 0.50], 0.3), row("dicomaccel-pg", [0.50, 0.50, 0.45], 0.36),
+                     row("orthanc", [0.8, 0.8, 0.9], 0.6)]}
+    lines = report.targets(data, report.ISSUE13_TARGETS)
+    assert len(lines) == 3 and "80% (400 against 500/s" in lines[2] and lines[2].endswith("| **no** |")
+    (r,) = report.ratios(data)  # against Orthanc, not against ourselves on another index
+    assert r["best_peer"] == "orthanc"
+    assert all(b["best_peer"].startswith("orthanc,") for b in report.best_ingest(data))
