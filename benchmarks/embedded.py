@@ -10,6 +10,14 @@ The runner (:func:`benchmarks.run.embed_methods`) measures, the three side by si
   floor builds its instance then);
 - a Study Root C-GET of the CT study (``--ct``, 200 by default), the same SCU;
 - C-STORE of the CT study by DCMTK ``storescu`` over one association, into a fresh server.
+  The like-for-like row is ``pynetdicom+dicomaccel``: the data set received in memory as the
+  usual handler's is, and neither fsyncs. Three C-STORE-only rows show what else costs:
+  ``pynetdicom+dicomaccel-chunked`` (pynetdicom writes each data set to a temporary file
+  first, ``STORE_RECV_CHUNKED_DATASET``: flat RSS for any size), ``pynetdicom+dicomaccel-fsync``
+  (in memory, the archive's durable default ``fsync=True``) and ``pynetdicom-floor-chunked``
+  (pynetdicom's own cost of that temporary file). They are not started for the C-GET methods
+  (same C-GET handlers as the row they vary), so the report lists them as skipped there; the
+  method's "(no fsync)" holds for every row but ``pynetdicom+dicomaccel-fsync``.
 
 Each run also records the handlers' own time (``handler_s``: inside the C-GET handler's
 generator, or the C-STORE handler's call), read from the server's ``handler-stats.json``.
@@ -37,8 +45,13 @@ class EmbedPeer(Peer):
 
     handlers = ""
     ae_title = "EMBED"
+    options: tuple[str, ...] = ()
+    store_only = False  # a C-STORE variant: not started for the C-GET methods
+    get_rows = ""  # ... whose C-GET rows are this peer's
 
     def start(self, files: list[Path]) -> None:
+        if files and self.store_only:
+            raise PeerUnavailable(f"a C-STORE variant: its C-GET handler is {self.get_rows}'s")
         source = self.workdir / "files"
         source.mkdir(exist_ok=True)
         for i, path in enumerate(files):
@@ -48,7 +61,8 @@ class EmbedPeer(Peer):
             except OSError:
                 shutil.copyfile(path, dest)
         cmd = [sys.executable, "-m", "benchmarks.pynetdicom_embed", "--handlers", self.handlers,
-               "--dir", str(source), "--work", str(self.workdir / "state"), "--ae-title", self.ae_title]
+               "--dir", str(source), "--work", str(self.workdir / "state"), "--ae-title", self.ae_title,
+               *self.options]
         self.proc = spawn(cmd, log=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
         for line in _Lines(self.proc, self.log).until("pynetdicom-embed: ready", 600):
             if m := re.search(r"C-GET SCP on dicom://[\d.]+:(\d+)", line):
@@ -77,7 +91,23 @@ class EmbedFloor(EmbedPeer):
     name, handlers = "pynetdicom-floor", "floor"
 
 
-EMBED_PEERS: dict[str, type[EmbedPeer]] = {p.name: p for p in (EmbedDicomaccel, EmbedUsual, EmbedFloor)}
+class EmbedDicomaccelChunked(EmbedPeer):
+    name, handlers, options, store_only = "pynetdicom+dicomaccel-chunked", "dicomaccel", ("--receive", "chunked"), True
+    get_rows = "pynetdicom+dicomaccel"
+
+
+class EmbedDicomaccelFsync(EmbedPeer):
+    name, handlers, options, store_only = "pynetdicom+dicomaccel-fsync", "dicomaccel", ("--fsync",), True
+    get_rows = "pynetdicom+dicomaccel"
+
+
+class EmbedFloorChunked(EmbedPeer):
+    name, handlers, options, store_only = "pynetdicom-floor-chunked", "floor", ("--receive", "chunked"), True
+    get_rows = "pynetdicom-floor"
+
+
+EMBED_PEERS: dict[str, type[EmbedPeer]] = {p.name: p for p in (
+    EmbedDicomaccel, EmbedUsual, EmbedFloor, EmbedDicomaccelChunked, EmbedDicomaccelFsync, EmbedFloorChunked)}
 
 
 def with_handler_time(peer: EmbedPeer, fn, *args) -> dict:

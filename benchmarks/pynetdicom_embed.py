@@ -1,6 +1,7 @@
 """One pynetdicom AE, three sets of handlers: what embedding dicomaccel in a pynetdicom server buys.
 
     python -m benchmarks.pynetdicom_embed --handlers dicomaccel|usual|floor --dir DIR --work DIR
+                                          [--receive memory|chunked] [--fsync]
                                           [--port 0] [--ae-title EMBED]
 
 The AE is the same for the three (every Get model and Storage SOP Class with both roles, from
@@ -10,7 +11,7 @@ differ:
 
 - ``dicomaccel``: :class:`~dicomaccel.integrations.pynetdicom.ArchiveGetHandler` and
   :class:`~dicomaccel.integrations.pynetdicom.ArchiveStoreHandler` over an archive holding the
-  files of DIR (stored at start-up), with ``STORE_RECV_CHUNKED_DATASET`` on;
+  files of DIR (stored at start-up);
 - ``usual``: the handlers a pynetdicom user writes: C-GET of :mod:`benchmarks.pynetdicom_scp`
   (``yield dcmread(path)``; FRAME level: pydicom reads the source and builds the new
   instance), C-STORE ``event.dataset`` with ``event.file_meta`` written by ``ds.save_as``;
@@ -18,7 +19,14 @@ differ:
   of DIR read at start-up; a FRAME-level instance built at its first request and kept), C-STORE
   answers Success and keeps nothing.
 
-No side fsyncs (the archive runs with ``fsync=False``; ``save_as`` does not). Each handler's own
+How pynetdicom receives a C-STORE data set is ``--receive``: ``memory`` (pynetdicom's default,
+a BytesIO the handler reads, ``event.request.DataSet``) or ``chunked``
+(``_config.STORE_RECV_CHUNKED_DATASET``: pynetdicom writes it to a temporary file, the handler
+reads ``event.dataset_path``). The usual handler decodes either; the floor ignores it.
+
+No fsyncs unless ``--fsync`` (``save_as`` does not fsync; the archive runs with
+``fsync=False``, or ``fsync=True`` with ``--fsync``: the durable store it defaults to, a
+separate row, not the like-for-like comparison). Each handler's own
 time (for a C-GET: the time spent inside the handler's generator, so not pynetdicom's encoding
 and sending of what it yields) is added up and written, with the count of events and of
 instances stored, to ``WORK/handler-stats.json`` after every event. Binds 127.0.0.1 only.
@@ -144,15 +152,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="archive, received files, handler-stats.json")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: ephemeral)")
     parser.add_argument("--ae-title", default="EMBED")
+    parser.add_argument("--receive", choices=("memory", "chunked"), default="memory",
+                        help="C-STORE data sets in memory (default) or in pynetdicom's temporary file")
+    parser.add_argument("--fsync", action="store_true", help="the archive fsyncs (dicomaccel handlers)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     stats = Stats(args.work / STATS)
     files = sorted(p for p in args.dir.rglob("*") if p.is_file())
     archive = None
+    _config.STORE_RECV_CHUNKED_DATASET = args.receive == "chunked"
     if args.handlers == "dicomaccel":
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        archive = Archive(args.work / "archive", fsync=False)
+        archive = Archive(args.work / "archive", fsync=args.fsync)
         for path in files:
             archive.store_bytes(path.read_bytes())
         get, store = ArchiveGetHandler(archive), ArchiveStoreHandler(archive)
@@ -174,7 +185,8 @@ def main() -> None:
                 (evt.EVT_CONN_OPEN, nodelay)]
     server = ae.start_server(("127.0.0.1", args.port), block=False, evt_handlers=handlers)
     print(f"pynetdicom-embed: C-GET SCP on dicom://127.0.0.1:{server.socket.getsockname()[1]}", flush=True)
-    print(f"pynetdicom-embed: {args.handlers} handlers, {len(files)} instances", flush=True)
+    print(f"pynetdicom-embed: {args.handlers} handlers, C-STORE received {'to a file' if args.receive == 'chunked' else 'in memory'}"
+          f"{', fsync' if args.fsync else ''}, {len(files)} instances", flush=True)
     print("pynetdicom-embed: ready", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:

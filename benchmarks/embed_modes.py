@@ -1,0 +1,209 @@
+"""Where the time of a pynetdicom AE with dicomaccel's handlers goes (issue 16), variant by variant.
+
+    python -m benchmarks.embed_modes store [--runs 7] [--ct 200]
+    python -m benchmarks.embed_modes get-send [--runs 7] [--ct 200]
+
+``store``: one pynetdicom AE in this process receives the CT study from DCMTK ``storescu``
+(one association, TCP_NODELAY on the accepted socket), once per variant, the variants
+alternated ``--runs`` times; per instance: end to end (storescu's wall time, start-up included)
+and the handler's own time, medians with the spread. Variants:
+
+- ``usual``: the data set in memory, ``event.dataset`` + ``ds.save_as`` (no fsync);
+- ``dicomaccel``, ``dicomaccel-chunked``: :class:`~dicomaccel.integrations.pynetdicom.ArchiveStoreHandler`,
+  data set in memory (``event.request.DataSet``) or in pynetdicom's temporary file
+  (``_config.STORE_RECV_CHUNKED_DATASET``), archive ``fsync=False``;
+- ``dicomaccel-fsync``, ``dicomaccel-chunked-fsync``: the same with ``fsync=True`` (the
+  archive's default: files, directory and index durable before the response);
+- ``floor``, ``floor-chunked``: the handler answers Success and keeps nothing (pynetdicom's own
+  cost of receiving, in memory or through its temporary file).
+
+``get-send``: the sending side of a C-GET without the network: per instance of the study, the
+handler's data set and pynetdicom's encoding of it (``pynetdicom.dsutils.encode``, what
+``send_c_store`` does before fragmenting into P-DATA): ``dicomaccel`` (ArchiveGetHandler's raw
+elements over an mmap of the stored file), ``dicomaccel-read`` (the same over the file read
+into memory) and ``usual`` (``dcmread(path)``). Binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import encode
+
+from benchmarks.corpus import ct_corpus
+from dicomaccel.archive import Archive
+from dicomaccel.integrations.pynetdicom import ArchiveGetHandler, ArchiveStoreHandler, add_presentation_contexts
+from dicomaccel.integrations.pynetdicom import get as get_module
+from dicomaccel.retrieve.cget import match_records
+from dicomaccel.retrieve.identifier import parse_identifier
+from dicomaccel.testing.server import dcmtk_program
+
+STORE_VARIANTS = ("usual", "dicomaccel", "dicomaccel-chunked", "dicomaccel-fsync", "dicomaccel-chunked-fsync",
+                  "floor", "floor-chunked")
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+
+def _nodelay(event) -> None:
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def store_once(variant: str, files: list[Path], work: Path, storescu: str) -> tuple[float, float]:
+    """(seconds end to end, seconds in the handler) for ``files`` sent by storescu to a new AE."""
+    _config.STORE_RECV_CHUNKED_DATASET = "chunked" in variant
+    archive = None
+    if variant.startswith("dicomaccel"):
+        archive = Archive(work / "archive", fsync=variant.endswith("-fsync"))
+        inner = ArchiveStoreHandler(archive)
+    elif variant == "usual":
+        received = work / "received"
+        received.mkdir()
+
+        def inner(event):
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            ds.save_as(received / ds.SOPInstanceUID, enforce_file_format=True)
+            return 0x0000
+    else:
+        def inner(event):
+            return 0x0000
+    spent = [0.0]
+
+    def handler(event):
+        t = time.perf_counter()
+        try:
+            return inner(event)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    ae = AE(ae_title="EMBED")
+    add_presentation_contexts(ae)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, handler), (evt.EVT_CONN_OPEN, _nodelay)])
+    try:
+        port = server.socket.getsockname()[1]
+        t = time.perf_counter()
+        done = subprocess.run([storescu, "-R", "-aet", "STORESCU", "-aec", "EMBED", "127.0.0.1", str(port),
+                               *map(str, files)], capture_output=True, text=True, timeout=600)
+        seconds = time.perf_counter() - t
+    finally:
+        server.shutdown()
+        if archive is not None:
+            archive.close()
+        _config.STORE_RECV_CHUNKED_DATASET = False
+    if done.returncode != 0:
+        raise RuntimeError(f"storescu: {done.stderr[-500:]}")
+    return seconds, spent[0]
+
+
+def run_store(files: list[Path], runs: int, variants: list[str]) -> None:
+    storescu = dcmtk_program("storescu")
+    if storescu is None:
+        raise SystemExit("DCMTK storescu is needed")
+    root = Path(tempfile.mkdtemp(prefix="embed-modes-"))
+    results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    try:
+        (root / "warm").mkdir()
+        store_once("floor", files[:2], root / "warm", storescu)  # imports, first association
+        for _ in range(runs):
+            for variant in variants:
+                work = root / variant
+                work.mkdir()
+                results[variant].append(store_once(variant, files, work, storescu))
+                shutil.rmtree(work)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"C-STORE of {len(files)} instances by storescu, {runs} alternated runs; ms per instance, "
+          "median [min-max]")
+    print("| variant | end to end | handler's own |\n|---|---|---|")
+    for variant, rows in results.items():
+        print(f"| {variant} | {_cell([r[0] for r in rows], len(files))} | {_cell([r[1] for r in rows], len(files))} |")
+
+
+def run_get_send(files: list[Path], runs: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="embed-modes-"))
+    try:
+        with Archive(root / "archive", fsync=False) as archive:
+            for path in files:
+                archive.store_bytes(path.read_bytes())
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+            records, _ = match_records(archive, parse_identifier(STUDY_ROOT_GET, identifier))
+            syntax = str(dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            handler = ArchiveGetHandler(archive)
+
+            class Contexts:  # every instance's stored syntax accepted, as in the embed workload
+                def storage_contexts(self, sop_class_uid):
+                    return [type("Context", (), {"transfer_syntax": syntax})()]
+
+            contexts, mapped = Contexts(), get_module.map_file
+
+            def read(path):
+                with open(path, "rb", buffering=0) as f:
+                    return f.read()
+
+            def send(reader):
+                get_module.map_file = reader
+                try:
+                    for record in records:
+                        encode(handler._dataset(record, contexts, False), False, True)
+                finally:
+                    get_module.map_file = mapped
+
+            def usual():
+                for path in files:
+                    encode(dcmread(path), False, True)
+
+            variants = {"dicomaccel": lambda: send(mapped), "dicomaccel-read": lambda: send(read), "usual": usual}
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for fn in variants.values():
+                fn()  # warm-up
+            for _ in range(runs):
+                for name, fn in variants.items():
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"C-GET send side of {len(files)} instances (handler's data set + pynetdicom's encoding), "
+          f"{runs} alternated runs; ms per instance, median [min-max]")
+    print("| variant | handler + encode |\n|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | {_cell(values, len(files))} |")
+
+
+def _cell(seconds: list[float], n: int) -> str:
+    ms = [1e3 * s / n for s in seconds]
+    return f"{statistics.median(ms):.2f} [{min(ms):.2f}-{max(ms):.2f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("store", "get-send"))
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--ct", type=int, default=200, help="instances of the CT study (default 200)")
+    parser.add_argument("--variants", default=",".join(STORE_VARIANTS), help="store: comma-separated variants")
+    parser.add_argument("--cache-dir", type=Path,
+                        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dicomaccel-bench")
+    args = parser.parse_args()
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    files = list(ct_corpus(args.cache_dir, args.ct).files)
+    if args.what == "store":
+        run_store(files, args.runs, args.variants.split(","))
+    else:
+        run_get_send(files, args.runs)
+
+
+if __name__ == "__main__":
+    main()
