@@ -381,6 +381,18 @@ def _open_together(server, count: int) -> list[http.client.HTTPConnection]:
     return conns
 
 
+def _both_accepting(server, workers: list[int], port: int) -> bool:
+    """True once two connections opened together land one on each worker: both workers are
+    accepting (a worker still starting up is not on the board, and the other takes all)."""
+    conns = _open_together(server, 2)
+    try:
+        return sorted(_connections_held(pid, port) for pid in workers) == [1, 1]
+    finally:
+        for conn in conns:
+            conn.close()
+        wait_until(lambda: sum(_connections_held(pid, port) for pid in workers) == 0, timeout=10)
+
+
 def test_workers_take_equal_shares_of_connections(server_factory):
     """Clients connecting together are spread over the workers: left to the kernel, the first
     worker to wake took most of them (3 + 1 of 4 in most tries), and served them on one core."""
@@ -388,6 +400,7 @@ def test_workers_take_equal_shares_of_connections(server_factory):
     workers = _workers(server.process.pid)
     assert len(workers) == 2
     port = urlsplit(server.http_url).port
+    assert wait_until(lambda: _both_accepting(server, workers, port), timeout=60)
     for _ in range(5):
         conns = _open_together(server, 4)
         assert sorted(_connections_held(pid, port) for pid in workers) == [2, 2]
@@ -403,10 +416,7 @@ def test_a_stopped_worker_does_not_hold_up_new_connections(server_factory):
     workers = _workers(server.process.pid)
     port = urlsplit(server.http_url).port
     # Both serving first: a worker stopped while still starting may hold the index's lock.
-    conns = _open_together(server, 2)
-    assert sorted(_connections_held(pid, port) for pid in workers) == [1, 1]
-    for conn in conns:
-        conn.close()
+    assert wait_until(lambda: _both_accepting(server, workers, port), timeout=60)
     os.kill(workers[0], signal.SIGSTOP)
     try:
         conns = _open_together(server, 3)

@@ -48,8 +48,9 @@ class LoadBoard:
             self._counts[n] = ABSENT
 
     def seat(self, number: int) -> "Seat":
-        """Worker ``number``'s place on the board (it starts holding no connection)."""
-        self._counts[number] = 0
+        """Worker ``number``'s place on the board. It stays :data:`ABSENT` until the worker
+        starts accepting (:meth:`Acceptor.start`): a worker still starting up must not make
+        the others defer to it."""
         return Seat(self._counts, number)
 
     def vacate(self, number: int) -> None:
@@ -90,10 +91,12 @@ class Acceptor:
         sock.setblocking(False)
 
     def start(self) -> None:
+        self._seat.publish(0)
         self._watch()
 
     def close(self) -> None:
         """Stop accepting (the socket stays open: the other workers still use it)."""
+        self._seat.publish(ABSENT)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

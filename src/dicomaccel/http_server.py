@@ -506,7 +506,7 @@ class HTTPServer:
 
     def publish(self) -> None:
         """Tell the other workers how many connections this one holds."""
-        if self._seat is not None:
+        if self._seat is not None and not self.stopping:  # stopping: the acceptor left the board
             self._seat.publish(len(self.connections) + self._opening)
 
     def forget(self, conn: "_Connection") -> None:
