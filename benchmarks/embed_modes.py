@@ -1,12 +1,15 @@
 """Where the time of a pynetdicom AE with dicomaccel's handlers goes (issue 16), variant by variant.
 
-    python -m benchmarks.embed_modes store [--runs 7] [--ct 200]
+    python -m benchmarks.embed_modes store [--runs 7] [--ct 200] [--corpus ct|multiframe] [--variants a,b]
     python -m benchmarks.embed_modes get-send [--runs 7] [--ct 200]
 
 ``store``: one pynetdicom AE in this process receives the CT study from DCMTK ``storescu``
 (one association, TCP_NODELAY on the accepted socket), once per variant, the variants
 alternated ``--runs`` times; per instance: end to end (storescu's wall time, start-up included)
-and the handler's own time, medians with the spread. Variants:
+and the handler's own time, medians with the spread (``--corpus multiframe``: the 4 native
+multi-frame instances of 89-131 MB instead of the CT study). Then the process's peak RSS
+before and after: with one variant (``--variants``) and ``--runs 1``, what receiving costs in
+memory. Variants:
 
 - ``usual``: the data set in memory, ``event.dataset`` + ``ds.save_as`` (no fsync);
 - ``dicomaccel``, ``dicomaccel-chunked``: :class:`~dicomaccel.integrations.pynetdicom.ArchiveStoreHandler`,
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -41,7 +45,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import encode
 
-from benchmarks.corpus import ct_corpus
+from benchmarks.corpus import ct_corpus, multiframe_corpus
 from dicomaccel.archive import Archive
 from dicomaccel.integrations.pynetdicom import ArchiveGetHandler, ArchiveStoreHandler, add_presentation_contexts
 from dicomaccel.integrations.pynetdicom import get as get_module
@@ -114,7 +118,8 @@ def run_store(files: list[Path], runs: int, variants: list[str]) -> None:
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     try:
         (root / "warm").mkdir()
-        store_once("floor", files[:2], root / "warm", storescu)  # imports, first association
+        store_once("floor-chunked", files[:1], root / "warm", storescu)  # imports, first association (RSS flat)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for _ in range(runs):
             for variant in variants:
                 work = root / variant
@@ -123,11 +128,14 @@ def run_store(files: list[Path], runs: int, variants: list[str]) -> None:
                 shutil.rmtree(work)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"C-STORE of {len(files)} instances by storescu, {runs} alternated runs; ms per instance, "
-          "median [min-max]")
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
+    print(f"C-STORE of {len(files)} instances ({mb:.1f} MB each on average) by storescu, {runs} alternated "
+          "runs; ms per instance, median [min-max]")
     print("| variant | end to end | handler's own |\n|---|---|---|")
     for variant, rows in results.items():
         print(f"| {variant} | {_cell([r[0] for r in rows], len(files))} | {_cell([r[1] for r in rows], len(files))} |")
+    print(f"peak RSS of this process: {rss_before / 1024:.0f} MiB before the runs, {rss_after / 1024:.0f} MiB after")
 
 
 def run_get_send(files: list[Path], runs: int) -> None:
@@ -193,12 +201,14 @@ def main() -> None:
     parser.add_argument("what", choices=("store", "get-send"))
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--ct", type=int, default=200, help="instances of the CT study (default 200)")
+    parser.add_argument("--corpus", choices=("ct", "multiframe"), default="ct", help="store: what storescu sends")
     parser.add_argument("--variants", default=",".join(STORE_VARIANTS), help="store: comma-separated variants")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dicomaccel-bench")
     args = parser.parse_args()
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    files = list(ct_corpus(args.cache_dir, args.ct).files)
+    corpus = multiframe_corpus(args.cache_dir, 4) if args.corpus == "multiframe" else ct_corpus(args.cache_dir, args.ct)
+    files = list(corpus.files)
     if args.what == "store":
         run_store(files, args.runs, args.variants.split(","))
     else:
