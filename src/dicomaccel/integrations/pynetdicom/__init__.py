@@ -6,7 +6,8 @@
     from dicomaccel.archive import Archive
     from dicomaccel.integrations.pynetdicom import add_presentation_contexts, handlers
 
-    _config.STORE_RECV_CHUNKED_DATASET = True      # C-STORE data sets to a file, not decoded
+    # C-STORE data sets arrive in memory (fastest); for instances of hundreds of MB:
+    # _config.STORE_RECV_CHUNKED_DATASET = True    # to a temporary file, flat RSS
     archive = Archive("/var/lib/dicom")
     ae = AE(ae_title="ROUTER")
     add_presentation_contexts(ae)                 # Get models + storage with role selection

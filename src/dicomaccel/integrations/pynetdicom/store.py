@@ -1,10 +1,20 @@
 """EVT_C_STORE handler for a pynetdicom AE: received instances go into a dicomaccel archive
 under its ingest policy, without pydicom decoding them (PS3.4 B.2.2, B.2.3).
 
-With ``pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True`` pynetdicom writes each
-received data set to a temporary file as its P-DATA arrive and the event names that file
-(``event.dataset_path``); otherwise the data set is in memory (``event.request.DataSet``).
-Either way the handler builds the PS3.10 file the archive stores: our File Meta group
+pynetdicom receives a data set one of two ways, chosen for the whole process before any
+data set arrives (a C-STORE-RQ does not say how long its data set is, PS3.7 9.3.1.1):
+
+- in memory (pynetdicom's default): ``event.request.DataSet``, a BytesIO the handler reads
+  through its buffer, without a copy. The fastest: per 0.5 MB CT instance about 1 ms less
+  end to end than the temporary file (docs/embedding.md has the figures); memory is the
+  instance's size per association receiving one.
+- ``pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True``: pynetdicom writes each data set
+  to a temporary file as its P-DATA arrive (with pydicom's File Meta, a flush per PDV) and
+  the event names it (``event.dataset_path``); the handler copies it in 1 MiB reads. RSS
+  stays flat whatever the size (a 1 GiB instance: tests/test_integrations_pynetdicom_rss.py).
+  For AEs that receive instances of hundreds of MB.
+
+Either way nothing is decoded, and the handler builds the PS3.10 file the archive stores: our File Meta group
 (PS3.10 §7.1: Media Storage SOP Class and Instance UIDs from the request's Affected SOP
 Class and Instance UIDs, PS3.7 9.1.1; Transfer Syntax UID of the accepted presentation
 context, PS3.5 §10) followed by the data set bytes exactly as received, streamed into
@@ -73,7 +83,7 @@ class ArchiveStoreHandler:
     """EVT_C_STORE handler storing into a dicomaccel :class:`~dicomaccel.archive.Archive`::
 
         from pynetdicom import _config, evt
-        _config.STORE_RECV_CHUNKED_DATASET = True   # data sets go to a file, never decoded
+        # _config.STORE_RECV_CHUNKED_DATASET = True   # only if instances can be very large
         ae.start_server(("", 11112), evt_handlers=[(evt.EVT_C_STORE, ArchiveStoreHandler(archive))])
 
     The archive's :class:`~dicomaccel.policy.store.StorePolicy` decides (the same verdict
