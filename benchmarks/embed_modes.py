@@ -1,6 +1,7 @@
 """Where the time of a pynetdicom AE with dicomaccel's handlers goes (issue 16), variant by variant.
 
     python -m benchmarks.embed_modes store [--runs 7] [--ct 200] [--corpus ct|multiframe] [--variants a,b]
+                                           [--max-pdu 16382]
     python -m benchmarks.embed_modes get-send [--runs 7] [--ct 200]
 
 ``store``: one pynetdicom AE in this process receives the CT study from DCMTK ``storescu``
@@ -9,7 +10,8 @@ alternated ``--runs`` times; per instance: end to end (storescu's wall time, sta
 and the handler's own time, medians with the spread (``--corpus multiframe``: the 4 native
 multi-frame instances of 89-131 MB instead of the CT study). Then the process's peak RSS
 before and after: with one variant (``--variants``) and ``--runs 1``, what receiving costs in
-memory. Variants:
+memory. ``--max-pdu``: the AE's Maximum Length Received (PS3.8 D.1; pynetdicom's default
+16382, 0 for no limit), which bounds the P-DATA PDUs storescu sends. Variants:
 
 - ``usual``: the data set in memory, ``event.dataset`` + ``ds.save_as`` (no fsync);
 - ``dicomaccel``, ``dicomaccel-chunked``: :class:`~dicomaccel.integrations.pynetdicom.ArchiveStoreHandler`,
@@ -62,7 +64,8 @@ def _nodelay(event) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def store_once(variant: str, files: list[Path], work: Path, storescu: str) -> tuple[float, float]:
+def store_once(variant: str, files: list[Path], work: Path, storescu: str,
+               max_pdu: int | None = None) -> tuple[float, float]:
     """(seconds end to end, seconds in the handler) for ``files`` sent by storescu to a new AE."""
     _config.STORE_RECV_CHUNKED_DATASET = "chunked" in variant
     archive = None
@@ -91,6 +94,8 @@ def store_once(variant: str, files: list[Path], work: Path, storescu: str) -> tu
             spent[0] += time.perf_counter() - t
 
     ae = AE(ae_title="EMBED")
+    if max_pdu is not None:
+        ae.maximum_pdu_size = max_pdu
     add_presentation_contexts(ae)
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, handler), (evt.EVT_CONN_OPEN, _nodelay)])
@@ -110,7 +115,7 @@ def store_once(variant: str, files: list[Path], work: Path, storescu: str) -> tu
     return seconds, spent[0]
 
 
-def run_store(files: list[Path], runs: int, variants: list[str]) -> None:
+def run_store(files: list[Path], runs: int, variants: list[str], max_pdu: int | None = None) -> None:
     storescu = dcmtk_program("storescu")
     if storescu is None:
         raise SystemExit("DCMTK storescu is needed")
@@ -124,13 +129,14 @@ def run_store(files: list[Path], runs: int, variants: list[str]) -> None:
             for variant in variants:
                 work = root / variant
                 work.mkdir()
-                results[variant].append(store_once(variant, files, work, storescu))
+                results[variant].append(store_once(variant, files, work, storescu, max_pdu))
                 shutil.rmtree(work)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
-    print(f"C-STORE of {len(files)} instances ({mb:.1f} MB each on average) by storescu, {runs} alternated "
+    pdu = "" if max_pdu is None else f", AE maximum PDU {max_pdu or 'unlimited'}"
+    print(f"C-STORE of {len(files)} instances ({mb:.1f} MB each on average) by storescu{pdu}, {runs} alternated "
           "runs; ms per instance, median [min-max]")
     print("| variant | end to end | handler's own |\n|---|---|---|")
     for variant, rows in results.items():
@@ -201,6 +207,8 @@ def main() -> None:
     parser.add_argument("what", choices=("store", "get-send"))
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--ct", type=int, default=200, help="instances of the CT study (default 200)")
+    parser.add_argument("--max-pdu", type=int, default=None,
+                        help="store: the AE's maximum PDU size (default pynetdicom's, 16382; 0: no limit)")
     parser.add_argument("--corpus", choices=("ct", "multiframe"), default="ct", help="store: what storescu sends")
     parser.add_argument("--variants", default=",".join(STORE_VARIANTS), help="store: comma-separated variants")
     parser.add_argument("--cache-dir", type=Path,
@@ -210,7 +218,7 @@ def main() -> None:
     corpus = multiframe_corpus(args.cache_dir, 4) if args.corpus == "multiframe" else ct_corpus(args.cache_dir, args.ct)
     files = list(corpus.files)
     if args.what == "store":
-        run_store(files, args.runs, args.variants.split(","))
+        run_store(files, args.runs, args.variants.split(","), args.max_pdu)
     else:
         run_get_send(files, args.runs)
 
