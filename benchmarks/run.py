@@ -560,7 +560,7 @@ def embed_methods(args, corpora: list[Corpus], log_config: Path) -> tuple[list[M
                                lambda peer, ct=ct: with_handler_time(peer, pynetdicom_run, ct, "STUDY",
                                                                       args.max_pdu)))
         if dcmtk_program("storescu"):
-            ingest.append(Method("embed", ct, "C-STORE storescu, 1 association (no fsync)", peers,
+            ingest.append(Method("embed", ct, "C-STORE storescu, 1 association (no fsync but the -fsync row)", peers,
                                  lambda peer, ct=ct: with_handler_time(peer, cstore_run, ct, log_config),
                                  fresh=True))
     return ingest, retrieve
