@@ -16,8 +16,7 @@ The runner (:func:`benchmarks.run.embed_methods`) measures, the three side by si
   first, ``STORE_RECV_CHUNKED_DATASET``: flat RSS for any size), ``pynetdicom+dicomaccel-fsync``
   (in memory, the archive's durable default ``fsync=True``) and ``pynetdicom-floor-chunked``
   (pynetdicom's own cost of that temporary file). They are not started for the C-GET methods
-  (same C-GET handlers as the row they vary), so the report lists them as skipped there; the
-  method's "(no fsync)" holds for every row but ``pynetdicom+dicomaccel-fsync``.
+  (same C-GET handlers as the row they vary), so the report lists them as skipped there.
 
 Each run also records the handlers' own time (``handler_s``: inside the C-GET handler's
 generator, or the C-STORE handler's call), read from the server's ``handler-stats.json``.
