@@ -243,7 +243,7 @@ def targets(data: dict, table: tuple = TARGETS) -> list[str]:
             if theirs is None:
                 continue
             value = ours["rate"] / theirs["rate"]
-            shown = (f"{value:.1f}x ({fig(ours['rate'])} against {fig(theirs['rate'])}/s; peak RSS "
+            shown = (f"{value:.2f}x ({fig(ours['rate'])} against {fig(theirs['rate'])}/s; peak RSS "
                      f"{ours['peak']:.0f} against {theirs['peak']:.0f} MiB)")
             met = value >= goal
         elif kind == "share":

@@ -53,5 +53,5 @@ def test_issue12_targets_compare_with_dcmqrscp():
     data = {"rows": [row("C-MOVE STUDY, movescu to storescp --ignore", "dicomaccel", [0.1, 0.12, 0.1]),
                      row("C-MOVE STUDY, movescu to storescp --ignore", "dcmqrscp", [0.2, 0.25, 0.3])]}
     lines = report.targets(data, report.ISSUE12_TARGETS)
-    assert len(lines) == 3 and "2.5x" in lines[2] and lines[2].endswith("| yes |")
+    assert len(lines) == 3 and "2.50x" in lines[2] and lines[2].endswith("| yes |")
     assert report.targets(data) == []  # not an issue-11 target
