@@ -209,7 +209,7 @@ def test_request_rows_are_per_request_with_latency_and_share_of_loopback():
     assert r["ratio"] == pytest.approx(1000 / (4 / 3)) and r["unit"] == "req"
     assert "req/s" in report.headline(data)
     goals = "\n".join(report.targets(data))
-    assert "| WADO-RS frame 1, native multi-frame: >= 100x Orthanc |" in goals and "750.0x" in goals
+    assert "| WADO-RS frame 1, native multi-frame: >= 100x Orthanc |" in goals and "750.00x" in goals
     assert "25% (500 of 2000 MB/s) | yes |" in goals
 
 
