@@ -39,8 +39,6 @@ import argparse
 import json
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE, _config, evt
 
-from benchmarks.pynetdicom_scp import build_index, handle_get, matches, new_instance, nodelay
+from benchmarks.pynetdicom_scp import build_index, handle_get, matches, new_instance, nodelay, serve_until_stopped
 from dicomaccel.archive import Archive
 from dicomaccel.integrations.pynetdicom import ArchiveGetHandler, ArchiveStoreHandler, add_presentation_contexts
 
@@ -188,16 +186,7 @@ def main() -> None:
     print(f"pynetdicom-embed: {args.handlers} handlers, C-STORE received {'to a file' if args.receive == 'chunked' else 'in memory'}"
           f"{', fsync' if args.fsync else ''}, {len(files)} instances", flush=True)
     print("pynetdicom-embed: ready", flush=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    try:
-        while True:
-            signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
-        if archive is not None:
-            archive.close()
+    serve_until_stopped(server, *([archive] if archive is not None else []))
 
 
 if __name__ == "__main__":

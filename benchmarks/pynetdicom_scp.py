@@ -191,7 +191,12 @@ def main() -> None:
     print(f"pynetdicom-scp: C-GET SCP on dicom://127.0.0.1:{port}", flush=True)
     print(f"pynetdicom-scp: {sum(len(v) for v in index['IMAGE'].values())} instances", flush=True)
     print("pynetdicom-scp: ready", flush=True)
-    # The server runs on its own thread; the main thread only waits for SIGINT or SIGTERM.
+    serve_until_stopped(server)
+
+
+def serve_until_stopped(server, *closing) -> None:
+    """Wait for SIGINT or SIGTERM while ``server`` (a pynetdicom server: it runs on its own
+    thread) serves; then shut it down and close ``closing``."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         while True:
@@ -200,6 +205,8 @@ def main() -> None:
         pass
     finally:
         server.shutdown()
+        for thing in closing:
+            thing.close()
 
 
 if __name__ == "__main__":
