@@ -33,7 +33,8 @@ MAX_DEFER = 0.05
 # After accept(2) fails for want of file descriptors or memory, the next try waits this long
 # (the connection stays queued in the backlog; a tight retry would spin the loop).
 RESOURCE_PAUSE = 0.1
-# A slot no worker holds (its worker exited; the supervisor writes it): never the least loaded.
+# A slot whose worker is not accepting (not yet started, stopping, or exited: the supervisor
+# writes it then): never the least loaded.
 ABSENT = (1 << 63) - 1
 
 
