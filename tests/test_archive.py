@@ -67,6 +67,28 @@ def expect_failure(archive, data, status, **kw) -> StoreFailure:
     return err.value
 
 
+def test_a_failure_shared_by_a_batch_names_each_instance(tmp_path):
+    """An index that fails a whole batch hands every store of it the same failure
+    (postgres_index: one IndexUnavailable per batch): each store must report its own UIDs,
+    not the first one's."""
+    from dicomaccel.archive.index import IndexUnavailable
+
+    with Archive(tmp_path / "a", fsync=False) as a:
+        study, series = generate_uid(), generate_uid()
+        datas = [dicomgen.ct_instance(study, series, n, 8, 8) for n in (1, 2)]
+        incoming = [a.begin() for _ in datas]
+        for inc, data in zip(incoming, datas):
+            inc.write(data)
+        shared = IndexUnavailable()
+        named = [inc.named(shared) for inc in incoming]
+        assert [f.sop_instance_uid for f in named] == [pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in datas]
+        assert all(type(f) is IndexUnavailable and f.status == shared.status and f.comment == shared.comment
+                   for f in named)
+        assert shared.sop_instance_uid is None
+        for inc in incoming:
+            inc.abort()
+
+
 # --- layout, index rows, stored bytes ------------------------------------------------------
 @pytest.mark.indexes("sqlite")  # the SQLite file and its flush after the commit
 def test_layout_and_wal(archive):

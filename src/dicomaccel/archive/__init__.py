@@ -299,9 +299,15 @@ class IncomingInstance:
 
     def named(self, failure: StoreFailure) -> StoreFailure:
         """``failure`` with the instance's UIDs, read from its first bytes if it has none
-        yet, so the peer can tell which instance failed (e.g. A700 or A710 while receiving)."""
+        yet, so the peer can tell which instance failed (e.g. A700 or A710 while receiving).
+        One failure may be every store's of a batch (an index that failed), so the named one
+        is this instance's own copy."""
         if failure.sop_instance_uid is None and self._head:
-            failure.sop_class_uid, failure.sop_instance_uid = identify(bytes(self._head))
+            own = type(failure).__new__(type(failure))
+            own.args = failure.args
+            own.__dict__.update(failure.__dict__)
+            own.sop_class_uid, own.sop_instance_uid = identify(bytes(self._head))
+            return own
         return failure
 
     def replace_file(self, fd: int, path: str, size: int, crc32: int) -> None:
