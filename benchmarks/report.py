@@ -238,21 +238,17 @@ def targets(data: dict, table: tuple = TARGETS) -> list[str]:
         ours = stats.get("dicomaccel")
         if ours is None:
             continue
-        if kind == "ratio":
+        if kind in ("ratio", "share"):
             theirs = stats.get(peer)
             if theirs is None:
                 continue
-            value = ours["rate"] / theirs["rate"]
-            shown = (f"{value:.2f}x ({fig(ours['rate'])} against {fig(theirs['rate'])}/s; peak RSS "
-                     f"{ours['peak']:.0f} against {theirs['peak']:.0f} MiB)")
-            met = value >= goal
-        elif kind == "share":
-            theirs = stats.get(peer)
-            if theirs is None:
-                continue
-            value = theirs["rate"] / ours["rate"]
-            shown = (f"{value:.0%} ({fig(theirs['rate'])} against {fig(ours['rate'])}/s; server CPU "
-                     f"{_pair(theirs['server_cpu'], ours['server_cpu'])} ms/inst)")
+            # ratio: ours over the peer's; share: the peer's (ours on another index) over ours.
+            top, bottom = (ours, theirs) if kind == "ratio" else (theirs, ours)
+            value = top["rate"] / bottom["rate"]
+            rates = f"{fig(top['rate'])} against {fig(bottom['rate'])}/s"
+            shown = (f"{value:.2f}x ({rates}; peak RSS {ours['peak']:.0f} against {theirs['peak']:.0f} MiB)"
+                     if kind == "ratio" else
+                     f"{value:.0%} ({rates}; server CPU {_pair(top['server_cpu'], bottom['server_cpu'])} ms/inst)")
             met = value >= goal
         elif kind == "loopback":
             if not tcp:
