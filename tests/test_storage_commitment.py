@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicomaccel.commitment_scp import MAX_REFERENCES
+from dicomaccel.commitment_scp import MAX_PENDING_REPORTS, MAX_REFERENCES
 from dicomaccel.testing import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -435,3 +435,58 @@ def test_report_to_a_tls_destination(tmp_path):
     finally:
         listener.close()
         server.stop()
+
+
+def test_reports_under_way_are_bounded_and_the_server_recovers(archive):
+    """A requester that asks again and again and never answers a report: past
+    MAX_PENDING_REPORTS reports waiting for it, N-ACTION-RQs get 0213 Resource limitation;
+    once it is gone, requests are served again."""
+    import struct
+
+    from dicomaccel.dimse.messages import decode_command
+    from dicomaccel.testing.pdu import associate_rq, command_set, dataset_bytes, p_data, recv_pdu
+
+    def ui(uid: str) -> bytes:
+        raw = uid.encode()
+        return raw + b"\0" * (len(raw) & 1)
+
+    server, _, stored = archive
+    sock = socket.create_connection(("127.0.0.1", server.dimse_port), timeout=30)
+    try:
+        sock.sendall(associate_rq(calling=b"RAWSCU", contexts=(
+            (1, StorageCommitmentPushModel.encode(), (ImplicitVRLittleEndian.encode(),)),)))
+        assert recv_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        statuses = []
+        for message_id in range(1, MAX_PENDING_REPORTS + 2):
+            command = command_set(
+                (0x0003, ui(StorageCommitmentPushModel)), (0x0100, struct.pack("<H", 0x0130)),
+                (0x0110, struct.pack("<H", message_id)), (0x0800, struct.pack("<H", 0x0001)),
+                (0x1001, ui(WELL_KNOWN)), (0x1008, struct.pack("<H", 1)))
+            info = dataset_bytes(action_information([stored["CT_small.dcm"]]), implicit=True)
+            sock.sendall(p_data(1, 0x03, command) + p_data(1, 0x02, info))
+            while True:  # skip the reports we never answer, up to this request's N-ACTION-RSP
+                kind, body = recv_pdu(sock)
+                assert kind == 0x04, kind
+                length, control = struct.unpack(">L", body[:4])[0], body[5]
+                if control & 0x01:
+                    rsp = decode_command(body[6:4 + length])
+                    if rsp.get("MessageIDBeingRespondedTo") == message_id:
+                        statuses.append((rsp["Status"], rsp.get("ErrorComment")))
+                        break
+        assert [s for s, _ in statuses[:-1]] == [0x0000] * MAX_PENDING_REPORTS
+        assert statuses[-1][0] == 0x0213 and "under way" in statuses[-1][1], statuses[-1]
+    finally:
+        sock.close()
+    # Its reports end with its association (dropped: RAWSCU is no destination); others are
+    # served again as soon as they have.
+    answered: list = []
+
+    def served() -> bool:
+        status, reports, _ = commit(server.dimse_port, [stored["CT_small.dcm"]],
+                                    wait_report=False)
+        answered.append(status.Status)
+        return status.Status == 0x0000
+
+    assert wait_until(served, timeout=20, interval=0.2), answered
+    status, reports, _ = commit(server.dimse_port, [stored["CT_small.dcm"]])
+    assert status.Status == 0x0000 and reports.received and reports.received[0][0] == 1

@@ -56,6 +56,7 @@ __all__ = [
     "STORAGE_COMMITMENT_PUSH_MODEL",
     "STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE",
     "MAX_REFERENCES",
+    "MAX_PENDING_REPORTS",
     "StorageCommitmentSCP",
     "CommitmentRequest",
     "parse_action_information",
@@ -78,6 +79,11 @@ EVENT_FAILURES_EXIST = 2
 # limitation. 4096 items of two 64-character UIDs are about 620 KB of Action Information,
 # within the 1 MiB data set limit of the DIMSE port.
 MAX_REFERENCES = 4096
+# Reports under way at once (assessed or waiting for the requester's N-EVENT-REPORT-RSP, for
+# up to --idle-timeout, or for a new association): each holds its request's references, so a
+# requester that asks and never answers must not pile them up. Beyond, an N-ACTION-RQ is
+# refused with 0213 Resource limitation (PS3.7 Annex C) until one ends.
+MAX_PENDING_REPORTS = 64
 
 # N-ACTION-RSP statuses (PS3.7 Annex C; PS3.4 J.3.2.1.3 lists which apply).
 SUCCESS = 0x0000
@@ -280,6 +286,9 @@ class StorageCommitmentSCP:
     async def __call__(self, assoc: Association, request: Request) -> None:
         try:
             self._check_command(request)
+            if len(self._reports) >= MAX_PENDING_REPORTS:
+                raise ActionError(RESOURCE_LIMITATION,  # an LO: at most 64 characters
+                                  f"{MAX_PENDING_REPORTS} commitment reports under way; ask again later")
             loop = asyncio.get_running_loop()
             # Decoding a few thousand items takes a while: off the event loop.
             wanted = await loop.run_in_executor(None, parse_action_information, request.dataset,
