@@ -13,8 +13,9 @@ worker thread, so one association's decoding never stalls the event loop.
 FRAME level (Composite Instance Root, PS3.4 Annex Y) makes exactly one sub-operation: the
 named source instance is looked up in the index, the new instance is built from its header
 and the selected frames' byte ranges (:func:`.extraction.extract_frames`, in the worker
-pool) and sent with its own SOP Instance UID; it is transcoded only when the SCU accepted no
-context in the source's transfer syntax. Every failure is final: the status says why (AAxx
+pool) and sent with its own SOP Instance UID: a new header, then the frames as views of the
+mapped source, windowed like a large stored file, so the new instance is never held whole. It
+is transcoded only when the SCU accepted no context in the source's transfer syntax. Every failure is final: the status says why (AAxx
 from extraction, C000 for an unknown or unreadable source, A702 when the sub-operation
 itself fails), the one sub-operation is counted as failed and the Failed SOP Instance UID
 List names the source instance (the new UID means nothing to the SCU that asked).
@@ -23,6 +24,7 @@ List names the source instance (the new UID means nothing to the SCU that asked)
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import mmap
 import os
@@ -69,9 +71,14 @@ _ALTERNATE_REPRESENTATION = 0x00083001
 # Files up to this size are opened and mapped on the event loop: a thread hop would cost
 # more than the few cached page reads (measured: 0.1 ms per CT instance).
 _INLINE_MAP = 4 << 20
-# Larger files are read ahead and released in windows of this size as they are sent, so a
-# multi-frame study never has more than about two windows per association resident.
+# Larger files (and the frames of a FRAME-level instance) are read ahead a window of this size
+# at a time as they are sent.
 _SEND_WINDOW = 8 << 20
+# Sent pages are dropped this far behind the position handed to the transport (more than its
+# write buffer holds: 1 MiB high-water mark plus a 256 KiB batch, dimse/association.py), a
+# step at a time: what a send keeps resident of a mapped file is about their sum.
+_RELEASE_SLACK = 2 << 20
+_RELEASE_STEP = 1 << 20
 
 
 @dataclass
@@ -295,26 +302,29 @@ class CGetSCP:
             await self._frame_failure(assoc, request, counters, source_uid, outcome.status,
                                       outcome.comment)
             return
-        context, instance, data = outcome
-        if request.cancelled.is_set():
-            await self._final(assoc, request, counters)
-            return
-        priority = request.command.get("Priority", 0)
+        context, instance, data, on_sent = outcome
         try:
+            if request.cancelled.is_set():
+                await self._final(assoc, request, counters)
+                return
+            priority = request.command.get("Priority", 0)
             rsp = await target.send_c_store(context, sop_class_uid=instance.sop_class_uid,
                                             sop_instance_uid=instance.sop_instance_uid, dataset=data,
-                                            priority=priority, move_originator=move_originator)
+                                            priority=priority, on_sent=on_sent,
+                                            move_originator=move_originator)
         except AssociationClosedError:
             if target is assoc:
                 raise
             rsp = {}  # the move destination went away: the sub-operation failed
+        finally:
+            instance.close()
         counters.record(status_category(rsp.get("Status", 0xC000)), source_uid)
         await self._final(assoc, request, counters)
 
     def _frame_instance(self, assoc: Association, request: Request, source_uid: str, keyword: str,
                         values: tuple) -> tuple | _FrameFailure | None:
-        """In a worker: the context and new instance of a FRAME retrieve, a failure, or None
-        if the C-GET was cancelled first."""
+        """In a worker: the context, new instance, data set and ``on_sent`` of a FRAME
+        retrieve (see :func:`_extract`), a failure, or None if the C-GET was cancelled first."""
         record = self.archive.get(source_uid)
         if record is None:
             # The standard has no status for an unknown source; a Success with zero
@@ -333,7 +343,7 @@ class CGetSCP:
         if request.cancelled.is_set():
             return None
         try:
-            instance, data = _extract(record, keyword, values, context.transfer_syntax)
+            return (context, *_extract(record, keyword, values, context.transfer_syntax))
         except FrameExtractionError as exc:
             return _FrameFailure(exc.status, exc.comment)
         except TranscodeError as exc:
@@ -342,7 +352,6 @@ class CGetSCP:
         except OSError as exc:
             log.error("cannot read %s: %s", record.path, exc)
             return _FrameFailure(Status.UNABLE_TO_PROCESS, "cannot read the source instance")
-        return context, instance, data
 
     async def _frame_failure(self, assoc: Association, request: Request, counters: SubOperations,
                              source_uid: str, status: int, comment: str) -> None:
@@ -414,11 +423,10 @@ class CGetSCP:
     async def _send_stored(self, assoc: Association, context: PresentationContext, record: InstanceRecord,
                            priority: int, move_originator: tuple[str, int] | None = None) -> dict:
         if record.size <= _INLINE_MAP:
-            mm = _map_for_sending(record.path)
+            mm, on_sent = _map_for_sending(record)
         else:
-            mm = await asyncio.get_running_loop().run_in_executor(None, _map_for_sending, record.path)
+            mm, on_sent = await asyncio.get_running_loop().run_in_executor(None, _map_for_sending, record)
         view = memoryview(mm)[record.dataset_offset:]
-        on_sent = _WindowedMap(mm, record.dataset_offset) if record.size > _INLINE_MAP else None
         try:
             return await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                             sop_instance_uid=record.sop_instance_uid, dataset=view,
@@ -432,42 +440,78 @@ class CGetSCP:
                 pass  # the transport still holds a slice; the mapping goes with the last view
 
 
-def _map_for_sending(path: str) -> mmap.mmap:
-    # Opening and mapping touch the disk: not on the event loop. WILLNEED starts read-ahead
-    # (of the first window of a large file) so the page faults taken while the transport
-    # copies the views mostly hit the cache.
-    with open(path, "rb") as f:
+def _map_for_sending(record: InstanceRecord) -> tuple[mmap.mmap, _WindowedMap | None]:
+    """The stored file mapped, and for a large one the ``on_sent`` that windows it."""
+    # Opening and mapping touch the disk: not on the event loop for a large file.
+    with open(record.path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    mm.madvise(mmap.MADV_WILLNEED, 0, min(len(mm), _SEND_WINDOW))
-    return mm
+    if record.size <= _INLINE_MAP:
+        mm.madvise(mmap.MADV_WILLNEED)
+        return mm, None
+    return mm, _WindowedMap(mm, [(0, record.dataset_offset, len(mm) - record.dataset_offset)])
 
 
 class _WindowedMap:
-    """``on_sent`` for a large mapped file: read the next window ahead, drop what was sent.
+    """``on_sent`` for a data set whose bytes are ranges of a mapped file (a stored instance:
+    one range; a FRAME-level instance: its frames' or fragments' ranges, in file order):
+    read the next window ahead, drop the pages sent.
 
+    WILLNEED starts read-ahead into the page cache, so the page faults taken while the
+    transport copies the views mostly hit the cache; it maps nothing, so costs no RSS.
     Dropping pages of a read-only file mapping (MADV_DONTNEED) only unmaps them: a view the
     transport still holds faults them back in from the page cache, so this is always safe;
-    one window of slack behind the sent position keeps that rare.
+    the slack behind the sent position (more than the transport buffers) keeps that rare.
+    A fault may map a whole large folio of the page cache (ext4 on Linux 6.x: up to 2 MiB),
+    bytes next to the range included, so a range is dropped together with the file bytes
+    between it and the previous range, which nothing sends. What stays resident is the slack,
+    one release step and a folio or two, whatever the instance's size.
     """
 
-    __slots__ = ("mm", "base", "released", "ahead")
+    __slots__ = ("mm", "spans", "positions", "gaps", "ahead", "released")
 
-    def __init__(self, mm: mmap.mmap, base: int) -> None:
+    def __init__(self, mm: mmap.mmap, spans: list[tuple[int, int, int]]) -> None:
         self.mm = mm
-        self.base = base
-        self.released = 0
-        self.ahead = _SEND_WINDOW
+        self.spans = spans  # (data set offset, file offset, length), in data set order
+        self.positions = [position for position, _, _ in spans]
+        # Where dropping a range may start: the previous range's end, if before it in the file.
+        self.gaps = [offset for _, offset, _ in spans]
+        for k in range(1, len(spans)):
+            end = spans[k - 1][1] + spans[k - 1][2]
+            if end <= spans[k][1]:
+                self.gaps[k] = end
+        self.ahead = 0  # data set bytes read ahead
+        self.released = 0  # data set bytes whose pages were dropped
+        self(0)
 
     def __call__(self, sent: int) -> None:
-        pos = self.base + sent
-        size = len(self.mm)
-        if pos + _SEND_WINDOW > self.ahead and self.ahead < size:
-            self.mm.madvise(mmap.MADV_WILLNEED, self.ahead, min(_SEND_WINDOW, size - self.ahead))
+        page = mmap.PAGESIZE
+        if sent + _SEND_WINDOW > self.ahead:
+            for _, first, last in self._ranges(self.ahead, self.ahead + _SEND_WINDOW):
+                first = first // page * page
+                self.mm.madvise(mmap.MADV_WILLNEED, first, last - first)
             self.ahead += _SEND_WINDOW
-        upto = (pos - _SEND_WINDOW) & ~(mmap.PAGESIZE - 1)
-        if upto - self.released >= _SEND_WINDOW:
-            self.mm.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)
+        upto = sent - _RELEASE_SLACK
+        if upto - self.released >= _RELEASE_STEP:
+            for k, first, last in self._ranges(self.released, upto):
+                if first == self.spans[k][1]:
+                    first = self.gaps[k]
+                # The page holding the last byte sent may hold bytes not sent yet: it stays.
+                first, last = first // page * page, last // page * page
+                if last > first:
+                    self.mm.madvise(mmap.MADV_DONTNEED, first, last - first)
             self.released = upto
+
+    def _ranges(self, begin: int, end: int):
+        """(range index, first file offset, end file offset) of data set bytes ``begin`` to
+        ``end``, range by range."""
+        for k in range(max(0, bisect.bisect_right(self.positions, begin) - 1), len(self.spans)):
+            position, offset, length = self.spans[k]
+            if position >= end:
+                break
+            first = offset + max(0, begin - position)
+            last = offset + min(length, end - position)
+            if last > first:
+                yield k, first, last
 
 
 def _failed_list(counters: SubOperations, request: Request) -> bytes:
@@ -498,13 +542,21 @@ def pick_context(contexts: list[PresentationContext], stored: str,
 
 
 def _extract(record: InstanceRecord, keyword: str, values: tuple,
-             target: str) -> tuple[ExtractedInstance, list | bytes]:
-    """The new instance of a FRAME retrieve and the data set to send in ``target``."""
+             target: str) -> tuple[ExtractedInstance, list | bytes, _WindowedMap | None]:
+    """The new instance of a FRAME retrieve, the data set to send in ``target`` and the
+    ``on_sent`` that drops the source pages sent (close the instance once sent)."""
     instance = extract_frames(record, keyword, values)
-    if target == instance.transfer_syntax_uid:
-        return instance, instance.dataset
-    # Extract first, then transcode only the new instance's bytes (fewer frames to decode).
-    return instance, transcode(instance.to_file_bytes(), target)
+    try:
+        if target == instance.transfer_syntax_uid:
+            # The frames go out as views of the mapped source: only the pages in flight are
+            # resident (the new instance is never joined; PS3.8 Annex E fragments it anyway).
+            windows = _WindowedMap(instance.mapping, instance.spans) if instance.mapping is not None else None
+            return instance, instance.pieces, windows
+        # Extract first, then transcode only the new instance's bytes (fewer frames to decode).
+        return instance, transcode(instance.to_file_bytes(), target), None
+    except BaseException:
+        instance.close()
+        raise
 
 
 def _prepare(record: InstanceRecord, target: str, without_bulk: bool) -> bytes:

@@ -2,11 +2,14 @@
 
 :func:`extract_frames` builds, from a stored PS3.10 file and a Frame Range Key, the instance
 a C-GET/C-MOVE at FRAME level sends. It reads the source header (everything before Pixel
-Data) and the selected frames' bytes, and never decodes pixels: native frames are sliced
-(bit-shifted when Bits Allocated is 1), encapsulated frames keep their fragments byte for
-byte behind a new Basic Offset Table. With an archive record the header is read from the
-stored offsets; only the elements the rules below change or read are decoded, and the
-new header is written with every other element's bytes copied from the source.
+Data) and never decodes pixels: native frames are byte ranges of the source (bit-shifted
+copies when Bits Allocated is 1), encapsulated frames keep their fragments byte for byte
+behind a new Basic Offset Table. Those ranges are not copied: the new instance is a list of
+buffers, its new header and item headers followed by views of the (mapped) source, so a
+sender streams the frames from the page cache and never holds the instance whole. With an
+archive record the header is read from the stored offsets; only the elements the rules
+below change or read are decoded, and the new header is written with every other
+element's bytes copied from the source.
 
 Transformations applied (copy to docs/conformance.md)
 -----------------------------------------------------
@@ -88,7 +91,7 @@ import mmap
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from io import BytesIO
 
@@ -112,8 +115,10 @@ from .. import __version__, encaps
 from ..archive.index import InstanceRecord
 from ..archive.ingest import FrameIndex
 from ..elements import (
+    ITEM,
     LONG_VRS,
     MAX_SHORT_LENGTH,
+    SEQUENCE_DELIMITATION,
     UNDEFINED_LENGTH,
     PixelDataHeader,
     encode_element,
@@ -190,11 +195,17 @@ ACQUISITION_DATE, ACQUISITION_TIME, ACQUISITION_DATETIME = 0x00080022, 0x0008003
 SIMPLE_FRAME_LIST, CALCULATED_FRAME_LIST, TIME_RANGE = 0x00081161, 0x00081162, 0x00081163
 
 _PURPOSE = ("109105", "DCM", "Frame Extracting Equipment")  # PS3.16 CID 7005
+_SEQUENCE_DELIMITATION_ITEM = encode_header(SEQUENCE_DELIMITATION, None, 0, True)  # PS3.5 A.4
 
 
 @dataclass
 class ExtractedInstance:
     """A new instance made of frames of a source instance.
+
+    The selected frames are not copied: ``pieces`` holds views of the source (its mapping,
+    or the buffer given to :func:`extract_frames`), so a sender streams them as they are and
+    only the new header is new memory. Close the instance (or use it as a context manager)
+    once sent, so a mapping :func:`extract_frames` made goes at once, not when collected.
 
     Attributes
     ----------
@@ -203,14 +214,23 @@ class ExtractedInstance:
     sop_instance_uid : str
         The new SOP Instance UID; use it as the C-STORE Affected SOP Instance UID.
     transfer_syntax_uid : str
-        The source's transfer syntax, in which ``dataset`` is encoded.
+        The source's transfer syntax, in which the data set is encoded.
     source_sop_instance_uid : str
         The instance the frames were taken from.
     frames : list of int
         The Frame List: 1-based source frame numbers, in order.
-    dataset : list of bytes-like
+    pieces : list of bytes-like
         Buffers whose concatenation is the data set without File Meta, as a C-STORE sends
-        it: the encoded header, the Pixel Data element header, the Pixel Data value.
+        it: the encoded header, the Pixel Data element header, then the Pixel Data value in
+        pieces (item headers and offset tables as bytes, frames and fragments as views of
+        the source).
+    spans : list of (int, int, int)
+        The pieces that are views of the source, in data set order: (offset in the data
+        set, offset in the source, length). A sender of a mapped source releases the pages
+        behind what it has sent with these.
+    mapping : mmap.mmap or None
+        The mapping of the source file :func:`extract_frames` made (None when it was given a
+        buffer); ``spans`` index it.
     """
 
     sop_class_uid: str
@@ -218,27 +238,52 @@ class ExtractedInstance:
     transfer_syntax_uid: str
     source_sop_instance_uid: str
     frames: list[int]
-    dataset: list
+    pieces: list
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
+    mapping: mmap.mmap | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> list:
+        """The data set as three buffers: the encoded header, the Pixel Data element header
+        and the Pixel Data value, joined (a copy of the frames: for an embedder that hands
+        the value to pydicom whole; a sender streams ``pieces`` instead)."""
+        header, pixel_header, *value = self.pieces
+        return [header, pixel_header, b"".join(value)]
 
     @property
     def nbytes(self) -> int:
         """Length of the encoded data set."""
-        return sum(memoryview(b).nbytes for b in self.dataset)
+        return sum(memoryview(b).nbytes for b in self.pieces)
 
     def file_meta_bytes(self) -> bytes:
         """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1)."""
         return file_meta_bytes(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid)
 
     def to_file_bytes(self) -> bytes:
-        """The whole PS3.10 file in memory (tests, embedders)."""
-        return b"".join([self.file_meta_bytes(), *self.dataset])
+        """The whole PS3.10 file in memory (tests, embedders, transcoding)."""
+        return b"".join([self.file_meta_bytes(), *self.pieces])
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the PS3.10 file to `path` without joining the buffers."""
         with open(path, "wb") as f:
             f.write(self.file_meta_bytes())
-            for part in self.dataset:
+            for part in self.pieces:
                 f.write(part)
+
+    def close(self) -> None:
+        """Release the views of the source and unmap it (if :func:`extract_frames` mapped
+        it). A view still held elsewhere (a transport's) keeps the mapping until it goes."""
+        for part in self.pieces:
+            if isinstance(part, memoryview):
+                part.release()
+        if self.mapping is not None:
+            _close_map(self.mapping)
+
+    def __enter__(self) -> ExtractedInstance:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
@@ -336,30 +381,49 @@ def extract_frames(
             raise
         timing = frame_timing(ds, n)
         frame_list = build_frame_list(keyword, values, n, timing)
-        mm = buffer if buffer is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mapping = None if buffer is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    source_view = memoryview(mapping if mapping is not None else buffer)
     try:
-        pixel = _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list)
-    finally:
-        try:
-            if buffer is None:
-                mm.close()
-        except BufferError:  # a traceback still holds a view; the map goes with it
-            pass
-    source_uid = str(ds.SOPInstanceUID)
-    new_uid = sop_instance_uid or generate_uid(prefix=DICOMACCEL_UID_ROOT + ".")
-    _edit(ds, frame_list, n, timing, keyword, values, new_uid, now)
-    if pixel.extended is not None:
-        ds[EXTENDED_OFFSET_TABLE] = _ov(EXTENDED_OFFSET_TABLE, pixel.extended[0])
-        ds[EXTENDED_OFFSET_TABLE_LENGTHS] = _ov(EXTENDED_OFFSET_TABLE_LENGTHS, pixel.extended[1])
-    header = _encode(ds, ts)
+        pixel = _pixel_data(source_view, ds, ts, pixel_offset, record, n, frame_list)
+        source_uid = str(ds.SOPInstanceUID)
+        new_uid = sop_instance_uid or generate_uid(prefix=DICOMACCEL_UID_ROOT + ".")
+        _edit(ds, frame_list, n, timing, keyword, values, new_uid, now)
+        if pixel.extended is not None:
+            ds[EXTENDED_OFFSET_TABLE] = _ov(EXTENDED_OFFSET_TABLE, pixel.extended[0])
+            ds[EXTENDED_OFFSET_TABLE_LENGTHS] = _ov(EXTENDED_OFFSET_TABLE_LENGTHS, pixel.extended[1])
+        pieces = [_encode(ds, ts), _pixel_header(pixel, ts)]
+        spans = []
+        pos = len(pieces[0]) + len(pieces[1])
+        for part in pixel.parts:
+            if type(part) is tuple:  # a range of the source: sent from it, never copied
+                begin, stop = part
+                spans.append((pos, begin, stop - begin))
+                part = source_view[begin:stop]
+            pieces.append(part)
+            pos += len(part)
+    except BaseException:
+        source_view.release()
+        if mapping is not None:
+            _close_map(mapping)
+        raise
+    source_view.release()  # the slices in pieces keep the source exported
     return ExtractedInstance(
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=new_uid,
         transfer_syntax_uid=ts,
         source_sop_instance_uid=source_uid,
         frames=frame_list,
-        dataset=[header, _pixel_header(pixel, ts), pixel.value],
+        pieces=pieces,
+        spans=spans,
+        mapping=mapping,
     )
+
+
+def _close_map(mapping: mmap.mmap) -> None:
+    try:
+        mapping.close()
+    except BufferError:  # a view is still held (a transport's, a traceback's): unmapped with it
+        pass
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -463,7 +527,9 @@ def _number_of_frames(ds: Dataset) -> int:
 @dataclass
 class _Pixel:
     tag: int
-    value: object  # bytes-like
+    # The value in order: bytes written here, or (start, end) ranges of the source.
+    parts: list[bytes | tuple[int, int]]
+    length: int
     encapsulated: bool
     vr: bytes
     extended: tuple[bytes, bytes] | None = None
@@ -511,7 +577,7 @@ def _pixel_data(mm, ds, ts, pixel_offset, record, n, frame_list) -> _Pixel:
                     Status.CANNOT_EXTRACT_FRAMES, "frames of this transfer syntax not separable"
                 )
             end = encaps.EncapsulatedFrames(mm, 1, offset=start).end_offset
-            return _Pixel(tag, bytes(mm[start:end]), True, b"OB")
+            return _Pixel(tag, [(start, end)], end - start, True, b"OB")
         return _encapsulated(mm, ds, tag, start, n, indices, record)
     except ParseError as exc:
         raise FrameExtractionError(
@@ -541,14 +607,30 @@ def _native(mm, ds, tag, start, length, n, indices, record) -> _Pixel:
             pixel_value_offset=start,
             pixel_length=length,
         )
-    native = index.native_frames(mm)
-    value = native.gather(indices)
+    native = index.native_frames(mm)  # checks that the value holds every frame
+    parts: list = []
+    if native.byte_aligned:
+        # Frames are byte ranges of the source; runs of consecutive frames are one range.
+        for i in indices:
+            begin, end = native.frame_range(i)
+            if parts and parts[-1][1] == begin:
+                parts[-1] = (parts[-1][0], end)
+            else:
+                parts.append((begin, end))
+        size = len(indices) * native.frame_length
+        if size & 1:
+            parts.append(b"\0")  # PS3.5 §7.1.1: even value length
+            size += 1
+    else:  # 1-bit frames sharing bytes are shifted into place: a copy, of bits only
+        value = bytes(native.gather(indices))
+        parts.append(value)
+        size = len(value)
     del native  # release the view of the map before it closes
-    if len(value) > MAX_VALUE_LENGTH:
+    if size > MAX_VALUE_LENGTH:
         raise FrameExtractionError(Status.CANNOT_EXTRACT_FRAMES, "new Pixel Data exceeds 4 GiB")
     vr = {PIXEL_DATA: b"OW" if ba > 8 else b"OB", FLOAT_PIXEL_DATA: b"OF",
           DOUBLE_PIXEL_DATA: b"OD"}[tag]
-    return _Pixel(tag, value, False, vr)
+    return _Pixel(tag, parts, size, False, vr)
 
 
 def _encapsulated(mm, ds, tag, start, n, indices, record) -> _Pixel:
@@ -567,21 +649,36 @@ def _encapsulated(mm, ds, tag, start, n, indices, record) -> _Pixel:
         )
         ranges = [ef.fragment_ranges(i) for i in indices]
         del ef
-    view = memoryview(mm)
-    try:
-        fragments = [[view[s:e] for s, e in frame] for frame in ranges]
-        try:
-            result = encaps.encapsulate(fragments, extended=extended)
-        finally:
-            for frame in fragments:
-                for fragment in frame:
-                    fragment.release()
-    finally:
-        view.release()
+    # PS3.5 A.4: a Basic Offset Table item, the fragments as items copied unchanged, a
+    # Sequence Delimitation Item. Each frame's offset runs from the first item after the
+    # table to the frame's first item tag; with an Extended Offset Table (PS3.3
+    # C.7.6.3.1.8) the table item stays empty and every frame is one fragment.
+    parts: list = [b""]  # the Basic Offset Table item, once the offsets are known
+    starts = []
+    pos = 0
+    for k, frame in enumerate(ranges):
+        if not frame or (extended and len(frame) != 1):
+            raise ValueError(f"frame {indices[k] + 1} has {len(frame)} fragments")
+        starts.append(pos)
+        for begin, end in frame:
+            size = end - begin
+            if size & 1 or size > MAX_VALUE_LENGTH:
+                raise ValueError(f"a fragment of frame {indices[k] + 1} is {size} bytes")
+            parts += [encode_header(ITEM, None, size, True), (begin, end)]
+            pos += 8 + size
+    parts.append(_SEQUENCE_DELIMITATION_ITEM)
+    nframes = len(starts)
     if extended:
-        value, offsets, lengths = result
-        return _Pixel(tag, value, True, b"OB", (offsets, lengths))
-    return _Pixel(tag, result, True, b"OB")
+        parts[0] = encode_header(ITEM, None, 0, True)
+        tables = (struct.pack(f"<{nframes}Q", *starts),
+                  struct.pack(f"<{nframes}Q", *(end - begin for ((begin, end),) in ranges)))
+    else:
+        if starts[-1] > 0xFFFFFFFF:  # a 32-bit offset cannot reach it
+            raise ValueError("Basic Offset Table offset above 2**32 - 1")
+        parts[0] = encode_header(ITEM, None, 4 * nframes, True) + struct.pack(f"<{nframes}I", *starts)
+        tables = None
+    length = len(parts[0]) + pos + len(_SEQUENCE_DELIMITATION_ITEM)
+    return _Pixel(tag, parts, length, True, b"OB", tables)
 
 
 # --- the new header ----------------------------------------------------------------------
@@ -948,5 +1045,5 @@ def _encode(ds: Dataset, ts: str) -> bytes:
 
 
 def _pixel_header(pixel: _Pixel, ts: str) -> bytes:
-    length = UNDEFINED_LENGTH if pixel.encapsulated else len(pixel.value)
+    length = UNDEFINED_LENGTH if pixel.encapsulated else pixel.length
     return encode_header(pixel.tag, pixel.vr, length, ts == IMPLICIT_VR_LE)
