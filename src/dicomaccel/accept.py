@@ -12,19 +12,29 @@ worker in an anonymous shared mapping that the supervisor makes before it forks.
 :class:`Acceptor` takes one connection at a time, and only while no other worker holds
 fewer; otherwise it stops watching the socket for :data:`DECLINE_PAUSE` seconds and looks
 again. A less-loaded worker may be stuck in a long request, so a connection is never left
-waiting longer than :data:`MAX_DEFER`: past that, whoever sees it takes it.
+waiting longer than :data:`MAX_DEFER`: past that, whoever sees it takes it. The HTTP socket
+and the DIMSE sockets have a board each: a worker holding many keep-alive HTTP connections
+must still get its share of associations.
+
+Where a limit must hold across all workers (``--max-associations``), each worker also keeps its
+counts on a :class:`Ledger`, and takes one more only by :meth:`Account.claim`, which sums every
+worker's count and adds to its own under one lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import mmap
 import socket
+import tempfile
 from collections.abc import Callable
+from typing import TypeVar
 
-log = logging.getLogger("dicomaccel.http")
+log = logging.getLogger("dicomaccel.accept")
+R = TypeVar("R")
 
 # A worker with more connections than another looks at the socket again after this long ...
 DECLINE_PAUSE = 0.001
@@ -138,3 +148,66 @@ class Acceptor:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._on_accept(conn)
+
+
+class Ledger:
+    """What each of ``workers`` processes holds of ``kinds`` things limited across all of them,
+    in memory that survives ``fork``: make it before forking, and give worker ``n`` its
+    :meth:`account`.
+
+    A claim reads every worker's count and then raises its own; two workers doing that at the
+    same moment could both see room for one and both take it. So a claim holds an exclusive
+    ``lockf`` lock on a file the supervisor opened: POSIX record locks belong to a process and
+    are not inherited over ``fork``, so they exclude the workers from each other (within a
+    worker only its event loop claims), and the kernel drops the lock of a process that dies,
+    so a worker killed inside a claim cannot stop the others (a semaphore would stay taken).
+    A release lowers only the worker's own count, without the lock: a claim that reads the
+    count just before it drops refuses one too many, never admits one too many.
+    """
+
+    def __init__(self, workers: int, kinds: int) -> None:
+        self._kinds = kinds
+        self._map = mmap.mmap(-1, 8 * workers * kinds)  # anonymous and MAP_SHARED, like LoadBoard
+        self._counts = memoryview(self._map).cast("q")  # aligned 8-byte stores: never torn
+        # One process alone needs no lock: its claims run one at a time on its event loop.
+        self._lock = tempfile.TemporaryFile() if workers > 1 else None
+
+    def account(self, number: int) -> "Account":
+        """Worker ``number``'s counts."""
+        return Account(self._counts, self._kinds, number, self._lock)
+
+    def vacate(self, number: int) -> None:
+        """Worker ``number`` has exited (the supervisor calls this): the kernel closed its
+        connections, so nothing it counted is held any more."""
+        for kind in range(self._kinds):
+            self._counts[number * self._kinds + kind] = 0
+
+
+class Account:
+    """One worker's counts on a :class:`Ledger`; only that worker writes them."""
+
+    __slots__ = ("_counts", "_kinds", "_base", "_lock")
+
+    def __init__(self, counts: memoryview, kinds: int, number: int, lock) -> None:
+        self._counts = counts
+        self._kinds = kinds
+        self._base = number * kinds
+        self._lock = lock
+
+    def claim(self, kind: int, refusal: Callable[[int], R]) -> R:
+        """Take one more of ``kind`` unless ``refusal``, given how many all workers hold
+        together, returns a reason not to (a true value, returned)."""
+        if self._lock is not None:
+            fcntl.lockf(self._lock, fcntl.LOCK_EX)
+        try:
+            reason = refusal(sum(self._counts[kind::self._kinds]))
+            if not reason:
+                self._counts[self._base + kind] += 1
+            return reason
+        finally:
+            if self._lock is not None:
+                fcntl.lockf(self._lock, fcntl.LOCK_UN)
+
+    def release(self, kind: int) -> None:
+        """Give back one of ``kind`` taken by :meth:`claim`."""
+        self._counts[self._base + kind] -= 1

@@ -1,10 +1,12 @@
-"""Both services in one event loop: STOW-RS on :mod:`.http_server` and the C-GET SCP, sharing
-one archive.
+"""Both services in one event loop: DICOMweb on :mod:`.http_server` and the DIMSE SCPs,
+sharing one archive.
 
-With ``workers > 1`` a supervisor process recovers the archive, binds both ports and forks
-that many workers. Every worker serves STOW-RS on the one shared HTTP socket, each new
-connection going to the worker that holds fewest (:mod:`.accept`), so ingest uses every core;
-worker 0 also serves DIMSE, so association limits stay exact. The workers share the data
+With ``workers > 1`` a supervisor process recovers the archive, binds the ports and forks
+that many workers. Every worker serves DICOMweb on the one shared HTTP socket and DIMSE on the
+shared DIMSE sockets (plain and TLS), each new connection going to the worker that holds
+fewest of its kind (:mod:`.accept`, one board for HTTP, one for DIMSE), so ingest uses every
+core. ``--max-associations`` holds for all workers together: each claims an association on
+a ledger the supervisor made (:func:`.dimse.server.association_ledger`). The workers share the data
 directory and the SQLite index (WAL mode allows several writer processes; each worker's
 group commit takes SQLite's write lock for one short transaction per batch), or the
 PostgreSQL index that several nodes share (``--index``, docs/deployment.md).
@@ -20,16 +22,18 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
 
-from .accept import LoadBoard, Seat
+from .accept import Account, LoadBoard, Seat
 from .archive import Archive
 from .config import ServeConfig, without_password
 from .dimse import start_dimse_server
 from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ
 from .dimse.requestor import RemoteAE
+from .dimse.server import association_ledger
 from .http_server import HTTPLimits, HTTPServer
 from .policy.store import StorePolicy
 from .qido import create_qido_app
@@ -55,7 +59,7 @@ MAX_IDENTIFIER_SIZE = 1 << 20
 def run(config: ServeConfig) -> int:
     """Serve until SIGINT/SIGTERM (blocking); the exit status for the command line."""
     if config.workers <= 1:
-        return _run_worker(config, None, recover=True, with_dimse=True, announce=True)
+        return _run_worker(config, None, recover=True, announce=True)
     # Recover once, before any worker writes: recovery removes temp files it did not make.
     Archive(config.data, index=config.index, node_id=config.node_id, fsync=config.fsync,
             min_free_bytes=config.min_free_bytes).close()
@@ -80,7 +84,7 @@ def _announce(config: ServeConfig, http: tuple, dimse_port: int, tls_port: int |
     if config.index is not None:
         print(f"dicomaccel: index in {without_password(config.index)} (node {config.node_id})", flush=True)
     if config.workers > 1:
-        print(f"dicomaccel: {config.workers} worker processes", flush=True)
+        print(f"dicomaccel: {config.workers} worker processes, each serving DICOMweb and DIMSE", flush=True)
     print("dicomaccel: ready", flush=True)
 
 
@@ -90,10 +94,21 @@ QUICK_DEATH_S = 5.0
 RESTART_PAUSE_S = (1.0, 10.0)
 
 
+@dataclass(frozen=True)
+class Place:
+    """A worker's places on what its supervisor made before forking: its seats on the HTTP and
+    DIMSE :class:`~.accept.LoadBoard`, and its account on the association ledger."""
+
+    http: Seat
+    dimse: Seat
+    associations: Account
+
+
 def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket.socket,
                tls_sock: socket.socket | None) -> int:
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker number, start time)
-    board = LoadBoard(config.workers)  # before any fork: the workers share it (.accept)
+    # Before any fork: the workers share them (.accept).
+    shared = (LoadBoard(config.workers), LoadBoard(config.workers), association_ledger(config.workers))
     stopping = False
     pause = RESTART_PAUSE_S[0]
 
@@ -105,13 +120,9 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
                 _die_with_parent()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                if number != 0:
-                    dimse_sock.close()
-                    if tls_sock is not None:
-                        tls_sock.close()
-                code = _run_worker(config, (http_sock, *((dimse_sock, tls_sock) if number == 0 else (None, None))),
-                                   recover=False, with_dimse=number == 0, announce=False,
-                                   seat=board.seat(number))
+                http, dimse, ledger = shared
+                code = _run_worker(config, (http_sock, dimse_sock, tls_sock), recover=False, announce=False,
+                                   place=Place(http.seat(number), dimse.seat(number), ledger.account(number)))
             finally:
                 os._exit(code)
         children[pid] = (number, time.monotonic())
@@ -138,7 +149,8 @@ def _supervise(config: ServeConfig, http_sock: socket.socket, dimse_sock: socket
         if pid not in children:
             continue
         number, started = children.pop(pid)
-        board.vacate(number)
+        for board in shared:
+            board.vacate(number)
         if not stopping:
             # A worker died (a crash, the OOM killer): serve on with a new one. Its temp
             # files stay in tmp/ until the next start-up recovers them.
@@ -170,11 +182,10 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _run_worker(config: ServeConfig, listeners, *, recover: bool, with_dimse: bool,
-                announce: bool, seat: Seat | None = None) -> int:
+def _run_worker(config: ServeConfig, listeners, *, recover: bool, announce: bool,
+                place: Place | None = None) -> int:
     try:
-        uvloop.run(serve(config, listeners=listeners, recover=recover, with_dimse=with_dimse,
-                         announce=announce, seat=seat))
+        uvloop.run(serve(config, listeners=listeners, recover=recover, announce=announce, place=place))
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # a port in use, an unwritable --data directory
@@ -195,14 +206,14 @@ def _destinations(config: ServeConfig) -> dict:
 
 
 async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
-                with_dimse: bool = True, announce: bool = True, seat: Seat | None = None) -> None:
+                with_dimse: bool = True, announce: bool = True, place: Place | None = None) -> None:
     """Run until SIGINT/SIGTERM.
 
     In-flight stores get 30 s to finish; parts whose bytes all arrived are committed before
     the archive closes, the rest are discarded.
     ``listeners`` is ``(http_socket, dimse_socket or None, dimse_tls_socket or None)``
-    already bound by a supervisor, and ``seat`` this worker's place on the supervisor's
-    :class:`~.accept.LoadBoard`.
+    already bound by a supervisor, and ``place`` this worker's :class:`Place` on what the
+    supervisor shares between its workers.
     """
     archive = Archive(config.data, index=config.index, node_id=config.node_id, fsync=config.fsync,
                       min_free_bytes=config.min_free_bytes,
@@ -279,6 +290,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                                          STORAGE_COMMITMENT_PUSH_MODEL: "commit"},
                     ae_permissions=config.ae_permissions,
                     tls_client_ae=config.tls_client_ae,
+                    seat=None if place is None else place.dimse,
+                    account=None if place is None else place.associations,
                 )
             tls = None if config.tls_cert is None else server_context(
                 str(config.tls_cert), str(config.tls_key), None if config.tls_ca is None else str(config.tls_ca),
@@ -289,7 +302,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
             # A busy port is an OSError we report plainly.
             listener = listeners[0] if listeners is not None else \
                 socket.create_server((config.host, config.http_port), backlog=1024)
-            await http.start(listener, ssl=tls, seat=seat)
+            await http.start(listener, ssl=tls, seat=None if place is None else place.http)
             if announce:
                 _announce(config, listener.getsockname()[:2], dimse.port, dimse.tls_port)
             stop = asyncio.Event()

@@ -35,7 +35,7 @@ from .config import (
     PDU_LENGTH_SLACK,
     ServerConfig,
 )
-from .negotiation import Acceptance, PresentationContext, Rejection, check_certificate, check_provider, negotiate
+from .negotiation import Acceptance, PresentationContext, Rejection, check_certificate, negotiate
 from .stream import DataSetStream
 
 logger = logging.getLogger("dicomaccel.dimse")
@@ -592,7 +592,7 @@ class DIMSEProtocol(asyncio.Protocol):
     def _AE_6(self, event: str, rq: pdu.AssociateRQ) -> str:
         self._stop_artim()
         self._rq = rq
-        rejection = check_provider(rq, self._server.active_associations, self._config)
+        rejection = self._server._admit(self, rq)
         if rejection is not None:
             self._reject(rejection)
             return "Sta13"

@@ -1,12 +1,23 @@
-"""``start_dimse_server``: listen for associations and serve them on the running loop."""
+"""``start_dimse_server``: listen for associations and serve them on the running loop.
+
+One process alone listens through the event loop's server. Worker processes sharing the
+listening sockets (``dicomaccel serve --workers N``) each pass their seat on the supervisor's
+DIMSE :class:`~dicomaccel.accept.LoadBoard`, so that each new connection goes to the worker
+holding fewest, and their account on its :func:`association_ledger`, so that
+``max_associations`` and :data:`PENDING_SLACK` bound all workers together, as they bound one
+process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import ssl as ssl_module
 from typing import Iterable, Mapping
 
 from .. import metrics
+from ..accept import Account, Acceptor, Ledger, Seat
 from ..config import DEFAULTS
 from .association import DIMSEProtocol
 from .config import (
@@ -16,6 +27,9 @@ from .config import (
     Handler,
     ServerConfig,
 )
+from .negotiation import Rejection, check_provider
+
+log = logging.getLogger("dicomaccel.dimse")
 
 # PS3.8 D.1 sets no minimum Maximum Length; below this an A-ASSOCIATE-RQ with many contexts
 # would not even fit in what we ask peers to respect, so refuse such a configuration.
@@ -26,8 +40,18 @@ MIN_MAX_PDU = 1024
 # limit gets its A-ASSOCIATE-RJ (2, 3, 2) rather than a closed connection; beyond that, a
 # new connection is closed at once. Every admitted connection may buffer one A-ASSOCIATE-RQ
 # of up to MAX_ASSOCIATE_RQ_LENGTH, so memory before association is bounded by
-# (max_associations + PENDING_SLACK) x 256 KiB.
+# (max_associations + PENDING_SLACK) x 256 KiB, for all worker processes together.
 PENDING_SLACK = 16
+
+# What an association ledger counts for each worker: connections admitted (associated or
+# not), and associations.
+CONNECTIONS, ASSOCIATIONS = 0, 1
+
+
+def association_ledger(workers: int) -> Ledger:
+    """The ledger a supervisor makes before forking ``workers`` processes that all serve DIMSE:
+    give worker ``n`` its ``account(n)`` (:func:`start_dimse_server`)."""
+    return Ledger(workers, kinds=2)
 
 
 class DIMSEServer:
@@ -36,37 +60,79 @@ class DIMSEServer:
     Use it as an async context manager, or call :meth:`close` then :meth:`wait_closed`.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, seat: Seat | None = None, account: Account | None = None) -> None:
         self.config = config
-        self._server: asyncio.base_events.Server | None = None
-        self._tls_server: asyncio.base_events.Server | None = None
+        self._seat = seat
+        # One process alone keeps its counts on a ledger of its own.
+        self._account = account if account is not None else association_ledger(1).account(0)
+        self._sockets: list = []  # the plain listener's, then the TLS listener's
+        self._servers: list[asyncio.base_events.Server] = []  # alone: the event loop accepts
+        self._acceptors: list[Acceptor] = []  # workers sharing the sockets: .accept
+        self._opening: set[asyncio.Task] = set()  # accepted, not yet connected (TLS: handshaking)
+        self._closing = False
         self._connections: set[DIMSEProtocol] = set()
         self._associations: set[DIMSEProtocol] = set()
 
     @property
     def sockets(self) -> tuple:
-        return tuple(self._server.sockets) if self._server is not None else ()
+        return tuple(self._sockets[:1])
 
     @property
     def port(self) -> int:
         """The port actually bound (useful after binding port 0)."""
-        return self.sockets[0].getsockname()[1]
+        return self._sockets[0].getsockname()[1]
 
     @property
     def tls_port(self) -> int | None:
         """The TLS listener's port (:meth:`listen_tls`), or None."""
-        return self._tls_server.sockets[0].getsockname()[1] if self._tls_server is not None else None
+        return self._sockets[1].getsockname()[1] if len(self._sockets) > 1 else None
 
     async def listen_tls(self, context: ssl_module.SSLContext, host: str | None = None, port: int = 0,
                          sock=None, backlog: int = 128) -> None:
         """Also accept associations over TLS (PS3.15 B.9, the BCP 195 profile) with
         ``context``; they share this server's handlers and association limit."""
+        await self._listen(host, port, sock, backlog, None, context)
+
+    async def _listen(self, host, port, sock, backlog, reuse_port, context) -> None:
+        if self._seat is None:
+            loop = asyncio.get_running_loop()
+            factory = lambda: DIMSEProtocol(self, self.config)  # noqa: E731
+            if sock is not None:
+                server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=context)
+            else:
+                server = await loop.create_server(factory, host, port, backlog=backlog,
+                                                  reuse_port=reuse_port, ssl=context)
+            self._servers.append(server)
+            self._sockets.append(server.sockets[0])
+            return
+        acceptor = Acceptor(sock, self._seat, lambda conn: self._accepted(conn, context))
+        self._acceptors.append(acceptor)
+        self._sockets.append(sock)
+        acceptor.start()
+        self._publish()  # start() showed 0: the other listener may hold connections already
+
+    def _accepted(self, conn: socket.socket, context: ssl_module.SSLContext | None) -> None:
+        task = asyncio.ensure_future(self._connect(conn, context))
+        self._opening.add(task)
+        self._publish()
+        task.add_done_callback(self._connected)
+
+    async def _connect(self, conn: socket.socket, context: ssl_module.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
-        factory = lambda: DIMSEProtocol(self, self.config)  # noqa: E731
-        if sock is not None:
-            self._tls_server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=context)
-        else:
-            self._tls_server = await loop.create_server(factory, host, port, backlog=backlog, ssl=context)
+        try:
+            await loop.connect_accepted_socket(lambda: DIMSEProtocol(self, self.config), conn, ssl=context)
+        except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
+            log.debug("connection dropped before its A-ASSOCIATE-RQ: %s", exc)
+            conn.close()
+
+    def _connected(self, task: asyncio.Task) -> None:
+        self._opening.discard(task)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Tell the other workers how many connections this one holds."""
+        if self._seat is not None and not self._closing:  # closing: the acceptors left the board
+            self._seat.publish(len(self._connections) + len(self._opening))
 
     @property
     def active_associations(self) -> int:
@@ -80,16 +146,21 @@ class DIMSEServer:
 
     def close(self) -> None:
         """Stop listening and abort every association (A-ABORT, source 0)."""
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                server.close()
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
+        for task in self._opening:
+            task.cancel()
         for protocol in list(self._connections):
             protocol.abort(close=True)
 
     async def wait_closed(self) -> None:
-        for server in (self._server, self._tls_server):
-            if server is not None:
-                await server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._opening:
+            await asyncio.wait(set(self._opening))
 
     async def __aenter__(self) -> DIMSEServer:
         return self
@@ -102,25 +173,43 @@ class DIMSEServer:
     def _connection_made(self, protocol: DIMSEProtocol) -> bool:
         """Admit a new connection, or refuse it (False) when associations and connections
         still waiting for theirs already reach ``max_associations + PENDING_SLACK``."""
-        if len(self._connections) >= self.config.max_associations + PENDING_SLACK:
+        limit = self.config.max_associations + PENDING_SLACK
+        if self._account.claim(CONNECTIONS, lambda held: held >= limit):
             metrics.child(metrics.ASSOCIATIONS, "refused").inc()
             return False
         self._connections.add(protocol)
+        self._publish()
         return True
 
     def _connection_lost(self, protocol: DIMSEProtocol) -> None:
-        self._connections.discard(protocol)
-        self._associations.discard(protocol)
+        self._disassociated(protocol)
+        if protocol in self._connections:
+            self._connections.remove(protocol)
+            self._account.release(CONNECTIONS)
+            self._publish()
+
+    def _admit(self, protocol: DIMSEProtocol, rq) -> Rejection | None:
+        """AE-6's checks (PS3.8 §9.2.2) of an A-ASSOCIATE-RQ; when they pass, the association
+        counts at once, under the ledger's lock, so no other (in this worker or another)
+        can take the last place between the check and the count. Negotiation may still
+        reject it (AE-8: :meth:`_rejected` gives the place back)."""
+        rejection = self._account.claim(ASSOCIATIONS,
+                                        lambda held: check_provider(rq, held, self.config))
+        if rejection is None:
+            self._associations.add(protocol)
+        return rejection
 
     def _associated(self, protocol: DIMSEProtocol) -> None:
-        self._associations.add(protocol)
         metrics.child(metrics.ASSOCIATIONS, "accepted").inc()
 
     def _rejected(self, protocol: DIMSEProtocol) -> None:
         metrics.child(metrics.ASSOCIATIONS, "rejected").inc()
+        self._disassociated(protocol)
 
     def _disassociated(self, protocol: DIMSEProtocol) -> None:
-        self._associations.discard(protocol)
+        if protocol in self._associations:
+            self._associations.remove(protocol)
+            self._account.release(ASSOCIATIONS)
 
 
 async def start_dimse_server(
@@ -147,6 +236,8 @@ async def start_dimse_server(
     peer_ordered_syntaxes: Mapping[str, Iterable[str]] | None = None,
     stream_commands: Iterable[int] = (),
     tls_client_ae: Mapping[str, Iterable[str]] | None = None,
+    seat: Seat | None = None,
+    account: Account | None = None,
 ) -> DIMSEServer:
     """Listen for DICOM associations on the running event loop (run it on uvloop).
 
@@ -206,6 +297,11 @@ async def start_dimse_server(
         connection (:meth:`DIMSEServer.listen_tls`) an A-ASSOCIATE-RQ whose Calling AE Title
         is not listed for the peer certificate's Common Name, or that came without a client
         certificate, is rejected (1, 1, 3). Plain connections are not affected.
+    seat, account : optional
+        For a worker process sharing ``sock`` (and :meth:`DIMSEServer.listen_tls`'s socket)
+        with others: its seat on their DIMSE :class:`~dicomaccel.accept.LoadBoard` and its
+        account on their :func:`association_ledger`, both made by the supervisor before it
+        forked. ``max_associations`` then counts every worker's associations.
 
     Returns
     -------
@@ -236,16 +332,9 @@ async def start_dimse_server(
         tls_client_ae=None if tls_client_ae is None else
         {name: frozenset(ae.strip() for ae in aes) for name, aes in tls_client_ae.items()},
     )
-    server = DIMSEServer(config)
-    loop = asyncio.get_running_loop()
-    factory = lambda: DIMSEProtocol(server, config)  # noqa: E731
-    if sock is not None:
-        server._server = await loop.create_server(factory, sock=sock, backlog=backlog)
-    else:
-        server._server = await loop.create_server(
-            factory, host, port, backlog=backlog, reuse_port=reuse_port
-        )
+    server = DIMSEServer(config, seat, account)
+    await server._listen(host, port, sock, backlog, reuse_port, None)
     return server
 
 
-__all__ = ["DIMSEServer", "start_dimse_server"]
+__all__ = ["DIMSEServer", "association_ledger", "start_dimse_server"]
