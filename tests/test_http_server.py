@@ -15,12 +15,11 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from dicomaccel.testing import memory_kib, multipart, post, wait_until
+from dicomaccel.testing import connections_held, memory_kib, multipart, post, wait_until, worker_pids
 from dicomaccel.testing.files import ct_file
 
 REQUEST_HEAD = "POST /dicomweb/studies HTTP/1.1\r\nHost: test\r\n"
@@ -326,38 +325,6 @@ def test_zerocopysend_over_tls_is_read_and_encrypted(tmp_path):
         stop()
 
 
-def _workers(supervisor: int) -> list[int]:
-    """The worker processes ``dicomaccel serve --workers N`` forked."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == supervisor:
-                    out.append(int(entry.name))
-            except OSError:
-                continue
-    return sorted(out)
-
-
-def _connections_held(pid: int, port: int) -> int:
-    """Established TCP connections to local ``port`` whose socket process ``pid`` holds
-    (from /proc/net/tcp and the process's file descriptors)."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
-            inodes.add(fields[9])
-    held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            held += 1
-    return held
-
-
 def _open_together(server, count: int) -> list[http.client.HTTPConnection]:
     """``count`` keep-alive connections opened at the same instant, each with one answered
     request (so each is held by the worker that accepted it)."""
@@ -386,41 +353,41 @@ def _both_accepting(server, workers: list[int], port: int) -> bool:
     accepting (a worker still starting up is not on the board, and the other takes all)."""
     conns = _open_together(server, 2)
     try:
-        return sorted(_connections_held(pid, port) for pid in workers) == [1, 1]
+        return sorted(connections_held(pid, port) for pid in workers) == [1, 1]
     finally:
         for conn in conns:
             conn.close()
-        wait_until(lambda: sum(_connections_held(pid, port) for pid in workers) == 0, timeout=10)
+        wait_until(lambda: sum(connections_held(pid, port) for pid in workers) == 0, timeout=10)
 
 
 def test_workers_take_equal_shares_of_connections(server_factory):
     """Clients connecting together are spread over the workers: left to the kernel, the first
     worker to wake took most of them (3 + 1 of 4 in most tries), and served them on one core."""
     server = server_factory("--workers", "2")
-    workers = _workers(server.process.pid)
+    workers = worker_pids(server.process.pid)
     assert len(workers) == 2
     port = urlsplit(server.http_url).port
     assert wait_until(lambda: _both_accepting(server, workers, port), timeout=60)
     for _ in range(5):
         conns = _open_together(server, 4)
-        assert sorted(_connections_held(pid, port) for pid in workers) == [2, 2]
+        assert sorted(connections_held(pid, port) for pid in workers) == [2, 2]
         for conn in conns:
             conn.close()
-        assert wait_until(lambda: sum(_connections_held(pid, port) for pid in workers) == 0, timeout=10)
+        assert wait_until(lambda: sum(connections_held(pid, port) for pid in workers) == 0, timeout=10)
 
 
 def test_a_stopped_worker_does_not_hold_up_new_connections(server_factory):
     """A worker that does not accept (here: stopped with SIGSTOP; in life, a long request) only
     delays a new connection (accept.MAX_DEFER): the other worker takes it."""
     server = server_factory("--workers", "2")
-    workers = _workers(server.process.pid)
+    workers = worker_pids(server.process.pid)
     port = urlsplit(server.http_url).port
     # Both serving first: a worker stopped while still starting may hold the index's lock.
     assert wait_until(lambda: _both_accepting(server, workers, port), timeout=60)
     os.kill(workers[0], signal.SIGSTOP)
     try:
         conns = _open_together(server, 3)
-        assert _connections_held(workers[1], port) == 3
+        assert connections_held(workers[1], port) == 3
         for conn in conns:
             conn.close()
     finally:

@@ -88,6 +88,39 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     raise ValueError(f"no {field} in /proc/{pid}/status")
 
 
+def worker_pids(supervisor: int) -> list[int]:
+    """The worker processes ``dicomaccel serve --workers N`` (process ``supervisor``) forked."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == supervisor:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(out)
+
+
+def connections_held(pid: int, port: int, states: tuple[str, ...] = ("01",)) -> int:
+    """TCP connections to local ``port`` whose socket process ``pid`` holds (from /proc/net/tcp
+    and the process's file descriptors), in ``states`` as /proc/net/tcp writes them: ``"01"``
+    established, ``"08"`` closed by the peer and not yet by the process (CLOSE_WAIT)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in states:
+            inodes.add(fields[9])
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held += 1
+    return held
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> bool:
     """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
     deadline = time.monotonic() + timeout
