@@ -248,7 +248,7 @@ class ExtractedInstance:
         and the Pixel Data value, joined (a copy of the frames: for an embedder that hands
         the value to pydicom whole; a sender streams ``pieces`` instead)."""
         header, pixel_header, *value = self.pieces
-        return [header, pixel_header, b"".join(value)]
+        return [header, pixel_header, self._join(value)]
 
     @property
     def nbytes(self) -> int:
@@ -261,7 +261,15 @@ class ExtractedInstance:
 
     def to_file_bytes(self) -> bytes:
         """The whole PS3.10 file in memory (tests, embedders, transcoding)."""
-        return b"".join([self.file_meta_bytes(), *self.pieces])
+        return self._join([self.file_meta_bytes(), *self.pieces])
+
+    def _join(self, parts: list) -> bytes:
+        joined = b"".join(parts)
+        if self.mapping is not None:
+            # The copy read the frames through our mapping: drop those pages now rather than
+            # when the instance goes (pages of a read-only file mapping fault back if read).
+            self.mapping.madvise(mmap.MADV_DONTNEED)
+        return joined
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the PS3.10 file to `path` without joining the buffers."""
