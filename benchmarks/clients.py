@@ -24,6 +24,7 @@ import re
 import resource
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -229,9 +230,9 @@ def dcmtk_log(text: str) -> Iterator[tuple[float, str]]:
         yield t, m.group(7)
 
 
-def parse_storescu_log(text: str) -> tuple[float, float | None]:
-    """(seconds from the first Store Request to the last Store Response, seconds to the first
-    successful response) from a storescu log."""
+def storescu_times(text: str) -> tuple[float, float | None, float]:
+    """(first Store Request, first successful Store Response or None, last Store Response), in
+    seconds since midnight, from a storescu log."""
     sent = last = first = None
     for t, message in dcmtk_log(text):
         if message.startswith("Sending Store Request") and sent is None:
@@ -242,6 +243,13 @@ def parse_storescu_log(text: str) -> tuple[float, float | None]:
                 first = t
     if sent is None or last is None:
         raise RuntimeError(f"storescu log has no Store Request and Response:\n{text[-1500:]}")
+    return sent, first, last
+
+
+def parse_storescu_log(text: str) -> tuple[float, float | None]:
+    """(seconds from the first Store Request to the last Store Response, seconds to the first
+    successful response) from a storescu log."""
+    sent, first, last = storescu_times(text)
     return last - sent, None if first is None else first - sent
 
 
@@ -285,34 +293,50 @@ def storescu_groups(corpus: Corpus) -> list[tuple[list[str], list[Path]]]:
     return [([opt] if opt else [], files) for opt, files in groups.items()]
 
 
-def storescu(peer: Peer, corpus: Corpus, log_config: Path) -> tuple[float, float | None]:
-    """Send ``corpus`` with DCMTK ``storescu``, one association per transfer syntax group; (seconds
-    summed over the associations, seconds to the first success in the first association)."""
+def storescu(peer: Peer, corpus: Corpus, log_config: Path, associations: int = 1) -> tuple[float, float | None]:
+    """Send ``corpus`` with DCMTK ``storescu``, one transfer syntax group after the other, each
+    group's files split in order over ``associations`` storescu processes run at once; (seconds
+    summed over the groups, each from its first Store Request to its last Store Response in
+    any of its associations, seconds to the first success in the first group)."""
     seconds, first, failed = 0.0, None, []
     for options, files in storescu_groups(corpus):
         # -R: propose only the SOP classes of the files (fewer than 128 contexts even for
         # pydicom-data's mix); -nh: carry on past a refused file.
         cmd = [dcmtk_program("storescu"), "--log-config", str(log_config), "-R", "-nh", *options,
-               "-aet", STORESCU_TITLE, "-aec", peer.ae_title, "127.0.0.1", str(peer.port), *map(str, files)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
-        try:
-            took, got = parse_storescu_log(done.stdout + done.stderr)
-        except RuntimeError as exc:
-            # storescu sent nothing in this association (it could not send the group's files):
-            # they count as not stored, the other groups still do.
-            failed.append(exc)
+               "-aet", STORESCU_TITLE, "-aec", peer.ae_title, "127.0.0.1", str(peer.port)]
+        n = min(associations, len(files))
+        parts = [files[len(files) * i // n:len(files) * (i + 1) // n] for i in range(n)]
+        with contextlib.ExitStack() as stack:
+            # Logs to files, not pipes: one storescu waiting on a full pipe would stall the run.
+            logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in parts]
+            runs = [subprocess.Popen([*cmd, *map(str, part)], stdout=log, stderr=subprocess.STDOUT, text=True,
+                                     env=dcmtk_env()) for part, log in zip(parts, logs)]
+            for run in runs:
+                run.wait(RUN_TIMEOUT)
+            times = []
+            for log in logs:
+                log.seek(0)
+                try:
+                    times.append(storescu_times(log.read()))
+                except RuntimeError as exc:
+                    # storescu sent nothing in this association (it could not send the group's
+                    # files): they count as not stored, the other groups still do.
+                    failed.append(exc)
+        if not times:
             continue
-        if first is None and got is not None:
-            first = seconds + got
-        seconds += took
+        sent = min(t[0] for t in times)
+        successes = [t[1] for t in times if t[1] is not None]
+        if first is None and successes:
+            first = seconds + min(successes) - sent
+        seconds += max(t[2] for t in times) - sent
     if first is None and failed:
         raise failed[0]
     return seconds, first
 
 
-def cstore_run(peer: Peer, corpus: Corpus, log_config: Path) -> dict:
+def cstore_run(peer: Peer, corpus: Corpus, log_config: Path, associations: int = 1) -> dict:
     """``corpus`` into an empty server by :func:`storescu`; counts what the server then holds."""
-    seconds, first = storescu(peer, corpus, log_config)
+    seconds, first = storescu(peer, corpus, log_config, associations)
     return {"seconds": seconds, "first": first, "accepted": peer.instance_count()}
 
 

@@ -257,7 +257,7 @@ class DicomaccelPeer(Peer):
     name = "dicomaccel"
     ae_title = "DICOMACCEL"
     fsync = "never"
-    workers = 1  # processes of ``dicomaccel serve --workers``: all serve STOW-RS, the first DIMSE
+    workers = 1  # processes of ``dicomaccel serve --workers``: each serves STOW-RS and DIMSE
     # C-MOVE destinations, AE title -> (host, port); set by the cmove workload (benchmarks.cmove).
     move_destinations: dict[str, tuple[str, int]] = {}
     index_url: str | None = None  # --index (a PostgreSQL database); None: the embedded SQLite file

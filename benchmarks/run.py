@@ -37,8 +37,10 @@ Workloads (clients in :mod:`benchmarks.clients`):
   ``--stow-clients`` concurrent keep-alive clients (one process each), into a freshly started,
   empty server (dicomaccel with --fsync always, Orthanc with SyncStorageArea: both fsync before
   answering);
-- ``cstore``: DCMTK ``storescu`` over one association into a fresh dicomaccel (--fsync always),
-  Orthanc or dcmqrscp;
+- ``cstore``: DCMTK ``storescu`` into a fresh dicomaccel (--fsync always), Orthanc or dcmqrscp,
+  over each of ``--cstore-associations`` (default 1): N splits the corpus in order over N
+  ``storescu`` processes started together, timed from the first Store Request to the last
+  Store Response of any;
 - ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received (``--clients``) by
   ``getscu --ignore``, by a pynetdicom SCU that does not decode what it receives and by
   ``drain``, a raw socket SCU that discards the data sets unparsed;
@@ -438,6 +440,8 @@ def parser() -> argparse.ArgumentParser:
                    help="instances per STOW-RS request (default 1,20)")
     p.add_argument("--stow-clients", type=_csv((), int), default=[1, 2, 4],
                    help="concurrent STOW-RS clients (default 1,2,4)")
+    p.add_argument("--cstore-associations", type=_csv((), int), default=[1],
+                   help="cstore: storescu associations at once, the corpus split over them (default 1)")
     p.add_argument("--large-size", type=parse_size, default=parse_size("2G"),
                    help="size of the large-upload instance (default 2G)")
     p.add_argument("--max-pdu", type=int, default=16384, help="receivers' Maximum Length (default 16384)")
@@ -502,9 +506,12 @@ def plan(args, corpora: list[Corpus], available: list[str], log_config: Path) ->
         cstore_peers = [p for p in available if p in CSTORE_PEERS]
         if "cstore" in args.workloads and cstore_peers and dcmtk_program("storescu"):
             n = len(storescu_groups(corpus))
-            label = f"C-STORE storescu, {n} association{'s' if n > 1 else ''}"
-            ingest.append(Method("ingest", corpus, label, cstore_peers,
-                                 lambda peer, corpus=corpus: cstore_run(peer, corpus, log_config), fresh=True))
+            for k in args.cstore_associations:
+                label = (f"C-STORE storescu, {n} association{'s' if n > 1 else ''}" if k == 1 else
+                         f"C-STORE storescu, {k} associations at once" + (f", {n} groups in turn" if n > 1 else ""))
+                ingest.append(Method("ingest", corpus, label, cstore_peers,
+                                     lambda peer, corpus=corpus, k=k: cstore_run(peer, corpus, log_config, k),
+                                     fresh=True))
         if not corpus.retrievable or "cget" not in args.workloads:
             continue
         for level in args.levels:
@@ -911,8 +918,8 @@ def run_harness(args, argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.runs < 1 or args.dicomaccel_workers < 1:
-        parser().error("--runs and --dicomaccel-workers must be at least 1")
+    if args.runs < 1 or args.dicomaccel_workers < 1 or min(args.cstore_associations) < 1:
+        parser().error("--runs, --dicomaccel-workers and --cstore-associations must be at least 1")
     if os.environ.get(NETNS_MARK) == "1":
         # Inside the namespace made by reexec_in_netns: loopback starts down.
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)

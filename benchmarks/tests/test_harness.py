@@ -277,3 +277,15 @@ def test_postgresql_index_is_a_share_of_sqlite_and_never_the_best_peer():
     (r,) = report.ratios(data)  # against Orthanc, not against ourselves on another index
     assert r["best_peer"] == "orthanc"
     assert all(b["best_peer"].startswith("orthanc,") for b in report.best_ingest(data))
+
+
+def test_cstore_associations_target_compares_with_our_one_association():
+    def row(method, seconds, cpu):
+        return {"section": "ingest", "corpus": "ct", "label": "CT", "method": method, "peer": "dicomaccel",
+                "instances": 200, "bytes": 10**8,
+                "runs": [{"seconds": s, "bytes": 10**8, "peak_mib": 60, "accepted": 200, "server_cpu_s": cpu}
+                         for s in seconds]}
+    data = {"rows": [row("C-STORE storescu, 1 association", [2.0, 2.0, 2.2], 0.6),
+                     row("C-STORE storescu, 4 associations at once", [1.0, 1.1, 1.0], 0.7)]}
+    lines = report.targets(data, report.ISSUE12_TARGETS)
+    assert len(lines) == 3 and "2.00x (200 against 100/s" in lines[2] and lines[2].endswith("| yes |")
