@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--calling-ae", action="append", dest="calling_ae_allow", metavar="AE",
                        help="accept associations only from this Calling AE Title (repeatable; default: any)")
     serve.add_argument("--max-associations", metavar="N", type=_positive,
-                       help=f"concurrent DICOM associations; beyond it A-ASSOCIATE-RJ (default: {d.max_associations})")
+                       help=f"concurrent DICOM associations, all workers together; beyond it A-ASSOCIATE-RJ "
+                            f"(default: {d.max_associations})")
     serve.add_argument("--artim-timeout", metavar="S", type=_seconds,
                        help=f"PS3.8 ARTIM timer in seconds (default: {d.artim_timeout:g})")
     serve.add_argument("--idle-timeout", metavar="S", type=_seconds,
@@ -142,8 +143,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"free disk space kept in reserve; below it stores fail with A710 "
                             f"(default: {_mib(d.min_free_bytes)})")
     serve.add_argument("--workers", metavar="N", type=_positive,
-                       help="processes serving STOW-RS on the shared port (the first also serves "
-                            f"DIMSE); store limits apply per worker (default: {d.workers})")
+                       help="processes each serving DICOMweb and DIMSE on the shared ports; "
+                            f"store limits apply per worker (default: {d.workers})")
     serve.add_argument("--tls-cert", metavar="FILE", type=Path,
                        help="PEM certificate (chain): serve HTTPS on the HTTP port (default: plain HTTP)")
     serve.add_argument("--tls-key", metavar="FILE", type=Path, help="PEM private key of --tls-cert")
