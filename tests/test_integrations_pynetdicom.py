@@ -21,11 +21,14 @@ from pynetdicom.sop_class import (
 from dicomaccel.archive import Archive
 from dicomaccel.integrations.pynetdicom import (
     ArchiveGetHandler,
+    ArchiveStoreHandler,
     StorageGetHandler,
     add_presentation_contexts,
     handlers,
 )
+from dicomaccel.integrations.pynetdicom import store as store_module
 from dicomaccel.policy.store import StorePolicy
+from dicomaccel.retrieve.extraction import file_meta_bytes
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.files import dataset_part, retag, sop_of
 from dicomaccel.testing.scu import assert_counts, c_get, failed_list, identifier
@@ -141,6 +144,33 @@ def test_store_iod_warning(node, chunked):
     (status,) = store_scu(port, [dicomgen.to_bytes(ds)])
     assert status.Status == 0xB007
     assert archive.get(ds.SOPInstanceUID) is not None
+
+
+def test_chunked_file_is_copied_then_emptied(tmp_path, chunked, monkeypatch):
+    """pynetdicom's temporary file is copied in reads of CHUNK bytes (a few KiB here, so an
+    instance takes several) and emptied before the archive's flush, which would otherwise
+    write it to disk just before pynetdicom deletes it; what is stored is our File Meta and
+    the data set as received."""
+    monkeypatch.setattr(store_module, "CHUNK", 4096)
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 64, 64)  # ~8 KiB of pixels
+    with Archive(tmp_path / "data", fsync=False) as archive:
+        inner, left = ArchiveStoreHandler(archive), []
+
+        def handler(event):
+            status = inner(event)
+            left.append(Path(event.dataset_path).stat().st_size)
+            return status
+
+        ae = AE(ae_title="ACCEL")
+        add_presentation_contexts(ae, get=False, sop_classes=[CTImageStorage])
+        server, port = start(ae, [(evt.EVT_C_STORE, handler)])
+        try:
+            (status,) = store_scu(port, [data])
+        finally:
+            server.shutdown()
+        assert status.Status == 0x0000 and left == [0]
+        assert stored_bytes(archive, sop_of(data)) == \
+            file_meta_bytes(CTImageStorage, sop_of(data), ExplicitVRLittleEndian) + dataset_part(data)
 
 
 # ------------------------------------------------------------------------------ C-GET
