@@ -160,7 +160,9 @@ class Ledger:
     ``lockf`` lock on a file the supervisor opened: POSIX record locks belong to a process and
     are not inherited over ``fork``, so they exclude the workers from each other (within a
     worker only its event loop claims), and the kernel drops the lock of a process that dies,
-    so a worker killed inside a claim cannot stop the others (a semaphore would stay taken).
+    so a worker killed inside a claim cannot stop the others (a semaphore would stay taken);
+    one stopped inside a claim (SIGSTOP) holds them up until it continues, but a claim holds
+    the lock only to add a few integers.
     A release lowers only the worker's own count, without the lock: a claim that reads the
     count just before it drops refuses one too many, never admits one too many.
     """

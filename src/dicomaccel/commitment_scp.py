@@ -82,7 +82,8 @@ MAX_REFERENCES = 4096
 # Reports under way at once (assessed or waiting for the requester's N-EVENT-REPORT-RSP, for
 # up to --idle-timeout, or for a new association): each holds its request's references, so a
 # requester that asks and never answers must not pile them up. Beyond, an N-ACTION-RQ is
-# refused with 0213 Resource limitation (PS3.7 Annex C) until one ends.
+# refused with 0213 Resource limitation (PS3.7 Annex C) until one ends. The bound is on a
+# process's memory, so with --workers N each worker keeps its own count (N x 64 on the node).
 MAX_PENDING_REPORTS = 64
 
 # N-ACTION-RSP statuses (PS3.7 Annex C; PS3.4 J.3.2.1.3 lists which apply).

@@ -65,7 +65,7 @@ class DIMSEServer:
         self._seat = seat
         # One process alone keeps its counts on a ledger of its own.
         self._account = account if account is not None else association_ledger(1).account(0)
-        self._sockets: list = []  # the plain listener's, then the TLS listener's
+        self._listening: list[tuple] = []  # the plain listener's sockets, then the TLS listener's
         self._servers: list[asyncio.base_events.Server] = []  # alone: the event loop accepts
         self._acceptors: list[Acceptor] = []  # workers sharing the sockets: .accept
         self._opening: set[asyncio.Task] = set()  # accepted, not yet connected (TLS: handshaking)
@@ -75,17 +75,17 @@ class DIMSEServer:
 
     @property
     def sockets(self) -> tuple:
-        return tuple(self._sockets[:1])
+        return self._listening[0] if self._listening else ()
 
     @property
     def port(self) -> int:
         """The port actually bound (useful after binding port 0)."""
-        return self._sockets[0].getsockname()[1]
+        return self._listening[0][0].getsockname()[1]
 
     @property
     def tls_port(self) -> int | None:
         """The TLS listener's port (:meth:`listen_tls`), or None."""
-        return self._sockets[1].getsockname()[1] if len(self._sockets) > 1 else None
+        return self._listening[1][0].getsockname()[1] if len(self._listening) > 1 else None
 
     async def listen_tls(self, context: ssl_module.SSLContext, host: str | None = None, port: int = 0,
                          sock=None, backlog: int = 128) -> None:
@@ -103,11 +103,11 @@ class DIMSEServer:
                 server = await loop.create_server(factory, host, port, backlog=backlog,
                                                   reuse_port=reuse_port, ssl=context)
             self._servers.append(server)
-            self._sockets.append(server.sockets[0])
+            self._listening.append(tuple(server.sockets))
             return
         acceptor = Acceptor(sock, self._seat, lambda conn: self._accepted(conn, context))
         self._acceptors.append(acceptor)
-        self._sockets.append(sock)
+        self._listening.append((sock,))
         acceptor.start()
         self._publish()  # start() showed 0: the other listener may hold connections already
 
