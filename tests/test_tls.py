@@ -17,6 +17,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, Veri
 
 from dicomaccel.testing import dcmtk_program, multipart
 from dicomaccel.testing.files import ct_instance
+from dicomaccel.testing.pdu import associate_rq, recv_pdu
 from dicomaccel.testing.scu import c_get, identifier
 from dicomaccel.testing.tls import make_certificates
 
@@ -57,8 +58,9 @@ def test_https_stow_with_a_verified_certificate(server_factory, certs, workers):
 
 
 @pytest.mark.skipif(ECHOSCU is None, reason="DCMTK not installed")
-def test_echoscu_and_a_c_get_over_tls(server_factory, certs):
-    server = server_factory(*_tls_args(certs))
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: associations accepted by accept.Acceptor
+def test_echoscu_and_a_c_get_over_tls(server_factory, certs, workers):
+    server = server_factory(*_tls_args(certs, "--workers", workers))
     study, series = generate_uid(), generate_uid()
     body = multipart([ct_instance(study, series, 1, 16, 16)])
     assert requests.post(f"{server.stow_url}/studies", data=body, headers={"Content-Type": CT_TYPE},
@@ -144,3 +146,28 @@ def test_client_certificate_names_the_calling_ae_titles(server_factory, certs, t
     assoc = associate("OTHER", server.dimse_port, None)
     assert assoc.is_established
     assoc.release()
+
+
+def test_plain_and_tls_associations_share_the_limit_across_workers(server_factory, certs):
+    """``--max-associations 1`` over two workers: a plain association held, one over TLS is
+    refused (2, 3, 2: PS3.8 9.3.4, local limit exceeded) whichever worker takes it."""
+    server = server_factory(*_tls_args(certs, "--workers", "2", "--max-associations", "1"))
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs.ca))
+
+    def associate(tls: bool) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", server.dimse_tls_port if tls else server.dimse_port),
+                                        timeout=30)
+        if tls:
+            sock = ctx.wrap_socket(sock, server_hostname="localhost")
+        held.append(sock)
+        sock.sendall(associate_rq())
+        return recv_pdu(sock)
+
+    held: list = []
+    try:
+        assert associate(tls=False)[0] == 0x02
+        for _ in range(4):
+            assert associate(tls=True) == (0x03, bytes((0, 2, 3, 2)))
+    finally:
+        for sock in held:
+            sock.close()
