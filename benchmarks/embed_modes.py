@@ -3,11 +3,13 @@
     python -m benchmarks.embed_modes store [--runs 7] [--ct 200] [--corpus ct|multiframe] [--variants a,b]
                                            [--max-pdu 16382]
     python -m benchmarks.embed_modes get-send [--runs 7] [--ct 200]
+    python -m benchmarks.embed_modes handler [--runs 7] [--ct 200]
 
 ``store``: one pynetdicom AE in this process receives the CT study from DCMTK ``storescu``
 (one association, TCP_NODELAY on the accepted socket), once per variant, the variants
 alternated ``--runs`` times; per instance: end to end (storescu's wall time, start-up included)
-and the handler's own time, medians with the spread (``--corpus multiframe``: the 4 native
+the handler's own time and the CPU time of this process (the AE; storescu's is not in it),
+medians with the spread (``--corpus multiframe``: the 4 native
 multi-frame instances of 89-131 MB instead of the CT study). Then the process's peak RSS
 before and after: with one variant (``--variants``) and ``--runs 1``, what receiving costs in
 memory. ``--max-pdu``: the AE's Maximum Length Received (PS3.8 D.1; pynetdicom's default
@@ -20,18 +22,29 @@ memory. ``--max-pdu``: the AE's Maximum Length Received (PS3.8 D.1; pynetdicom's
 - ``dicomaccel-fsync``, ``dicomaccel-chunked-fsync``: the same with ``fsync=True`` (the
   archive's default: files, directory and index durable before the response);
 - ``floor``, ``floor-chunked``: the handler answers Success and keeps nothing (pynetdicom's own
-  cost of receiving, in memory or through its temporary file).
+  cost of receiving, in memory or through its temporary file);
+- ``durable-floor``: the least a handler answering once the data set is durable does: the
+  data set (in memory) written to a new file, ``fdatasync``, ``fsync`` of its directory.
 
 ``get-send``: the sending side of a C-GET without the network: per instance of the study, the
 handler's data set and pynetdicom's encoding of it (``pynetdicom.dsutils.encode``, what
 ``send_c_store`` does before fragmenting into P-DATA): ``dicomaccel`` (ArchiveGetHandler's raw
 elements over an mmap of the stored file), ``dicomaccel-read`` (the same over the file read
 into memory) and ``usual`` (``dcmread(path)``). Binds 127.0.0.1 only.
+
+``handler``: :class:`~dicomaccel.integrations.pynetdicom.ArchiveStoreHandler` alone, without
+the network or pynetdicom's threads: per instance, called with an event holding what
+pynetdicom hands it (in memory, a BytesIO; ``-chunked``, its temporary file in the system
+temporary directory, made as pynetdicom 3.0 makes it: preamble, its File Meta, a write and a
+flush per 16 KB PDV; closed and deleted after the handler); the four ``dicomaccel`` variants
+of ``store``, alternated. Per instance: the handler's wall time, its thread's CPU time and the
+process's (the archive's writer and committer threads included).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import shutil
@@ -41,11 +54,14 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from tempfile import NamedTemporaryFile
+from types import SimpleNamespace
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, _config, evt
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import create_file_meta, encode
 
 from benchmarks.corpus import ct_corpus, multiframe_corpus
 from dicomaccel.archive import Archive
@@ -53,11 +69,15 @@ from dicomaccel.integrations.pynetdicom import ArchiveGetHandler, ArchiveStoreHa
 from dicomaccel.integrations.pynetdicom import get as get_module
 from dicomaccel.retrieve.cget import match_records
 from dicomaccel.retrieve.identifier import parse_identifier
+from dicomaccel.testing.files import dataset_part
 from dicomaccel.testing.server import dcmtk_program
 
 STORE_VARIANTS = ("usual", "dicomaccel", "dicomaccel-chunked", "dicomaccel-fsync", "dicomaccel-chunked-fsync",
-                  "floor", "floor-chunked")
+                  "floor", "floor-chunked", "durable-floor")
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+# Data set bytes per P-DATA PDV of pynetdicom's default maximum PDU (16382, PS3.8 D.1) less the
+# PDV item header and its control byte: what pynetdicom writes to its temporary file at a time.
+PDV_BYTES = 16382 - 6
 
 
 def _nodelay(event) -> None:
@@ -65,8 +85,9 @@ def _nodelay(event) -> None:
 
 
 def store_once(variant: str, files: list[Path], work: Path, storescu: str,
-               max_pdu: int | None = None) -> tuple[float, float]:
-    """(seconds end to end, seconds in the handler) for ``files`` sent by storescu to a new AE."""
+               max_pdu: int | None = None) -> tuple[float, float, float]:
+    """(seconds end to end, seconds in the handler, CPU seconds of this process) for ``files``
+    sent by storescu to a new AE (storescu's CPU is not this process's)."""
     _config.STORE_RECV_CHUNKED_DATASET = "chunked" in variant
     archive = None
     if variant.startswith("dicomaccel"):
@@ -80,6 +101,23 @@ def store_once(variant: str, files: list[Path], work: Path, storescu: str,
             ds = event.dataset
             ds.file_meta = event.file_meta
             ds.save_as(received / ds.SOPInstanceUID, enforce_file_format=True)
+            return 0x0000
+    elif variant == "durable-floor":
+        received = work / "received"
+        received.mkdir()
+        directory = os.open(received, os.O_RDONLY | os.O_DIRECTORY)
+
+        def inner(event):
+            # The least a handler that answers once the data set is durable can do: write it
+            # to a new file, flush the file and its directory entry.
+            fd = os.open(received / str(event.request.AffectedSOPInstanceUID), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                with event.request.DataSet.getbuffer() as view:
+                    os.write(fd, view)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(directory)
             return 0x0000
     else:
         def inner(event):
@@ -101,18 +139,20 @@ def store_once(variant: str, files: list[Path], work: Path, storescu: str,
                              evt_handlers=[(evt.EVT_C_STORE, handler), (evt.EVT_CONN_OPEN, _nodelay)])
     try:
         port = server.socket.getsockname()[1]
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         done = subprocess.run([storescu, "-R", "-aet", "STORESCU", "-aec", "EMBED", "127.0.0.1", str(port),
                                *map(str, files)], capture_output=True, text=True, timeout=600)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     finally:
         server.shutdown()
         if archive is not None:
             archive.close()
+        if variant == "durable-floor":
+            os.close(directory)
         _config.STORE_RECV_CHUNKED_DATASET = False
     if done.returncode != 0:
         raise RuntimeError(f"storescu: {done.stderr[-500:]}")
-    return seconds, spent[0]
+    return seconds, spent[0], cpu
 
 
 def run_store(files: list[Path], runs: int, variants: list[str], max_pdu: int | None = None) -> None:
@@ -120,7 +160,7 @@ def run_store(files: list[Path], runs: int, variants: list[str], max_pdu: int | 
     if storescu is None:
         raise SystemExit("DCMTK storescu is needed")
     root = Path(tempfile.mkdtemp(prefix="embed-modes-"))
-    results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     try:
         (root / "warm").mkdir()
         store_once("floor-chunked", files[:1], root / "warm", storescu)  # imports, first association (RSS flat)
@@ -138,9 +178,9 @@ def run_store(files: list[Path], runs: int, variants: list[str], max_pdu: int | 
     pdu = "" if max_pdu is None else f", AE maximum PDU {max_pdu or 'unlimited'}"
     print(f"C-STORE of {len(files)} instances ({mb:.1f} MB each on average) by storescu{pdu}, {runs} alternated "
           "runs; ms per instance, median [min-max]")
-    print("| variant | end to end | handler's own |\n|---|---|---|")
+    print("| variant | end to end | handler's own | CPU of the AE's process |\n|---|---|---|---|")
     for variant, rows in results.items():
-        print(f"| {variant} | {_cell([r[0] for r in rows], len(files))} | {_cell([r[1] for r in rows], len(files))} |")
+        print(f"| {variant} | " + " | ".join(_cell([r[i] for r in rows], len(files)) for i in range(3)) + " |")
     print(f"peak RSS of this process: {rss_before / 1024:.0f} MiB before the runs, {rss_after / 1024:.0f} MiB after")
 
 
@@ -197,6 +237,64 @@ def run_get_send(files: list[Path], runs: int) -> None:
         print(f"| {name} | {_cell(values, len(files))} |")
 
 
+def run_handler(files: list[Path], runs: int) -> None:
+    instances = []
+    for path in files:
+        raw = path.read_bytes()
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        instances.append((meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID,
+                          meta.TransferSyntaxUID, dataset_part(raw)))
+    variants = [v for v in STORE_VARIANTS if v.startswith("dicomaccel")]
+    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    root = Path(tempfile.mkdtemp(prefix="embed-modes-"))
+    try:
+        for run in range(runs + 1):  # the first round warms up
+            for variant in variants:
+                seconds = _handler_once(variant, instances, root / f"{variant}-{run}")
+                if run:
+                    results[variant].append(seconds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"ArchiveStoreHandler alone, {len(files)} instances, {runs} alternated runs; ms per instance, "
+          "median [min-max]")
+    print("| variant | handler's wall time | its thread's CPU | the process's CPU |\n|---|---|---|---|")
+    for variant, rows in results.items():
+        print(f"| {variant} | " + " | ".join(_cell([r[i] for r in rows], len(files)) for i in range(3)) + " |")
+
+
+def _handler_once(variant: str, instances: list, directory: Path) -> tuple[float, float, float]:
+    chunked = "chunked" in variant
+    wall = thread = process = 0.0
+    with Archive(directory, fsync=variant.endswith("-fsync")) as archive:
+        handler = ArchiveStoreHandler(archive)
+        for sop_class, sop_instance, syntax, data in instances:
+            request = SimpleNamespace(AffectedSOPClassUID=sop_class, AffectedSOPInstanceUID=sop_instance)
+            event = SimpleNamespace(request=request, context=SimpleNamespace(transfer_syntax=syntax))
+            if chunked:
+                received = NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+                received.write(b"\x00" * 128 + b"DICM")
+                write_file_meta_info(received, create_file_meta(
+                    sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax))
+                for pos in range(0, len(data), PDV_BYTES):
+                    received.write(data[pos:pos + PDV_BYTES])
+                    received.file.flush()
+                event.dataset_path = Path(received.name)
+            else:
+                request.DataSet = io.BytesIO(data)
+            t, c, p = time.perf_counter(), time.thread_time(), time.process_time()
+            status = handler(event)
+            wall += time.perf_counter() - t
+            thread += time.thread_time() - c
+            process += time.process_time() - p
+            if chunked:
+                received.close()
+                os.unlink(received.name)
+            if status != 0x0000:
+                raise RuntimeError(f"{variant}: status {status}")
+    shutil.rmtree(directory)
+    return wall, thread, process
+
+
 def _cell(seconds: list[float], n: int) -> str:
     ms = [1e3 * s / n for s in seconds]
     return f"{statistics.median(ms):.2f} [{min(ms):.2f}-{max(ms):.2f}]"
@@ -204,7 +302,7 @@ def _cell(seconds: list[float], n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("store", "get-send"))
+    parser.add_argument("what", choices=("store", "get-send", "handler"))
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--ct", type=int, default=200, help="instances of the CT study (default 200)")
     parser.add_argument("--max-pdu", type=int, default=None,
@@ -219,6 +317,8 @@ def main() -> None:
     files = list(corpus.files)
     if args.what == "store":
         run_store(files, args.runs, args.variants.split(","), args.max_pdu)
+    elif args.what == "handler":
+        run_handler(files, args.runs)
     else:
         run_get_send(files, args.runs)
 
