@@ -99,6 +99,26 @@ def test_layout_and_wal(archive):
     conn.close()
 
 
+@pytest.mark.indexes("sqlite")
+def test_wal_checkpointed_off_the_committer(tmp_path, monkeypatch):
+    """The committer's connection never checkpoints; the index's own thread copies the WAL
+    into the database file every CHECKPOINT_EVERY commits."""
+    from dicomaccel.archive import index as index_module
+
+    monkeypatch.setattr(index_module, "CHECKPOINT_EVERY", 4)
+    with Archive(tmp_path / "data", fsync=False) as a:
+        db = os.path.join(a.root, "index.sqlite3")
+        assert a.index._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        empty = os.path.getsize(db)
+        study, series = generate_uid(), generate_uid()
+        for n in range(1, 9):  # 8 commits: two checkpoints due
+            a.store_bytes(dicomgen.ct_instance(study, series, n, 8, 8))
+        deadline = time.monotonic() + 10
+        while os.path.getsize(db) == empty and time.monotonic() < deadline:
+            time.sleep(0.02)  # the checkpoint runs on its own thread
+        assert os.path.getsize(db) > empty
+
+
 def test_store_ct_row_and_bytes(archive):
     data = ct_file()
     outcome = archive.store_bytes(data)

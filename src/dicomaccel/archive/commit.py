@@ -18,13 +18,13 @@ So a store's critical path holds one flush, shared by everyone in its batch; whi
 flushes, the next one gathers. A batch holds at most one store per SOP Instance UID; a second
 one waits for the next batch, which sees the first as existing.
 
-An index whose unique key decides duplicates on its own (``Index.insert_first``: a database
-server, where every question is a round trip) is not asked in step 1: the batch is inserted,
+An index whose unique key decides duplicates on its own (``Index.insert_first``: both the
+SQLite and the PostgreSQL index) is not asked in step 1: the batch is inserted,
 and a row it refuses (:class:`~.index.DuplicateRow`: the UID is stored) sends its store back
 to the queue, marked, to be decided by step 1 against the existing row with the same rules.
-So a batch of new instances costs one round trip, a duplicate a few more; while duplicates
-keep coming (a client sending a study again), each batch asks first, as with the embedded
-index always.
+So a batch of new instances costs one statement per row and no question (with a database
+server, one round trip), a duplicate a few more; while duplicates keep coming (a client
+sending a study again), each batch asks first.
 """
 
 from __future__ import annotations
