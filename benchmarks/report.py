@@ -444,7 +444,8 @@ def markdown(data: dict, charts: list[Path]) -> str:
         f"| load average (1 min) | before {data['load_before'][0]}, after {data['load_after'][0]}; "
         f"at the start of each run: {_load_range(data)} |",
         f"| network | {'private network namespace with only loopback (unshare --net)' if data['netns'] else 'host loopback'} |",
-        f"| dicomaccel for ingest | `dicomaccel serve --workers {data.get('dicomaccel_workers', 1)}` |",
+        f"| dicomaccel for ingest | `dicomaccel serve --workers {data.get('dicomaccel_workers', 1)} "
+        f"--fsync {data.get('dicomaccel_fsync', 'always')}` |",
         "",
         "The machine is shared: other work ran on it during the measurement, which the load averages "
         "above show. Every figure is the median of "

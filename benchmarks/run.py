@@ -166,8 +166,9 @@ INSTALL = "apt-get install -y " + " ".join(APT_PACKAGES)
 
 
 class IngestDicomaccel(DicomaccelPeer):
-    # Orthanc fsyncs each file before answering (SyncStorageArea); so does this side. Its
-    # ``workers`` are set from --dicomaccel-workers.
+    # Orthanc fsyncs each file before answering (SyncStorageArea); so does this side, unless
+    # --dicomaccel-fsync never (what the server's CPU allows, the disk aside). Its ``workers``
+    # are set from --dicomaccel-workers.
     fsync = "always"
 
 
@@ -430,6 +431,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5, help="repetitions of every measurement (default 5)")
     p.add_argument("--dicomaccel-workers", type=int, default=os.cpu_count() or 1,
                    help="`dicomaccel serve --workers` for ingest (default: the CPU count)")
+    p.add_argument("--dicomaccel-fsync", choices=("always", "never"), default="always",
+                   help="`dicomaccel serve --fsync` for ingest (default: always, as Orthanc's SyncStorageArea)")
     p.add_argument("--ct", type=int, default=200, help="CT instances (0: none; default 200)")
     p.add_argument("--multiframe", type=int, default=4, help="native multi-frame instances (default 4)")
     p.add_argument("--j2k", type=int, default=4, help="JPEG 2000 multi-frame instances (default 4)")
@@ -825,8 +828,8 @@ def run_harness(args, argv: list[str]) -> int:
                   "machine": machine(), "versions": versions(), "netns": os.environ.get(NETNS_MARK) == "1",
                   "load_before": Path("/proc/loadavg").read_text().split()[:3], "skipped": {}, "rows": [],
                   "frame_probe": {}, "runs": args.runs, "max_pdu": args.max_pdu,
-                  "dicomaccel_workers": args.dicomaccel_workers}
-    IngestDicomaccel.workers = args.dicomaccel_workers
+                  "dicomaccel_workers": args.dicomaccel_workers, "dicomaccel_fsync": args.dicomaccel_fsync}
+    IngestDicomaccel.workers, IngestDicomaccel.fsync = args.dicomaccel_workers, args.dicomaccel_fsync
     available = []
     for name in args.peers:
         reason = (PEERS.get(name) or STOW_PEERS[name][0]).unavailable()
