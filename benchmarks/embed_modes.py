@@ -3,7 +3,7 @@
     python -m benchmarks.embed_modes store [--runs 7] [--ct 200] [--corpus ct|multiframe] [--variants a,b]
                                            [--max-pdu 16382]
     python -m benchmarks.embed_modes get-send [--runs 7] [--ct 200]
-    python -m benchmarks.embed_modes handler [--runs 7] [--ct 200]
+    python -m benchmarks.embed_modes handler [--runs 7] [--ct 200] [--compare OLD_STORE_PY]
 
 ``store``: one pynetdicom AE in this process receives the CT study from DCMTK ``storescu``
 (one association, TCP_NODELAY on the accepted socket), once per variant, the variants
@@ -13,7 +13,10 @@ medians with the spread (``--corpus multiframe``: the 4 native
 multi-frame instances of 89-131 MB instead of the CT study). Then the process's peak RSS
 before and after: with one variant (``--variants``) and ``--runs 1``, what receiving costs in
 memory. ``--max-pdu``: the AE's Maximum Length Received (PS3.8 D.1; pynetdicom's default
-16382, 0 for no limit), which bounds the P-DATA PDUs storescu sends. Variants:
+16382, 0 for no limit), which bounds the P-DATA PDUs storescu sends. ``--compare OLD.py``:
+the ``dicomaccel`` variants also with the handler of another version of
+``integrations/pynetdicom/store.py`` (see ``handler``). Every other run goes through the
+variants in reverse order. Variants:
 
 - ``usual``: the data set in memory, ``event.dataset`` + ``ds.save_as`` (no fsync);
 - ``dicomaccel``, ``dicomaccel-chunked``: :class:`~dicomaccel.integrations.pynetdicom.ArchiveStoreHandler`,
@@ -38,12 +41,18 @@ pynetdicom hands it (in memory, a BytesIO; ``-chunked``, its temporary file in t
 temporary directory, made as pynetdicom 3.0 makes it: preamble, its File Meta, a write and a
 flush per 16 KB PDV; closed and deleted after the handler); the four ``dicomaccel`` variants
 of ``store``, alternated. Per instance: the handler's wall time, its thread's CPU time and the
-process's (the archive's writer and committer threads included).
+process's (the archive's writer and committer threads included). ``--compare OLD.py``: the
+handler of another version of ``integrations/pynetdicom/store.py`` too, each variant run by
+both back to back (before/after in one process)::
+
+    git show d361b67~1:src/dicomaccel/integrations/pynetdicom/store.py > /tmp/store_before.py
+    python -m benchmarks.embed_modes handler --runs 10 --compare /tmp/store_before.py
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import os
 import resource
@@ -85,14 +94,14 @@ def _nodelay(event) -> None:
 
 
 def store_once(variant: str, files: list[Path], work: Path, storescu: str,
-               max_pdu: int | None = None) -> tuple[float, float, float]:
+               max_pdu: int | None = None, handler_class=ArchiveStoreHandler) -> tuple[float, float, float]:
     """(seconds end to end, seconds in the handler, CPU seconds of this process) for ``files``
     sent by storescu to a new AE (storescu's CPU is not this process's)."""
     _config.STORE_RECV_CHUNKED_DATASET = "chunked" in variant
     archive = None
     if variant.startswith("dicomaccel"):
         archive = Archive(work / "archive", fsync=variant.endswith("-fsync"))
-        inner = ArchiveStoreHandler(archive)
+        inner = handler_class(archive)
     elif variant == "usual":
         received = work / "received"
         received.mkdir()
@@ -155,21 +164,25 @@ def store_once(variant: str, files: list[Path], work: Path, storescu: str,
     return seconds, spent[0], cpu
 
 
-def run_store(files: list[Path], runs: int, variants: list[str], max_pdu: int | None = None) -> None:
+def run_store(files: list[Path], runs: int, variants: list[str], max_pdu: int | None = None,
+              compare: Path | None = None) -> None:
     storescu = dcmtk_program("storescu")
     if storescu is None:
         raise SystemExit("DCMTK storescu is needed")
+    handlers = _handlers(compare)
     root = Path(tempfile.mkdtemp(prefix="embed-modes-"))
-    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    runners = [(label + v, v, h) for v in variants for label, h in handlers.items()
+               if not label or v.startswith("dicomaccel")]
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in runners}
     try:
         (root / "warm").mkdir()
         store_once("floor-chunked", files[:1], root / "warm", storescu)  # imports, first association (RSS flat)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for _ in range(runs):
-            for variant in variants:
-                work = root / variant
+        for run in range(runs):
+            for name, variant, handler in runners[::1 if run % 2 == 0 else -1]:
+                work = root / "work"
                 work.mkdir()
-                results[variant].append(store_once(variant, files, work, storescu, max_pdu))
+                results[name].append(store_once(variant, files, work, storescu, max_pdu, handler))
                 shutil.rmtree(work)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -237,7 +250,20 @@ def run_get_send(files: list[Path], runs: int) -> None:
         print(f"| {name} | {_cell(values, len(files))} |")
 
 
-def run_handler(files: list[Path], runs: int) -> None:
+def _handlers(compare: Path | None) -> dict:
+    """ArchiveStoreHandler, labelled "", and with ``compare`` that of another version of its
+    module (e.g. an earlier commit's), labelled with its file name."""
+    handlers = {"": ArchiveStoreHandler}
+    if compare is not None:
+        spec = importlib.util.spec_from_file_location("dicomaccel.integrations.pynetdicom._compared", compare)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        handlers[f"{compare.name}: "] = module.ArchiveStoreHandler
+    return handlers
+
+
+def run_handler(files: list[Path], runs: int, compare: Path | None = None) -> None:
+    handlers = _handlers(compare)
     instances = []
     for path in files:
         raw = path.read_bytes()
@@ -245,14 +271,16 @@ def run_handler(files: list[Path], runs: int) -> None:
         instances.append((meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID,
                           meta.TransferSyntaxUID, dataset_part(raw)))
     variants = [v for v in STORE_VARIANTS if v.startswith("dicomaccel")]
-    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    results: dict[str, list[tuple[float, float, float]]] = {h + v: [] for v in variants for h in handlers}
     root = Path(tempfile.mkdtemp(prefix="embed-modes-"))
     try:
         for run in range(runs + 1):  # the first round warms up
             for variant in variants:
-                seconds = _handler_once(variant, instances, root / f"{variant}-{run}")
-                if run:
-                    results[variant].append(seconds)
+                # The handlers compared run back to back, in turns first.
+                for label, handler in list(handlers.items())[::1 if run % 2 else -1]:
+                    seconds = _handler_once(handler, variant, instances, root / f"{variant}-{run}")
+                    if run:
+                        results[label + variant].append(seconds)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"ArchiveStoreHandler alone, {len(files)} instances, {runs} alternated runs; ms per instance, "
@@ -262,11 +290,11 @@ def run_handler(files: list[Path], runs: int) -> None:
         print(f"| {variant} | " + " | ".join(_cell([r[i] for r in rows], len(files)) for i in range(3)) + " |")
 
 
-def _handler_once(variant: str, instances: list, directory: Path) -> tuple[float, float, float]:
+def _handler_once(handler_class, variant: str, instances: list, directory: Path) -> tuple[float, float, float]:
     chunked = "chunked" in variant
     wall = thread = process = 0.0
     with Archive(directory, fsync=variant.endswith("-fsync")) as archive:
-        handler = ArchiveStoreHandler(archive)
+        handler = handler_class(archive)
         for sop_class, sop_instance, syntax, data in instances:
             request = SimpleNamespace(AffectedSOPClassUID=sop_class, AffectedSOPInstanceUID=sop_instance)
             event = SimpleNamespace(request=request, context=SimpleNamespace(transfer_syntax=syntax))
@@ -309,6 +337,9 @@ def main() -> None:
                         help="store: the AE's maximum PDU size (default pynetdicom's, 16382; 0: no limit)")
     parser.add_argument("--corpus", choices=("ct", "multiframe"), default="ct", help="store: what storescu sends")
     parser.add_argument("--variants", default=",".join(STORE_VARIANTS), help="store: comma-separated variants")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="store, handler: alternate with the ArchiveStoreHandler of this copy of "
+                             "integrations/pynetdicom/store.py (git show REV:src/dicomaccel/integrations/pynetdicom/store.py)")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dicomaccel-bench")
     args = parser.parse_args()
@@ -316,9 +347,9 @@ def main() -> None:
     corpus = multiframe_corpus(args.cache_dir, 4) if args.corpus == "multiframe" else ct_corpus(args.cache_dir, args.ct)
     files = list(corpus.files)
     if args.what == "store":
-        run_store(files, args.runs, args.variants.split(","), args.max_pdu)
+        run_store(files, args.runs, args.variants.split(","), args.max_pdu, args.compare)
     elif args.what == "handler":
-        run_handler(files, args.runs)
+        run_handler(files, args.runs, args.compare)
     else:
         run_get_send(files, args.runs)
 
