@@ -145,6 +145,6 @@ class ArchiveStoreHandler:
                 incoming.write(view[:n])  # written before it returns: the buffer is reused
             # pynetdicom deletes the file once the handler returns, but until then its pages
             # are dirty: the archive's flush (syncfs, when the file system is the archive's)
-            # would write them to disk first, about 0.6 ms per 0.5 MB instance (docs/embedding.md). Emptied, they are
-            # dropped unwritten.
+            # would write them to disk first, about 0.6 ms per 0.5 MB instance
+            # (docs/embedding.md). Emptied, they are dropped unwritten.
             os.ftruncate(f.fileno(), 0)
