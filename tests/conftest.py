@@ -101,8 +101,9 @@ def server_factory(tmp_path, index_backend):
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory, index_backend):
-    """One server for the tests of a module that do not need a fresh archive."""
+    """One server for the tests of a module that do not need a fresh archive; it sends a
+    Pending C-GET / C-MOVE response after every sub-operation, which tests count."""
     data = tmp_path_factory.mktemp("shared") / "data"
-    server = start_server(data, *index_backend.args(data))
+    server = start_server(data, *index_backend.args(data), "--pending-interval", "0")
     yield server
     server.stop()

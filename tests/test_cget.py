@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,32 @@ def test_c_echo(shared_server):
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
+
+
+@pytest.mark.parametrize("interval, store_seconds, pending", [
+    ("3600", 0, 0),     # no sub-operation ends an hour after the request: none
+    ("0.05", 0.08, 3),  # each sub-operation outlasts the interval: one after each but the last
+], ids=["hour", "short"])
+def test_pending_interval(server_factory, interval, store_seconds, pending):
+    """--pending-interval: at most one Pending C-GET response per interval (PS3.4 C.4.3.3 makes
+    them optional); the final response counts every sub-operation either way."""
+    server = server_factory("--pending-interval", interval)
+    study, series = generate_uid(), generate_uid()
+    files = [ct(study, series, i, "PID-PENDING") for i in range(1, 5)]
+    status, _, body = post(server, multipart(files))
+    assert status == 200, body[:300]
+
+    def slow_store(event, received):
+        time.sleep(store_seconds)  # the requester answers each C-STORE this late
+        return 0x0000
+
+    result = c_get(server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=study),
+                   on_store=slow_store)
+    assert result.final.Status == 0x0000
+    assert_counts(result.final, len(files))
+    assert len(result.received) == len(files)
+    assert [(s.Status, s.NumberOfRemainingSuboperations, s.NumberOfCompletedSuboperations)
+            for s in result.pending] == [(0xFF00, len(files) - i, i) for i in range(1, pending + 1)]
 
 
 LEVEL_CASES = {

@@ -61,7 +61,7 @@ def moving(tmp_path_factory):
 
     ports = {"DEST": _free_port(), "DCMTK": _free_port(), "DOWN": _free_port()}
     args = [a for ae, port in ports.items() for a in ("--move-destination", f"{ae}=127.0.0.1:{port}")]
-    server = start_server(tmp_path_factory.mktemp("move") / "data", *args)
+    server = start_server(tmp_path_factory.mktemp("move") / "data", *args, "--pending-interval", "0")
     study, series = generate_uid(), generate_uid()
     patient = "PID-MOVE"
     files = [dicomgen.ct_instance(study, series, i + 1, 64, 64) for i in range(3)]

@@ -38,6 +38,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _interval(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text!r}")
+    return value
+
+
 def _destination(text: str) -> tuple[str, str, int]:
     try:
         return parse_move_destination(text)
@@ -111,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"PS3.8 ARTIM timer in seconds (default: {d.artim_timeout:g})")
     serve.add_argument("--idle-timeout", metavar="S", type=_seconds,
                        help=f"abort an association idle this many seconds (default: {d.idle_timeout:g})")
+    serve.add_argument("--pending-interval", metavar="S", type=_interval,
+                       help=f"at most one Pending C-GET/C-MOVE response per S seconds; 0: one after "
+                            f"every sub-operation (default: {d.pending_interval:g})")
     serve.add_argument("--fsync", choices=("always", "never"),
                        help="make each instance durable before acknowledging it (default: always)")
     serve.add_argument("--max-concurrent-stores", metavar="N", type=_positive,

@@ -81,6 +81,9 @@ class ServeConfig:
     calling_ae_allow: tuple[str, ...] | None = None
     artim_timeout: float = 30.0
     idle_timeout: float = 300.0
+    # At most one Pending C-GET / C-MOVE response per this many seconds (PS3.4 C.4.2.3.1 and
+    # C.4.3.3 make them optional); 0: one after every sub-operation.
+    pending_interval: float = 0.1
     fsync: bool = True
     # STOW-RS requests storing at once per worker; None: twice the CPU count.
     max_concurrent_stores: int | None = None
@@ -158,6 +161,7 @@ _KEYS = {
     "calling-ae": ("calling_ae_allow", "list"),
     "artim-timeout": ("artim_timeout", "seconds"),
     "idle-timeout": ("idle_timeout", "seconds"),
+    "pending-interval": ("pending_interval", "interval"),
     "fsync": ("fsync", "fsync"),
     "max-concurrent-stores": ("max_concurrent_stores", "positive"),
     "store-queue-limit": ("store_queue_limit", "positive"),
@@ -302,6 +306,10 @@ def _convert(path, key: str, value, kind: str):
     if kind == "seconds":
         if not (is_int or isinstance(value, float)) or not value > 0:
             raise wrong("a positive number of seconds")
+        return float(value)
+    if kind == "interval":
+        if not (is_int or isinstance(value, float)) or not value >= 0:
+            raise wrong("a number of seconds (0 or more)")
         return float(value)
     if not isinstance(value, str):
         raise wrong("a string")

@@ -246,7 +246,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         try:
             if with_dimse:
                 store_classes = storage_sop_classes(archive.policy)
-                cget = CGetSCP(archive)
+                cget = CGetSCP(archive, pending_interval=config.pending_interval)
                 destinations = _destinations(config)
                 # C-MOVE: the C-GET engine, sending over an association to the destination.
                 cmove = CMoveSCP(cget, destinations,

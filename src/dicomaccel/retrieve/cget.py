@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset
 
 from .. import metrics
 from ..archive import Archive, InstanceRecord
+from ..config import DEFAULTS
 from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.negotiation import PresentationContext
 from ..status import Status, status_category
@@ -144,10 +145,16 @@ class CGetSCP:
         ``os.cpu_count()`` threads shared by all associations, created on first use; index
         look-ups use the event loop's default executor, so they never queue behind decoding
         (except a FRAME retrieve's, made in the same worker call as its extraction).
+    pending_interval : float
+        Seconds between Pending responses (C-GET and C-MOVE): one goes out after a
+        sub-operation once this long has passed since the request or the previous one; 0
+        sends one after every sub-operation.
     """
 
-    def __init__(self, archive: Archive, executor: Executor | None = None) -> None:
+    def __init__(self, archive: Archive, executor: Executor | None = None, *,
+                 pending_interval: float = DEFAULTS.pending_interval) -> None:
         self.archive = archive
+        self.pending_interval = pending_interval
         self._executor = executor
         self._executor_lock = threading.Lock()
 
@@ -226,6 +233,13 @@ class CGetSCP:
         priority = request.command.get("Priority", 0)
         without_bulk = query.sop_class_uid == COMPOSITE_INSTANCE_WITHOUT_BULK_DATA_GET
         target = assoc if target is None else target
+        # PS3.4 C.4.2.3.1 and C.4.3.3: Pending responses during the sub-operations are
+        # optional. One per sub-operation made the requester (getscu) decode a response
+        # between every two instances, 15-20% of a CT study's C-GET time; a few per second
+        # still show progress and keep a requester's DIMSE timeout from expiring.
+        loop = asyncio.get_running_loop()
+        interval = self.pending_interval
+        last_pending = loop.time()
         pending = iter(records)
         for record in pending:
             # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
@@ -246,8 +260,10 @@ class CGetSCP:
             metrics.child(metrics.CGET_SUBOPERATIONS, category).inc()
             if category != "failure":
                 metrics.child(metrics.BYTES_OUT).inc(record.size - record.dataset_offset)
-            if counters.remaining and not request.cancelled.is_set():
+            if counters.remaining and not request.cancelled.is_set() and \
+                    loop.time() - last_pending >= interval:
                 await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
+                last_pending = loop.time()
         await self._final(assoc, request, counters)
 
     async def _final(self, assoc: Association, request: Request, counters: SubOperations) -> None:
