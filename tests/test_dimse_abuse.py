@@ -16,22 +16,12 @@ from pynetdicom.sop_class import Verification
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import memory_kib, multipart, post
 from dicomaccel.testing.pdu import associate_rq, command_set, dataset_bytes, p_data, recv_pdu
+from dicomaccel.testing.scu import echo
 
 STUDY_GET = b"1.2.840.10008.5.1.4.1.2.2.3"
 MULTIFRAME = dicomgen.MULTIFRAME_CLASS.encode()
 
 
-
-
-def echo(port: int) -> bool:
-    ae = AE(ae_title="ECHO")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMACCEL")
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().Status == 0
-    assoc.release()
-    return ok
 
 
 def answer(port: int, payload: bytes) -> int | None:

@@ -12,13 +12,12 @@ import threading
 
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, Verification
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from dicomaccel.testing import connections_held, dcmtk_program, wait_until, worker_pids
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.pdu import associate_rq, recv_exact, recv_pdu
-from dicomaccel.testing.scu import assert_counts, c_get, identifier
+from dicomaccel.testing.scu import assert_counts, c_get, echo, identifier
 
 AC, RJ = 0x02, 0x03
 # A-ASSOCIATE-RJ body: reserved, rejected-transient (2), service-provider presentation related
@@ -84,17 +83,6 @@ def _serving(server_factory, *args: str) -> tuple:
     return server, workers
 
 
-def _echo(port: int) -> bool:
-    ae = AE(ae_title="ECHO")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMACCEL")
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().Status == 0
-    assoc.release()
-    return ok
-
-
 def test_associations_spread_over_the_workers(server_factory):
     """Four associations opened together are served two by each worker, not 3 + 1 or all by
     one (before, worker 0 served every association on one core)."""
@@ -128,7 +116,7 @@ def test_association_limit_holds_across_workers(server_factory):
                 assert recv_exact(third, 10) == bytes.fromhex("030000000004") + LIMIT_EXCEEDED
         accepted[0].sendall(RELEASE_RQ)
         assert recv_exact(accepted[0], 10) == RELEASE_RP
-        assert wait_until(lambda: _echo(port), timeout=30, interval=0.1)
+        assert wait_until(lambda: echo(port), timeout=30, interval=0.1)
     finally:
         _close_all(socks, workers, port)
 
@@ -143,7 +131,7 @@ def test_a_killed_workers_associations_are_given_back(server_factory):
         assert answer == AC
         (holder,) = [pid for pid in workers if connections_held(pid, port) == 1]
         os.kill(holder, signal.SIGKILL)
-        assert wait_until(lambda: _echo(port), timeout=60, interval=0.2)
+        assert wait_until(lambda: echo(port), timeout=60, interval=0.2)
     finally:
         sock.close()
 
@@ -158,7 +146,7 @@ def test_a_stopped_worker_does_not_hold_up_new_associations(server_factory):
         socks = _together(port, 3)
         assert [answer for _, answer, _ in socks] == [AC] * 3
         assert connections_held(workers[1], port) == 3
-        assert _echo(port)
+        assert echo(port)
         for sock, *_ in socks:
             sock.close()
     finally:

@@ -60,6 +60,19 @@ def identifier(level: str, **keys) -> Dataset:
     return ds
 
 
+def echo(port: int) -> bool:
+    """A C-ECHO on a new association to 127.0.0.1:``port``: True if it was accepted and answered
+    Success (a server still serving associations)."""
+    ae = AE(ae_title="ECHO")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMACCEL")
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().Status == 0
+    assoc.release()
+    return ok
+
+
 def associate(port: int, model, storage, on_store, ae_title: str = "CGETTEST", tls_args=None):
     """An established association to 127.0.0.1:``port`` offering ``model``, Verification and, as
     SCP, each (SOP Class, transfer syntaxes) of ``storage``; over TLS with ``tls_args``
