@@ -1,6 +1,6 @@
 """DIMSE on every worker of ``dicomaccel serve --workers 2``: associations spread over the
-workers, ``--max-associations`` exact across them, C-STORE and C-GET, a stopped worker and a
-killed one."""
+workers, ``--max-associations`` exact across them, C-STORE, C-GET, C-MOVE and Storage
+Commitment, a stopped worker and a killed one."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import subprocess
 import threading
 
 import pytest
-from pydicom.uid import generate_uid
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (CTImageStorage, StorageCommitmentPushModel,
+                                  StudyRootQueryRetrieveInformationModelGet,
+                                  StudyRootQueryRetrieveInformationModelMove)
 
-from dicomaccel.testing import connections_held, dcmtk_program, wait_until, worker_pids
+from dicomaccel.testing import connections_held, dcmtk_program, multipart, post, wait_until, worker_pids
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.pdu import associate_rq, recv_exact, recv_pdu
 from dicomaccel.testing.scu import assert_counts, c_get, echo, identifier
@@ -177,3 +181,65 @@ def test_storescu_in_parallel_then_c_get(server_factory, tmp_path):
                    identifier("STUDY", StudyInstanceUID=study))
     assert_counts(result.final, 20)
     assert len({r.sop_instance_uid for r in result.received}) == 20
+
+
+def test_move_and_commitment_served_by_either_worker(server_factory):
+    """C-MOVE (to a destination the worker associates with) and Storage Commitment (report on
+    the requester's association) from each of two workers: one association held on each."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dest_port = s.getsockname()[1]
+    received: list[str] = []
+    dest = AE(ae_title="DEST")
+    dest.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    listener = dest.start_server(("127.0.0.1", dest_port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: received.append(event.request.AffectedSOPInstanceUID) or 0)])
+    server, workers = _serving(server_factory, "--move-destination", f"DEST=127.0.0.1:{dest_port}")
+    port = server.dimse_port
+    study, series = generate_uid(), generate_uid()
+    files = [dicomgen.ct_instance(study, series, n, 16, 16) for n in (1, 2, 3)]
+    assert post(server, multipart(files))[0] == 200
+    sops = [(CTImageStorage, dicomgen.sop_of(f)) for f in files]
+    reports: list = []
+    held: list = []
+
+    def associate():
+        ae = AE(ae_title="MODALITY")
+        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 30
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", port, evt_handlers=[
+            (evt.EVT_N_EVENT_REPORT, lambda event: reports.append(event.request.EventTypeID) or (0, None))])
+        assert assoc.is_established
+        return assoc
+
+    try:
+        for _ in range(5):  # one association on each worker (the board spreads them)
+            held = [associate(), associate()]
+            if sorted(_held(workers, port)) == [1, 1]:
+                break
+            for assoc in held:
+                assoc.release()
+        assert sorted(_held(workers, port)) == [1, 1]
+        for n, assoc in enumerate(held, 1):
+            responses = list(assoc.send_c_move(identifier("STUDY", StudyInstanceUID=study), "DEST",
+                                               StudyRootQueryRetrieveInformationModelMove))
+            final = responses[-1][0]
+            assert final.Status == 0x0000
+            assert_counts(final, len(files))
+            info = Dataset()
+            info.TransactionUID = generate_uid()
+            info.ReferencedSOPSequence = []
+            for sop_class, sop_instance in sops:
+                item = Dataset()
+                item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+                info.ReferencedSOPSequence.append(item)
+            status, _ = assoc.send_n_action(info, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+            assert status.Status == 0x0000
+            assert wait_until(lambda: len(reports) == n, timeout=20)
+        assert reports == [1, 1]  # Event Type 1: every instance committed
+        assert sorted(received) == sorted([sop for _, sop in sops] * 2)
+    finally:
+        for assoc in held:
+            assoc.release()
+        listener.shutdown()
