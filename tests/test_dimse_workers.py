@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 
 import pytest
 from pydicom.dataset import Dataset
@@ -18,7 +17,7 @@ from pynetdicom.sop_class import (CTImageStorage, StorageCommitmentPushModel,
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove)
 
-from dicomaccel.testing import connections_held, dcmtk_program, multipart, post, wait_until, worker_pids
+from dicomaccel.testing import at_once, connections_held, dcmtk_program, multipart, post, wait_until, worker_pids
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing.pdu import associate_rq, recv_exact, recv_pdu
 from dicomaccel.testing.scu import assert_counts, c_get, echo, identifier
@@ -31,28 +30,15 @@ RELEASE_RQ, RELEASE_RP = bytes.fromhex("05000000000400000000"), bytes.fromhex("0
 STORESCU = dcmtk_program("storescu")
 
 
-def _together(port: int, count: int, associate: bool = True) -> list[tuple[socket.socket, int | None, bytes]]:
+def _together(port: int, count: int) -> list[tuple[socket.socket, int, bytes]]:
     """``count`` connections made at the same instant (threads at a barrier), each sending an
-    A-ASSOCIATE-RQ when ``associate``: (socket, PDU type answered, its body)."""
-    barrier = threading.Barrier(count)
-    out: list = []
-
-    def one() -> None:
-        barrier.wait()
+    A-ASSOCIATE-RQ: (socket, PDU type answered, its body)."""
+    def one() -> tuple:
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        if associate:
-            sock.sendall(associate_rq())
-            out.append((sock, *recv_pdu(sock)))
-        else:
-            out.append((sock, None, b""))
+        sock.sendall(associate_rq())
+        return (sock, *recv_pdu(sock))
 
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(out) == count
-    return out
+    return at_once(count, one)
 
 
 def _held(workers: list[int], port: int) -> list[int]:
@@ -68,10 +54,12 @@ def _close_all(socks, workers: list[int], port: int) -> None:
 
 
 def _both_accepting(workers: list[int], port: int) -> bool:
-    """True once two connections made together land one on each worker (a worker still
-    starting is not on the DIMSE board, and the other takes both). Bare connections: they
-    claim no association."""
-    socks = _together(port, 2, associate=False)
+    """True once two associations made together land one on each worker (a worker still
+    starting is not on the DIMSE board, and the other takes both). Associations, not bare
+    connections: a worker's first association loads the code it runs (tens of ms on its
+    event loop), which would otherwise make the other worker take a connection it deferred
+    (accept.MAX_DEFER) in the test that follows."""
+    socks = _together(port, 2)
     try:
         return wait_until(lambda: sum(_held(workers, port)) == 2, timeout=10) and \
             sorted(_held(workers, port)) == [1, 1]

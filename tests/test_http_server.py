@@ -13,13 +13,12 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 from urllib.parse import urlsplit
 
 import pytest
 
-from dicomaccel.testing import connections_held, memory_kib, multipart, post, wait_until, worker_pids
+from dicomaccel.testing import at_once, connections_held, memory_kib, multipart, post, wait_until, worker_pids
 from dicomaccel.testing.files import ct_file
 
 REQUEST_HEAD = "POST /dicomweb/studies HTTP/1.1\r\nHost: test\r\n"
@@ -329,23 +328,14 @@ def _open_together(server, count: int) -> list[http.client.HTTPConnection]:
     """``count`` keep-alive connections opened at the same instant, each with one answered
     request (so each is held by the worker that accepted it)."""
     url = urlsplit(server.http_url)
-    barrier = threading.Barrier(count)
-    conns: list = []
 
-    def one() -> None:
+    def one() -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-        barrier.wait()
         conn.request("GET", "/metrics")
         conn.getresponse().read()
-        conns.append(conn)
+        return conn
 
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(conns) == count
-    return conns
+    return at_once(count, one)
 
 
 def _both_accepting(server, workers: list[int], port: int) -> bool:

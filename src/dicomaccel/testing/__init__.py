@@ -7,8 +7,8 @@ Imported from here (standard library only):
 - :func:`start_server` / :class:`RunningServer`: ``dicomaccel serve`` on ephemeral 127.0.0.1 ports;
 - :func:`multipart`, :func:`post`, :func:`run_asgi`: STOW-RS request bodies and two ways to send them;
   :func:`warnings_only`: whether a STOW-RS answer stored everything;
-- :func:`dcmtk_program`, :func:`wait_until`; :func:`worker_pids` and :func:`connections_held`:
-  which worker of ``serve --workers N`` holds which connections.
+- :func:`dcmtk_program`, :func:`wait_until`; :func:`worker_pids`, :func:`connections_held` and
+  :func:`at_once`: which worker of ``serve --workers N`` takes connections opened together.
 
 Submodules that need the declared dependencies: :mod:`dicomaccel.testing.files` (pydicom, NumPy:
 data sets and PS3.10 files), :mod:`dicomaccel.testing.pdu` (pydicom: hand-built PS3.8 bytes),
@@ -19,14 +19,15 @@ synthetic index of many studies, for search latency).
 from __future__ import annotations
 
 from .kernels import implementations
-from .server import (RunningServer, connections_held, dcmtk_program, memory_kib, start_server, wait_until,
-                     worker_pids)
+from .server import (RunningServer, at_once, connections_held, dcmtk_program, memory_kib, start_server,
+                     wait_until, worker_pids)
 from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi, warnings_only
 
 __all__ = [
     "BOUNDARY",
     "CONTENT_TYPE",
     "RunningServer",
+    "at_once",
     "connections_held",
     "dcmtk_program",
     "memory_kib",

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,25 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise ValueError(f"no {field} in /proc/{pid}/status")
+
+
+def at_once(count: int, one: Callable[[], object], timeout: float = 60) -> list:
+    """Run ``one`` in ``count`` threads released together by a barrier (connections opened at
+    the same instant, to see which worker takes which); what each returned, as they finished."""
+    barrier = threading.Barrier(count)
+    out: list = []
+
+    def run() -> None:
+        barrier.wait()
+        out.append(one())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert len(out) == count, f"{count - len(out)} of {count} did not finish"
+    return out
 
 
 def worker_pids(supervisor: int) -> list[int]:
