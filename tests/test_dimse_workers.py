@@ -56,9 +56,10 @@ def _close_all(socks, workers: list[int], port: int) -> None:
 def _both_accepting(workers: list[int], port: int) -> bool:
     """True once two associations made together land one on each worker (a worker still
     starting is not on the DIMSE board, and the other takes both). Associations, not bare
-    connections: a worker's first association loads the code it runs (tens of ms on its
-    event loop), which would otherwise make the other worker take a connection it deferred
-    (accept.MAX_DEFER) in the test that follows."""
+    connections: a worker's first association keeps its event loop several ms longer than
+    the next ones (first-time set-up, more on a loaded machine), which would otherwise make
+    the other worker take a connection it deferred (accept.MAX_DEFER) in the test that
+    follows."""
     socks = _together(port, 2)
     try:
         return wait_until(lambda: sum(_held(workers, port)) == 2, timeout=10) and \
