@@ -13,12 +13,11 @@ instance a completed sub-operation.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 from benchmarks.clients import DCMTK_LOG_CONFIG, RUN_TIMEOUT, dcmtk_log
 from benchmarks.corpus import Corpus
-from benchmarks.peers import Peer, dcmtk_env, dcmtk_program, free_port, listening, spawn, stop_process
+from benchmarks.peers import Peer, came_up, dcmtk_env, dcmtk_program, free_port, spawn, stop_process
 
 DESTINATION_TITLE = "MOVEDEST"
 MOVESCU_TITLE = "MOVESCU"
@@ -47,12 +46,9 @@ class Destination:
         # TCP_NODELAY=1 (dcmtk_env), as for every DCMTK process of the harness.
         self.proc = spawn([dcmtk_program("storescp"), "--ignore", "-aet", DESTINATION_TITLE, str(self.port)],
                           log=self.workdir / "storescp.log", env=dcmtk_env(), cwd=self.workdir)
-        deadline = time.monotonic() + 30
-        while not listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"storescp did not listen on {self.port}")
-            time.sleep(0.02)
+        if not came_up(self.proc, self.port):
+            self.stop()
+            raise RuntimeError(f"storescp did not listen on {self.port}")
         return self
 
     def stop(self) -> None:

@@ -113,6 +113,16 @@ def listening(port: int) -> bool:
     return False
 
 
+def came_up(proc: subprocess.Popen, port: int, timeout: float = 30) -> bool:
+    """Wait until ``proc`` listens on ``port``: False if it exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (dcmqrscp forks one per association)."""
     found: list[int] = []
@@ -402,12 +412,9 @@ class DcmqrscpPeer(Peer):
         cfg = self._write_config(max(1024, 2 * sum(p.stat().st_size for p in files) >> 20))
         self.proc = spawn([dcmtk_program("dcmqrscp"), *self.options, "-c", str(cfg), str(self.port)], log=self.log,
                           env=dcmtk_env(), cwd=self.workdir)
-        deadline = time.monotonic() + 30
-        while not listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise PeerUnavailable(f"dcmqrscp did not listen on {self.port}: {self.log_tail(600)}")
-            time.sleep(0.02)
+        if not came_up(self.proc, self.port):
+            self.stop()
+            raise PeerUnavailable(f"dcmqrscp did not listen on {self.port}: {self.log_tail(600)}")
         if not files:  # an empty archive, for a benchmark that stores into it
             return
         done = subprocess.run(

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -118,6 +119,15 @@ def send_move(port: int, model, ident, destination: str, on_pending=None, msg_id
     finally:
         assoc.release()
     return responses
+
+
+def movescu_study(port: int, study_uid: str, destination: str, out: Path, expected: int) -> None:
+    """DCMTK movescu: the study to ``destination``; its storescp writes ``expected`` files to ``out``."""
+    run = subprocess.run([MOVESCU, "-S", "-aem", destination, "-k", "QueryRetrieveLevel=STUDY",
+                          "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert wait_until(lambda: len(list(out.iterdir())) == expected, timeout=10), list(out.iterdir())
 
 
 def _counts(status) -> tuple[int, int, int]:
@@ -286,11 +296,7 @@ def test_movescu_to_storescp(moving, tmp_path, accept_all):
     scp = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert wait_until(lambda: _listening(ports["DCMTK"]), timeout=10)
-        run = subprocess.run([MOVESCU, "-S", "-aem", "DCMTK", "-k", "QueryRetrieveLevel=STUDY",
-                              "-k", f"StudyInstanceUID={study.uid}", "127.0.0.1", str(server.dimse_port)],
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        assert wait_until(lambda: len(list(out.iterdir())) == 5, timeout=10), list(out.iterdir())
+        movescu_study(server.dimse_port, study.uid, "DCMTK", out, 5)
     finally:
         scp.terminate()
         scp.wait(10)
@@ -389,11 +395,7 @@ def test_move_to_a_tls_destination(tmp_path):
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         assert wait_until(lambda: _listening(ports["PLAINTLS"]), timeout=10)
 
-        run = subprocess.run([MOVESCU, "-S", "-aem", "TLSDEST", "-k", "QueryRetrieveLevel=STUDY",
-                              "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.dimse_port)],
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        assert wait_until(lambda: len(list(out.iterdir())) == 3, timeout=10), list(out.iterdir())
+        movescu_study(server.dimse_port, study, "TLSDEST", out, 3)
         by_uid = {sop_of(f): f for f in files}
         for path in out.iterdir():
             got = path.read_bytes()
