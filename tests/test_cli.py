@@ -17,6 +17,7 @@ def serve(*args: str, tmp_path) -> subprocess.CompletedProcess:
     (("--max-request-size", "-5"), "cannot be negative"),
     (("--max-concurrent-stores", "0"), "at least 1"),
     (("--body-timeout", "0"), "positive number of seconds"),
+    (("--pending-interval", "-1"), "0 or more"),
     (("--fsync", "sometimes"), "invalid choice"),
 ])
 def test_bad_options(tmp_path, args, message):

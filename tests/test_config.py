@@ -34,6 +34,7 @@ def test_file_then_flags(tmp_path):
     ("workers = 0\n", "workers must be an integer of at least 1"),
     ("fsync = true\n", 'fsync must be "always" or "never"'),
     ("body-timeout = -1\n", "body-timeout must be a positive number of seconds"),
+    ("pending-interval = -0.5\n", "pending-interval must be a number of seconds (0 or more)"),
     ("max-request-size = \"lots\"\n", "max-request-size: not a size"),
     ("http-port = 70000\n", "http-port must be a port number"),
     ("calling-ae = \"A\"\n", "calling-ae must be a list of strings"),
