@@ -129,6 +129,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.server.opening.discard(self)  # now counted as a connection, or gone
         if len(self.server.connections) >= self.limits.max_connections:
             transport.write(_simple_response(503, f"Too many connections (at most {self.limits.max_connections})"))
             transport.close()
@@ -487,7 +488,10 @@ class HTTPServer:
         self._server: asyncio.AbstractServer | None = None
         self._acceptor: Acceptor | None = None
         self._seat: Seat | None = None
-        self._opening = 0  # accepted, not yet connected to a protocol (TLS: handshaking)
+        # Accepted, not yet connected (TLS: handshaking). A connection is in this set or in
+        # ``connections``, never both: connection_made moves it in one step, so the board
+        # never shows one connection twice (which sent a connection to the other worker).
+        self.opening: set[_Connection] = set()
         self._ssl = None
 
     async def start(self, sock, ssl=None, seat: Seat | None = None) -> None:
@@ -507,29 +511,31 @@ class HTTPServer:
     def publish(self) -> None:
         """Tell the other workers how many connections this one holds."""
         if self._seat is not None and not self.stopping:  # stopping: the acceptor left the board
-            self._seat.publish(len(self.connections) + self._opening)
+            self._seat.publish(len(self.connections) + len(self.opening))
 
     def forget(self, conn: "_Connection") -> None:
         self.connections.discard(conn)
         self.publish()
 
     def _accepted(self, conn) -> None:
-        self._opening += 1
+        protocol = _Guarded(self)
+        self.opening.add(protocol)
         self.publish()
-        task = asyncio.ensure_future(self._connect(conn))
+        task = asyncio.ensure_future(self._connect(conn, protocol))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _connect(self, conn) -> None:
+    async def _connect(self, conn, protocol: "_Guarded") -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.connect_accepted_socket(lambda: _Guarded(self), conn, ssl=self._ssl)
+            await loop.connect_accepted_socket(lambda: protocol, conn, ssl=self._ssl)
         except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
             log.debug("connection dropped before its first request: %s", exc)
             conn.close()
         finally:
-            self._opening -= 1
-            self.publish()
+            if protocol in self.opening:  # never connected (failed, or cancelled)
+                self.opening.discard(protocol)
+                self.publish()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, close idle connections, give requests under way ``grace`` seconds."""

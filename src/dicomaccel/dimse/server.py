@@ -68,7 +68,11 @@ class DIMSEServer:
         self._listening: list[tuple] = []  # the plain listener's sockets, then the TLS listener's
         self._servers: list[asyncio.base_events.Server] = []  # alone: the event loop accepts
         self._acceptors: list[Acceptor] = []  # workers sharing the sockets: .accept
-        self._opening: set[asyncio.Task] = set()  # accepted, not yet connected (TLS: handshaking)
+        self._opening: set[asyncio.Task] = set()  # hand-overs of accepted sockets under way
+        # Accepted, not yet connected (TLS: handshaking). A protocol is in this set or in
+        # ``_connections``, never both: _connection_made moves it in one step, so the board
+        # never shows one connection twice (which sent a connection to the other worker).
+        self._handshaking: set[DIMSEProtocol] = set()
         self._closing = False
         self._connections: set[DIMSEProtocol] = set()
         self._associations: set[DIMSEProtocol] = set()
@@ -112,27 +116,30 @@ class DIMSEServer:
         self._publish()  # start() showed 0: the other listener may hold connections already
 
     def _accepted(self, conn: socket.socket, context: ssl_module.SSLContext | None) -> None:
-        task = asyncio.ensure_future(self._connect(conn, context))
-        self._opening.add(task)
+        protocol = DIMSEProtocol(self, self.config)
+        self._handshaking.add(protocol)
         self._publish()
-        task.add_done_callback(self._connected)
+        task = asyncio.ensure_future(self._connect(conn, context, protocol))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
 
-    async def _connect(self, conn: socket.socket, context: ssl_module.SSLContext | None) -> None:
+    async def _connect(self, conn: socket.socket, context: ssl_module.SSLContext | None,
+                       protocol: DIMSEProtocol) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.connect_accepted_socket(lambda: DIMSEProtocol(self, self.config), conn, ssl=context)
+            await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context)
         except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
             log.debug("connection dropped before its A-ASSOCIATE-RQ: %s", exc)
             conn.close()
-
-    def _connected(self, task: asyncio.Task) -> None:
-        self._opening.discard(task)
-        self._publish()
+        finally:
+            if protocol in self._handshaking:  # never connected (failed, or cancelled)
+                self._handshaking.discard(protocol)
+                self._publish()
 
     def _publish(self) -> None:
         """Tell the other workers how many connections this one holds."""
         if self._seat is not None and not self._closing:  # closing: the acceptors left the board
-            self._seat.publish(len(self._connections) + len(self._opening))
+            self._seat.publish(len(self._connections) + len(self._handshaking))
 
     @property
     def active_associations(self) -> int:
@@ -173,6 +180,7 @@ class DIMSEServer:
     def _connection_made(self, protocol: DIMSEProtocol) -> bool:
         """Admit a new connection, or refuse it (False) when associations and connections
         still waiting for theirs already reach ``max_associations + PENDING_SLACK``."""
+        self._handshaking.discard(protocol)  # now counted as a connection, or refused
         limit = self.config.max_associations + PENDING_SLACK
         if self._account.claim(CONNECTIONS, lambda held: held >= limit):
             metrics.child(metrics.ASSOCIATIONS, "refused").inc()
