@@ -14,9 +14,9 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    The writer appends to a temp file in ``tmp/``, folds the bytes into a CRC-32 and starts
    their writeback (``sync_file_range``), so the disk works while the rest arrives.
 2. :meth:`IncomingInstance.commit_async` (or the blocking :meth:`IncomingInstance.commit`)
-   has a writer thread write what is left, map the file, scan the header, validate it and
-   build the frame index: still nothing is visible. The instance is then queued for the
-   group commit; no thread waits for it.
+   has a writer thread write what is left (and start its writeback), map the file, scan the
+   header, validate it and build the frame index: still nothing is visible. The instance is
+   then queued for the group commit; no thread waits for it.
 3. The group commit (:mod:`.commit`) takes every instance ready at that moment: duplicate
    rule, rename to a *pending* marker, link into ``instances/``, one index transaction for
    the batch, which also lists the batch's rows as *unconfirmed*, then **one** ``syncfs``
@@ -237,8 +237,10 @@ class IncomingInstance:
         try:
             self._finish_spill()
             if self._held:
-                # No writeback hint: the batch's flush follows at once.
-                self._write_views(self._take_held(), writeback=False)
+                # With the writeback hint too: the disk takes the data while the header is
+                # scanned and the batch indexed, so the flush waits for less (C-STORE on one
+                # association, 5 alternated runs: 417-477 -> 510-542 instances/s).
+                self._write_views(self._take_held())
             item = self._archive._prepare(self, expected_study_uid)
         except BaseException as exc:
             self.abort()
@@ -336,7 +338,7 @@ class IncomingInstance:
         if spill is not None:
             spill.result()
 
-    def _write_views(self, views: list, writeback: bool = True) -> None:
+    def _write_views(self, views: list) -> None:
         """Writer side: append ``views`` to the temp file (a writer or commit thread)."""
         if not self._open:
             return
@@ -363,8 +365,7 @@ class IncomingInstance:
         except OSError as exc:
             self._fail()
             raise _io_failure(exc) from None
-        if writeback:
-            self._archive.files.start_writeback(self._fd, start, self._in_file - start)
+        self._archive.files.start_writeback(self._fd, start, self._in_file - start)
         if self._in_file >= self._next_check:
             self._next_check = self._in_file + SPACE_CHECK_INTERVAL
             if not self._archive.writable():
