@@ -2,7 +2,8 @@
 
 - :func:`limits`: the disk and loopback limits that bound a server, measured in the same run
   (sequential write + fdatasync; small files with fdatasync, with and without a directory
-  fsync; loopback TCP);
+  fsync; loopback TCP; the sender CPU of one instance over loopback, framed as P-DATA-TF
+  PDUs and whole);
 - :func:`stow_floor`: the STOW-RS floor, a minimal C server (``floor.c``) that only reads each
   request and makes its body a durable file, driven by the same clients as the servers;
 - :func:`core_times` / :func:`core_busy`: the share of each core busy over a run;
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import platform
@@ -111,7 +113,67 @@ def tcp_mbps(total: int = 1 << 30, chunk: int = 1 << 20) -> float:
     return total / seconds / 1e6
 
 
-def limits(where: Path, file_size: int) -> dict:
+def _drain(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        buf = bytearray(1 << 20)
+        while s.recv_into(buf):
+            pass
+
+
+def send_cpu_ms(file: Path, pdu: int, rounds: int = 400) -> dict:
+    """Sender CPU (ms, this thread's user + system time) to send ``file`` over loopback TCP to a
+    draining process, median of 3 batches of ``rounds``:
+
+    - ``framed``: as a C-GET sub-operation must, P-DATA-TF PDUs of at most ``pdu`` bytes (the
+      receiver's Maximum Length, PS3.8 D.1), each a 12-byte header and a slice of the mapped
+      file, 32 buffers per ``sendmsg``;
+    - ``whole``: the file in one ``sendfile`` (no framing: what no DIMSE sender can do; the
+      kernel's least).
+    """
+    size = file.stat().st_size
+    fragment = (pdu - 6) & ~1  # PS3.8 D.1: PDU length minus the 6-byte PDV item header
+    header = bytes(12)
+    out = {}
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        receiver = multiprocessing.get_context("fork").Process(
+            target=_drain, args=(server.getsockname()[1],), daemon=True)
+        receiver.start()
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn, open(file, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+
+            def framed() -> None:
+                parts = []
+                for off in range(0, size, fragment):
+                    parts += [header, view[off:off + fragment]]
+                for i in range(0, len(parts), 32):
+                    batch = parts[i:i + 32]
+                    sent = conn.sendmsg(batch)
+                    if sent < sum(map(len, batch)):
+                        conn.sendall(b"".join(batch)[sent:])
+
+            def whole() -> None:
+                off = 0
+                while off < size:
+                    off += os.sendfile(conn.fileno(), f.fileno(), off, size - off)
+
+            for name, send in (("framed", framed), ("whole", whole)):
+                runs = []
+                for _ in range(3):
+                    before = resource.getrusage(resource.RUSAGE_THREAD)
+                    for _ in range(rounds):
+                        send()
+                    after = resource.getrusage(resource.RUSAGE_THREAD)
+                    runs.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                                / rounds * 1e3)
+                out[name] = statistics.median(runs)
+            view.release()
+        receiver.join()
+    return out
+
+
+def limits(where: Path, file_size: int, instance: Path | None = None, pdu: int = 16384) -> dict:
     """Disk and loopback limits of this machine in ``where``'s file system (see the report)."""
     print(f"measuring disk and loopback limits in {where} ...", flush=True)
     seq = seq_write_mbps(where)
@@ -122,6 +184,9 @@ def limits(where: Path, file_size: int) -> dict:
                                         files_per_s(where, file_size, n, True)}
                            for n in (1, 4)},
            "tcp_mbps": tcp_mbps()}
+    if instance is not None:
+        out["send_cpu_ms"] = send_cpu_ms(instance, pdu)
+        out["send_pdu"] = pdu
     print(f"limits: sequential write+fdatasync {out['seq_write_mbps']:.0f} MB/s, loopback TCP "
           f"{out['tcp_mbps']:.0f} MB/s, {file_size} B files/s (1 and 4 threads) "
           f"{', '.join(f'{v:.0f}' for n in out['files_per_s'].values() for v in n.values())}", flush=True)

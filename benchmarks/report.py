@@ -414,6 +414,12 @@ def _limits(data: dict) -> list[str]:
              f"no index), {n} client{'s' if n != '1' else ''}, CT 1/request (median of {len(v['runs'])}; "
              f"{', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} requests/s, server CPU "
              f"{fig(v['cpu_ms'])} ms/request |" for n, v in lim.get("stow_floor", {}).items()],
+           *([f"| sender CPU of one CT instance ({lim['file_bytes']} B) over loopback TCP as "
+              f"{lim['send_pdu']} B P-DATA-TF PDUs (12-byte headers around slices of the mapped file, "
+              f"32 buffers per sendmsg; the least a C-GET sub-operation costs its SCP) | "
+              f"{fig(lim['send_cpu_ms']['framed'])} ms |",
+              f"| the same instance unframed, one sendfile (no DIMSE sender can) | "
+              f"{fig(lim['send_cpu_ms']['whole'])} ms |"] if "send_cpu_ms" in lim else []),
            ""]
     floor = lim.get("stow_floor", {})
     for row in data["rows"]:
@@ -425,6 +431,11 @@ def _limits(data: dict) -> list[str]:
         if s and row["section"] == "requests" and row["method"].startswith("WADO-RS frame"):
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['tcp_mbps']:.1%} of loopback TCP.")
+        if s and row["corpus"] == "ct" and row["method"].startswith("C-GET") and "send_cpu_ms" in lim \
+                and s.get("server_cpu"):
+            out.append(f"- {row['label']}, {row['method']}: {row['peer']} server CPU {fig(s['server_cpu'])} "
+                       f"ms/sub-operation = {s['server_cpu'] / lim['send_cpu_ms']['framed']:.1f}x the "
+                       f"framed send's.")
         if s and row["peer"] == "dicomaccel" and row["corpus"] == "multiframe" and row["method"].startswith("STOW"):
             out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['seq_write_mbps']:.0%} of sequential write + fdatasync.")

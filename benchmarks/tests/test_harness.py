@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import report, run
+from benchmarks import machine, report, run
 from benchmarks.clients import (PartCounter, identifiers, multipart_boundary, parse_findscu_log, parse_getscu_log,
                                 parse_storescu_log, percentile, storescu_groups)
 from benchmarks.corpus import Corpus
@@ -105,6 +105,23 @@ def test_stow_rows_are_a_share_of_the_floor_measured_beside_them():
     assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 400 inst/s = 50% of the STOW-RS floor." in text
     assert "orthanc 200 inst/s = 25% of the STOW-RS floor." in text
     assert "4 clients" not in text  # no floor measured for 4 clients
+
+
+def test_cget_cpu_rows_are_a_multiple_of_the_framed_send(tmp_path):
+    data = {"limits": {"filesystem": "/x", "seq_write_mbps": 1000.0, "seq_write_runs": [1000.0],
+                       "file_bytes": 1, "files_per_s": {"1": {"write + fdatasync + close": 900.0}},
+                       "tcp_mbps": 3000.0, "send_pdu": 16384, "send_cpu_ms": {"framed": 0.2, "whole": 0.1}},
+            "rows": [{"section": "retrieve", "corpus": "ct", "label": "CT", "method": "C-GET STUDY, getscu",
+                      "peer": "dicomaccel", "instances": 100, "bytes": 1,
+                      "runs": [{"seconds": 0.1, "bytes": 1, "peak_mib": 50, "accepted": 100, "server_cpu_s": 0.03}]}]}
+    text = "\n".join(report._limits(data))
+    assert "16384 B P-DATA-TF PDUs" in text and "| 0.2 ms |" in text and "| 0.1 ms |" in text
+    assert "- CT, C-GET STUDY, getscu: dicomaccel server CPU 0.3 ms/sub-operation = 1.5x the framed send's." in text
+    # The measurement itself runs (a file of an odd size: the last PDU is short).
+    instance = tmp_path / "x.dcm"
+    instance.write_bytes(bytes(100_001))
+    cpu = machine.send_cpu_ms(instance, 16384, rounds=3)
+    assert set(cpu) == {"framed", "whole"} and all(v >= 0 for v in cpu.values())
 
 
 # --- DICOMweb and C-FIND workloads ------------------------------------------------------------
