@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.clients import DCMTK_LOG_CONFIG, RUN_TIMEOUT, dcmtk_log
 from benchmarks.corpus import Corpus
-from benchmarks.peers import Peer, came_up, dcmtk_env, dcmtk_program, free_port, spawn, stop_process
+from benchmarks.peers import Peer, StorescpIgnorePeer, dcmtk_env, dcmtk_program
 
 DESTINATION_TITLE = "MOVEDEST"
 MOVESCU_TITLE = "MOVESCU"
@@ -26,35 +26,20 @@ MOVE_PEERS = ("dicomaccel", "dcmqrscp")
 MOVESCU_LOG_CONFIG = DCMTK_LOG_CONFIG.replace("rootLogger = INFO", "rootLogger = DEBUG")
 
 
-class Destination:
+class Destination(StorescpIgnorePeer):
     """DCMTK ``storescp --ignore`` on a free 127.0.0.1 port: it accepts every C-STORE and
-    discards the data set (a sink that costs the senders nothing)."""
+    discards the data set (a sink that costs the senders nothing). Without the ``cstore``
+    ceiling's options: storescp's defaults (one association at a time, a Maximum Length of
+    16384 bytes), which every C-MOVE run so far was measured against."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port: int | None = None
-        self.proc: subprocess.Popen | None = None
+    name = "move-destination"
+    ae_title = DESTINATION_TITLE
+    options = ()
 
-    @staticmethod
-    def unavailable() -> str | None:
+    @classmethod
+    def unavailable(cls) -> str | None:
         missing = [p for p in ("storescp", "movescu") if dcmtk_program(p) is None]
         return f"DCMTK {', '.join(missing)} not installed (Debian package dcmtk)" if missing else None
-
-    def start(self) -> "Destination":
-        self.port = free_port()
-        # TCP_NODELAY=1 (dcmtk_env), as for every DCMTK process of the harness.
-        self.proc = spawn([dcmtk_program("storescp"), "--ignore", "-aet", DESTINATION_TITLE, str(self.port)],
-                          log=self.workdir / "storescp.log", env=dcmtk_env(), cwd=self.workdir)
-        if not came_up(self.proc, self.port):
-            self.stop()
-            raise RuntimeError(f"storescp did not listen on {self.port}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
 
 
 def parse_movescu_log(text: str) -> tuple[float, int, int, str]:

@@ -1,6 +1,6 @@
 """Start, load, measure and stop the C-GET servers that the benchmarks compare.
 
-Three peers, one interface (:class:`Peer`):
+Three peers and one receiver that bounds them, one interface (:class:`Peer`):
 
 - :class:`DicomaccelPeer`: ``dicomaccel serve`` with its C-GET SCP on an ephemeral port, loaded
   over STOW-RS (it has no C-STORE SCP).
@@ -9,6 +9,9 @@ Three peers, one interface (:class:`Peer`):
   algorithm when that variable is set, and Debian's build leaves it on otherwise.
 - :class:`PynetdicomPeer`: the baseline SCP in :mod:`benchmarks.pynetdicom_scp`, which indexes its
   directory at start-up; its directory holds hard links to the corpus files.
+- :class:`StorescpIgnorePeer`: DCMTK's ``storescp --ignore``, which receives each data set and
+  discards it: what ``storescu`` can push into a receiver that does the least (the ``cstore``
+  workload's ceiling; it holds nothing to retrieve).
 
 Every process started here is registered by PID and stopped by PID on :func:`stop_all`, which
 runs at exit; :func:`install_signal_handlers` turns SIGTERM and SIGHUP into ``SystemExit`` so
@@ -455,6 +458,61 @@ class PynetdicomPeer(Peer):
         if self.port is None:
             self.stop()
             raise PeerUnavailable(f"pynetdicom SCP did not start: {self.log_tail(600)}")
+
+
+# storescp logs each C-STORE request at INFO level (one short write each, all the log costs it),
+# which the count below reads; at INFO level it would also print a progress dot per received PDU
+# to stdout (its "progress" logger), a write per PDU the ceiling must not pay and a pipe nobody
+# reads. Its log goes to stderr, the server log.
+STORESCP_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, stderr
+log4cplus.logger.dcmtk.apps.storescp.progress = WARN
+log4cplus.appender.stderr = log4cplus::ConsoleAppender
+log4cplus.appender.stderr.logToStdErr = true
+log4cplus.appender.stderr.layout = log4cplus::PatternLayout
+log4cplus.appender.stderr.layout.ConversionPattern = %p: %m%n
+"""
+
+
+class StorescpIgnorePeer(Peer):
+    """DCMTK's ``storescp --ignore`` on a free port: it receives each data set whole, discards it
+    and answers Success, writing nothing. It is the C-STORE receiver that does the least, so
+    ``storescu`` into it is the ceiling of the ``cstore`` workload on this machine; it stores
+    nothing, so it cannot be loaded for retrieval."""
+
+    name = "storescp-ignore"
+    ae_title = "STORESCP"
+    # --fork: one child per association, as dcmqrscp serves them; in its default single-process
+    # mode storescp takes one association at a time, and N storescu at once would queue.
+    # +xa: accept every transfer syntax storescu proposes (a compressed corpus goes as stored);
+    # -pm: and any SOP class. -pdu: its largest Maximum Length, which storescu caps what it sends
+    # at too: the same PDUs as into dcmqrscp (131072 configured) and dicomaccel (1 MiB offered).
+    options: tuple[str, ...] = ("--fork", "+xa", "-pm", "-pdu", "131072")
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None if dcmtk_program("storescp") else "DCMTK storescp not installed (Debian package dcmtk)"
+
+    def start(self, files: list[Path]) -> None:
+        if files:
+            raise PeerUnavailable("storescp --ignore keeps nothing: it cannot be loaded")
+        self.port = free_port()
+        log_config = self.workdir / "storescp-log.cfg"
+        log_config.write_text(STORESCP_LOG_CONFIG)
+        self.proc = spawn([dcmtk_program("storescp"), "--log-config", str(log_config), *self.options, "--ignore",
+                           "-aet", self.ae_title, str(self.port)], log=self.log, env=dcmtk_env(), cwd=self.workdir)
+        if not came_up(self.proc, self.port):
+            self.stop()
+            raise PeerUnavailable(f"storescp did not listen on {self.port}: {self.log_tail(600)}")
+
+    def instance_count(self) -> int:
+        """C-STORE requests it answered Success: those it logged as received, less those it
+        logged ``Store SCP Failed`` for (the data set or the answer did not get through); with
+        ``--ignore`` it answers every other one Success. Counted by the receiver, as the other
+        peers' stored instances are, not from the sender's log that times the run. Substrings,
+        not lines: each message is one write, but the forked children's lines interleave."""
+        text = self.log.read_text(errors="replace")
+        return text.count("Received Store Request") - text.count("Store SCP Failed")
 
 
 PEERS: dict[str, type[Peer]] = {p.name: p for p in (DicomaccelPeer, DcmqrscpPeer, PynetdicomPeer)}

@@ -40,7 +40,14 @@ Workloads (clients in :mod:`benchmarks.clients`):
 - ``cstore``: DCMTK ``storescu`` into a fresh dicomaccel (--fsync always), Orthanc or dcmqrscp,
   over each of ``--cstore-associations`` (default 1): N splits the corpus in order over N
   ``storescu`` processes started together, timed from the first Store Request to the last
-  Store Response of any;
+  Store Response of any. Its client-bound ceiling is measured beside them, alternated with
+  them like a peer: the same ``storescu`` into a fresh DCMTK ``storescp --ignore`` (``--fork``,
+  every transfer syntax, its largest PDU), which receives each data set, discards it and
+  answers Success; its *accepted* counts the requests it logged answering. It is not a peer
+  (not in ``--peers``, never loaded for retrieval, never the "best peer" of the report) and
+  comes by itself whenever ``cstore`` runs with DCMTK ``storescp`` installed, inside the
+  loopback-only namespace: storescp binds every interface as dcmqrscp does, so a run without
+  orthanc or dcmqrscp, which stays outside it, lists the ceiling as skipped;
 - ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received (``--clients``) by
   ``getscu --ignore``, by a pynetdicom SCU that does not decode what it receives and by
   ``drain``, a raw socket SCU that discards the data sets unparsed;
@@ -155,6 +162,7 @@ from benchmarks.peers import (
     PrefilledDicomaccel,
     PynetdicomPeer,
     RssSampler,
+    StorescpIgnorePeer,
     dcmtk_program,
     install_signal_handlers,
     stow,
@@ -208,9 +216,12 @@ PEERS: dict[str, type[Peer]] = {"dicomaccel": DicomaccelPeer, "orthanc": Orthanc
                                 "dcmqrscp": Dcmqrscp, "pynetdicom": PynetdicomPeer}
 STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": (OrthancPeer, "/dicom-web/studies"),
               "dicomaccel-pg": (IngestDicomaccelPostgres, "/dicomweb/studies")}
-INGEST_ONLY = ("dicomaccel-pg",)  # peers of the stow workload alone, never loaded for retrieval
 CSTORE_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
-NEEDS_NETNS = ("orthanc", "dcmqrscp")  # cannot bind to 127.0.0.1 only
+# The cstore workload's client-bound ceiling (see the module docstring): measured beside
+# CSTORE_PEERS whenever that workload runs; never chosen with --peers, never in ``available``.
+CEILINGS: dict[str, type[Peer]] = {StorescpIgnorePeer.name: StorescpIgnorePeer}
+INGEST_ONLY = ("dicomaccel-pg",)  # peers of the stow workload alone, never loaded for retrieval
+NEEDS_NETNS = ("orthanc", "dcmqrscp", *CEILINGS)  # cannot bind to 127.0.0.1 only
 WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind",
              "embed", "cmove")
 # The four DICOMweb and C-FIND workloads are asked for by name (--workloads): with them the
@@ -293,7 +304,8 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                     fresh = Path(tempfile.mkdtemp(prefix=f"ingest-{name}-", dir=work))
                     # Ingest into dicomaccel (STOW-RS or C-STORE) with --fsync always.
                     ingest = method.label.startswith(("STOW", "C-STORE")) and name in STOW_PEERS
-                    peer = STOW_PEERS[name][0](fresh) if ingest else (PEERS.get(name) or EMBED_PEERS[name])(fresh)
+                    peer = STOW_PEERS[name][0](fresh) if ingest else \
+                        (PEERS.get(name) or CEILINGS.get(name) or EMBED_PEERS[name])(fresh)
                     peer.start([])
                 else:
                     peer = started[name]
@@ -484,8 +496,10 @@ def ingest_configs(n: int, batches: list[int], clients: list[int]) -> list[tuple
     return out
 
 
-def plan(args, corpora: list[Corpus], available: list[str], log_config: Path) -> tuple[list[Method], list[Method]]:
-    """The ingest methods (fresh servers) and the retrieve methods (loaded servers)."""
+def plan(args, corpora: list[Corpus], available: list[str], log_config: Path,
+         ceilings: list[str]) -> tuple[list[Method], list[Method]]:
+    """The ingest methods (fresh servers) and the retrieve methods (loaded servers); the
+    ``ceilings`` that can run here go with the cstore methods."""
     ingest, retrieve = [], []
     stow_peers = [p for p in available if p in STOW_PEERS]
     for corpus in corpora:
@@ -512,7 +526,8 @@ def plan(args, corpora: list[Corpus], available: list[str], log_config: Path) ->
             for k in args.cstore_associations:
                 label = (f"C-STORE storescu, {n} association{'s' if n > 1 else ''}" if k == 1 else
                          f"C-STORE storescu, {k} associations at once" + (f", {n} groups in turn" if n > 1 else ""))
-                ingest.append(Method("ingest", corpus, label, cstore_peers,
+                # The ceiling last in each round, with the same storescu invocation.
+                ingest.append(Method("ingest", corpus, label, cstore_peers + ceilings,
                                      lambda peer, corpus=corpus, k=k: cstore_run(peer, corpus, log_config, k),
                                      fresh=True))
         if not corpus.retrievable or "cget" not in args.workloads:
@@ -762,7 +777,8 @@ def cmove_methods(corpora: list[Corpus], available: list[str], work: Path, data:
         data["skipped"]["cmove"] = why
         print(f"skipping workload cmove: {why}", file=sys.stderr, flush=True)
         return []
-    destination = Destination(work / "move-destination").start()
+    destination = Destination(work)
+    destination.start([])
     MOVE_DESTINATIONS.append(destination)
     for peer in (DicomaccelPeer, DcmqrscpPeer):
         peer.move_destinations = {DESTINATION_TITLE: ("127.0.0.1", destination.port)}
@@ -820,6 +836,25 @@ def start_loaded(available: list[str], retrievable: list[Corpus], work: Path, lo
     return started, not_loaded
 
 
+def available_peers(names: list[str], data: dict) -> list[str]:
+    """Those of ``names`` that can run here; the others recorded in ``data["skipped"]`` with why."""
+    available = []
+    for name in names:
+        reason = (PEERS.get(name) or CEILINGS.get(name) or STOW_PEERS[name][0]).unavailable()
+        if name in NEEDS_NETNS and not data["netns"]:
+            # main() enters the namespace for orthanc or dcmqrscp among --peers, not for a
+            # ceiling: a run without them stays on the host, as it always did.
+            reason = reason or ("binds every interface and cannot be limited to 127.0.0.1: needs root and "
+                                "`unshare -n` to run in a loopback-only network namespace"
+                                + (", entered only for orthanc or dcmqrscp among --peers" if name in CEILINGS else ""))
+        if reason:
+            data["skipped"][name] = reason
+            print(f"skipping peer {name}: {reason}", file=sys.stderr, flush=True)
+        else:
+            available.append(name)
+    return available
+
+
 def run_harness(args, argv: list[str]) -> int:
     install_signal_handlers()
     began = time.time()
@@ -830,20 +865,11 @@ def run_harness(args, argv: list[str]) -> int:
                   "frame_probe": {}, "runs": args.runs, "max_pdu": args.max_pdu,
                   "dicomaccel_workers": args.dicomaccel_workers, "dicomaccel_fsync": args.dicomaccel_fsync}
     IngestDicomaccel.workers, IngestDicomaccel.fsync = args.dicomaccel_workers, args.dicomaccel_fsync
-    available = []
-    for name in args.peers:
-        reason = (PEERS.get(name) or STOW_PEERS[name][0]).unavailable()
-        if name in NEEDS_NETNS and not data["netns"]:
-            reason = reason or ("binds every interface and cannot be limited to 127.0.0.1: needs root and "
-                                "`unshare -n` to run in a loopback-only network namespace")
-        if reason:
-            data["skipped"][name] = reason
-            print(f"skipping peer {name}: {reason}", file=sys.stderr, flush=True)
-        else:
-            available.append(name)
+    available = available_peers(args.peers, data)
     if not available:
         print("no peer available", file=sys.stderr)
         return 1
+    ceilings = available_peers(list(CEILINGS), data) if "cstore" in args.workloads else []
     if "getscu" in args.clients and dcmtk_program("getscu") is None:
         print("skipping receiver getscu: DCMTK getscu not installed (apt-get install -y dcmtk)", file=sys.stderr)
         args.clients = [c for c in args.clients if c != "getscu"]
@@ -861,7 +887,7 @@ def run_harness(args, argv: list[str]) -> int:
                                                       tuple(args.stow_clients))
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(DCMTK_LOG_CONFIG)
-        ingest, retrieve = plan(args, corpora, available, log_config)
+        ingest, retrieve = plan(args, corpora, available, log_config, ceilings)
         if "cmove" in args.workloads:
             retrieve += cmove_methods(corpora, available, work, data)
         for method in ingest:
