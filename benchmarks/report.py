@@ -19,11 +19,16 @@ SECTIONS = (("ingest", "Ingest"), ("retrieve", "Retrieve (C-GET)"), ("move", "Re
             ("latency", "Time to one instance: FRAME level against the whole instance"),
             ("wado", "Retrieve (WADO-RS)"), ("requests", "Requests: WADO-RS frames, C-FIND, QIDO-RS"),
             ("embed", "Embedded in a pynetdicom AE: dicomaccel's handlers, the usual ones, pynetdicom's floor"))
-PEER_ORDER = ("dicomaccel", "dicomaccel-pg", "orthanc", "dcmqrscp", "pynetdicom")
+PEER_ORDER = ("dicomaccel", "dicomaccel-pg", "orthanc", "dcmqrscp", "pynetdicom", "storescp-ignore")
 OURS = ("dicomaccel", "dicomaccel-pg")  # never "another peer" in a ratio
+# Receivers that bound a workload from the client's side (benchmarks.run.CEILINGS), as the
+# tables name them: rows like a peer's, but never a peer in a ratio.
+CEILINGS = {"storescp-ignore": "storescp --ignore (ceiling: discards)"}
+CEILING_SHARES = ("dicomaccel", "dcmqrscp")  # the C-STORE rows the limits give as a share of it
 SHORT = {"ct": "CT", "multiframe": "multi-frame", "j2k": "JPEG 2000", "pydicom-data": "pydicom-data",
          "large": "large", "archive": "archive", "qido-shared": "QIDO-RS", "qido-index": "QIDO-RS"}
-COLOURS = {"dicomaccel": "#1b7837", "orthanc": "#2166ac", "dcmqrscp": "#b2182b", "pynetdicom": "#8073ac"}
+COLOURS = {"dicomaccel": "#1b7837", "orthanc": "#2166ac", "dcmqrscp": "#b2182b", "pynetdicom": "#8073ac",
+           "storescp-ignore": "#999999"}
 
 
 def fig(x: float) -> str:
@@ -92,6 +97,11 @@ def _peer_rank(name: str) -> int:
     return PEER_ORDER.index(name) if name in PEER_ORDER else len(PEER_ORDER)
 
 
+def peer_label(name: str) -> str:
+    """A peer as the tables and charts name it: a ceiling says what it is."""
+    return CEILINGS.get(name, name)
+
+
 def _versus(section: str, workload: str, method: str, ours: dict, best_peer: str, best: dict) -> dict:
     """One headline row: dicomaccel's summary ``ours`` against ``best`` (of ``best_peer``)."""
     out = {"section": section, "workload": workload, "method": method, "unit": ours.get("unit", "inst"),
@@ -105,13 +115,14 @@ def _versus(section: str, workload: str, method: str, ours: dict, best_peer: str
 
 def ratios(data: dict) -> list[dict]:
     """Per workload (corpus and method) where dicomaccel and another peer both have figures:
-    dicomaccel's median instances/s over the best other peer's, their peak memory and CPU."""
+    dicomaccel's median instances/s over the best other peer's, their peak memory and CPU. A
+    ceiling is no peer: it does less than any server can."""
     out = []
     for section, _ in SECTIONS:
         for label, method, rows in _groups(data, section):
             stats = {r["peer"]: summary(r) for r in rows}
             ours = stats.get("dicomaccel")
-            others = {p: s for p, s in stats.items() if p not in OURS and s}
+            others = {p: s for p, s in stats.items() if p not in OURS and p not in CEILINGS and s}
             if ours:
                 ours["unit"] = "req" if rows[0].get("unit") == "requests" else "inst"
             if not ours or not others:
@@ -123,10 +134,10 @@ def ratios(data: dict) -> list[dict]:
 
 def best_ingest(data: dict) -> list[dict]:
     """Per corpus: dicomaccel's fastest ingest configuration against the fastest of any other peer
-    by any method (STOW-RS or C-STORE), by median instances/s."""
+    by any method (STOW-RS or C-STORE), by median instances/s; ceilings are no peer."""
     best: dict[str, dict[str, tuple[dict, str]]] = {}
     for row in data["rows"]:
-        s = summary(row) if row["section"] == "ingest" and row["peer"] != "dicomaccel-pg" else None
+        s = summary(row) if row["section"] == "ingest" and row["peer"] not in ("dicomaccel-pg", *CEILINGS) else None
         if s is None:
             continue
         side = "ours" if row["peer"] == "dicomaccel" else "theirs"
@@ -289,7 +300,7 @@ def _table(data: dict, section: str) -> list[str]:
                 cells = [s["rate_cell"], s["mbps_cell"], s["first_cell"], s["peak_cell"],
                          f"{s['accepted']}/{row['instances']}", s["server_cpu_cell"], s["client_cpu_cell"],
                          s["cores_cell"]]
-            lines.append("| " + " | ".join([label, method, row["peer"], *cells]) + " |")
+            lines.append("| " + " | ".join([label, method, peer_label(row["peer"]), *cells]) + " |")
     return lines
 
 
@@ -396,10 +407,13 @@ def _load_range(data: dict) -> str:
 
 def _limits(data: dict) -> list[str]:
     """The disk and loopback limits measured before the workloads, and the multi-frame STOW-RS
-    rate of dicomaccel as a share of the sequential write bandwidth."""
+    rate of dicomaccel as a share of the sequential write bandwidth; the C-STORE rates of
+    :data:`CEILING_SHARES` as a share of storescu's into storescp --ignore, measured beside them."""
     lim = data.get("limits")
     if not lim:
         return []
+    ceiling = {(r["label"], r["method"]): s["rate"] for r in data["rows"]
+               if r["section"] == "ingest" and r["peer"] in CEILINGS and (s := summary(r))}
     files = lim["files_per_s"]
     out = ["## Limits of this machine, measured in the same run", "",
            f"In the file system of the servers' work directory ({lim['filesystem']}), before the workloads.", "",
@@ -436,6 +450,9 @@ def _limits(data: dict) -> list[str]:
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} server CPU {fig(s['server_cpu'])} "
                        f"ms/sub-operation = {s['server_cpu'] / lim['send_cpu_ms']['framed']:.1f}x the "
                        f"framed send's.")
+        if s and row["peer"] in CEILING_SHARES and (top := ceiling.get((row["label"], row["method"]))):
+            out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
+                       f"{s['rate'] / top:.0%} of storescu into storescp --ignore.")
         if s and row["peer"] == "dicomaccel" and row["corpus"] == "multiframe" and row["method"].startswith("STOW"):
             out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['seq_write_mbps']:.0%} of sequential write + fdatasync.")
@@ -537,6 +554,12 @@ METHOD_NOTES = [
     "- C-STORE is DCMTK `storescu -R -nh` over one association, or the corpus split in order over N "
     "storescu started together (`--cstore-associations`), timed from their own logs with "
     "microsecond stamps: first Store Request to last Store Response of any.",
+    "- C-STORE ceiling: the same storescu runs, alternated with the servers', into DCMTK "
+    "`storescp --ignore --fork +xa -pm -pdu 131072` (one process per association, every transfer "
+    "syntax and SOP class, its largest PDU), which receives each data set, discards it and answers "
+    "Success: what storescu can push into a receiver that does the least, on this machine. Its "
+    "*accepted* is the requests storescp logged as received, less those it logged as failed. It is "
+    "never the best peer of a ratio; the limits give the servers' C-STORE rates as a share of it.",
     "- Retrieve: one Study Root C-GET of the whole corpus. `getscu --ignore` is timed from its log "
     "(C-GET request to final response; first instance when its first C-STORE response is sent); the "
     "pynetdicom SCU from `send_c_get` to the final response, counting data sets without decoding them. "
@@ -624,7 +647,7 @@ def draw_charts(data: dict, out: Path) -> list[Path]:
                     low, high = (s["mbps_min"], s["mbps_max"]) if metric == "mbps" else (s["peak"], s["peak_max"])
                     lo.append(s[metric] - low)
                     hi.append(high - s[metric])
-                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=peer, color=COLOURS.get(peer))
+                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=peer_label(peer), color=COLOURS.get(peer))
             ax.set_xticks(range(len(groups)))
             ax.set_xticklabels([f"{SHORT.get(rows[0]['corpus'], rows[0]['corpus'])}\n{method}"
                                 for _, method, rows in groups], rotation=60, ha="right", fontsize=7)
