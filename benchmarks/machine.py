@@ -120,19 +120,36 @@ def _drain(port: int) -> None:
             pass
 
 
-def send_cpu_ms(file: Path, pdu: int, rounds: int = 400) -> dict:
-    """Sender CPU (ms, this thread's user + system time) to send ``file`` over loopback TCP to a
-    draining process, median of 3 batches of ``rounds``:
+def send_cpu_ms(files: list[Path], pdu: int, rounds: int = 400) -> dict:
+    """Sender CPU (ms, this thread's user + system time) per file to send ``files`` in turn over
+    loopback TCP to a draining process, each opened per send as a C-GET SCP reads its archive
+    (their pages in the page cache), median of 3 batches of ``rounds`` sends:
 
     - ``framed``: as a C-GET sub-operation must, P-DATA-TF PDUs of at most ``pdu`` bytes (the
-      receiver's Maximum Length, PS3.8 D.1), each a 12-byte header and a slice of the mapped
-      file, 32 buffers per ``sendmsg``;
+      receiver's Maximum Length, PS3.8 D.1), each a 12-byte header and a slice of the file
+      mapped for the send, 32 buffers per ``sendmsg``;
     - ``whole``: the file in one ``sendfile`` (no framing: what no DIMSE sender can do; the
       kernel's least).
     """
-    size = file.stat().st_size
     fragment = (pdu - 6) & ~1  # PS3.8 D.1: PDU length minus the 6-byte PDV item header
     header = bytes(12)
+
+    def framed(conn: socket.socket, fd: int, size: int) -> None:
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            parts = []
+            for off in range(0, size, fragment):
+                parts += [header, view[off:off + fragment]]
+            for i in range(0, len(parts), 32):
+                sent = conn.sendmsg(parts[i:i + 32])
+                if sent < sum(map(len, parts[i:i + 32])):
+                    conn.sendall(b"".join(parts[i:i + 32])[sent:])
+            parts.clear()  # the slices go before the map closes
+
+    def whole(conn: socket.socket, fd: int, size: int) -> None:
+        off = 0
+        while off < size:
+            off += os.sendfile(conn.fileno(), fd, off, size - off)
+
     out = {}
     with socket.create_server(("127.0.0.1", 0)) as server:
         receiver = multiprocessing.get_context("fork").Process(
@@ -140,40 +157,26 @@ def send_cpu_ms(file: Path, pdu: int, rounds: int = 400) -> dict:
         receiver.start()
         conn, _ = server.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with conn, open(file, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-
-            def framed() -> None:
-                parts = []
-                for off in range(0, size, fragment):
-                    parts += [header, view[off:off + fragment]]
-                for i in range(0, len(parts), 32):
-                    batch = parts[i:i + 32]
-                    sent = conn.sendmsg(batch)
-                    if sent < sum(map(len, batch)):
-                        conn.sendall(b"".join(batch)[sent:])
-
-            def whole() -> None:
-                off = 0
-                while off < size:
-                    off += os.sendfile(conn.fileno(), f.fileno(), off, size - off)
-
+        with conn:
             for name, send in (("framed", framed), ("whole", whole)):
                 runs = []
                 for _ in range(3):
                     before = resource.getrusage(resource.RUSAGE_THREAD)
-                    for _ in range(rounds):
-                        send()
+                    for i in range(rounds):
+                        fd = os.open(files[i % len(files)], os.O_RDONLY)
+                        try:
+                            send(conn, fd, os.fstat(fd).st_size)
+                        finally:
+                            os.close(fd)
                     after = resource.getrusage(resource.RUSAGE_THREAD)
                     runs.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
                                 / rounds * 1e3)
                 out[name] = statistics.median(runs)
-            view.release()
         receiver.join()
     return out
 
 
-def limits(where: Path, file_size: int, instance: Path | None = None, pdu: int = 16384) -> dict:
+def limits(where: Path, file_size: int, instances: list[Path] | None = None, pdu: int = 16384) -> dict:
     """Disk and loopback limits of this machine in ``where``'s file system (see the report)."""
     print(f"measuring disk and loopback limits in {where} ...", flush=True)
     seq = seq_write_mbps(where)
@@ -184,8 +187,8 @@ def limits(where: Path, file_size: int, instance: Path | None = None, pdu: int =
                                         files_per_s(where, file_size, n, True)}
                            for n in (1, 4)},
            "tcp_mbps": tcp_mbps()}
-    if instance is not None:
-        out["send_cpu_ms"] = send_cpu_ms(instance, pdu)
+    if instances:
+        out["send_cpu_ms"] = send_cpu_ms(instances, pdu)
         out["send_pdu"] = pdu
     print(f"limits: sequential write+fdatasync {out['seq_write_mbps']:.0f} MB/s, loopback TCP "
           f"{out['tcp_mbps']:.0f} MB/s, {file_size} B files/s (1 and 4 threads) "

@@ -428,9 +428,10 @@ def _limits(data: dict) -> list[str]:
              f"no index), {n} client{'s' if n != '1' else ''}, CT 1/request (median of {len(v['runs'])}; "
              f"{', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} requests/s, server CPU "
              f"{fig(v['cpu_ms'])} ms/request |" for n, v in lim.get("stow_floor", {}).items()],
-           *([f"| sender CPU of one CT instance ({lim['file_bytes']} B) over loopback TCP as "
-              f"{lim['send_pdu']} B P-DATA-TF PDUs (12-byte headers around slices of the mapped file, "
-              f"32 buffers per sendmsg; the least a C-GET sub-operation costs its SCP) | "
+           *([f"| sender CPU per CT instance ({lim['file_bytes']} B; the corpus in turn, each opened "
+              f"per send) over loopback TCP as {lim['send_pdu']} B P-DATA-TF PDUs (12-byte headers around "
+              f"slices of the file mapped for the send, 32 buffers per sendmsg; the least a C-GET "
+              f"sub-operation costs its SCP) | "
               f"{fig(lim['send_cpu_ms']['framed'])} ms |",
               f"| the same instance unframed, one sendfile (no DIMSE sender can) | "
               f"{fig(lim['send_cpu_ms']['whole'])} ms |"] if "send_cpu_ms" in lim else []),

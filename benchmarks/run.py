@@ -881,7 +881,7 @@ def run_harness(args, argv: list[str]) -> int:
     try:
         ct = next((c for c in corpora if c.name == "ct"), None)
         data["limits"] = limits(work, ct.files[0].stat().st_size if ct else 1 << 19,
-                                ct.files[0] if ct else None, args.max_pdu)
+                                ct.files if ct else None, args.max_pdu)
         if ct is not None and "stow" in args.workloads:
             data["limits"]["stow_floor"] = stow_floor(work, [(stow_body([f]), 0) for f in ct.files],
                                                       tuple(args.stow_clients))

@@ -115,12 +115,13 @@ def test_cget_cpu_rows_are_a_multiple_of_the_framed_send(tmp_path):
                       "peer": "dicomaccel", "instances": 100, "bytes": 1,
                       "runs": [{"seconds": 0.1, "bytes": 1, "peak_mib": 50, "accepted": 100, "server_cpu_s": 0.03}]}]}
     text = "\n".join(report._limits(data))
-    assert "16384 B P-DATA-TF PDUs" in text and "| 0.2 ms |" in text and "| 0.1 ms |" in text
+    assert "as 16384 B P-DATA-TF PDUs" in text and "| 0.2 ms |" in text and "| 0.1 ms |" in text
     assert "- CT, C-GET STUDY, getscu: dicomaccel server CPU 0.3 ms/sub-operation = 1.5x the framed send's." in text
     # The measurement itself runs (a file of an odd size: the last PDU is short).
-    instance = tmp_path / "x.dcm"
-    instance.write_bytes(bytes(100_001))
-    cpu = machine.send_cpu_ms(instance, 16384, rounds=3)
+    instances = [tmp_path / "x.dcm", tmp_path / "y.dcm"]
+    instances[0].write_bytes(bytes(100_001))
+    instances[1].write_bytes(bytes(16372))  # exactly one PDU's fragment
+    cpu = machine.send_cpu_ms(instances, 16384, rounds=3)
     assert set(cpu) == {"framed", "whole"} and all(v >= 0 for v in cpu.values())
 
 
