@@ -1036,3 +1036,34 @@ def test_an_insert_into_a_known_series_writes_no_query_key_index_page(tmp_path):
     assert written and written <= {
         "instances", "sqlite_autoindex_instances_1", "sqlite_autoindex_instances_2",
         "instances_study_series", "unconfirmed", "series", "sqlite_schema"}, written
+
+
+def test_every_byte_of_a_durable_store_has_its_writeback_started_before_the_flush(archive, monkeypatch):
+    """With fsync, each write asks the kernel to start writing the pages back, the last one
+    (written at commit, after the body arrived on the event loop) included: the flush then
+    waits for less. Received on the event loop (feed, commit_async): the bytes held there
+    are written by the writer thread."""
+    import asyncio
+
+    started: list[tuple[int, int]] = []
+    real = archive.files.start_writeback
+
+    def record(fd, offset, length):
+        started.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(archive.files, "start_writeback", record)
+    data = ct_file(rows=64, columns=64, seed=77)
+
+    async def store():
+        incoming = archive.begin()
+        half = len(data) // 2
+        await incoming.feed(data[:half])
+        await incoming.feed(data[half:])
+        return await incoming.commit_async()
+
+    outcome = asyncio.run(store())
+    assert not outcome.already_stored
+    covered = sorted(started)
+    assert covered[0][0] == 0 and sum(length for _, length in covered) == len(data)
+    assert all(a + n == b for (a, n), (b, _) in zip(covered, covered[1:]))
