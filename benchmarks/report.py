@@ -42,9 +42,14 @@ def _spread(values: list[float]) -> str:
 
 
 def count(row: dict, run: dict) -> int:
-    """What one run of ``row`` moved: its requests (a row of unit ``requests``), else the
-    row's instances."""
-    return run["requests"] if row.get("unit") == "requests" else row["instances"]
+    """What one run of ``row`` moved: its requests (a row of unit ``requests``); for ingest, the
+    instances the server holds afterwards (a store it refused or lost is not ingest: with four
+    storescu at once dcmqrscp keeps 60-85% of them); else the row's instances."""
+    if row.get("unit") == "requests":
+        return run["requests"]
+    if row["section"] == "ingest" and "accepted" in run:
+        return min(run["accepted"], row["instances"])
+    return row["instances"]
 
 
 def summary(row: dict) -> dict | None:
@@ -56,7 +61,8 @@ def summary(row: dict) -> dict | None:
     mbps = [r["bytes"] / r["seconds"] / 1e6 for r in runs]
     first = [r["first"] * 1e3 for r in runs if r.get("first") is not None]
     peak = [r["peak_mib"] for r in runs]
-    cpu = {side: [1e3 * r[f"{side}_cpu_s"] / count(row, r) for r in runs if f"{side}_cpu_s" in r]
+    cpu = {side: [1e3 * r[f"{side}_cpu_s"] / count(row, r) for r in runs
+                  if f"{side}_cpu_s" in r and count(row, r)]
            for side in ("server", "client")}
     latency = {q: [r[f"{q}_ms"] for r in runs if f"{q}_ms" in r] for q in ("p50", "p99")}
     matches = [r["matches"] for r in runs if "matches" in r]
@@ -122,7 +128,7 @@ def ratios(data: dict) -> list[dict]:
         for label, method, rows in _groups(data, section):
             stats = {r["peer"]: summary(r) for r in rows}
             ours = stats.get("dicomaccel")
-            others = {p: s for p, s in stats.items() if p not in OURS and p not in CEILINGS and s}
+            others = {p: s for p, s in stats.items() if p not in OURS and p not in CEILINGS and s and s["rate"]}
             if ours:
                 ours["unit"] = "req" if rows[0].get("unit") == "requests" else "inst"
             if not ours or not others:
@@ -138,7 +144,7 @@ def best_ingest(data: dict) -> list[dict]:
     best: dict[str, dict[str, tuple[dict, str]]] = {}
     for row in data["rows"]:
         s = summary(row) if row["section"] == "ingest" and row["peer"] not in ("dicomaccel-pg", *CEILINGS) else None
-        if s is None:
+        if not s or not s["rate"]:
             continue
         side = "ours" if row["peer"] == "dicomaccel" else "theirs"
         cell = best.setdefault(row["label"], {})
@@ -551,7 +557,9 @@ METHOD_NOTES = [
     "says and `--fsync always`, and Orthanc with `SyncStorageArea: true`: both fsync each file before answering; "
     "dcmqrscp does not fsync. Time to first instance: the first response that reports a stored instance "
     "(STOW-RS), the first successful C-STORE response (storescu). *accepted* counts the instances the "
-    "server reports stored (STOW-RS response, Orthanc's index, dcmqrscp's storage area).",
+    "server reports stored (STOW-RS response, Orthanc's index, dcmqrscp's storage area); an ingest "
+    "row's instances/s and CPU per instance count only those (with four storescu at once dcmqrscp "
+    "keeps 60-85% of the CT and none of the larger instances), its MB/s what the clients sent.",
     "- C-STORE is DCMTK `storescu -R -nh` over one association, or the corpus split in order over N "
     "storescu started together (`--cstore-associations`), timed from their own logs with "
     "microsecond stamps: first Store Request to last Store Response of any.",

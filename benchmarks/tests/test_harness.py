@@ -307,3 +307,23 @@ def test_cstore_associations_target_compares_with_our_one_association():
                      row("C-STORE storescu, 4 associations at once", [1.0, 1.1, 1.0], 0.7)]}
     lines = report.targets(data, report.ISSUE12_TARGETS)
     assert len(lines) == 3 and "2.00x (200 against 100/s" in lines[2] and lines[2].endswith("| yes |")
+
+
+def test_ingest_rates_count_what_the_server_holds_and_a_peer_that_kept_nothing_is_no_best():
+    def row(peer, method, accepted, seconds=0.1):
+        return {"section": "ingest", "corpus": "ct", "label": "CT", "method": method, "peer": peer,
+                "instances": 200, "bytes": 1,
+                "runs": [{"seconds": seconds, "bytes": 1, "peak_mib": 50, "accepted": a, "server_cpu_s": 0.1}
+                         for a in accepted]}
+    data = {"rows": [row("dicomaccel", "C-STORE storescu, 4 associations at once", [200, 200, 200]),
+                     row("dcmqrscp", "C-STORE storescu, 4 associations at once", [150, 160, 170], 0.05),
+                     row("dicomaccel", "C-STORE storescu, 1 association", [200]),
+                     row("dcmqrscp", "C-STORE storescu, 1 association", [0], 0.01)]}
+    s = report.summary(data["rows"][1])
+    assert s["rate"] == 3200.0  # 160 kept in 0.05 s, not the 200 sent
+    assert s["server_cpu"] == 0.625  # 100 ms over 160 instances
+    nothing = report.summary(data["rows"][3])
+    assert nothing["rate"] == 0 and nothing["server_cpu"] is None
+    versus = {r["method"]: r for r in report.ratios(data)}
+    assert versus["C-STORE storescu, 4 associations at once"]["best"] == 3200.0
+    assert "C-STORE storescu, 1 association" not in versus  # no peer stored anything
