@@ -327,3 +327,27 @@ def test_ingest_rates_count_what_the_server_holds_and_a_peer_that_kept_nothing_i
     versus = {r["method"]: r for r in report.ratios(data)}
     assert versus["C-STORE storescu, 4 associations at once"]["best"] == 3200.0
     assert "C-STORE storescu, 1 association" not in versus  # no peer stored anything
+
+
+def test_issue9_targets_read_cpu_disk_first_and_mbps():
+    def row(corpus, method, peer, seconds, cpu_s, first=None, nbytes=1):
+        return {"section": "ingest" if "STOW" in method else "retrieve", "corpus": corpus, "label": corpus,
+                "method": method, "peer": peer, "instances": 100, "bytes": nbytes,
+                "runs": [{"seconds": seconds, "bytes": nbytes, "peak_mib": 50, "accepted": 100,
+                          "server_cpu_s": cpu_s, **({"first": first} if first else {})}]}
+    data = {"limits": {"seq_write_mbps": 1000.0},
+            "rows": [row("ct", "STOW-RS 1/request, 1 client", "dicomaccel", 0.2, 0.1),
+                     row("ct", "STOW-RS 1/request, 1 client", "orthanc", 0.5, 0.4),
+                     row("multiframe", "STOW-RS 1/request, 1 client", "dicomaccel", 1.0, 1.0, nbytes=900_000_000),
+                     row("ct", "C-GET STUDY, getscu", "dicomaccel", 0.05, 0.01, first=0.0025),
+                     row("ct", "C-GET STUDY, getscu", "dcmqrscp", 0.1, 0.08),
+                     row("multiframe", "C-GET STUDY, drain", "dicomaccel", 0.5, 1.0, nbytes=1_000_000_000)]}
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in report.targets(data, report.ISSUE9_TARGETS)[2:]}
+    assert "| 2.50x (500 against 200/s" in lines["STOW-RS CT, 1 client: >= 3x Orthanc"]
+    assert lines["STOW-RS CT, 1 client: >= 3x Orthanc"].endswith("| **no** |")
+    assert "| 0.25x (1 against 4 ms) | **no** |" in lines["server CPU per CT instance stored: <= 0.15x Orthanc's"]
+    assert "| 90% (900 of 1000 MB/s) | yes |" in lines["STOW-RS multi-frame: >= 80% of sequential write + fdatasync"]
+    assert "| 0.12x (0.1 against 0.8 ms) | yes |" in lines["server CPU per C-GET sub-operation: <= 0.15x dcmqrscp's"]
+    assert "| 2.5 ms | yes |" in lines["first instance of a C-GET: <= 3 ms"]
+    assert "| 2000 MB/s (runs 2000-2000) | yes |" in lines["C-GET multi-frame to a raw draining SCU: >= 2 GB/s"]
+    assert "STOW-RS CT, 4 clients: >= 3x Orthanc" not in lines  # not measured: no row
