@@ -150,6 +150,36 @@ class Acceptor:
         self._on_accept(conn)
 
 
+def hand_over(conn: socket.socket, protocol: asyncio.BaseProtocol, ssl, handshaking: set, tasks: set,
+              publish: Callable[[], None]) -> None:
+    """Connect the accepted socket ``conn`` to ``protocol`` on the running loop (with ``ssl``,
+    after the TLS handshake), in a task kept in ``tasks`` while it runs.
+
+    Until the protocol's ``connection_made`` moves it to its server's connections, it is in
+    ``handshaking``, which the server counts on its board (``publish``): in one set or the other,
+    never both, so no other worker sees one connection twice. A hand-over that fails (a TLS
+    handshake that does not complete) closes the socket and takes the protocol out again."""
+    handshaking.add(protocol)
+    publish()
+    task = asyncio.ensure_future(_connect(conn, protocol, ssl, handshaking, publish))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _connect(conn: socket.socket, protocol: asyncio.BaseProtocol, ssl, handshaking: set,
+                   publish: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.connect_accepted_socket(lambda: protocol, conn, ssl=ssl)
+    except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
+        log.debug("connection dropped while being handed over: %s", exc)
+        conn.close()
+    finally:
+        if protocol in handshaking:  # never connected (failed, or cancelled)
+            handshaking.discard(protocol)
+            publish()
+
+
 class Ledger:
     """What each of ``workers`` processes holds of ``kinds`` things limited across all of them,
     in memory that survives ``fork``: make it before forking, and give worker ``n`` its

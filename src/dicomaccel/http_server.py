@@ -42,7 +42,7 @@ from http import HTTPStatus
 
 import httptools
 
-from .accept import Acceptor, Seat
+from .accept import Acceptor, Seat, hand_over
 from .config import DEFAULTS
 
 __all__ = ["HTTPLimits", "HTTPServer", "ClientDisconnected"]
@@ -518,24 +518,7 @@ class HTTPServer:
         self.publish()
 
     def _accepted(self, conn) -> None:
-        protocol = _Guarded(self)
-        self.opening.add(protocol)
-        self.publish()
-        task = asyncio.ensure_future(self._connect(conn, protocol))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _connect(self, conn, protocol: "_Guarded") -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(lambda: protocol, conn, ssl=self._ssl)
-        except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
-            log.debug("connection dropped before its first request: %s", exc)
-            conn.close()
-        finally:
-            if protocol in self.opening:  # never connected (failed, or cancelled)
-                self.opening.discard(protocol)
-                self.publish()
+        hand_over(conn, _Guarded(self), self._ssl, self.opening, self.tasks, self.publish)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, close idle connections, give requests under way ``grace`` seconds."""

@@ -17,7 +17,7 @@ import ssl as ssl_module
 from typing import Iterable, Mapping
 
 from .. import metrics
-from ..accept import Account, Acceptor, Ledger, Seat
+from ..accept import Account, Acceptor, Ledger, Seat, hand_over
 from ..config import DEFAULTS
 from .association import DIMSEProtocol
 from .config import (
@@ -116,25 +116,8 @@ class DIMSEServer:
         self._publish()  # start() showed 0: the other listener may hold connections already
 
     def _accepted(self, conn: socket.socket, context: ssl_module.SSLContext | None) -> None:
-        protocol = DIMSEProtocol(self, self.config)
-        self._handshaking.add(protocol)
-        self._publish()
-        task = asyncio.ensure_future(self._connect(conn, context, protocol))
-        self._opening.add(task)
-        task.add_done_callback(self._opening.discard)
-
-    async def _connect(self, conn: socket.socket, context: ssl_module.SSLContext | None,
-                       protocol: DIMSEProtocol) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context)
-        except (OSError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
-            log.debug("connection dropped before its A-ASSOCIATE-RQ: %s", exc)
-            conn.close()
-        finally:
-            if protocol in self._handshaking:  # never connected (failed, or cancelled)
-                self._handshaking.discard(protocol)
-                self._publish()
+        hand_over(conn, DIMSEProtocol(self, self.config), context, self._handshaking, self._opening,
+                  self._publish)
 
     def _publish(self) -> None:
         """Tell the other workers how many connections this one holds."""
