@@ -11,7 +11,6 @@ process.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import ssl as ssl_module
 from typing import Iterable, Mapping
@@ -29,7 +28,6 @@ from .config import (
 )
 from .negotiation import Rejection, check_provider
 
-log = logging.getLogger("dicomaccel.dimse")
 
 # PS3.8 D.1 sets no minimum Maximum Length; below this an A-ASSOCIATE-RQ with many contexts
 # would not even fit in what we ask peers to respect, so refuse such a configuration.
