@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from dicomaccel.testing import dcmtk_program
+from dicomaccel.testing import dcmtk_program, worker_pids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,20 +126,10 @@ def came_up(proc: subprocess.Popen, port: int, timeout: float = 30) -> bool:
     return True
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (dcmqrscp forks one per association)."""
-    found: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    except OSError:
-        pass
-    return found
-
-
 def descendants(pid: int) -> list[int]:
-    """Children of ``pid``, their children and so on (``dicomaccel serve --workers N`` forks N)."""
-    found = children(pid)
+    """Children of ``pid``, their children and so on (``dicomaccel serve --workers N`` forks N,
+    dcmqrscp one per association)."""
+    found = worker_pids(pid)
     for child in list(found):
         found += descendants(child)
     return found

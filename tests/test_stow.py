@@ -29,7 +29,7 @@ from dicomaccel.archive import Archive
 from dicomaccel.archive.ingest import scan
 from dicomaccel.stow import create_app
 from dicomaccel.testing import files as dicomgen
-from dicomaccel.testing import memory_kib, multipart, post, run_asgi, wait_until
+from dicomaccel.testing import memory_kib, multipart, post, run_asgi, wait_until, worker_pids
 
 # The index matters here: tests using index_backend run on SQLite and on PostgreSQL
 # (tests/conftest.py).
@@ -560,7 +560,7 @@ def test_workers_share_one_archive(server_factory):
     for t in threads:
         t.join(120)
     assert all(status == 200 for out in results.values() for status, _ in out)
-    workers = {pid for pid in _children(server.process.pid)}
+    workers = {pid for pid in worker_pids(server.process.pid)}
     assert len(workers) == 2
     # Each worker's metrics carry its own process ID (not the supervisor's, which forked it).
     labels = set()
@@ -580,33 +580,20 @@ def test_workers_share_one_archive(server_factory):
     assert not _tmp_files(server)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 @pytest.mark.indexes("sqlite")  # slow, and about the supervisor, not the index
 def test_a_killed_worker_is_replaced(server_factory):
     import signal as sig
 
     server = server_factory("--workers", "2")
-    before = sorted(_children(server.process.pid))
+    before = sorted(worker_pids(server.process.pid))
     assert len(before) == 2
     os.kill(before[0], sig.SIGKILL)
 
     def replaced() -> bool:
-        now = _children(server.process.pid)
+        now = worker_pids(server.process.pid)
         return len(now) == 2 and before[0] not in now
 
-    assert wait_until(replaced, timeout=30), _children(server.process.pid)
+    assert wait_until(replaced, timeout=30), worker_pids(server.process.pid)
     for _ in range(6):  # whichever worker takes the connection, it stores
         inst = dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 16, 16)
         assert post(server, multipart([inst]))[0] == 200
@@ -616,8 +603,8 @@ def test_a_killed_worker_is_replaced(server_factory):
     # that cannot start is not respawned in a tight loop. The last two workers are killed as
     # soon as they appear, so their pauses are p and 2p.
     for _ in range(3):
-        assert wait_until(lambda: any(p not in before for p in _children(server.process.pid)), timeout=60)
-        young = next(p for p in _children(server.process.pid) if p not in before)
+        assert wait_until(lambda: any(p not in before for p in worker_pids(server.process.pid)), timeout=60)
+        young = next(p for p in worker_pids(server.process.pid) if p not in before)
         os.kill(young, sig.SIGKILL)
         before.append(young)
     assert wait_until(lambda: server.log.read_text().count("starting another in") >= 4, timeout=60)

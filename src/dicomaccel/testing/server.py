@@ -109,7 +109,8 @@ def at_once(count: int, one: Callable[[], object], timeout: float = 60) -> list:
 
 
 def worker_pids(supervisor: int) -> list[int]:
-    """The worker processes ``dicomaccel serve --workers N`` (process ``supervisor``) forked."""
+    """The processes ``supervisor`` forked and that still run: the workers of ``dicomaccel
+    serve --workers N``, the per-association children of a forking SCP."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
