@@ -1,4 +1,5 @@
-"""Give freed heap memory back to the operating system after a failure that used a lot of it.
+"""Give memory back to the operating system: freed heap after a failure that used a lot of
+it (:func:`trim`), and file mappings once their bytes are sent or read (:func:`close_map`).
 
 glibc keeps memory freed inside its arenas (every thread that allocates gets one) for reuse;
 after an abusive input (a deflate bomb's 64 MiB header, say) the process would stay that much
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import threading
 import time
 
-__all__ = ["trim", "MIN_INTERVAL"]
+__all__ = ["trim", "close_map", "MIN_INTERVAL"]
 
 MIN_INTERVAL = 1.0  # seconds between two trims
 
@@ -40,3 +42,12 @@ def trim() -> bool:
         _last = now
     _malloc_trim(0)
     return True
+
+
+def close_map(mapping: mmap.mmap) -> None:
+    """Unmap ``mapping`` now, or, while a view of it is still held (a transport's slice, a
+    traceback's frame, a kernel's memoryview), when the last view goes."""
+    try:
+        mapping.close()
+    except BufferError:
+        pass

@@ -39,6 +39,7 @@ import os
 import re
 
 from .archive import Archive, InstanceRecord
+from .memory import close_map
 from .retrieve.extraction import file_meta_bytes
 from .retrieve.transcode import TranscodeError, transcode
 from .syntaxes import EXPLICIT_VR_LE
@@ -380,10 +381,7 @@ def _read_frame(record: InstanceRecord, k: int) -> bytes:
             return bytes(index.native_frames(mm).frame(k))
         return b"".join(mm[start:end] for start, end in index.frame_ranges(k))
     finally:
-        try:
-            mm.close()
-        except BufferError:  # a view of the kernel's is still alive; the map goes with it
-            pass
+        close_map(mm)
 
 
 # --- metadata ------------------------------------------------------------------------------

@@ -250,7 +250,7 @@ class IncomingInstance:
             return
 
         def committed(item: PreparedInstance) -> None:
-            _close_map(item.buffer)
+            memory.close_map(item.buffer)
             if item.published is not None:
                 self._path = None  # renamed by the publish: nothing left to remove
             self.abort()
@@ -261,7 +261,7 @@ class IncomingInstance:
         try:
             self._archive._committer.enqueue(item)
         except BaseException as exc:  # the archive is closing
-            _close_map(item.buffer)
+            memory.close_map(item.buffer)
             self.abort()
             finished(self._failure(exc))
 
@@ -393,15 +393,6 @@ def _settle(future: asyncio.Future, result) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-def _close_map(mm: mmap.mmap) -> None:
-    try:
-        mm.close()
-    except BufferError:
-        # A traceback still references a kernel view of the map; the mapping goes away
-        # with the last reference.
-        pass
 
 
 def _io_failure(exc: OSError) -> StoreFailure:
@@ -572,7 +563,7 @@ class Archive:
             # fragment: drop them now rather than hold them while the batch flushes.
             mm.madvise(mmap.MADV_DONTNEED)
         except BaseException:
-            _close_map(mm)
+            memory.close_map(mm)
             raise
         return PreparedInstance(
             incoming._path, size, incoming._crc, header, frame_index, mm,

@@ -36,6 +36,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from .. import metrics
+from ..memory import close_map
 from ..archive import Archive, InstanceRecord
 from ..config import DEFAULTS
 from ..dimse.association import Association, AssociationClosedError, Request
@@ -450,10 +451,7 @@ class CGetSCP:
                                             move_originator=move_originator)
         finally:
             view.release()
-            try:
-                mm.close()
-            except BufferError:
-                pass  # the transport still holds a slice; the mapping goes with the last view
+            close_map(mm)  # the transport may still hold a slice: then with the last one
 
 
 def _map_for_sending(record: InstanceRecord) -> tuple[mmap.mmap, _WindowedMap | None]:

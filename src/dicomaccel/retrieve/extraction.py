@@ -112,6 +112,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM, format_number_as_ds
 
 from .. import __version__, encaps
+from ..memory import close_map
 from ..archive.index import InstanceRecord
 from ..archive.ingest import FrameIndex
 from ..elements import (
@@ -285,7 +286,7 @@ class ExtractedInstance:
             if isinstance(part, memoryview):
                 part.release()
         if self.mapping is not None:
-            _close_map(self.mapping)
+            close_map(self.mapping)
 
     def __enter__(self) -> ExtractedInstance:
         return self
@@ -412,7 +413,7 @@ def extract_frames(
     except BaseException:
         source_view.release()
         if mapping is not None:
-            _close_map(mapping)
+            close_map(mapping)
         raise
     source_view.release()  # the slices in pieces keep the source exported
     return ExtractedInstance(
@@ -425,13 +426,6 @@ def extract_frames(
         spans=spans,
         mapping=mapping,
     )
-
-
-def _close_map(mapping: mmap.mmap) -> None:
-    try:
-        mapping.close()
-    except BufferError:  # a view is still held (a transport's, a traceback's): unmapped with it
-        pass
 
 
 # --- reading --------------------------------------------------------------------------------
