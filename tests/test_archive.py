@@ -443,6 +443,35 @@ def test_overwrite_policy(tmp_path):
             assert f.read() == new_data
 
 
+@pytest.mark.indexes("sqlite")
+def test_an_index_that_contradicts_itself_fails_the_store(tmp_path, monkeypatch):
+    """An index that refuses a row as a duplicate but, asked, holds no such UID (seen with an
+    archive directory deleted and made again under a running server) fails the store with
+    0110 after a few tries: the committer used to send it back to the queue for ever, one
+    core at 100%."""
+    from dicomaccel.archive.commit import MAX_REFUSALS
+    from dicomaccel.archive.index import DuplicateRow
+
+    with Archive(tmp_path / "data", fsync=True) as a:
+        calls = []
+
+        def refusing(records, replace_existing):
+            calls.append(len(records))
+            return [DuplicateRow() for _ in records]
+
+        monkeypatch.setattr(a.index, "put_batch", refusing)
+        with ThreadPoolExecutor(1) as pool:
+            store = pool.submit(expect_failure, a, to_bytes(image_dataset(rows=8, columns=8)),
+                                FailureReason.PROCESSING_FAILURE)
+            failure = store.result(timeout=120)  # never answered before: the test hung here
+        assert "holds no instance" in failure.comment
+        assert len(calls) == MAX_REFUSALS + 1
+        monkeypatch.undo()
+        assert stored_files(a.root) == []
+        ok = a.store_bytes(dicomgen.ct_instance(generate_uid(), generate_uid(), 1, 8, 8))
+        assert stored_files(a.root) == [ok.record.path]
+
+
 @pytest.mark.parametrize("identical", [True, False], ids=["identical", "different"])
 def test_concurrent_stores_of_one_uid(archive, identical):
     ds = image_dataset(rows=64, columns=64)

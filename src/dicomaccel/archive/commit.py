@@ -21,7 +21,9 @@ one waits for the next batch, which sees the first as existing.
 An index whose unique key decides duplicates on its own (``Index.insert_first``: both the
 SQLite and the PostgreSQL index) is not asked in step 1: the batch is inserted,
 and a row it refuses (:class:`~.index.DuplicateRow`: the UID is stored) sends its store back
-to the queue, marked, to be decided by step 1 against the existing row with the same rules.
+to the queue, marked, to be decided by step 1 against the existing row with the same rules. An
+index that refuses a row more than ``MAX_REFUSALS`` times without holding it fails the store
+(0110).
 So a batch of new instances costs one statement per row and no question (with a database
 server, one round trip), a duplicate a few more; while duplicates keep coming (a client
 sending a study again), each batch asks first.
@@ -44,6 +46,11 @@ log = logging.getLogger(__name__)
 
 # Most stores in one batch: bounds one transaction and the wait of its first store.
 MAX_BATCH = 256
+# Times the index may refuse a store's row as a duplicate and then, asked, not hold that UID
+# (a row that came and went between two batches) before the store fails (0110) instead of
+# going back to the queue: an index that contradicts itself must not keep the committer
+# cycling on one store.
+MAX_REFUSALS = 3
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class PreparedInstance:
         self.published: Published | None = None
         self.retired: tuple[str, str] | None = None  # (old path, obsolete marker)
         self.replaces = False
-        self.refused = False  # the index refused its row (the UID is stored): ask before inserting
+        self.refused = 0  # times the index refused its row (the UID is stored): ask before inserting
         self.result: StoreOutcome | BaseException | None = None
         self.on_done = on_done  # called once on the committer thread when ``result`` is set
 
@@ -234,8 +241,16 @@ class GroupCommit:
                 # did not ask): back to the queue, to be decided against the existing row.
                 item.temp_path = self._undo(item)
                 item.published = None
-                item.refused = True
+                item.refused += 1
                 self._ask_first = True
+                if item.refused > MAX_REFUSALS:
+                    log.error("the index refused %s as stored %d times but holds no row of it",
+                              item.header.sop_instance_uid, item.refused)
+                    self.files.remove(item.temp_path)
+                    item.result = StoreFailure(
+                        FailureReason.PROCESSING_FAILURE,
+                        "the index refused this SOP Instance UID as already stored but holds "
+                        "no instance of it", item.header.sop_class_uid, item.header.sop_instance_uid)
             elif isinstance(result, CommitInDoubt):
                 # The row may exist: the file and its marker stay for start-up recovery.
                 item.result = result
