@@ -456,9 +456,13 @@ class CGetSCP:
 
 def _map_for_sending(record: InstanceRecord) -> tuple[mmap.mmap, _WindowedMap | None]:
     """The stored file mapped, and for a large one the ``on_sent`` that windows it."""
-    # Opening and mapping touch the disk: not on the event loop for a large file.
-    with open(record.path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    # Opening and mapping touch the disk: not on the event loop for a large file. A bare
+    # descriptor, not a file object (3 us of its 19 per sub-operation).
+    fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
     if record.size <= _INLINE_MAP:
         mm.madvise(mmap.MADV_WILLNEED)
         return mm, None
