@@ -601,7 +601,9 @@ METHOD_NOTES = [
     "(STOW-RS), the first successful C-STORE response (storescu). *accepted* counts the instances the "
     "server reports stored (STOW-RS response, Orthanc's index, dcmqrscp's storage area); an ingest "
     "row's instances/s and CPU per instance count only those (with four storescu at once dcmqrscp "
-    "keeps 60-85% of the CT and none of the larger instances), its MB/s what the clients sent.",
+    "keeps 60-85% of the CT and none of the larger instances: its forked children refuse them with "
+    "C000, \"Index database error\", after failing to open one another's files, all of one name "
+    "in its log), its MB/s what the clients sent.",
     "- C-STORE is DCMTK `storescu -R -nh` over one association, or the corpus split in order over N "
     "storescu started together (`--cstore-associations`), timed from their own logs with "
     "microsecond stamps: first Store Request to last Store Response of any.",
