@@ -460,6 +460,24 @@ def test_index_rows_and_records_round_trip(archive):
         assert archive.get(stored.sop_instance_uid) == stored
 
 
+def test_lazy_find_reads_a_page_at_a_time(archive):
+    """A C-GET's match reads two columns per row; the records come a page at a time as they
+    are reached, and a row gone meanwhile reads as Vanished (a failed sub-operation)."""
+    from dicomaccel.archive.index import RecordList, Vanished
+
+    study, series = generate_uid(), generate_uid()
+    stored = [archive.store_bytes(dicomgen.ct_instance(study, series, n, 8, 8)).record for n in range(1, 11)]
+    records = archive.find(study_uids=[study], lazy=True)
+    assert records.uids == [r.sop_instance_uid for r in stored] and not records.has_alternates
+    assert not any(records.loaded(i) for i in range(len(records)))
+    assert records[0] == stored[0]
+    assert [records.loaded(i) for i in range(len(records))] == [i < RecordList.FIRST_PAGE for i in range(10)]
+    gone = stored[RecordList.FIRST_PAGE + 2].sop_instance_uid
+    archive.index.drop_unconfirmed([gone])
+    assert list(records) == [Vanished(gone) if r.sop_instance_uid == gone else r for r in stored]
+    assert records[-3:] == stored[-3:] and all(records.loaded(i) for i in range(len(records)))
+
+
 @pytest.mark.indexes("sqlite")
 def test_an_index_that_contradicts_itself_fails_the_store(tmp_path, monkeypatch):
     """An index that refuses a row as a duplicate but, asked, holds no such UID (seen with an

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from dicomaccel.archive.index import RecordList
 from dicomaccel.testing import files as dicomgen
 from dicomaccel.testing import multipart, post, warnings_only
 from dicomaccel.testing.files import dataset_part, retag, sop_of
@@ -286,6 +288,33 @@ def test_no_context_for_one_sop_class_fails_that_sub_operation(shared_server, co
     assert_counts(result.final, completed=2, failed=1)
     assert sorted(result.uids()) == sorted(corpus.uids["H_ct"])
     assert failed_list(result) == corpus.uids["H_sc"]
+
+
+@pytest.mark.indexes("sqlite")  # deletes a row behind the server's back, in its SQLite file
+def test_instance_deleted_during_the_retrieve_fails_its_sub_operation(server_factory):
+    """A C-GET reads its records from the index a page at a time as the sub-operations reach
+    them (RecordList): an instance whose row goes after the match is a failed sub-operation,
+    named in the Failed SOP Instance UID List, and the others are sent."""
+    server = server_factory()
+    study, series = generate_uid(), generate_uid()
+    files = [ct(study, series, i, "PID-VANISH") for i in range(1, 11)]
+    status, _, body = post(server, multipart(files))
+    assert status == 200, body[:300]
+    uids = [sop_of(f) for f in files]
+    gone = uids[RecordList.FIRST_PAGE + 3]  # on the second page, read after the first stores
+
+    def delete_on_first(event, received):
+        if len(received) == 1:
+            with sqlite3.connect(server.data / "index.sqlite3", timeout=30) as db:
+                db.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (gone,))
+        return 0x0000
+
+    result = c_get(server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=study),
+                   on_store=delete_on_first)
+    assert result.final.Status == 0xB000
+    assert_counts(result.final, completed=len(files) - 1, failed=1)
+    assert failed_list(result) == [gone]
+    assert [r.sop_instance_uid for r in result.received] == [u for u in uids if u != gone]
 
 
 def test_all_failed_is_a702_with_the_list(shared_server, corpus):

@@ -160,11 +160,11 @@ async def _start(send, request: Request, records, variant: str, content_type: st
 
 async def _records(archive: Archive, study, series, sop):
     """The matching records, 404 if none: one query for the study, run off the event loop (a
-    study of thousands of rows takes milliseconds); each row becomes a record (frame index
-    decoded) when first read."""
+    study of thousands of rows takes milliseconds). All of them at once: a response's
+    validators (ETag, Content-Length) read every record before the first byte."""
     records = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
         archive.find, study_uids=[study], series_uids=None if series is None else [series],
-        sop_instance_uids=None if sop is None else [sop], lazy=True))
+        sop_instance_uids=None if sop is None else [sop]))
     if not records:
         raise Refused(404, "No such study, series or instance")
     return records

@@ -482,7 +482,8 @@ class Archive:
         """Records matching all given keys (AND); a list matches any of its values.
 
         Ordered by Study, Series, Instance Number (absent last), then SOP Instance UID.
-        ``lazy`` returns a :class:`~.index.RecordList` whose records are built when read.
+        ``lazy`` returns a :class:`~.index.RecordList`, which reads its records from the
+        index a page at a time as they are reached.
         """
         return self.index.find(
             patient_id=patient_id, study_uids=study_uids, series_uids=series_uids,

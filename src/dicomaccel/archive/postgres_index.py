@@ -64,7 +64,7 @@ from collections.abc import Sequence
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .index import (_AT, _COLUMNS, _ORDER, _SERIES_COLUMNS, _STUDY_COLUMNS, QUERY_FIELDS, STUDY_FIELDS,
+from .index import (_AT, _COLUMNS, _MATCH, _ORDER, _SELECT, _SERIES_COLUMNS, _STUDY_COLUMNS, QUERY_FIELDS, STUDY_FIELDS,
                     CommitInDoubt, DuplicateRow, Index, IndexUnavailable, InstanceRecord, RecordList,
                     fold_case, record_of, row_of)
 
@@ -131,7 +131,6 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 # The most parameters one statement binds (the protocol's Bind message counts them in 16 bits).
 _MAX_PARAMETERS = 65535
 
@@ -335,10 +334,14 @@ class PostgresIndex(Index):
         for column, values in lists.items():
             where.append(f"{column} = ANY(%s)")
             args.append(values)
-        rows = self.read(_SELECT + (" WHERE " + " AND ".join(where) if where else "") + _ORDER, args)
+        condition = " WHERE " + " AND ".join(where) if where else ""
         if lazy:
-            return RecordList(rows, lambda row: record_of(row, self.root))
-        return [record_of(row, self.root) for row in rows]
+            return RecordList(self.read(_MATCH + condition + _ORDER, args), self._records_of)
+        return [record_of(row, self.root) for row in self.read(_SELECT + condition + _ORDER, args)]
+
+    def _records_of(self, uids: list[str]) -> dict[str, InstanceRecord]:
+        rows = self.read(_SELECT + " WHERE sop_instance_uid = ANY(%s)", (uids,))
+        return {row[_AT["sop_instance_uid"]]: record_of(row, self.root) for row in rows}
 
     def lookup(self, sop_instance_uid: str):
         rows = self.read("SELECT path, size, crc32, sop_class_uid, received_crc32 FROM instances"

@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset
 from .. import metrics
 from ..memory import close_map
 from ..archive import Archive, InstanceRecord
+from ..archive.index import RecordList, Vanished
 from ..config import DEFAULTS
 from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.negotiation import PresentationContext
@@ -241,12 +242,24 @@ class CGetSCP:
         loop = asyncio.get_running_loop()
         interval = self.pending_interval
         last_pending = loop.time()
-        pending = iter(records)
-        for record in pending:
+        paged = isinstance(records, RecordList)
+        for i in range(len(records)):
             # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
             # flight has finished by the time we get here.
             if request.cancelled.is_set():
                 break
+            if paged and not records.loaded(i):
+                try:  # the next page of records, off the event loop (a database server's round trip)
+                    await loop.run_in_executor(None, records.load, i)
+                except Exception as exc:
+                    log.error("cannot read the index during a retrieve: %s", exc)
+                    for uid in _uids(records, i):
+                        counters.record("failure", uid)
+                    break
+            record = records[i]
+            if isinstance(record, Vanished):  # deleted or replaced since the match
+                counters.record("failure", record.sop_instance_uid)
+                continue
             try:
                 category = await self.store(target, record, priority, without_bulk, move_originator)
             except AssociationClosedError:
@@ -254,8 +267,8 @@ class CGetSCP:
                     raise
                 # PS3.4 C.4.2.3.1: the destination is gone; what was not stored failed.
                 log.warning("move destination %s ended the association", target.called_ae)
-                for lost in (record, *pending):
-                    counters.record("failure", lost.sop_instance_uid)
+                for uid in _uids(records, i):
+                    counters.record("failure", uid)
                 break
             counters.record(category, record.sop_instance_uid)
             metrics.child(metrics.CGET_SUBOPERATIONS, category).inc()
@@ -532,6 +545,13 @@ class _WindowedMap:
                 yield k, first, last
 
 
+def _uids(records: list[InstanceRecord] | RecordList, start: int) -> list[str]:
+    """The SOP Instance UIDs of ``records[start:]``, without reading a record from the index."""
+    if isinstance(records, RecordList):
+        return records.uids[start:]
+    return [record.sop_instance_uid for record in records[start:]]
+
+
 def _failed_list(counters: SubOperations, request: Request) -> bytes:
     """The response Identifier: Failed SOP Instance UID List (0008,0058), PS3.4 C.4.3.1.3.2."""
     ds = Dataset()
@@ -585,15 +605,21 @@ def _prepare(record: InstanceRecord, target: str, without_bulk: bool) -> bytes:
     return transcode(data, target)
 
 
-def match_records(archive: Archive, query: RetrieveRequest) -> tuple[list[InstanceRecord], list[list[int]]]:
-    """The records a non-FRAME C-GET names, and the alternate-encoding groups among them.
+def match_records(archive: Archive, query: RetrieveRequest) -> tuple[RecordList, list[list[int]]]:
+    """The records a non-FRAME C-GET names, and the alternate-encoding groups among them
+    (blocking: run it off the event loop).
 
-    Records are built as the sub-operations reach them (a lazy list): the first instance
-    leaves without waiting for the whole study's records. PS3.4 C.4.3.3.1: one encoding per
-    image at PATIENT/STUDY/SERIES level (pass the groups to :func:`one_per_image`); an
-    IMAGE-level request names its instances, so each named one is sent (no groups).
+    Records are read from the index a page at a time as the sub-operations reach them (a
+    :class:`~dicomaccel.archive.index.RecordList`, its first page read here): the first
+    instance leaves without waiting for the whole study's records; one deleted meanwhile is
+    a :class:`~dicomaccel.archive.index.Vanished`, a failed sub-operation. PS3.4 C.4.3.3.1:
+    one encoding per image at PATIENT/STUDY/SERIES level (pass the groups to
+    :func:`one_per_image`); an IMAGE-level request names its instances, so each named one is
+    sent (no groups).
     """
     records = archive.find(**query.match_keys(), lazy=True)
+    if len(records):
+        records.load(0)
     groups = alternate_groups(records) if query.level != "IMAGE" and records.has_alternates else []
     return records, groups
 
@@ -659,6 +685,8 @@ def one_per_image(assoc: Association, records: list[InstanceRecord],
     # encoding that goes out as stored, then one we can transcode, then a lossless one.
     def cost(i: int) -> tuple[int, bool, int]:
         record = records[i]
+        if isinstance(record, Vanished):
+            return 3, True, i
         syntaxes = {c.transfer_syntax for c in assoc.storage_contexts(record.sop_class_uid)}
         if record.transfer_syntax_uid in syntaxes:
             rank = 0

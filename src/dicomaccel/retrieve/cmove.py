@@ -31,6 +31,7 @@ import ssl
 from typing import Mapping
 
 from ..archive import InstanceRecord
+from ..archive.index import Vanished
 from ..dimse.association import Association, AssociationClosedError, Request
 from ..dimse.requestor import AssociationRejectedError, RemoteAE
 from ..status import Status
@@ -163,6 +164,8 @@ def _contexts_for(records: list[InstanceRecord]) -> list[tuple[str, list[str]]]:
     128 are needed only compressed-as-stored ones are dropped (those are then transcoded)."""
     stored: dict[str, set[str]] = {}
     for record in records:
+        if isinstance(record, Vanished):  # deleted since the match: nothing to propose
+            continue
         stored.setdefault(record.sop_class_uid, set()).add(record.transfer_syntax_uid)
     plain = [(cls, [ts]) for cls in stored for ts in _FALLBACKS]
     compressed = [(cls, [ts]) for cls, syntaxes in stored.items() for ts in sorted(syntaxes)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from ...archive import Archive, StoreFailure
+from ...archive.index import Vanished
 from ...archive.ingest import scan
 from ...retrieve.bulkdata import strip_bulk_data
 from ...retrieve.cget import MAX_SUBOPERATIONS, match_records, one_per_image, pick_context
@@ -277,7 +278,9 @@ class ArchiveGetHandler(_GetHandler):
     def _uid(item) -> str:
         return item.sop_instance_uid
 
-    def _source(self, record) -> _Source:
+    def _source(self, record) -> _Source | None:
+        if isinstance(record, Vanished):  # deleted since the match
+            return None
         return _Source(record.sop_class_uid, record.sop_instance_uid, record.transfer_syntax_uid,
                        record.dataset_offset, record.pixel_offset, map_file(record.path))
 
