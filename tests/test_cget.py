@@ -317,6 +317,38 @@ def test_instance_deleted_during_the_retrieve_fails_its_sub_operation(server_fac
     assert [r.sop_instance_uid for r in result.received] == [u for u in uids if u != gone]
 
 
+@pytest.mark.indexes("sqlite")  # makes the server's SQLite index unreadable from outside
+def test_index_lost_during_the_retrieve_fails_the_rest_and_keeps_serving(server_factory):
+    """The index failing while a retrieve reads its next page of records: the instances
+    already read are sent, the rest fail (named in the list), the C-GET is answered and the
+    server goes on serving once the index is back."""
+    server = server_factory()
+    study, series = generate_uid(), generate_uid()
+    files = [ct(study, series, i, "PID-INDEXLOST") for i in range(1, 11)]
+    status, _, body = post(server, multipart(files))
+    assert status == 200, body[:300]
+    uids = [sop_of(f) for f in files]
+    index = server.data / "index.sqlite3"
+
+    def lose_index_on_first(event, received):
+        if len(received) == 1:  # the first page (RecordList.FIRST_PAGE records) is read already
+            with sqlite3.connect(index, timeout=30) as db:
+                db.execute("ALTER TABLE instances RENAME TO instances_away")
+        return 0x0000
+
+    result = c_get(server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=study),
+                   on_store=lose_index_on_first)
+    sent = RecordList.FIRST_PAGE
+    assert result.final.Status == 0xB000
+    assert_counts(result.final, completed=sent, failed=len(files) - sent)
+    assert failed_list(result) == uids[sent:]
+    assert result.uids() == uids[:sent]
+    with sqlite3.connect(index, timeout=30) as db:
+        db.execute("ALTER TABLE instances_away RENAME TO instances")
+    again = c_get(server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=study))
+    assert again.final.Status == 0x0000 and again.uids() == uids
+
+
 def test_all_failed_is_a702_with_the_list(shared_server, corpus):
     # Nothing offered for CT: every sub-operation of study S1 fails.
     result = c_get(shared_server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=corpus.keys["S1"]),

@@ -814,7 +814,8 @@ class RecordList(Sequence):
         todo = [j for j in range(i, min(i + size, len(self.uids))) if j not in self._built]
         found = self._fetch([self.uids[j] for j in todo])
         for j in todo:
-            self._built[j] = found.get(self.uids[j]) or Vanished(self.uids[j])
+            record = found.get(self.uids[j])
+            self._built[j] = Vanished(self.uids[j]) if record is None else record
 
     def __getitem__(self, i):
         if isinstance(i, slice):
