@@ -3,7 +3,7 @@
 Three peers and one receiver that bounds them, one interface (:class:`Peer`):
 
 - :class:`DicomaccelPeer`: ``dicomaccel serve`` with its C-GET SCP on an ephemeral port, loaded
-  over STOW-RS (it has no C-STORE SCP).
+  over STOW-RS (the ``cstore`` workload measures its C-STORE SCP on a fresh server).
 - :class:`DcmqrscpPeer`: DCMTK's ``dcmqrscp`` from a generated ``dcmqrscp.cfg``, loaded with DCMTK's
   ``storescu``. Both run with ``TCP_NODELAY=1`` in their environment: DCMTK only disables Nagle's
   algorithm when that variable is set, and Debian's build leaves it on otherwise.
