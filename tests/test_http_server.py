@@ -383,3 +383,93 @@ def test_a_stopped_worker_does_not_hold_up_new_connections(server_factory):
     finally:
         os.kill(workers[0], signal.SIGCONT)
     assert post(server, multipart([ct_file()]))[0] == 200
+
+
+# ------------------------------------------------ request bodies of known length
+
+def _echo_app(received: list):
+    """Answers each request with the length and SHA-256 of its body, as read through receive()."""
+    import hashlib
+
+    async def app(scope, receive, send):
+        digest, size, more = hashlib.sha256(), 0, True
+        while more:
+            message = await receive()
+            assert type(message["body"]) is bytes  # ASGI: the body is bytes
+            digest.update(message["body"])
+            size += len(message["body"])
+            more = message["more_body"]
+        received.append(size)
+        answer = f"{size} {digest.hexdigest()}".encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch, loop_name):
+    # A Content-Length body is handed on as the bytes read, without passing through httptools
+    # (whose callbacks copy every chunk): the parser sees little more than the header sections.
+    # Bodies split across reads, ending inside a read that also holds the next request
+    # (pipelined), empty, and chunked (through the parser) all arrive whole and in order.
+    import asyncio
+    import hashlib
+
+    import httptools
+    import uvloop
+
+    from dicomaccel import http_server
+
+    parsed = []
+
+    class CountingParser(httptools.HttpRequestParser):
+        def feed_data(self, data):
+            parsed.append(len(data))
+            return super().feed_data(data)
+
+    monkeypatch.setattr(http_server.httptools, "HttpRequestParser", CountingParser)
+    received = []
+    port, stop, _ = _serve_in_thread(_echo_app(received),
+                                  uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop)
+    big, small = os.urandom(3 << 20), b"0123456789"
+
+    def post(body: bytes) -> bytes:
+        return f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    def expect(sock, bodies) -> None:
+        want = b"".join(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%d %s" % (
+            len(b"%d %s" % (len(b), hashlib.sha256(b).hexdigest().encode())), len(b),
+            hashlib.sha256(b).hexdigest().encode()) for b in bodies)
+        got = b""
+        while len(got) < len(want):
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+        assert got == want
+
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        # 3 MiB in 64 KiB writes, then a small body in one segment with its head.
+        message = post(big)
+        for i in range(0, len(message), 64 << 10):
+            sock.sendall(message[i:i + (64 << 10)])
+        expect(sock, [big])
+        assert sum(parsed) < 2 << 20, parsed  # most of the 3 MiB went past the parser
+        sock.sendall(post(small))
+        expect(sock, [small])
+        # The end of one body and the whole next request in one write; then an empty body.
+        message = post(big[:100_000])
+        sock.sendall(message[:50_000])
+        time.sleep(0.2)
+        sock.sendall(message[50_000:] + post(small) + post(b""))
+        expect(sock, [big[:100_000], small, b""])
+        # Chunked transfer coding goes through the parser.
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        expect(sock, [b"hello world"])
+        sock.close()
+    finally:
+        stop()
+    assert received == [len(big), len(small), 100_000, len(small), 0, 11]
