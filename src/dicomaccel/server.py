@@ -27,6 +27,7 @@ from pathlib import Path
 
 import uvloop
 
+from . import memory
 from .accept import Account, LoadBoard, Seat
 from .archive import Archive
 from .config import ServeConfig, without_password
@@ -58,6 +59,7 @@ MAX_IDENTIFIER_SIZE = 1 << 20
 
 def run(config: ServeConfig) -> int:
     """Serve until SIGINT/SIGTERM (blocking); the exit status for the command line."""
+    memory.hold_freed_heap()  # before any fork: the workers inherit it
     if config.workers <= 1:
         return _run_worker(config, None, recover=True, announce=True)
     # Recover once, before any worker writes: recovery removes temp files it did not make.
