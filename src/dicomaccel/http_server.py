@@ -14,8 +14,8 @@ A request body of known length (``Content-Length``, RFC 9112 §6.2) reaches the 
 as the ``bytes`` the transport read, one ASGI ``http.request`` message each: once the parser
 (httptools, llhttp) has read the header section, the body's bytes go past it (its callbacks
 copy every body chunk: with the transport's own copy, ``memmove`` took 16% of the event
-loop's samples in a multi-frame STOW-RS), and a new parser takes the bytes after the body. A chunked body (RFC 9112
-§7.1) goes through the parser. Reading from the socket pauses while
+loop's samples in a multi-frame STOW-RS), and a new parser takes the bytes after the body.
+A chunked body (RFC 9112 §7.1) goes through the parser. Reading from the socket pauses while
 more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to the sender), and
 a streamed response waits while more than :data:`WRITE_HIGH_WATER` bytes wait for the client.
 ``Expect: 100-continue`` is answered when the application first asks for the body. A response
