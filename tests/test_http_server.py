@@ -164,8 +164,8 @@ def test_post_without_length_gets_411(server_factory):
 
 # ------------------------------------------------ file bodies: the ASGI Zero Copy Send extension
 
-def _serve_in_thread(app, loop_factory, ssl_context=None):
-    """HTTPServer(app) on an ephemeral port, its loop in a thread; (port, stop, server)."""
+def _serve_in_thread(app, loop_factory, ssl_context=None, **options):
+    """HTTPServer(app, **options) on an ephemeral port, its loop in a thread; (port, stop, server)."""
     import asyncio
     import threading
 
@@ -180,7 +180,7 @@ def _serve_in_thread(app, loop_factory, ssl_context=None):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        server = HTTPServer(app)
+        server = HTTPServer(app, **options)
         loop.run_until_complete(server.start(sock, ssl=ssl_context))
         state.update(port=sock.getsockname()[1], loop=loop, server=server)
         ready.set()
@@ -387,15 +387,18 @@ def test_a_stopped_worker_does_not_hold_up_new_connections(server_factory):
 
 # ------------------------------------------------ request bodies of known length
 
-def _echo_app(received: list):
-    """Answers each request with the length and SHA-256 of its body, as read through receive()."""
+def _echo_app(received: list, types: set, views: list):
+    """Answers each request with the length and SHA-256 of its body, as read through receive();
+    keeps every memoryview body with a copy of what it held then."""
     import hashlib
 
     async def app(scope, receive, send):
         digest, size, more = hashlib.sha256(), 0, True
         while more:
             message = await receive()
-            assert type(message["body"]) is bytes  # ASGI: the body is bytes
+            types.add(type(message["body"]))
+            if type(message["body"]) is memoryview:
+                views.append((message["body"], message["body"].tobytes()))
             digest.update(message["body"])
             size += len(message["body"])
             more = message["more_body"]
@@ -408,12 +411,14 @@ def _echo_app(received: list):
     return app
 
 
+@pytest.mark.parametrize("body_views", [False, True])
 @pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
-def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch, loop_name):
-    # A Content-Length body is handed on as the bytes read, without passing through httptools
-    # (whose callbacks copy every chunk): the parser sees little more than the header sections.
-    # Bodies split across reads, ending inside a read that also holds the next request
-    # (pipelined), empty, and chunked (through the parser) all arrive whole and in order.
+def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch, loop_name, body_views):
+    # A Content-Length body is read into the connection's own buffers, past httptools (whose
+    # callbacks copy every chunk): the parser sees little more than the header sections.
+    # Bodies split across reads, followed in the same write by the next requests (pipelined),
+    # empty, and chunked (through the parser) all arrive whole and in order: as bytes (ASGI),
+    # or with body_views as read-only views of buffers that are never written again.
     import asyncio
     import hashlib
 
@@ -430,9 +435,10 @@ def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch,
             return super().feed_data(data)
 
     monkeypatch.setattr(http_server.httptools, "HttpRequestParser", CountingParser)
-    received = []
-    port, stop, _ = _serve_in_thread(_echo_app(received),
-                                  uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop)
+    received, types, views = [], set(), []
+    port, stop, _ = _serve_in_thread(_echo_app(received, types, views),
+                                  uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop,
+                                  body_views=body_views)
     big, small = os.urandom(3 << 20), b"0123456789"
 
     def post(body: bytes) -> bytes:
@@ -473,3 +479,6 @@ def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch,
     finally:
         stop()
     assert received == [len(big), len(small), 100_000, len(small), 0, 11]
+    assert types == ({bytes, memoryview} if body_views else {bytes})
+    # Later reads never wrote over a view handed on, and the application cannot write to one.
+    assert all(view.readonly and view.tobytes() == then for view, then in views)

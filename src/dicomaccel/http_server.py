@@ -10,12 +10,19 @@ it bounds what a hostile or broken client can hold:
   ``keepalive_timeout`` seconds is closed;
 - at most ``max_connections`` connections are open; one more gets 503 and is closed.
 
-A request body of known length (``Content-Length``, RFC 9112 §6.2) reaches the application
-as the ``bytes`` the transport read, one ASGI ``http.request`` message each: once the parser
-(httptools, llhttp) has read the header section, the body's bytes go past it (its callbacks
-copy every body chunk: with the transport's own copy, ``memmove`` took 16% of the event
-loop's samples in a multi-frame STOW-RS), and a new parser takes the bytes after the body.
-A chunked body (RFC 9112 §7.1) goes through the parser. Reading from the socket pauses while
+A request body of known length (``Content-Length``, RFC 9112 §6.2) is read past the parser
+(httptools, llhttp, whose callbacks copy every body chunk) once its header section is read:
+the connection reads it into buffers of its own (a ``BufferedProtocol``: the event loop's
+transport would otherwise copy each read into a new ``bytes``; with the parser's copy, that
+was 16% of the event loop's samples in a multi-frame STOW-RS, all of it ``memmove``), never
+more than the body's remaining length, and a new parser reads from the next request on. Each
+read reaches the application as one ASGI ``http.request`` message: its ``body`` is a
+read-only ``memoryview`` of that buffer if the server was made with ``body_views=True``
+(``dicomaccel serve``'s applications take any bytes-like body; the buffer is never written
+again), else ``bytes``, as ASGI says. Header sections, and chunked bodies (RFC 9112 §7.1),
+go through the parser: they are read into a buffer shared by the server's connections
+(:data:`HEAD_READ` bytes at a time for a header section, :data:`PARSED_READ` for a chunked
+body) and copied out. Reading from the socket pauses while
 more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to the sender), and
 a streamed response waits while more than :data:`WRITE_HIGH_WATER` bytes wait for the client.
 ``Expect: 100-continue`` is answered when the application first asks for the body. A response
@@ -62,6 +69,13 @@ SENDFILE_STEP = 64 << 10
 # ... and a file body that cannot be sent by sendfile (TLS) is read in steps of this size.
 FILE_READ = 1 << 20
 _SENDFILE = hasattr(os, "sendfile")
+# A read while a header section is expected takes at most this many bytes, so that it holds
+# little of the body that may follow: that body is read past the parser, without a copy ...
+HEAD_READ = 16 << 10
+# ... into buffers of at most this size (the body's remaining length if less). A chunked body
+# goes through the parser in reads of at most PARSED_READ bytes.
+BODY_READ = 1 << 20
+PARSED_READ = 256 << 10
 # Bytes received while the header section is incomplete, body bytes in the same reads
 # included: bounds what one endless header line can make the parser hold.
 MAX_PENDING_HEAD = 1 << 20
@@ -124,7 +138,7 @@ class _Request:
         self.expect_continue = expect_continue
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: "HTTPServer") -> None:
         self.server = server
         self.limits = server.limits
@@ -139,6 +153,9 @@ class _Connection(asyncio.Protocol):
         self.in_head = False
         self.request: _Request | None = None
         self.body_left = 0  # bytes of a Content-Length body still to come, read past the parser
+        self.body_buffer: bytearray | None = None  # where they are read (never written twice)
+        self.body_pos = 0  # bytes of body_buffer read so far
+        self.into_body = False  # the last get_buffer() gave part of body_buffer
         self.task: asyncio.Task | None = None
         self.paused = False
         self.closed = False
@@ -159,7 +176,34 @@ class _Connection(asyncio.Protocol):
         self.server.publish()
         self._arm(self.limits.keepalive_timeout, self._idle)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.body_left and not self.lingering and not self.closed:
+            buf = self.body_buffer
+            if buf is None:
+                buf = self.body_buffer = bytearray(min(self.body_left, BODY_READ))
+                self.body_pos = 0
+            self.into_body = True
+            return memoryview(buf)[self.body_pos:self.body_pos + self.body_left]
+        self.into_body = False
+        request = self.request
+        if request is not None and not self.in_head and not request.complete:
+            return self.server.parsed_read  # a chunked body
+        return self.server.parsed_read[:HEAD_READ]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.into_body:
+            start = self.body_pos
+            self.body_pos += nbytes
+            data = memoryview(self.body_buffer)[start:self.body_pos].toreadonly()
+            if self.body_pos == len(self.body_buffer):
+                self.body_buffer = None
+            if not self.server.body_views:
+                data = data.tobytes()
+        else:
+            data = self.server.parsed_read[:nbytes].tobytes()
+        self._received(data)
+
+    def _received(self, data) -> None:
         if self.lingering:
             self.lingering -= min(len(data), self.lingering)
             if not self.lingering:
@@ -167,23 +211,14 @@ class _Connection(asyncio.Protocol):
             return
         if self.closed:
             return
-        if self.body_left:
-            n = self.body_left
-            if len(data) <= n:
-                self.body_left -= len(data)
-                self.on_body(data)
-                if self.body_left:
-                    return
-                data = b""
-            else:  # the body ends inside ``data``; what follows is the next request
-                self.body_left = 0
-                self.on_body(data[:n])
-                data = data[n:]
-            # The parser never saw this body: a new one reads from the next request on.
-            self.parser = httptools.HttpRequestParser(self)
-            self.on_message_complete()
-            if not data or self.closed:
-                return
+        if self.body_left:  # get_buffer() read no more than the rest of the body
+            self.body_left -= len(data)
+            self.on_body(data)
+            if not self.body_left:
+                # The parser never saw this body: a new one reads from the next request on.
+                self.parser = httptools.HttpRequestParser(self)
+                self.on_message_complete()
+            return
         if self.request is None or self.in_head:
             self.pending_head += len(data)
             if self.pending_head > MAX_PENDING_HEAD + self.limits.max_header_bytes:
@@ -522,9 +557,13 @@ class _Stop(Exception):
 class HTTPServer:
     """Serve ``app`` (ASGI 3, http scope only) on an already bound listening socket."""
 
-    def __init__(self, app, limits: HTTPLimits = HTTPLimits()) -> None:
+    def __init__(self, app, limits: HTTPLimits = HTTPLimits(), *, body_views: bool = False) -> None:
         self.app = app
         self.limits = limits
+        self.body_views = body_views  # bodies as read-only memoryviews (see the module docstring)
+        # One loop thread reads one connection at a time and copies out what it read here
+        # before the next read (buffer_updated), so the connections share it.
+        self.parsed_read = memoryview(bytearray(PARSED_READ))
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task] = set()
         self.stopping = False
@@ -587,8 +626,8 @@ class _Guarded(_Connection):
     """A connection whose parser callbacks may stop it (:class:`_Stop`) without the exception
     reaching the event loop."""
 
-    def data_received(self, data: bytes) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            super().data_received(data)
+            super().buffer_updated(nbytes)
         except _Stop:
             pass

@@ -242,7 +242,8 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
         front = require(front, checkers, scope_needed)
     front = with_cors(front, config.cors_origins)  # outermost: a preflight carries no credentials
     http = HTTPServer(front, HTTPLimits(config.header_timeout, config.max_header_bytes,
-                                      config.keepalive_timeout, config.max_connections))
+                                        config.keepalive_timeout, config.max_connections),
+                      body_views=True)  # our applications take any bytes-like body
     dimse = None
     try:
         try:
