@@ -411,6 +411,54 @@ def _echo_app(received: list, types: set, views: list):
     return app
 
 
+def test_body_buffers_start_small_and_double(monkeypatch):
+    # A view handed on keeps its whole buffer: an upload that trickles in must not pin a MiB
+    # per connection. The first buffer of a body is BODY_FIRST_READ, each next one twice the
+    # last up to BODY_READ, the last one no more than what is left; all are filled.
+    import uvloop
+
+    from dicomaccel import http_server
+
+    received, types, views = [], set(), []
+    port, stop, _ = _serve_in_thread(_echo_app(received, types, views), uvloop.new_event_loop,
+                                  body_views=True)
+    sizes = []
+
+    def recording_bytearray(size):
+        sizes.append(size)
+        return bytearray(size)
+
+    monkeypatch.setattr(http_server, "bytearray", recording_bytearray, raising=False)
+    length = 5 << 20
+    body = os.urandom(length)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n".encode())
+        time.sleep(0.2)  # the header section read on its own: the body goes past the parser
+        sock.sendall(body[:1])
+        assert wait_until(lambda: sizes)
+        time.sleep(0.2)
+        assert sizes == [http_server.BODY_FIRST_READ] == [64 << 10]  # one byte pins 64 KiB, not a MiB
+        sock.sendall(body[1:])
+        answer = b""
+        while not answer.endswith(hashlib_hex(body)):
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        sock.close()
+    finally:
+        stop()
+    first, top = http_server.BODY_FIRST_READ, http_server.BODY_READ
+    doubling = [min(first << i, top) for i in range(len(sizes) - 1)]
+    assert sizes[:-1] == doubling and sizes[-1] <= min(first << (len(sizes) - 1), top)
+    assert sum(sizes) == length and received == [length]
+
+
+def hashlib_hex(data: bytes) -> bytes:
+    import hashlib
+    return hashlib.sha256(data).hexdigest().encode()
+
+
 @pytest.mark.parametrize("body_views", [False, True])
 @pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
 def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch, loop_name, body_views):

@@ -72,8 +72,12 @@ _SENDFILE = hasattr(os, "sendfile")
 # A read while a header section is expected takes at most this many bytes, so that it holds
 # little of the body that may follow: that body is read past the parser, without a copy ...
 HEAD_READ = 16 << 10
-# ... into buffers of at most this size (the body's remaining length if less). A chunked body
-# goes through the parser in reads of at most PARSED_READ bytes.
+# ... into buffers of the connection's own: the first of BODY_FIRST_READ bytes, each next one
+# twice the last, up to BODY_READ (never more than the body's remaining length). A view handed
+# on keeps its whole buffer, so a client that sends a byte at a time holds at most
+# BODY_FIRST_READ, and one that sends more at most twice what it sent. A chunked body goes
+# through the parser in reads of at most PARSED_READ bytes.
+BODY_FIRST_READ = 64 << 10
 BODY_READ = 1 << 20
 PARSED_READ = 256 << 10
 # Bytes received while the header section is incomplete, body bytes in the same reads
@@ -155,6 +159,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.body_left = 0  # bytes of a Content-Length body still to come, read past the parser
         self.body_buffer: bytearray | None = None  # where they are read (never written twice)
         self.body_pos = 0  # bytes of body_buffer read so far
+        self.body_next = BODY_FIRST_READ  # the size of the next body buffer
         self.into_body = False  # the last get_buffer() gave part of body_buffer
         self.task: asyncio.Task | None = None
         self.paused = False
@@ -180,8 +185,9 @@ class _Connection(asyncio.BufferedProtocol):
         if self.body_left and not self.lingering and not self.closed:
             buf = self.body_buffer
             if buf is None:
-                buf = self.body_buffer = bytearray(min(self.body_left, BODY_READ))
+                buf = self.body_buffer = bytearray(min(self.body_left, self.body_next))
                 self.body_pos = 0
+                self.body_next = min(2 * self.body_next, BODY_READ)
             self.into_body = True
             return memoryview(buf)[self.body_pos:self.body_pos + self.body_left]
         self.into_body = False
@@ -237,6 +243,7 @@ class _Connection(asyncio.BufferedProtocol):
             # The header section is read and a body of known length is still to come: its
             # bytes go past the parser from the next read on.
             self.body_left = max(0, request.length - request.received)
+            self.body_next = BODY_FIRST_READ
 
     def _framed(self) -> bool:
         return any(n in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
