@@ -139,7 +139,12 @@ def test_client_certificate_names_the_calling_ae_titles(server_factory, certs, t
     assert assoc.is_established
     assoc.release()
     for title, tls in (("OTHER", (ctx, "localhost")), ("MOD1", (bare, "localhost"))):
-        assoc = associate(title, server.dimse_tls_port, tls)
+        for _ in range(3):
+            assoc = associate(title, server.dimse_tls_port, tls)
+            # Once in a CI run under load, pynetdicom aborted its own request before any
+            # answer (nothing logged of a refusal or of a connection error): asked again.
+            if not assoc.is_aborted:
+                break
         assert assoc.is_rejected
         rj = assoc.acceptor.primitive
         assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3)
