@@ -290,17 +290,23 @@ def test_no_context_for_one_sop_class_fails_that_sub_operation(shared_server, co
     assert failed_list(result) == corpus.uids["H_sc"]
 
 
+def _stored_study(server, patient: str, count: int = 10) -> tuple[str, list[str]]:
+    """``count`` CT instances of one new study stored over STOW-RS: (Study UID, SOP UIDs in
+    the order a C-GET of the study sends them)."""
+    study, series = generate_uid(), generate_uid()
+    files = [ct(study, series, i, patient) for i in range(1, count + 1)]
+    status, _, body = post(server, multipart(files))
+    assert status == 200, body[:300]
+    return study, [sop_of(f) for f in files]
+
+
 @pytest.mark.indexes("sqlite")  # deletes a row behind the server's back, in its SQLite file
 def test_instance_deleted_during_the_retrieve_fails_its_sub_operation(server_factory):
     """A C-GET reads its records from the index a page at a time as the sub-operations reach
     them (RecordList): an instance whose row goes after the match is a failed sub-operation,
     named in the Failed SOP Instance UID List, and the others are sent."""
     server = server_factory()
-    study, series = generate_uid(), generate_uid()
-    files = [ct(study, series, i, "PID-VANISH") for i in range(1, 11)]
-    status, _, body = post(server, multipart(files))
-    assert status == 200, body[:300]
-    uids = [sop_of(f) for f in files]
+    study, uids = _stored_study(server, "PID-VANISH")
     gone = uids[RecordList.FIRST_PAGE + 3]  # on the second page, read after the first stores
 
     def delete_on_first(event, received):
@@ -312,7 +318,7 @@ def test_instance_deleted_during_the_retrieve_fails_its_sub_operation(server_fac
     result = c_get(server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=study),
                    on_store=delete_on_first)
     assert result.final.Status == 0xB000
-    assert_counts(result.final, completed=len(files) - 1, failed=1)
+    assert_counts(result.final, completed=len(uids) - 1, failed=1)
     assert failed_list(result) == [gone]
     assert [r.sop_instance_uid for r in result.received] == [u for u in uids if u != gone]
 
@@ -323,11 +329,7 @@ def test_index_lost_during_the_retrieve_fails_the_rest_and_keeps_serving(server_
     already read are sent, the rest fail (named in the list), the C-GET is answered and the
     server goes on serving once the index is back."""
     server = server_factory()
-    study, series = generate_uid(), generate_uid()
-    files = [ct(study, series, i, "PID-INDEXLOST") for i in range(1, 11)]
-    status, _, body = post(server, multipart(files))
-    assert status == 200, body[:300]
-    uids = [sop_of(f) for f in files]
+    study, uids = _stored_study(server, "PID-INDEXLOST")
     index = server.data / "index.sqlite3"
 
     def lose_index_on_first(event, received):
@@ -340,7 +342,7 @@ def test_index_lost_during_the_retrieve_fails_the_rest_and_keeps_serving(server_
                    on_store=lose_index_on_first)
     sent = RecordList.FIRST_PAGE
     assert result.final.Status == 0xB000
-    assert_counts(result.final, completed=sent, failed=len(files) - sent)
+    assert_counts(result.final, completed=sent, failed=len(uids) - sent)
     assert failed_list(result) == uids[sent:]
     assert result.uids() == uids[:sent]
     with sqlite3.connect(index, timeout=30) as db:
