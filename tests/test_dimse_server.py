@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import mmap
 import os
 import socket
@@ -654,3 +655,64 @@ def test_ae_permissions_refuse_the_contexts_an_ae_may_not_use(server_factory, tm
         assert rejected == ([] if expected else [0x01])
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
+
+
+def test_streamed_data_set_arrives_as_views_the_reads_never_overwrite(serve):
+    # The kernel reads into buffers of the connection's own and the data set's PDV payloads
+    # are handed up as views of them (association.READ_FIRST). PDUs from 3 bytes to 1 MiB
+    # (the largest our Maximum Length allows), split across writes at odd places, and a
+    # second C-STORE-RQ sent in the same write as the first one's last bytes: every view is
+    # read-only, the two data sets arrive whole and in order, and every view still holds at
+    # the end what it held when handed up (no buffer was written twice).
+    from dicomaccel.dimse.association import READ_FIRST
+
+    ct = str(CTImageStorage)
+    seen = []  # (view, its bytes when handed up), per request
+    done = threading.Event()
+
+    async def handle_store(assoc, request):
+        mine = []
+        while fragments := await request.stream.read():
+            mine += [(f, bytes(f)) for f in fragments]
+        seen.append(mine)
+        if len(seen) == 2:
+            done.set()
+        return Status.SUCCESS
+
+    server = serve(supported_abstract_syntaxes=[ct], handlers={messages.C_STORE_RQ: handle_store},
+                   stream_commands=[messages.C_STORE_RQ])
+    rng = __import__("random").Random(7)
+    sizes = [[3, READ_FIRST + 1, (1 << 20) - 6, 4099, 200_001], [17, READ_FIRST - 6, 3]]
+    datasets = [rng.randbytes(sum(s)) for s in sizes]
+
+    def c_store(message_id, dataset, split):
+        out = p_data(1, 0x03, command_set(
+            (0x0002, ct.encode() + b"\x00"), (0x0100, b"\x01\x00"), (0x0110, struct.pack("<H", message_id)),
+            (0x0700, b"\x00\x00"), (0x0800, b"\x00\x00"), (0x1000, b"1.2.3.%d\x00" % message_id)))
+        pos = 0
+        for i, n in enumerate(split):
+            out += p_data(1, 0x02 if i == len(split) - 1 else 0x00, dataset[pos:pos + n])
+            pos += n
+        return out
+
+    stream = (associate_rq(contexts=((1, ct.encode(), (b"1.2.840.10008.1.2.1",)),), max_length=0)
+              + c_store(1, datasets[0], sizes[0]) + c_store(2, datasets[1], sizes[1]))
+    with raw_connect(server.port) as sock:
+        pos = 0
+        for step in itertools.cycle((65_521, 7, 300_007, 1)):
+            if pos >= len(stream):
+                break
+            sock.sendall(stream[pos:pos + step])
+            pos += step
+        assert recv_pdu(sock)[0] == 0x02
+        for message_id in (1, 2):
+            pdu_type, body = recv_pdu(sock)
+            assert pdu_type == 0x04 and struct.pack("<HHLH", 0, 0x0120, 2, message_id) in body
+            assert struct.pack("<HHLH", 0, 0x0900, 2, 0) in body
+        assert done.wait(10)
+    for dataset, mine in zip(datasets, seen):
+        assert b"".join(held for _, held in mine) == dataset
+        for view, held in mine:
+            # A view of a read buffer (before: of the transport's bytes, or of their join).
+            assert isinstance(view, memoryview) and view.readonly and type(view.obj) is bytearray
+            assert view == held

@@ -1,9 +1,11 @@
-"""The acceptor: an ``asyncio.Protocol`` running the PS3.8 state machine, and the service API.
+"""The acceptor: an ``asyncio.BufferedProtocol`` running the PS3.8 state machine, and the
+service API.
 
-:class:`DIMSEProtocol` frames PDUs out of the byte stream (a chunk list, joined only when a
-PDU spans chunks), reassembles PDV fragments into DIMSE messages (fragment views, joined once
-per message) and drives :data:`~dicomaccel.dimse.fsm.TRANSITIONS`; each PS3.8 action is a
-method named after it (``_AE_6``, ``_DT_2``, ``_AA_8``, ...).
+:class:`DIMSEProtocol` has the kernel read into buffers of its own (see :data:`READ_FIRST`),
+frames PDUs out of them as views, reassembles PDV fragments into DIMSE messages (fragment
+views, joined once per message; a streamed data set's are handed up as they are) and drives
+:data:`~dicomaccel.dimse.fsm.TRANSITIONS`; each PS3.8 action is a method named after it
+(``_AE_6``, ``_DT_2``, ``_AA_8``, ...).
 
 :class:`Association` is what services see: the negotiated contexts, ``send_c_store``,
 ``send_response``/``respond``, ``release`` and ``abort``. Requests are served one at a time
@@ -23,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from dicomaccel import memory
 from dicomaccel.errors import ParseError
 from dicomaccel.logs import access
 from dicomaccel.status import Status, status_category
@@ -51,6 +54,21 @@ _WRITELINES_SAFE = not (
 _WRITE_BATCH = 256 * 1024
 _WRITE_HIGH_WATER = 1024 * 1024
 _WRITE_LOW_WATER = 256 * 1024
+
+# Reading: the kernel writes what arrives straight into buffers of the connection's own
+# (asyncio.BufferedProtocol), each filled once from start to end and never written again, so
+# PDU bodies and the PDV fragments handed up are read-only views of what the kernel wrote. A
+# C-STORE data set thus reaches its file with one copy in user space fewer than through
+# data_received (the transport's bytes), and a second one fewer for each PDU that spans two
+# reads (they were joined). A connection's first buffer holds READ_FIRST bytes, the next ones
+# READ_BUFFER once a read has filled one (the peer sends faster than we read); a buffer is
+# never smaller than the PDU being read (at most the Maximum Length we announced, PS3.8 D.1),
+# whose bytes received so far are copied into it. Between messages, with nothing left to
+# parse, the connection holds no buffer.
+READ_FIRST = 64 << 10
+READ_BUFFER = 1 << 20
+# Where a connection that is being discarded reads to.
+_DRAIN = memoryview(bytearray(READ_FIRST))
 
 _STATE_CLOSING = ("Sta1", "Sta13")
 _LOCAL_EVENTS = ("Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15")
@@ -358,7 +376,7 @@ class Association:
         self._protocol.abort()
 
 
-class DIMSEProtocol(asyncio.Protocol):
+class DIMSEProtocol(asyncio.BufferedProtocol):
     """The upper layer of one TCP connection, as association acceptor."""
 
     __slots__ = (
@@ -367,10 +385,13 @@ class DIMSEProtocol(asyncio.Protocol):
         "_loop",
         "_transport",
         "_state",
-        "_chunks",
-        "_buffered",
+        "_rbuf",
+        "_rview",
+        "_rstart",
+        "_rend",
+        "_rbase",
+        "_rnext",
         "_need",
-        "_stream_pos",
         "_discard",
         "_artim",
         "_idle",
@@ -399,10 +420,13 @@ class DIMSEProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._state = "Sta1"
-        self._chunks: list = []
-        self._buffered = 0
-        self._need = 0
-        self._stream_pos = 0
+        self._rbuf: memoryview | None = None  # the read buffer (writable), see READ_FIRST
+        self._rview: memoryview | None = None  # the same, read-only: what is handed up
+        self._rstart = 0  # first byte not yet framed
+        self._rend = 0  # end of what the kernel wrote
+        self._rbase = 0  # offset in the connection's byte stream of the buffer's first byte
+        self._rnext = READ_FIRST  # size of the next buffer
+        self._need = 6  # bytes from _rstart that complete the next PDU (a header: 6)
         self._discard = False
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -469,20 +493,32 @@ class DIMSEProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._discard:
+            return _DRAIN
+        buf, start, end = self._rbuf, self._rstart, self._rend
+        if buf is None or end == len(buf) or len(buf) - start < self._need:
+            # A new buffer, large enough for the PDU begun (its bytes so far move with it).
+            new = memoryview(memory.uninitialized(max(self._rnext, self._need)))
+            if end > start:
+                new[:end - start] = buf[start:end]
+            self._rbase += start
+            self._rbuf, self._rview = new, new.toreadonly()
+            buf, end = new, end - start
+            self._rstart, self._rend = 0, end
+        return buf[end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._discard:
             return
         self._last_activity = self._loop.time()
-        if self._buffered:
-            self._chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered < self._need:
-                return
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
+        end = self._rend = self._rend + nbytes
+        if end == len(self._rbuf):
+            self._rnext = READ_BUFFER
+        if end - self._rstart < self._need:
+            return
         try:
-            self._parse(data)
+            self._parse()
         except Exception:
             # A bug must not leave the peer waiting on a half-dead association.
             logger.exception("internal error on the connection from %s", self._peer())
@@ -492,14 +528,14 @@ class DIMSEProtocol(asyncio.Protocol):
 
     # ----------------------------------------------------------------- framing (PS3.8 §9.3)
 
-    def _parse(self, data: bytes) -> None:
-        view = memoryview(data)
-        end = len(data)
-        pos = 0
+    def _parse(self) -> None:
+        """Frame and handle the complete PDUs between ``_rstart`` and ``_rend``."""
+        view = self._rview
+        pos, end = self._rstart, self._rend
         header = pdu.PDU_HEADER
         while end - pos >= 6:
-            pdu_type, length = header.unpack_from(data, pos)
-            offset = self._pdu_offset = self._stream_pos + pos
+            pdu_type, length = header.unpack_from(view, pos)
+            offset = self._pdu_offset = self._rbase + pos
             event = _PDU_EVENTS.get(pdu_type)
             if event is None:
                 self._invalid(pdu.PDUParameterError(f"unrecognized PDU type 0x{pdu_type:02X}", offset, pdu.ABORT_UNRECOGNIZED_PDU))
@@ -533,10 +569,15 @@ class DIMSEProtocol(asyncio.Protocol):
                 return
         else:
             self._need = 6
-        self._stream_pos += pos
-        if pos < end:
-            self._chunks.append(view[pos:])
-            self._buffered = end - pos
+        self._rstart = pos
+        if pos == end and self._stream is None and not self._frags and self._msg_command is None:
+            self._drop_buffer()
+
+    def _drop_buffer(self) -> None:
+        """Let go of the read buffer (views handed up keep what they show)."""
+        self._rbase += self._rend
+        self._rbuf = self._rview = None
+        self._rstart = self._rend = 0
 
     def _length_limit(self, pdu_type: int) -> int:
         if pdu_type == pdu.P_DATA_TF:
@@ -565,8 +606,7 @@ class DIMSEProtocol(asyncio.Protocol):
         """Stop reading once the state machine is closing; True if it is."""
         if self._state in _STATE_CLOSING:
             self._discard = True
-            self._chunks.clear()
-            self._buffered = 0
+            self._drop_buffer()
             return True
         return False
 

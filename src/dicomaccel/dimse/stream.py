@@ -5,8 +5,8 @@ P-DATA-TF PDUs. For most requests the upper layer joins them into one ``bytes`` 
 C-FIND Identifiers are small). For the Command Fields a server lists in
 ``stream_commands`` (C-STORE-RQ, whose data set may be gigabytes) the request is handed to
 its handler as soon as its command set is complete, and the data set follows through this
-object: the PDV payloads, as memoryview slices of the received buffers (``bytes`` objects
-the transport never reuses, so they may be held without copying).
+object: the PDV payloads, as read-only memoryview slices of the buffers the kernel read them
+into (the connection never writes a buffer twice, so they may be held without copying).
 
 Flow control: once more than :data:`HIGH_WATER` bytes wait unread, the connection stops
 reading (``transport.pause_reading``) until the handler takes them, so a fast sender and a
