@@ -151,7 +151,8 @@ from benchmarks.corpus import (
 )
 from dicomaccel.testing.postgres import postgres_bin, start_cluster
 from dicomaccel.testing.query_index import FAMILY, GIVEN
-from benchmarks.machine import core_busy, core_times, harness_cpu_s, limits, loadavg, machine, stow_floor, versions
+from benchmarks.machine import (core_busy, core_times, harness_cpu_s, limits, loadavg, machine, reported_kib,
+                                stow_floor, versions)
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
     REPO,
@@ -309,7 +310,7 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                     peer.start([])
                 else:
                     peer = started[name]
-                load = loadavg()
+                load, reported = loadavg(), reported_kib()
                 server_cpu, client_cpu, cores = peer.cpu_s(), harness_cpu_s(), core_times()
                 with RssSampler(peer) as rss:
                     result = method.run(peer)
@@ -319,6 +320,8 @@ def measure(method: Method, runs: int, started: dict[str, Peer], work: Path,
                 # processes) used, less the memory sampler's thread; STOW-RS clients count their own.
                 result.setdefault("client_cpu_s", harness_cpu_s() - client_cpu - rss.cpu_s)
                 result.update(peak_mib=rss.peak_mib, load1=load, server_cpu_s=peer.cpu_s() - server_cpu)
+                if reported is not None:
+                    result["reported_mib"] = (reported_kib() - reported) / 1024
                 row["runs"].append(result)
                 bar.step(f"{name} run {i + 1}: {progress_detail(row, result)}")
             except (RuntimeError, OSError, PeerUnavailable, subprocess.TimeoutExpired, ValueError) as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.machine import page_reporting
 from dicomaccel.testing import dcmtk_program
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,6 +135,10 @@ def test_report_has_machine_versions_corpus_and_every_table(run):
     assert data["command"].startswith("python -m benchmarks run --peers dicomaccel")
     assert data["command"] in md
     assert "TCP_NODELAY=1" in md
+    # Where the guest hands free memory back to its host, how much each run did is shown.
+    if page_reporting() is not None:
+        assert all("reported_mib" in r for row in data["rows"] for r in row["runs"])
+        assert "| free page reporting (virtio-balloon) |" in md and "MiB reported per run" in md
     assert "### FRAME level against whole-instance retrieval" in md
     assert "## Requests: WADO-RS frames, C-FIND, QIDO-RS" in md and "## Retrieve (WADO-RS)" in md
     assert "## Targets of issue 11" in md and "of loopback TCP." in md
