@@ -5,13 +5,13 @@ Environment switches (all parsed strictly: 1/true/yes/on mean on, anything else 
 DICOMACCEL_DEBUG=1        bounds/wraparound checks back on, linetrace, -O0 -g, DICOMACCEL_DEBUG macro
 DICOMACCEL_SANITIZE=1     add AddressSanitizer and UBSan (implies a debug build)
 DICOMACCEL_NO_EXTENSIONS=1  build a pure-Python package (the twins are used at run time)
-DICOMACCEL_KERNELS=a,b    build only these kernels (multipart, frames, encaps); default: all
+DICOMACCEL_KERNELS=a,b    build only these kernels (multipart, frames, encaps, walk); default: all
 """
 import os
 
 from setuptools import Extension, setup
 
-KERNELS = ("multipart", "frames", "encaps")
+KERNELS = ("multipart", "frames", "encaps", "walk")
 
 
 def _flag(name):

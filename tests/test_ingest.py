@@ -26,7 +26,6 @@ from pydicom.uid import (
 )
 
 from dicomaccel.archive.ingest import (
-    MAX_SEQUENCE_DEPTH,
     FrameIndex,
     StoreFailure,
     build_frame_index,
@@ -34,6 +33,7 @@ from dicomaccel.archive.ingest import (
     scan,
 )
 from dicomaccel.status import FailureReason
+from dicomaccel.walk import MAX_SEQUENCE_DEPTH
 from dicomaccel.testing.files import (
     compressed_file,
     ct_file,

@@ -27,7 +27,6 @@ __all__ = [
     "SEQUENCE_DELIMITATION",
     "TruncatedElement",
     "PixelDataHeader",
-    "NO_PIXEL_DATA",
     "read_header",
     "read_tag",
     "encode_header",
@@ -90,17 +89,14 @@ class PixelDataHeader(NamedTuple):
 
     ``offset`` is the position of the element's tag, ``value_offset`` that of its value;
     ``length`` is the Value Length, -1 for undefined length (encapsulated, PS3.5 A.4). An
-    offset is -1 when it is not addressable (a deflated data set, PS3.5 A.5).
+    offset is -1 when it is not addressable (a deflated data set, PS3.5 A.5). A data set
+    without Pixel Data has ``(0, -1, -1, -1)`` (what :func:`dicomaccel.walk.walk` returns).
     """
 
     tag: int
     offset: int
     value_offset: int
     length: int
-
-
-# A data set without Pixel Data.
-NO_PIXEL_DATA = PixelDataHeader(0, -1, -1, -1)
 
 
 def read_header(buf, pos: int, end: int, explicit: bool, little: bool):

@@ -25,3 +25,8 @@ def frames_impl(request):
 @pytest.fixture(params=_implementations("encaps"))
 def encaps_impl(request):
     return request.param
+
+
+@pytest.fixture(params=_implementations("walk"))
+def walk_impl(request):
+    return request.param

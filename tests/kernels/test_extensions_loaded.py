@@ -2,11 +2,11 @@
 
 import pytest
 
-from dicomaccel import encaps, frames, multipart
+from dicomaccel import encaps, frames, multipart, walk
 from dicomaccel._compat import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 
 
-@pytest.mark.parametrize("module", [multipart, frames, encaps], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [multipart, frames, encaps, walk], ids=lambda m: m.__name__)
 def test_selected_implementation(module):
     if NO_EXTENSIONS:
         assert module.IMPLEMENTATION.endswith("_py")

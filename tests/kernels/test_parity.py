@@ -30,7 +30,7 @@ from pydicom.data import get_testdata_files
 from dicomaccel.errors import ParseError
 from dicomaccel.testing import implementations
 
-KERNELS = ("multipart", "frames", "encaps")
+KERNELS = ("multipart", "frames", "encaps", "walk")
 SRC = Path(importlib.import_module("dicomaccel").__file__).parent
 TWINS = {k: implementations(k)["py"] for k in KERNELS}
 COMPILED = {k: implementations(k).get("c") for k in KERNELS}
@@ -179,7 +179,7 @@ def _id(value) -> str:
 
 def test_parameter_tables_are_populated():
     # Guards the parametrizations below against silently collecting nothing.
-    assert {k for k, _ in FUNCTIONS} == {"multipart", "frames", "encaps"}
+    assert {k for k, _ in FUNCTIONS} == {"multipart", "frames", "encaps", "walk"}
     assert {c for _, c in CLASSES} == set(SAMPLE_ARGS)
     assert ("multipart", "PART_BEGIN") in CONSTANTS
     assert ("encaps", "EncapsulatedFrames", "fragment_ranges") in METHODS

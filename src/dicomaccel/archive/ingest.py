@@ -21,12 +21,6 @@ from array import array
 from dataclasses import dataclass, field
 
 from ..elements import (
-    IMPLICIT_BE,
-    IMPLICIT_LE,
-    ITEM,
-    ITEM_DELIMITATION,
-    NO_PIXEL_DATA,
-    SEQUENCE_DELIMITATION,
     U16BE,
     U16LE,
     UNDEFINED_LENGTH,
@@ -48,9 +42,9 @@ from ..syntaxes import (
     FRAME_ADDRESSABLE,
     IMPLICIT_VR_LE,
     NATIVE,
-    PIXEL_TAGS,
     is_valid_uid,
 )
+from ..walk import walk
 
 __all__ = [
     "StoreFailure",
@@ -120,9 +114,6 @@ _KNOWN_SYNTAXES = NATIVE | DEFLATED | ENCAPSULATED
 # --- Value checks (PS3.5 Table 6.2-1) -------------------------------------------------------
 _IS_VALUE = re.compile(r"[+-]?[0-9]{1,12}")
 _CS_VALUE = re.compile(r"[A-Z0-9 _]{0,16}")
-# Nested sequences deeper than this are refused: real IODs nest a handful of levels, and a
-# bound keeps hostile input from exhausting the stack.
-MAX_SEQUENCE_DEPTH = 64
 # A deflated data set (PS3.5 A.5) inflating beyond this is refused as a decompression bomb;
 # what follows the Pixel Data header is inflated a MiB at a time and dropped.
 MAX_INFLATED_SIZE = 1 << 30
@@ -453,66 +444,6 @@ class _Scan:
             return self.truncated(exc.what, exc.offset)
         return self.failure(FailureReason.CANNOT_UNDERSTAND, f"{exc.message} at byte {exc.offset}")
 
-    def skip_value(self, tag: int, vr, ln: int, vpos: int, explicit: bool, little: bool,
-                   depth: int) -> int:
-        """Return the offset after the value of the element whose header was just read."""
-        if ln != UNDEFINED_LENGTH:
-            if ln > self.end - vpos:
-                raise self.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
-            return vpos + ln
-        if vr == b"UN":
-            # UN with undefined length holds an Implicit VR LE sequence (PS3.5 §6.2.2).
-            return self.skip_sequence(vpos, False, True, depth + 1)
-        if vr is not None and vr != b"SQ":
-            raise self.failure(
-                FailureReason.CANNOT_UNDERSTAND,
-                f"undefined length on VR {vr.decode('ascii', 'replace')} element "
-                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {vpos - 12}",
-            )
-        return self.skip_sequence(vpos, explicit, little, depth + 1)
-
-    def skip_sequence(self, pos: int, explicit: bool, little: bool, depth: int) -> int:
-        """Walk an undefined-length sequence's items to just past its delimiter (PS3.5 §7.5)."""
-        if depth > MAX_SEQUENCE_DEPTH:
-            raise self.failure(
-                FailureReason.CANNOT_UNDERSTAND,
-                f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels at byte {pos}",
-            )
-        fmt = IMPLICIT_LE if little else IMPLICIT_BE  # item headers have no VR (PS3.5 §7.5)
-        buf, end = self.buf, self.end
-        while True:
-            if end - pos < 8:
-                raise self.truncated("sequence item", pos)
-            g, e, ln = fmt.unpack_from(buf, pos)
-            tag = g << 16 | e
-            pos += 8
-            if tag == SEQUENCE_DELIMITATION:
-                return pos
-            if tag != ITEM:
-                raise self.failure(
-                    FailureReason.CANNOT_UNDERSTAND,
-                    f"expected an item tag (FFFE,E000) in a sequence at byte {pos - 8}, "
-                    f"found ({g:04X},{e:04X})",
-                )
-            if ln != UNDEFINED_LENGTH:
-                if ln > end - pos:
-                    raise self.truncated("sequence item", pos - 8)
-                pos += ln
-                continue
-            # Undefined-length item: its elements until the Item Delimitation Item.
-            while True:
-                tag, vr, ln, vpos = read_header(buf, pos, end, explicit, little)
-                if tag == ITEM_DELIMITATION:
-                    pos = vpos
-                    break
-                if tag >> 16 == 0xFFFE:
-                    raise self.failure(
-                        FailureReason.CANNOT_UNDERSTAND,
-                        f"unexpected ({tag >> 16:04X},{tag & 0xFFFF:04X}) inside an item at "
-                        f"byte {pos}",
-                    )
-                pos = self.skip_value(tag, vr, ln, vpos, explicit, little, depth)
-
 
 def _text(raw) -> str:
     return bytes(raw).decode("latin-1")
@@ -582,50 +513,24 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
 
 def _scan_dataset(s: _Scan, pos: int, explicit: bool,
                   little: bool) -> tuple[dict, PixelDataHeader]:
-    """Walk the top-level data set to the Pixel Data header (see :func:`_walk_dataset`)."""
-    try:
-        return _walk_dataset(s, pos, explicit, little)
-    except ParseError as exc:  # from read_header, here or inside a sequence
-        raise s.header_failure(exc) from None
-
-
-def _walk_dataset(s: _Scan, pos: int, explicit: bool,
-                  little: bool) -> tuple[dict, PixelDataHeader]:
-    """Every top-level element up to the Pixel Data header, as tag -> (value offset, length).
-
-    A sequence or UN of undefined length is walked; its length is that of its items (0: no
-    item), so "present but empty" reads the same for every encoding (PS3.5 7.5).
-    """
+    """Every top-level element up to the Pixel Data header, as tag -> (value offset, length):
+    the walk kernel (:func:`dicomaccel.walk.walk`). The SOP Class and Instance UIDs met on the
+    way name the instance in a failure report, a failure of the walk's own included."""
     found: dict[int, tuple[int, int]] = {}
-    buf, end = s.buf, s.end
-    wanted = _WANTED
-    pixel = NO_PIXEL_DATA
-    while pos < end:
-        tag, vr, ln, vpos = read_header(buf, pos, end, explicit, little)
-        if tag in PIXEL_TAGS:
-            pixel = PixelDataHeader(tag, pos, vpos, -1 if ln == UNDEFINED_LENGTH else ln)
-            found[tag] = (vpos, 1 if ln == UNDEFINED_LENGTH else ln)  # presence, for the IOD check
-            break
-        if tag in wanted:
-            if ln == UNDEFINED_LENGTH or ln > end - vpos:
-                raise s.truncated(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})", vpos)
-            found[tag] = (vpos, ln)
-            if tag == 0x00080016:
-                s.sop_class = _uid(buf[vpos:vpos + ln])
-            elif tag == 0x00080018:
-                s.sop_instance = _uid(buf[vpos:vpos + ln])
-            pos = vpos + ln
-        elif tag >> 16 == 0xFFFE:
-            raise s.failure(
-                FailureReason.CANNOT_UNDERSTAND,
-                f"unexpected ({tag >> 16:04X},{tag & 0xFFFF:04X}) in the top-level data set "
-                f"at byte {pos}",
-            )
-        else:
-            pos = s.skip_value(tag, vr, ln, vpos, explicit, little, 0)
-            # Undefined length: what lies between the header and the Sequence Delimitation Item.
-            found[tag] = (vpos, ln if ln != UNDEFINED_LENGTH else pos - vpos - 8)
-    return found, pixel
+    try:
+        pixel = walk(s.buf, pos, s.end, explicit, little, _WANTED, found)
+    except ParseError as exc:
+        _note_uids(s, found)
+        raise s.header_failure(exc) from None
+    _note_uids(s, found)
+    return found, PixelDataHeader(*pixel)
+
+
+def _note_uids(s: _Scan, found: dict) -> None:
+    for tag, name in ((0x00080016, "sop_class"), (0x00080018, "sop_instance")):
+        if tag in found:
+            vpos, ln = found[tag]
+            setattr(s, name, _uid(s.buf[vpos:vpos + ln]))
 
 
 def scan(buffer, size: int | None = None, *, validate: bool = False) -> Header:

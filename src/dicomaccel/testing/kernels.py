@@ -9,7 +9,8 @@ from .._compat import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 
 
 def implementations(kernel: str) -> dict[str, ModuleType]:
-    """The implementations of ``kernel`` (``"multipart"``, ``"frames"``, ``"encaps"``) in use here.
+    """The implementations of ``kernel`` (``"multipart"``, ``"frames"``, ``"encaps"``, ``"walk"``)
+    in use here.
 
     ``{"py": dicomaccel._<kernel>_py, "c": dicomaccel._<kernel>_c}``, twin first. ``"c"`` is
     left out with ``DICOMACCEL_NO_EXTENSIONS=1`` and when the module is not built; with
