@@ -21,9 +21,9 @@ import pytest
 from dicomaccel.testing.kernels import implementations
 
 REPO = Path(__file__).resolve().parent.parent
-KERNELS = ("multipart", "frames", "encaps")
+KERNELS = ("multipart", "frames", "encaps", "walk")
 SECTIONS = {"compiled": "## compiled kernels", "twin": "## pure-Python twins",
-            "ingest": "## code without twins"}
+            "ingest": "## code around the kernels"}
 TIME = re.compile(r"^\d+(\.\d+)? (s|ms|µs)$")
 RATIO = re.compile(r"^\d+(\.\d+)?x$")
 
