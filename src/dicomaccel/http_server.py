@@ -53,7 +53,6 @@ from http import HTTPStatus
 
 import httptools
 
-from . import memory
 from .accept import Acceptor, Seat, hand_over
 from .config import DEFAULTS
 
@@ -75,10 +74,9 @@ _SENDFILE = hasattr(os, "sendfile")
 HEAD_READ = 16 << 10
 # ... into buffers of the connection's own: the first of BODY_FIRST_READ bytes, the next ones
 # of BODY_READ once a read has filled a buffer (the client sends faster than we read), never
-# more than the body's remaining length. Buffers are not zeroed first (memory.uninitialized:
-# the read writes them), but a view handed on keeps its whole buffer, resident wherever the
-# heap had used it before: a client that sends a byte at a time pins BODY_FIRST_READ, not
-# BODY_READ (100 such uploads, zeroed buffers: ~6.5 MiB instead of ~68). Doubling from 64 KiB instead cost 0.1-0.2 ms more
+# more than the body's remaining length. A view handed on keeps its whole buffer (zeroed, so
+# resident): a client that sends a byte at a time pins BODY_FIRST_READ, not BODY_READ (100
+# such uploads: ~6.5 MiB instead of ~68). Doubling from 64 KiB instead cost 0.1-0.2 ms more
 # CPU per CT request (more, smaller reads). A chunked body goes through the parser in reads
 # of at most PARSED_READ bytes.
 BODY_FIRST_READ = 64 << 10
@@ -189,7 +187,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.body_left and not self.lingering and not self.closed:
             buf = self.body_buffer
             if buf is None:
-                buf = self.body_buffer = memory.uninitialized(min(self.body_left, self.body_next))
+                buf = self.body_buffer = bytearray(min(self.body_left, self.body_next))
                 self.body_pos = 0
             self.into_body = True
             return memoryview(buf)[self.body_pos:self.body_pos + self.body_left]

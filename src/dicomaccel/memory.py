@@ -1,7 +1,5 @@
 """Give memory back to the operating system: freed heap after a failure that used a lot of
-it (:func:`trim`), and file mappings once their bytes are sent or read (:func:`close_map`);
-and take it without touching it twice: read buffers that are not zeroed first
-(:func:`uninitialized`).
+it (:func:`trim`), and file mappings once their bytes are sent or read (:func:`close_map`).
 
 glibc keeps memory freed inside its arenas (every thread that allocates gets one) for reuse;
 after an abusive input (a deflate bomb's 64 MiB header, say) the process would stay that much
@@ -25,8 +23,8 @@ import mmap
 import threading
 import time
 
-__all__ = ["trim", "close_map", "hold_freed_heap", "uninitialized", "MIN_INTERVAL",
-           "TRIM_THRESHOLD", "MMAP_THRESHOLD"]
+__all__ = ["trim", "close_map", "hold_freed_heap", "MIN_INTERVAL", "TRIM_THRESHOLD",
+           "MMAP_THRESHOLD"]
 
 MIN_INTERVAL = 1.0  # seconds between two trims
 # Free bytes a heap's top keeps before glibc gives them back, and the size from which a block
@@ -45,13 +43,6 @@ try:
     _mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
 except (OSError, AttributeError):  # not glibc: nothing to trim or tune
     _malloc_trim = _mallopt = None
-try:
-    # CPython's C API: with a NULL source the bytes are left as malloc gave them.
-    _bytearray_of = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    _bytearray_of.restype = ctypes.py_object
-    _bytearray_of.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-except AttributeError:  # not CPython
-    _bytearray_of = None
 _lock = threading.Lock()
 _last = 0.0
 
@@ -90,13 +81,3 @@ def close_map(mapping: mmap.mmap) -> None:
         mapping.close()
     except BufferError:
         pass
-
-
-def uninitialized(size: int) -> bytearray:
-    """A ``bytearray`` of ``size`` bytes that are not zeroed first, for a buffer the kernel
-    fills before anything reads it (a socket read's). ``bytearray(size)`` writes every byte
-    once before the read writes it again: for a MiB, 18 us and the CPU cache it displaces.
-    Only what the read filled may be looked at (the rest is whatever the heap held)."""
-    if _bytearray_of is None:
-        return bytearray(size)
-    return _bytearray_of(None, size)
