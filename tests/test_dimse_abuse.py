@@ -155,3 +155,32 @@ def test_connections_waiting_to_associate_are_capped(server_factory):
         return False
 
     assert wait_until(associates, timeout=10, interval=0.2)
+
+
+def test_long_pdus_announced_and_trickled_hold_little_memory(server_factory):
+    # 40 associations each announce a P-DATA-TF of our whole Maximum Length (1 MiB) and send
+    # two bytes of it, in two reads: each holds its first read buffer (association.READ_FIRST,
+    # 64 KiB), not a buffer of the PDU's length (40 MiB, zeroed) for bytes it has not sent.
+    server = server_factory()
+    port = server.dimse_port
+    socks = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            socks.append(sock)
+            sock.sendall(associate_rq())
+            assert recv_pdu(sock)[0] == 0x02
+        time.sleep(0.3)
+        before = memory_kib(server.process.pid)
+        for sock in socks:
+            sock.sendall(struct.pack(">BxL", 0x04, 1 << 20) + b"\x00")
+        time.sleep(0.3)
+        for sock in socks:  # a second read, into the buffer the first one left
+            sock.sendall(b"\x00")
+        time.sleep(1)  # every association has read its bytes
+        grown = memory_kib(server.process.pid) - before
+        assert grown < 16 << 10, f"{grown} KiB"
+    finally:
+        for sock in socks:
+            sock.close()
+    assert echo(port)  # still serving

@@ -25,7 +25,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from dicomaccel import memory
 from dicomaccel.errors import ParseError
 from dicomaccel.logs import access
 from dicomaccel.status import Status, status_category
@@ -60,11 +59,11 @@ _WRITE_LOW_WATER = 256 * 1024
 # PDU bodies and the PDV fragments handed up are read-only views of what the kernel wrote. A
 # C-STORE data set thus reaches its file with one copy in user space fewer than through
 # data_received (the transport's bytes), and a second one fewer for each PDU that spans two
-# reads (they were joined). A connection's first buffer holds READ_FIRST bytes, the next ones
-# READ_BUFFER once a read has filled one (the peer sends faster than we read); a buffer is
-# never smaller than the PDU being read (at most the Maximum Length we announced, PS3.8 D.1),
-# whose bytes received so far are copied into it. Between messages, with nothing left to
-# parse, the connection holds no buffer.
+# reads (they were joined). A connection's first buffer holds READ_FIRST bytes. Once a buffer
+# is full, the next one holds the rest of the PDU that spans its end, whose bytes so far are
+# copied into it (at most the Maximum Length we announced, PS3.8 D.1), or, between PDUs,
+# READ_BUFFER bytes (the peer sends faster than we read). Between messages, with nothing
+# left to parse, the connection holds no buffer.
 READ_FIRST = 64 << 10
 READ_BUFFER = 1 << 20
 # Where a connection that is being discarded reads to.
@@ -497,9 +496,11 @@ class DIMSEProtocol(asyncio.BufferedProtocol):
         if self._discard:
             return _DRAIN
         buf, start, end = self._rbuf, self._rstart, self._rend
-        if buf is None or end == len(buf) or len(buf) - start < self._need:
-            # A new buffer, large enough for the PDU begun (its bytes so far move with it).
-            new = memoryview(memory.uninitialized(max(self._rnext, self._need)))
+        if buf is None or end == len(buf):
+            # A new buffer once this one is full: for the rest of a PDU begun, the PDU's size
+            # (its bytes so far move with it), else the next read's. So a peer that announces a
+            # long PDU and trickles it holds READ_FIRST until it has sent that much.
+            new = memoryview(bytearray(self._need if end > start else max(self._rnext, self._need)))
             if end > start:
                 new[:end - start] = buf[start:end]
             self._rbase += start
