@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import errno
 import json
 import logging
 import mmap
@@ -596,7 +597,7 @@ class SQLiteIndex(Index):
                     self._insert([items[i] for i in good])
                 except Exception as exc:
                     for i in good:
-                        out[i] = exc
+                        out[i] = _out_of_space(exc)
         return out
 
     def _insert(self, items, *, probe: bool = False) -> None:
@@ -889,4 +890,12 @@ def _read_header(path: str):
 def _refusal(exc: Exception):
     if isinstance(exc, sqlite3.IntegrityError) and "instances.sop_instance_uid" in str(exc):
         return DuplicateRow()
+    return _out_of_space(exc)
+
+
+def _out_of_space(exc: Exception) -> Exception:
+    """SQLITE_FULL (the index's file system is full, so the WAL cannot grow) as the ENOSPC it
+    is: the store is refused for storage space (A710), as when its own file cannot be written."""
+    if isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return OSError(errno.ENOSPC, f"the index: {exc}")
     return exc

@@ -27,6 +27,10 @@ class RunningServer:
     dimse_tls_port: int | None = None
     index: str | None = None  # the --index URL; None: SQLite in ``data`` (open it with Archive(data, index=...))
 
+    def path(self, relative: str = "") -> Path:
+        """A path in the data directory as the server sees it (its own mount namespace too)."""
+        return Path(f"/proc/{self.process.pid}/root") / str(self.data).lstrip("/") / relative
+
     @property
     def stow_url(self) -> str:
         return f"{self.http_url}/dicomweb"
@@ -42,12 +46,19 @@ class RunningServer:
         return self.process.returncode
 
 
-def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
+def start_server(data: Path, *args: str, timeout: float = 30,
+                 filesystem_bytes: int | None = None) -> RunningServer:
     """Start ``dicomaccel serve`` on ephemeral 127.0.0.1 ports and wait until it listens.
 
     ``args`` are more ``serve`` options. The server's stderr goes to ``<data>-server.log``
     beside ``data``; its "dicomaccel: STOW-RS on ..." and "C-GET SCP on ..." lines give the
     URL and port. Stop it with :meth:`RunningServer.stop`.
+
+    ``filesystem_bytes``: the data directory is a file system of that size of its own (a
+    tmpfs mounted in a mount namespace of the server's, see :func:`small_filesystem_command`),
+    so the server meets a real full disk. Only the server sees it: read its files through
+    ``/proc/<pid>/root`` (:meth:`RunningServer.path`) while it runs; it is gone once the
+    server exits.
     """
     data.mkdir(parents=True, exist_ok=True)
     log = data.parent / f"{data.name}-server.log"
@@ -55,6 +66,8 @@ def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
            "--http-port", "0", "--log-level", "warning", *args]
     if "--dimse-port" not in args:
         cmd += ["--dimse-port", "0"]
+    if filesystem_bytes is not None:
+        cmd = small_filesystem_command(data, filesystem_bytes) + cmd
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
@@ -78,6 +91,21 @@ def start_server(data: Path, *args: str, timeout: float = 30) -> RunningServer:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
     return server
+
+
+def small_filesystem_command(directory: Path, size: int) -> list[str]:
+    """The command prefix that runs a program with a tmpfs of ``size`` bytes mounted on
+    ``directory``: unshare(1) makes a user and mount namespace (no privilege needed where
+    unprivileged user namespaces are allowed), mount(8) mounts the tmpfs in it, then the
+    program is exec'd in the same process (same PID: signals reach it). Raises RuntimeError
+    where namespaces or tmpfs mounts are not allowed."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size={size} tmpfs \"$0\"", str(directory)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise RuntimeError(f"cannot mount a tmpfs in a namespace here: {probe.stderr.strip()}")
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(directory)]
 
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int:
