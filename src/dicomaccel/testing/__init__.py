@@ -5,6 +5,7 @@ Imported from here (standard library only):
 - :func:`implementations`: the kernel modules in use, the pure-Python twin (``"py"``) and the
   compiled module (``"c"``), as the environment switches of :mod:`dicomaccel._compat` select them;
 - :func:`start_server` / :class:`RunningServer`: ``dicomaccel serve`` on ephemeral 127.0.0.1 ports;
+  :class:`SmallFilesystem`: a small disk of its own for it, to fill up;
 - :func:`multipart`, :func:`post`, :func:`run_asgi`: STOW-RS request bodies and two ways to send them;
   :func:`warnings_only`: whether a STOW-RS answer stored everything;
 - :func:`dcmtk_program`, :func:`wait_until`; :func:`worker_pids`, :func:`connections_held` and
@@ -19,7 +20,7 @@ synthetic index of many studies, for search latency).
 from __future__ import annotations
 
 from .kernels import implementations
-from .server import (RunningServer, at_once, connections_held, dcmtk_program, memory_kib, start_server,
+from .server import (RunningServer, SmallFilesystem, at_once, connections_held, dcmtk_program, memory_kib, start_server,
                      wait_until, worker_pids)
 from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi, warnings_only
 
@@ -27,6 +28,7 @@ __all__ = [
     "BOUNDARY",
     "CONTENT_TYPE",
     "RunningServer",
+    "SmallFilesystem",
     "at_once",
     "connections_held",
     "dcmtk_program",

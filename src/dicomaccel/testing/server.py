@@ -27,10 +27,6 @@ class RunningServer:
     dimse_tls_port: int | None = None
     index: str | None = None  # the --index URL; None: SQLite in ``data`` (open it with Archive(data, index=...))
 
-    def path(self, relative: str = "") -> Path:
-        """A path in the data directory as the server sees it (its own mount namespace too)."""
-        return Path(f"/proc/{self.process.pid}/root") / str(self.data).lstrip("/") / relative
-
     @property
     def stow_url(self) -> str:
         return f"{self.http_url}/dicomweb"
@@ -47,18 +43,15 @@ class RunningServer:
 
 
 def start_server(data: Path, *args: str, timeout: float = 30,
-                 filesystem_bytes: int | None = None) -> RunningServer:
+                 filesystem: SmallFilesystem | None = None) -> RunningServer:
     """Start ``dicomaccel serve`` on ephemeral 127.0.0.1 ports and wait until it listens.
 
     ``args`` are more ``serve`` options. The server's stderr goes to ``<data>-server.log``
     beside ``data``; its "dicomaccel: STOW-RS on ..." and "C-GET SCP on ..." lines give the
     URL and port. Stop it with :meth:`RunningServer.stop`.
 
-    ``filesystem_bytes``: the data directory is a file system of that size of its own (a
-    tmpfs mounted in a mount namespace of the server's, see :func:`small_filesystem_command`),
-    so the server meets a real full disk. Only the server sees it: read its files through
-    ``/proc/<pid>/root`` (:meth:`RunningServer.path`) while it runs; it is gone once the
-    server exits.
+    ``filesystem``: run the server in that :class:`SmallFilesystem`'s namespace (``data``
+    inside its directory), where the disk fills up for real.
     """
     data.mkdir(parents=True, exist_ok=True)
     log = data.parent / f"{data.name}-server.log"
@@ -66,8 +59,8 @@ def start_server(data: Path, *args: str, timeout: float = 30,
            "--http-port", "0", "--log-level", "warning", *args]
     if "--dimse-port" not in args:
         cmd += ["--dimse-port", "0"]
-    if filesystem_bytes is not None:
-        cmd = small_filesystem_command(data, filesystem_bytes) + cmd
+    if filesystem is not None:
+        cmd = filesystem.command() + cmd
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
@@ -93,19 +86,47 @@ def start_server(data: Path, *args: str, timeout: float = 30,
     return server
 
 
-def small_filesystem_command(directory: Path, size: int) -> list[str]:
-    """The command prefix that runs a program with a tmpfs of ``size`` bytes mounted on
-    ``directory``: unshare(1) makes a user and mount namespace (no privilege needed where
-    unprivileged user namespaces are allowed), mount(8) mounts the tmpfs in it, then the
-    program is exec'd in the same process (same PID: signals reach it). Raises RuntimeError
-    where namespaces or tmpfs mounts are not allowed."""
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                            f"mount -t tmpfs -o size={size} tmpfs \"$0\"", str(directory)],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise RuntimeError(f"cannot mount a tmpfs in a namespace here: {probe.stderr.strip()}")
-    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(directory)]
+class SmallFilesystem:
+    """A tmpfs of ``size`` bytes mounted on ``directory`` where only servers started with it
+    (``start_server(..., filesystem=it)``) see it: a real disk that fills up, without root.
+
+    A holder process makes a user and a mount namespace (unshare(1); unprivileged user
+    namespaces suffice), mounts the tmpfs in it and sleeps; servers join that namespace
+    (nsenter(1) execs them in the same process, so signals reach them), and the file system
+    outlives each of them, so a restart meets the disk as the last run left it. Read its files
+    through :meth:`path` (``/proc/<holder>/root``). Raises RuntimeError where namespaces or
+    tmpfs mounts are not allowed.
+    """
+
+    def __init__(self, directory: Path, size: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        try:
+            self._holder = subprocess.Popen(
+                ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                 f'mount -t tmpfs -o size={size} tmpfs "$0" && echo mounted && exec sleep infinity',
+                 str(directory)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError as exc:
+            raise RuntimeError(f"cannot mount a tmpfs in a namespace here: {exc}") from None
+        if self._holder.stdout.readline().strip() != "mounted":
+            self._holder.wait(10)
+            raise RuntimeError(f"cannot mount a tmpfs in a namespace here: {self._holder.stderr.read().strip()}")
+
+    def command(self) -> list[str]:
+        """The prefix that runs a program inside the namespace."""
+        return ["nsenter", "--target", str(self._holder.pid), "--user", "--mount", "--preserve-credentials"]
+
+    def path(self, relative: str = "") -> Path:
+        """A path under the mounted directory, as the servers see it."""
+        return Path(f"/proc/{self._holder.pid}/root") / str(self.directory).lstrip("/") / relative
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path())
+        return st.f_bavail * st.f_frsize
+
+    def close(self) -> None:
+        self._holder.kill()
+        self._holder.wait(10)
 
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int:
