@@ -31,7 +31,7 @@ import pydicom
 import pynetdicom
 
 from benchmarks.orthanc import version as orthanc_version
-from benchmarks.peers import REPO, dcmtk_program
+from benchmarks.peers import REPO, build_c, dcmtk_program
 
 def _write_file(path: Path, data: bytes, chunk: int, directory: int | None = None) -> None:
     """Write ``data`` to a new file in ``chunk``-byte writes, fdatasync and close it; then fsync
@@ -206,12 +206,9 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
     from benchmarks.clients import stow_run  # clients imports this module's neighbours only
     from benchmarks.peers import process_cpu_s
 
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
+    binary = build_c("floor.c", where)
+    if binary is None:
         return {}
-    binary = where / "stow-floor"
-    subprocess.run([gcc, "-O2", "-pthread", "-o", str(binary), str(Path(__file__).with_name("floor.c"))],
-                   check=True)
     out = {}
     for n in clients:
         rates, cpus = [], []

@@ -1,6 +1,6 @@
 """Start, load, measure and stop the C-GET servers that the benchmarks compare.
 
-Three peers and one receiver that bounds them, one interface (:class:`Peer`):
+Three peers and two receivers that bound them, one interface (:class:`Peer`):
 
 - :class:`DicomaccelPeer`: ``dicomaccel serve`` with its C-GET SCP on an ephemeral port, loaded
   over STOW-RS (the ``cstore`` workload measures its C-STORE SCP on a fresh server).
@@ -12,6 +12,9 @@ Three peers and one receiver that bounds them, one interface (:class:`Peer`):
 - :class:`StorescpIgnorePeer`: DCMTK's ``storescp --ignore``, which receives each data set and
   discards it: what ``storescu`` can push into a receiver that does the least (the ``cstore``
   workload's ceiling; it holds nothing to retrieve).
+- :class:`CStoreFloorPeer`: ``benchmarks/cstore_floor.c``, which writes each data set to a file
+  and flushes it before answering: the least a *durable* C-STORE SCP does (the ``cstore``
+  workload's floor).
 
 Every process started here is registered by PID and stopped by PID on :func:`stop_all`, which
 runs at exit; :func:`install_signal_handlers` turns SIGTERM and SIGHUP into ``SystemExit`` so
@@ -464,6 +467,16 @@ log4cplus.appender.stderr.layout.ConversionPattern = %p: %m%n
 """
 
 
+def build_c(source: str, where: Path) -> Path | None:
+    """``benchmarks/<source>`` compiled (gcc -O2 -pthread) into ``where``; None without a C compiler."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        return None
+    binary = where / Path(source).stem
+    subprocess.run([gcc, "-O2", "-pthread", "-o", str(binary), str(Path(__file__).with_name(source))], check=True)
+    return binary
+
+
 class StorescpIgnorePeer(Peer):
     """DCMTK's ``storescp --ignore`` on a free port: it receives each data set whole, discards it
     and answers Success, writing nothing. It is the C-STORE receiver that does the least, so
@@ -503,6 +516,38 @@ class StorescpIgnorePeer(Peer):
         not lines: each message is one write, but the forked children's lines interleave."""
         text = self.log.read_text(errors="replace")
         return text.count("Received Store Request") - text.count("Store SCP Failed")
+
+
+class CStoreFloorPeer(Peer):
+    """``benchmarks/cstore_floor.c`` on an ephemeral 127.0.0.1 port: per C-STORE it writes the data
+    set to a new file as the PDVs arrive, fdatasyncs it and fsyncs the directory, then answers
+    Success; nothing is parsed or indexed. ``storescu`` into it is the least time a C-STORE SCP
+    that acknowledges only durable instances can take here, as ``floor.c`` is for STOW-RS."""
+
+    name = "cstore-floor"
+    ae_title = "FLOOR"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None if shutil.which("gcc") or shutil.which("cc") else "no C compiler to build benchmarks/cstore_floor.c"
+
+    def start(self, files: list[Path]) -> None:
+        if files:
+            raise PeerUnavailable("the C-STORE floor keeps no index: it cannot be loaded")
+        binary = build_c("cstore_floor.c", self.workdir)
+        self.files = self.workdir / "files"
+        self.files.mkdir(exist_ok=True)
+        self.proc = spawn([str(binary), str(self.files)], log=self.log, cwd=self.workdir)
+        line = self.proc.stdout.readline()
+        if not line.startswith("port "):
+            self.stop()
+            raise PeerUnavailable(f"cstore_floor did not start: {self.log_tail(600)}")
+        self.port = int(line.split()[1])
+
+    def instance_count(self) -> int:
+        """Data sets it flushed and acknowledged: one file each (an aborted one would leave a
+        file too; the benchmark's storescu runs abort none, and a failed run is reported)."""
+        return sum(1 for _ in self.files.iterdir())
 
 
 PEERS: dict[str, type[Peer]] = {p.name: p for p in (DicomaccelPeer, DcmqrscpPeer, PynetdicomPeer)}

@@ -19,11 +19,14 @@ SECTIONS = (("ingest", "Ingest"), ("retrieve", "Retrieve (C-GET)"), ("move", "Re
             ("latency", "Time to one instance: FRAME level against the whole instance"),
             ("wado", "Retrieve (WADO-RS)"), ("requests", "Requests: WADO-RS frames, C-FIND, QIDO-RS"),
             ("embed", "Embedded in a pynetdicom AE: dicomaccel's handlers, the usual ones, pynetdicom's floor"))
-PEER_ORDER = ("dicomaccel", "dicomaccel-pg", "orthanc", "dcmqrscp", "pynetdicom", "storescp-ignore")
+PEER_ORDER = ("dicomaccel", "dicomaccel-pg", "orthanc", "dcmqrscp", "pynetdicom", "cstore-floor", "storescp-ignore")
 OURS = ("dicomaccel", "dicomaccel-pg")  # never "another peer" in a ratio
-# Receivers that bound a workload from the client's side (benchmarks.run.CEILINGS), as the
-# tables name them: rows like a peer's, but never a peer in a ratio.
-CEILINGS = {"storescp-ignore": "storescp --ignore (ceiling: discards)"}
+# Receivers that bound a workload (benchmarks.run.CEILINGS), as the tables name them: rows like
+# a peer's, but never a peer in a ratio; and what the limits call them.
+CEILINGS = {"storescp-ignore": "storescp --ignore (ceiling: discards)",
+            "cstore-floor": "cstore_floor.c (durable floor: write, fdatasync, directory fsync)"}
+CEILING_NAMES = {"storescp-ignore": "storescu into storescp --ignore",
+                 "cstore-floor": "the durable C-STORE floor"}
 CEILING_SHARES = ("dicomaccel", "dcmqrscp")  # the C-STORE rows the limits give as a share of it
 SHORT = {"ct": "CT", "multiframe": "multi-frame", "j2k": "JPEG 2000", "pydicom-data": "pydicom-data",
          "large": "large", "archive": "archive", "qido-shared": "QIDO-RS", "qido-index": "QIDO-RS"}
@@ -465,12 +468,15 @@ def _page_reporting(data: dict) -> list[str]:
 def _limits(data: dict) -> list[str]:
     """The disk and loopback limits measured before the workloads, and the multi-frame STOW-RS
     rate of dicomaccel as a share of the sequential write bandwidth; the C-STORE rates of
-    :data:`CEILING_SHARES` as a share of storescu's into storescp --ignore, measured beside them."""
+    :data:`CEILING_SHARES` as a share of each receiver of :data:`CEILINGS` measured beside them
+    (storescu into storescp --ignore, into the durable floor)."""
     lim = data.get("limits")
     if not lim:
         return []
-    ceiling = {(r["label"], r["method"]): s["rate"] for r in data["rows"]
-               if r["section"] == "ingest" and r["peer"] in CEILINGS and (s := summary(r))}
+    ceiling: dict[tuple[str, str], dict[str, float]] = {}
+    for r in data["rows"]:
+        if r["section"] == "ingest" and r["peer"] in CEILINGS and (s := summary(r)) and s["rate"]:
+            ceiling.setdefault((r["label"], r["method"]), {})[r["peer"]] = s["rate"]
     files = lim["files_per_s"]
     out = ["## Limits of this machine, measured in the same run", "",
            f"In the file system of the servers' work directory ({lim['filesystem']}), before the workloads.", "",
@@ -508,9 +514,11 @@ def _limits(data: dict) -> list[str]:
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} server CPU {fig(s['server_cpu'])} "
                        f"ms/sub-operation = {s['server_cpu'] / lim['send_cpu_ms']['framed']:.1f}x the "
                        f"framed send's.")
-        if s and row["peer"] in CEILING_SHARES and (top := ceiling.get((row["label"], row["method"]))):
-            out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
-                       f"{s['rate'] / top:.0%} of storescu into storescp --ignore.")
+        if s and row["peer"] in CEILING_SHARES:
+            for name, top in sorted(ceiling.get((row["label"], row["method"]), {}).items(),
+                                    key=lambda item: _peer_rank(item[0])):
+                out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
+                           f"{s['rate'] / top:.0%} of {CEILING_NAMES[name]}.")
         if s and row["peer"] == "dicomaccel" and row["corpus"] == "multiframe" and row["method"].startswith("STOW"):
             out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['seq_write_mbps']:.0%} of sequential write + fdatasync.")
@@ -627,6 +635,12 @@ METHOD_NOTES = [
     "Success: what storescu can push into a receiver that does the least, on this machine. Its "
     "*accepted* is the requests storescp logged as received, less those it logged as failed. It is "
     "never the best peer of a ratio; the limits give the servers' C-STORE rates as a share of it.",
+    "- C-STORE durable floor: the same storescu runs into `benchmarks/cstore_floor.c` (one thread per "
+    "association, 131072-byte PDUs), which writes each data set to a new file as its PDVs arrive, "
+    "fdatasyncs it and fsyncs the directory, then answers Success: the least a C-STORE SCP that "
+    "answers only durable instances can do here (storescu waits for each answer, so on one "
+    "association every instance waits for its own flush). Its *accepted* is the files it holds. "
+    "Like the ceiling, never a peer in a ratio; the limits give the C-STORE rates as a share of it.",
     "- Retrieve: one Study Root C-GET of the whole corpus. `getscu --ignore` is timed from its log "
     "(C-GET request to final response; first instance when its first C-STORE response is sent); the "
     "pynetdicom SCU from `send_c_get` to the final response, counting data sets without decoding them. "

@@ -47,7 +47,11 @@ Workloads (clients in :mod:`benchmarks.clients`):
   (not in ``--peers``, never loaded for retrieval, never the "best peer" of the report) and
   comes by itself whenever ``cstore`` runs with DCMTK ``storescp`` installed, inside the
   loopback-only namespace: storescp binds every interface as dcmqrscp does, so a run without
-  orthanc or dcmqrscp, which stays outside it, lists the ceiling as skipped;
+  orthanc or dcmqrscp, which stays outside it, lists the ceiling as skipped. Its durable floor
+  comes the same way, with a C compiler: the same ``storescu`` into ``benchmarks/cstore_floor.c``,
+  which writes each data set to a file, fdatasyncs it and fsyncs its directory before answering
+  (what a server that acknowledges durable instances cannot do without; on one association
+  storescu waits for each answer, so the flush is on every instance's path);
 - ``cget``: Study Root C-GET at ``--levels`` (STUDY, SERIES) received (``--clients``) by
   ``getscu --ignore``, by a pynetdicom SCU that does not decode what it receives and by
   ``drain``, a raw socket SCU that discards the data sets unparsed;
@@ -156,6 +160,7 @@ from benchmarks.machine import (core_busy, core_times, harness_cpu_s, limits, lo
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
     REPO,
+    CStoreFloorPeer,
     DcmqrscpPeer,
     DicomaccelPeer,
     Peer,
@@ -220,9 +225,9 @@ STOW_PEERS = {"dicomaccel": (IngestDicomaccel, "/dicomweb/studies"), "orthanc": 
 CSTORE_PEERS = ("dicomaccel", "orthanc", "dcmqrscp")
 # The cstore workload's client-bound ceiling (see the module docstring): measured beside
 # CSTORE_PEERS whenever that workload runs; never chosen with --peers, never in ``available``.
-CEILINGS: dict[str, type[Peer]] = {StorescpIgnorePeer.name: StorescpIgnorePeer}
+CEILINGS: dict[str, type[Peer]] = {StorescpIgnorePeer.name: StorescpIgnorePeer, CStoreFloorPeer.name: CStoreFloorPeer}
 INGEST_ONLY = ("dicomaccel-pg",)  # peers of the stow workload alone, never loaded for retrieval
-NEEDS_NETNS = ("orthanc", "dcmqrscp", *CEILINGS)  # cannot bind to 127.0.0.1 only
+NEEDS_NETNS = ("orthanc", "dcmqrscp", StorescpIgnorePeer.name)  # cannot bind to 127.0.0.1 only
 WORKLOADS = ("stow", "cstore", "cget", "frame", "large-upload", "wado-frame", "wado-study", "qido", "cfind",
              "embed", "cmove")
 # The four DICOMweb and C-FIND workloads are asked for by name (--workloads): with them the

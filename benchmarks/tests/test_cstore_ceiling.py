@@ -1,9 +1,11 @@
-"""The cstore workload's ceiling, storescu into DCMTK ``storescp --ignore``: how the runner plans
-it, how the report shows it (a row like a peer's, never the best peer, the servers' C-STORE rates
-as a share of it) and, with DCMTK installed, the receiver itself counting what storescu sent."""
+"""The cstore workload's ceiling, storescu into DCMTK ``storescp --ignore``, and its durable floor,
+storescu into ``benchmarks/cstore_floor.c``: how the runner plans them, how the report shows them
+(rows like a peer's, never the best peer, the servers' C-STORE rates as a share of each) and,
+with DCMTK installed, the receivers themselves taking what storescu sent."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from benchmarks import report, run
 from benchmarks.clients import DCMTK_LOG_CONFIG, storescu
 from benchmarks.corpus import Corpus
-from benchmarks.peers import PeerUnavailable, StorescpIgnorePeer, dcmtk_program
+from benchmarks.peers import CStoreFloorPeer, PeerUnavailable, StorescpIgnorePeer, dcmtk_program
 
 ONE = "C-STORE storescu, 1 association"
 FOUR = "C-STORE storescu, 4 associations at once"
@@ -44,6 +46,19 @@ def test_limits_give_dicomaccel_and_dcmqrscp_as_a_share_of_the_ceiling():
         "storescp --ignore.",
         "- CT, C-STORE storescu, 4 associations at once: dcmqrscp 500 inst/s = 25% of storescu into "
         "storescp --ignore."]
+
+
+def test_limits_give_the_c_store_rates_as_a_share_of_the_durable_floor_too():
+    data = {"limits": LIMITS, "rows": [
+        row("dicomaccel", ONE, [0.5, 0.4, 0.5]), row("dcmqrscp", ONE, [0.25]),
+        row("cstore-floor", ONE, [0.3, 0.32, 0.34]), row("storescp-ignore", ONE, [0.1])]}
+    bullets = [line for line in report._limits(data) if line.startswith("- CT")]
+    assert bullets == [
+        "- CT, C-STORE storescu, 1 association: dicomaccel 400 inst/s = 64% of the durable C-STORE floor.",
+        "- CT, C-STORE storescu, 1 association: dicomaccel 400 inst/s = 20% of storescu into storescp --ignore.",
+        "- CT, C-STORE storescu, 1 association: dcmqrscp 800 inst/s = 128% of the durable C-STORE floor.",
+        "- CT, C-STORE storescu, 1 association: dcmqrscp 800 inst/s = 40% of storescu into storescp --ignore."]
+    assert "cstore_floor.c (durable floor: write, fdatasync, directory fsync)" in "\n".join(report._table(data, "ingest"))
 
 
 def test_a_failed_ceiling_gives_no_share():
@@ -82,13 +97,14 @@ def test_the_ceiling_comes_with_every_cstore_method_and_never_with_another_workl
         run.parser().parse_args(["--peers", "storescp-ignore"])
 
 
-def test_the_ceiling_needs_the_loopback_namespace_like_dcmqrscp(capsys):
+def test_the_ceiling_needs_the_loopback_namespace_like_dcmqrscp_and_the_floor_does_not(capsys):
     data = {"netns": False, "skipped": {}}
-    assert run.available_peers(list(run.CEILINGS), data) == []
+    floor = ["cstore-floor"] if shutil.which("gcc") or shutil.which("cc") else []
+    assert run.available_peers(list(run.CEILINGS), data) == floor  # it binds 127.0.0.1 alone
     assert "network namespace" in data["skipped"]["storescp-ignore"]
     assert "orthanc or dcmqrscp among --peers" in data["skipped"]["storescp-ignore"]
     if dcmtk_program("storescp"):
-        assert run.available_peers(list(run.CEILINGS), {"netns": True, "skipped": {}}) == ["storescp-ignore"]
+        assert run.available_peers(list(run.CEILINGS), {"netns": True, "skipped": {}}) == ["storescp-ignore", *floor]
 
 
 def test_its_count_is_what_it_logged_received_less_what_failed(tmp_path):
@@ -119,3 +135,34 @@ def test_storescp_ignore_acknowledges_what_storescu_sends(tmp_path):
         proc = peer.proc
     assert peer.proc is None and proc.poll() is not None
     assert proc.stdout.read() == ""  # no progress dots: nothing written per PDU
+
+
+@pytest.mark.skipif(dcmtk_program("storescu") is None or CStoreFloorPeer.unavailable() is not None,
+                    reason="DCMTK storescu or a C compiler is missing")
+def test_the_durable_floor_flushes_what_storescu_sends_and_answers_each(tmp_path):
+    # Explicit VR Little Endian files, sent in that syntax (the floor accepts the first one
+    # proposed; storescu would convert for another).
+    files = [Path(pydicom.data.get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm")]
+    corpus = Corpus("ct", "CT", files)
+    log_config = tmp_path / "dcmtk-log.cfg"
+    log_config.write_text(DCMTK_LOG_CONFIG)
+    with CStoreFloorPeer(tmp_path) as peer:
+        with pytest.raises(PeerUnavailable):
+            peer.start(files)  # it keeps no index, so it cannot be loaded
+        peer.start([])
+        seconds, first = storescu(peer, corpus, log_config, associations=2)
+        assert 0 < first <= seconds
+        assert peer.instance_count() == 3
+        # Each file holds one whole data set as sent (storescu re-encodes: without the group
+        # lengths some of these files have, so compared by content, not bytes).
+        kept = {ds.SOPInstanceUID: ds for ds in map(_data_set, peer.files.iterdir())}
+        sent = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
+        assert kept.keys() == sent.keys()
+        for uid, ds in sent.items():
+            assert kept[uid].PixelData == ds.PixelData and kept[uid].PatientName == ds.PatientName
+
+
+def _data_set(path: Path) -> pydicom.Dataset:
+    """A file of the floor's: an Explicit VR Little Endian data set, no File Meta Information."""
+    with open(path, "rb") as f:
+        return pydicom.filereader.read_dataset(f, is_implicit_VR=False, is_little_endian=True)
