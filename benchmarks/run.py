@@ -61,7 +61,8 @@ Workloads (clients in :mod:`benchmarks.clients`):
   ten frames of the first instance of each multi-frame corpus; every peer fetches that whole
   instance at IMAGE level with the raw SCU, the baseline a server without FRAME level leaves;
 - ``large-upload``: one ``--large-size`` instance streamed in one STOW-RS request with chunked
-  transfer coding, into a fresh server: time and peak memory.
+  transfer coding, into a fresh server: time and peak memory; with ``cstore`` too, the same
+  instance by storescu over one association (and into its ceiling and floor).
 
 Asked for by name (not in the default ``--workloads``), on the servers loaded for retrieval:
 
@@ -504,6 +505,24 @@ def ingest_configs(n: int, batches: list[int], clients: list[int]) -> list[tuple
     return out
 
 
+def cstore_methods(args, corpus: Corpus, available: list[str], log_config: Path, ceilings: list[str],
+                   associations) -> list[Method]:
+    """The cstore workload's methods for ``corpus``, one per number of ``associations``, with the
+    ``ceilings`` beside the peers; none without the workload, a C-STORE peer or storescu."""
+    cstore_peers = [p for p in available if p in CSTORE_PEERS]
+    if "cstore" not in args.workloads or not cstore_peers or not dcmtk_program("storescu"):
+        return []
+    n = len(storescu_groups(corpus))
+    out = []
+    for k in associations:
+        label = (f"C-STORE storescu, {n} association{'s' if n > 1 else ''}" if k == 1 else
+                 f"C-STORE storescu, {k} associations at once" + (f", {n} groups in turn" if n > 1 else ""))
+        # The ceilings last in each round, with the same storescu invocation.
+        out.append(Method("ingest", corpus, label, cstore_peers + ceilings,
+                          lambda peer, corpus=corpus, k=k: cstore_run(peer, corpus, log_config, k), fresh=True))
+    return out
+
+
 def plan(args, corpora: list[Corpus], available: list[str], log_config: Path,
          ceilings: list[str]) -> tuple[list[Method], list[Method]]:
     """The ingest methods (fresh servers) and the retrieve methods (loaded servers); the
@@ -516,6 +535,8 @@ def plan(args, corpora: list[Corpus], available: list[str], log_config: Path,
                 ingest.append(Method("ingest", corpus, "STOW-RS 1 instance streamed (chunked)", stow_peers,
                                      lambda peer, corpus=corpus: large_upload_run(
                                          peer.http_port, STOW_PEERS[peer.name][1], corpus.files[0]), fresh=True))
+                # The same instance over C-STORE (with cstore): what its peak RSS is for.
+                ingest += cstore_methods(args, corpus, available, log_config, ceilings, (1,))
             continue
         if "stow" in args.workloads and stow_peers:
             for batch, clients in ingest_configs(len(corpus.files), args.stow_batch, args.stow_clients):
@@ -528,16 +549,7 @@ def plan(args, corpora: list[Corpus], available: list[str], log_config: Path,
                     return stow_run(peer.http_port, STOW_PEERS[peer.name][1], cache["bodies"], clients)
                 label = f"STOW-RS {batch}/request, {clients} client{'s' if clients > 1 else ''}"
                 ingest.append(Method("ingest", corpus, label, stow_peers, run, fresh=True))
-        cstore_peers = [p for p in available if p in CSTORE_PEERS]
-        if "cstore" in args.workloads and cstore_peers and dcmtk_program("storescu"):
-            n = len(storescu_groups(corpus))
-            for k in args.cstore_associations:
-                label = (f"C-STORE storescu, {n} association{'s' if n > 1 else ''}" if k == 1 else
-                         f"C-STORE storescu, {k} associations at once" + (f", {n} groups in turn" if n > 1 else ""))
-                # The ceiling last in each round, with the same storescu invocation.
-                ingest.append(Method("ingest", corpus, label, cstore_peers + ceilings,
-                                     lambda peer, corpus=corpus, k=k: cstore_run(peer, corpus, log_config, k),
-                                     fresh=True))
+        ingest += cstore_methods(args, corpus, available, log_config, ceilings, args.cstore_associations)
         if not corpus.retrievable or "cget" not in args.workloads:
             continue
         for level in args.levels:

@@ -65,6 +65,8 @@ def test_every_workload_has_a_measured_row_for_dicomaccel(run):
             for client in clients:
                 assert (corpus, f"C-GET {level}, {client}") in methods
     assert ("large", "STOW-RS 1 instance streamed (chunked)") in methods
+    if dcmtk_program("storescu"):
+        assert ("large", "C-STORE storescu, 1 association") in methods
     for row in data["rows"]:
         # and, beside the C-STORE rows, the durable floor (a C program: it needs no namespace)
         assert row["peer"] == "dicomaccel" or (row["peer"] == "cstore-floor" and row["method"].startswith("C-STORE"))

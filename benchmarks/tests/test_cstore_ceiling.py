@@ -97,6 +97,20 @@ def test_the_ceiling_comes_with_every_cstore_method_and_never_with_another_workl
         run.parser().parse_args(["--peers", "storescp-ignore"])
 
 
+def test_the_large_instance_goes_by_c_store_too_over_one_association():
+    if dcmtk_program("storescu") is None:
+        pytest.skip("DCMTK storescu is not installed")
+    large = Corpus("large", "large", [Path("large.dcm")], study_uid="1.2", series_uid="1.2.3")
+    args = run.parser().parse_args(["--workloads", "large-upload,cstore", "--cstore-associations", "1,4"])
+    ingest, _ = run.plan(args, [large], ["dicomaccel", "dcmqrscp"], Path("log.cfg"), ["cstore-floor"])
+    assert [(m.label, m.peers) for m in ingest] == [
+        ("STOW-RS 1 instance streamed (chunked)", ["dicomaccel"]),
+        (ONE, ["dicomaccel", "dcmqrscp", "cstore-floor"])]
+    args = run.parser().parse_args(["--workloads", "large-upload"])
+    ingest, _ = run.plan(args, [large], ["dicomaccel", "dcmqrscp"], Path("log.cfg"), [])
+    assert [m.label for m in ingest] == ["STOW-RS 1 instance streamed (chunked)"]
+
+
 def test_the_ceiling_needs_the_loopback_namespace_like_dcmqrscp_and_the_floor_does_not(capsys):
     data = {"netns": False, "skipped": {}}
     floor = ["cstore-floor"] if shutil.which("gcc") or shutil.which("cc") else []
