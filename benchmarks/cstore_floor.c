@@ -4,9 +4,12 @@
  * One thread per association. The upper layer (PS3.8 §9.3): an A-ASSOCIATE-AC accepting every
  * presentation context with the first transfer syntax proposed; P-DATA-TF PDVs; A-RELEASE-RP;
  * an A-ABORT or a closed connection ends the association. Per C-STORE-RQ (PS3.7 §9.3.1): the
- * command set's PDVs are kept, the data set's written to a new file as they arrive; after the
- * last fragment, fdatasync the file and fsync its directory (so the name is durable too), then
- * answer a C-STORE-RSP with Status 0000. A C-ECHO-RQ gets its C-ECHO-RSP. No parsing of the data
+ * command set's PDVs are kept, the data set's written to a new file as they arrive, each write
+ * followed by sync_file_range(SYNC_FILE_RANGE_WRITE) so the disk takes the data while the rest
+ * arrives (without it, a 100 MB instance waits for all of its writeback at the end, and the
+ * floor would be slower than a server that starts it early); after the last fragment,
+ * fdatasync the file and fsync its directory (so the name is durable too), then answer a
+ * C-STORE-RSP with Status 0000. A C-ECHO-RQ gets its C-ECHO-RSP. No parsing of the data
  * set, no index, no batching: what benchmarks/floor.c is to STOW-RS. The benchmark runner
  * compiles it and measures storescu into it beside the servers (benchmarks/peers.py
  * CStoreFloorPeer).
@@ -163,6 +166,7 @@ static int respond(int s, const uint8_t *cmd, size_t n, uint8_t pc) {
 
 static void *serve(void *arg) {
     int s = (int)(long)arg, fd = -1;
+    off_t written = 0;
     uint8_t head[6], *body = malloc(MAX_PDU > MAX_RQ ? MAX_PDU : MAX_RQ), *ac = malloc(MAX_RQ + 256), cmd[4096];
     size_t cmd_len = 0;
     int cmd_done = 0;
@@ -208,8 +212,11 @@ static void *serve(void *arg) {
                     snprintf(name, sizeof name, "%ld.dcm", atomic_fetch_add(&counter, 1));
                     fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL, 0600);
                     if (fd < 0) { perror("create"); goto done; }
+                    written = 0;
                 }
                 if (write_all(fd, frag, frag_len)) { perror("write"); goto done; }
+                sync_file_range(fd, written, (off_t)frag_len, SYNC_FILE_RANGE_WRITE);
+                written += (off_t)frag_len;
                 if (mch & 2) {
                     if (fdatasync(fd) || close(fd) || fsync(dir_fd)) { perror("flush"); fd = -1; goto done; }
                     fd = -1;

@@ -520,7 +520,8 @@ class StorescpIgnorePeer(Peer):
 
 class CStoreFloorPeer(Peer):
     """``benchmarks/cstore_floor.c`` on an ephemeral 127.0.0.1 port: per C-STORE it writes the data
-    set to a new file as the PDVs arrive, fdatasyncs it and fsyncs the directory, then answers
+    set to a new file as the PDVs arrive (starting their writeback at once), fdatasyncs it and
+    fsyncs the directory, then answers
     Success; nothing is parsed or indexed. ``storescu`` into it is the least time a C-STORE SCP
     that acknowledges only durable instances can take here, as ``floor.c`` is for STOW-RS."""
 

@@ -636,8 +636,9 @@ METHOD_NOTES = [
     "*accepted* is the requests storescp logged as received, less those it logged as failed. It is "
     "never the best peer of a ratio; the limits give the servers' C-STORE rates as a share of it.",
     "- C-STORE durable floor: the same storescu runs into `benchmarks/cstore_floor.c` (one thread per "
-    "association, 131072-byte PDUs), which writes each data set to a new file as its PDVs arrive, "
-    "fdatasyncs it and fsyncs the directory, then answers Success: the least a C-STORE SCP that "
+    "association, 131072-byte PDUs), which writes each data set to a new file as its PDVs arrive "
+    "(starting each write's writeback at once, sync_file_range), fdatasyncs it and fsyncs the "
+    "directory, then answers Success: the least a C-STORE SCP that "
     "answers only durable instances can do here (storescu waits for each answer, so on one "
     "association every instance waits for its own flush). Its *accepted* is the files it holds. "
     "Like the ceiling, never a peer in a ratio; the limits give the C-STORE rates as a share of it.",
