@@ -514,7 +514,7 @@ def _limits(data: dict) -> list[str]:
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} server CPU {fig(s['server_cpu'])} "
                        f"ms/sub-operation = {s['server_cpu'] / lim['send_cpu_ms']['framed']:.1f}x the "
                        f"framed send's.")
-        if s and row["peer"] in CEILING_SHARES:
+        if s and s["rate"] and row["peer"] in CEILING_SHARES:  # none stored: no share to give
             for name, top in sorted(ceiling.get((row["label"], row["method"]), {}).items(),
                                     key=lambda item: _peer_rank(item[0])):
                 out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "

@@ -51,7 +51,10 @@ def test_limits_give_dicomaccel_and_dcmqrscp_as_a_share_of_the_ceiling():
 def test_limits_give_the_c_store_rates_as_a_share_of_the_durable_floor_too():
     data = {"limits": LIMITS, "rows": [
         row("dicomaccel", ONE, [0.5, 0.4, 0.5]), row("dcmqrscp", ONE, [0.25]),
-        row("cstore-floor", ONE, [0.3, 0.32, 0.34]), row("storescp-ignore", ONE, [0.1])]}
+        row("cstore-floor", ONE, [0.3, 0.32, 0.34]), row("storescp-ignore", ONE, [0.1]),
+        dict(row("dcmqrscp", FOUR, [0.4]), runs=[{"seconds": 0.4, "bytes": 10**8, "peak_mib": 20, "accepted": 0,
+                                                 "server_cpu_s": 0.1}]),  # kept none: no share
+        row("cstore-floor", FOUR, [0.2])]}
     bullets = [line for line in report._limits(data) if line.startswith("- CT")]
     assert bullets == [
         "- CT, C-STORE storescu, 1 association: dicomaccel 400 inst/s = 64% of the durable C-STORE floor.",
