@@ -16,43 +16,17 @@
  *
  * usage: cstore_floor DIRECTORY   (listens on 127.0.0.1, ephemeral port; prints "port N")
  */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "floor_server.h"
 
 #define MAX_PDU 131072 /* the Maximum Length we announce: the same as the storescp --ignore ceiling */
 #define MAX_RQ 65536   /* the largest A-ASSOCIATE-RQ we read: storescu proposing every storage class fits */
 #define IMPLEMENTATION_CLASS_UID "2.25.329800735698586629295641978511506172918" /* PS3.5 B.2 UUID-derived */
-
-static int dir_fd;
-static atomic_long counter;
 
 static int read_all(int fd, uint8_t *p, size_t n) {
     while (n) {
         ssize_t k = read(fd, p, n);
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) return -1;
-        p += k; n -= (size_t)k;
-    }
-    return 0;
-}
-
-static int write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0) { if (errno == EINTR) continue; return -1; }
         p += k; n -= (size_t)k;
     }
     return 0;
@@ -236,23 +210,5 @@ done:
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) { fprintf(stderr, "usage: cstore_floor DIRECTORY\n"); return 2; }
-    dir_fd = open(argv[1], O_RDONLY | O_DIRECTORY);
-    if (dir_fd < 0) { perror(argv[1]); return 1; }
-    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 128) ||
-        getsockname(ls, (struct sockaddr *)&a, &alen)) { perror("listen"); return 1; }
-    printf("port %d\n", ntohs(a.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int s = accept(ls, NULL, NULL);
-        if (s < 0) continue;
-        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        pthread_t t;
-        pthread_create(&t, NULL, serve, (void *)(long)s);
-        pthread_detach(t);
-    }
+    return serve_forever(argc, argv, "cstore_floor", serve);
 }

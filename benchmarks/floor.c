@@ -8,37 +8,12 @@
  *
  * usage: floor DIRECTORY   (listens on 127.0.0.1, ephemeral port; prints "port N")
  */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "floor_server.h"
 
-static const char *dir;
-static int dir_fd;
-static atomic_long counter;
+#include <strings.h>
 
 static const char RESPONSE[] =
     "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\n\r\n{}";
-
-static int write_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0) { if (errno == EINTR) continue; return -1; }
-        p += k; n -= (size_t)k;
-    }
-    return 0;
-}
 
 static void *serve(void *arg) {
     int s = (int)(long)arg;
@@ -83,24 +58,5 @@ done:
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) { fprintf(stderr, "usage: floor DIRECTORY\n"); return 2; }
-    dir = argv[1];
-    dir_fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dir_fd < 0) { perror(dir); return 1; }
-    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 128) ||
-        getsockname(ls, (struct sockaddr *)&a, &alen)) { perror("listen"); return 1; }
-    printf("port %d\n", ntohs(a.sin_port));
-    fflush(stdout);
-    for (;;) {
-        int s = accept(ls, NULL, NULL);
-        if (s < 0) continue;
-        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        pthread_t t;
-        pthread_create(&t, NULL, serve, (void *)(long)s);
-        pthread_detach(t);
-    }
+    return serve_forever(argc, argv, "floor", serve);
 }

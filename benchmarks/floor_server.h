@@ -1,0 +1,60 @@
+/* What the two floor servers (floor.c for STOW-RS, cstore_floor.c for C-STORE) share: the
+ * data directory, writing all of a buffer, and a thread per connection on an ephemeral
+ * 127.0.0.1 port. Included first by each; the benchmark runner compiles each as one file. */
+#ifndef FLOOR_SERVER_H
+#define FLOOR_SERVER_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* first, before any system header: memmem, sync_file_range */
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int dir_fd;            /* the directory the stored files go to */
+static atomic_long counter;   /* names them: 0.dcm, 1.dcm, ... */
+
+static int write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0) { if (errno == EINTR) continue; return -1; }
+        p += k; n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Open DIRECTORY (argv[1]), listen on 127.0.0.1 (ephemeral port, printed as "port N"), and
+ * run serve(socket) on a thread of its own for every connection, TCP_NODELAY on. */
+static int serve_forever(int argc, char **argv, const char *name, void *(*serve)(void *)) {
+    if (argc != 2) { fprintf(stderr, "usage: %s DIRECTORY\n", name); return 2; }
+    dir_fd = open(argv[1], O_RDONLY | O_DIRECTORY);
+    if (dir_fd < 0) { perror(argv[1]); return 1; }
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 128) ||
+        getsockname(ls, (struct sockaddr *)&a, &alen)) { perror("listen"); return 1; }
+    printf("port %d\n", ntohs(a.sin_port));
+    fflush(stdout);
+    for (;;) {
+        int s = accept(ls, NULL, NULL);
+        if (s < 0) continue;
+        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        pthread_t t;
+        pthread_create(&t, NULL, serve, (void *)(long)s);
+        pthread_detach(t);
+    }
+}
+
+#endif
