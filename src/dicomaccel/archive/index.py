@@ -893,9 +893,14 @@ def _refusal(exc: Exception):
     return _out_of_space(exc)
 
 
+_SQLITE_FULL = 13  # sqlite3.h's result code; Python has sqlite3.SQLITE_FULL from 3.11 on
+
+
 def _out_of_space(exc: Exception) -> Exception:
     """SQLITE_FULL (the index's file system is full, so the WAL cannot grow) as the ENOSPC it
     is: the store is refused for storage space (A710), as when its own file cannot be written."""
-    if isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+    if isinstance(exc, sqlite3.OperationalError) and (
+            getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL  # Python 3.11 and later
+            or str(exc) == "database or disk is full"):  # SQLite's message for it: Python 3.10
         return OSError(errno.ENOSPC, f"the index: {exc}")
     return exc
