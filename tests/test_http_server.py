@@ -508,3 +508,35 @@ def test_bodies_of_known_length_go_past_the_parser_and_arrive_whole(monkeypatch,
     assert types == ({bytes, memoryview} if body_views else {bytes})
     # Later reads never wrote over a view handed on, and the application cannot write to one.
     assert all(view.readonly and view.tobytes() == then for view, then in views)
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+def test_an_app_failing_after_the_response_start_gets_a_500_not_a_cut_response(loop_name):
+    """The response head waits for the first body bytes (one write for head and body), so an
+    application that fails between the two has sent nothing yet: the client gets a whole 500,
+    not a head promising 5 bytes and a closed connection."""
+    import asyncio
+
+    import uvloop
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/ok":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+            await send({"type": "http.response.body", "body": b"hello"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        raise RuntimeError("failed before the body")
+
+    port, stop, _ = _serve_in_thread(app, uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/ok")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"hello")
+        conn.request("GET", "/fails")  # the same keep-alive connection
+        resp = conn.getresponse()
+        assert resp.status == 500 and resp.read().startswith(b"Internal server error")
+        assert resp.getheader("connection") == "close"
+        conn.close()
+    finally:
+        stop()

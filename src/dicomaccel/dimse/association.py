@@ -20,11 +20,11 @@ import asyncio
 import itertools
 import logging
 import socket
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from dicomaccel._compat import WRITELINES_SAFE
 from dicomaccel.errors import ParseError
 from dicomaccel.logs import access
 from dicomaccel.status import Status, status_category
@@ -42,12 +42,6 @@ from .stream import DataSetStream
 
 logger = logging.getLogger("dicomaccel.dimse")
 
-# CVE-2024-12254: CPython 3.12 before 3.12.9 and 3.13 before 3.13.2 have a selector-transport
-# writelines() that can exhaust memory; join the batch there instead (aiohttp does the same).
-# uvloop's own transport is unaffected, but the protocol also runs on the stdlib loop.
-_WRITELINES_SAFE = not (
-    (3, 12) <= sys.version_info[:3] < (3, 12, 9) or (3, 13) <= sys.version_info[:3] < (3, 13, 2)
-)
 # Bytes handed to the transport per writelines() call before flow control is consulted; a
 # few hundred KiB amortise the call while the write buffer limits bound memory.
 _WRITE_BATCH = 256 * 1024
@@ -689,7 +683,7 @@ class DIMSEProtocol(asyncio.BufferedProtocol):
             # The transport lost the connection; connection_lost (Evt17) is on its way.
             raise AssociationClosedError("connection closed")
         self._last_activity = self._loop.time()
-        if _WRITELINES_SAFE:
+        if WRITELINES_SAFE:
             self._transport.writelines(parts)
         else:
             self._transport.write(b"".join(parts))
