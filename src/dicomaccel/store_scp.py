@@ -4,9 +4,8 @@ the same policy, as STOW-RS.
 The upper layer hands a C-STORE-RQ up as soon as its command set is complete; its data set
 follows as a :class:`~dicomaccel.dimse.stream.DataSetStream` of PDV payloads (read-only
 views of the buffers the kernel read them into, never reused, so they are fed without a
-copy). The
-instance becomes a PS3.10 file as it arrives: a File Meta Information group built from the
-command (Affected SOP Class and Instance UID, PS3.7 §9.1.1.1) and the presentation context's
+copy). The instance becomes a PS3.10 file as it arrives: a File Meta Information group built
+from the command (Affected SOP Class and Instance UID, PS3.7 §9.1.1.1) and the presentation context's
 transfer syntax (PS3.10 §7.1), then the data set exactly as received, both fed to
 :meth:`Archive.begin`'s :class:`~dicomaccel.archive.IncomingInstance` (writer threads write
 each MiB; nothing is held whole). The C-STORE-RSP is sent once the instance is durable

@@ -99,6 +99,9 @@ class SmallFilesystem:
     """
 
     def __init__(self, directory: Path, size: int) -> None:
+        missing = [tool for tool in ("unshare", "nsenter") if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeError(f"cannot mount a tmpfs in a namespace here: no {' or '.join(missing)} (util-linux)")
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         try:
