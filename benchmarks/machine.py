@@ -31,7 +31,7 @@ import pydicom
 import pynetdicom
 
 from benchmarks.orthanc import version as orthanc_version
-from benchmarks.peers import REPO, build_c, dcmtk_program
+from benchmarks.peers import REPO, build_c, dcmtk_program, floor_page_cache
 
 def _write_file(path: Path, data: bytes, chunk: int, directory: int | None = None) -> None:
     """Write ``data`` to a new file in ``chunk``-byte writes, fdatasync and close it; then fsync
@@ -218,7 +218,8 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
         for attempt in range(runs + 1):
             files = where / f"floor-{n}-{attempt}"
             files.mkdir()
-            proc = subprocess.Popen([str(binary), str(files)], stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([str(binary), str(files), floor_page_cache()], stdout=subprocess.PIPE,
+                                    text=True)
             try:
                 port = int(proc.stdout.readline().split()[1])
                 cpu = process_cpu_s(proc.pid)
