@@ -9,12 +9,12 @@
  * arrives (without it, a 100 MB instance waits for all of its writeback at the end, and the
  * floor would be slower than a server that starts it early); after the last fragment,
  * fdatasync the file and fsync its directory (so the name is durable too), then answer a
- * C-STORE-RSP with Status 0000 (and with "drop" let the file's pages go). A C-ECHO-RQ gets its C-ECHO-RSP. No parsing of the data
+ * C-STORE-RSP with Status 0000. A C-ECHO-RQ gets its C-ECHO-RSP. No parsing of the data
  * set, no index, no batching: what benchmarks/floor.c is to STOW-RS. The benchmark runner
  * compiles it and measures storescu into it beside the servers (benchmarks/peers.py
  * CStoreFloorPeer).
  *
- * usage: cstore_floor DIRECTORY [keep|drop]   (listens on 127.0.0.1, ephemeral port; prints "port N")
+ * usage: cstore_floor DIRECTORY   (listens on 127.0.0.1, ephemeral port; prints "port N")
  */
 #include "floor_server.h"
 
@@ -192,11 +192,9 @@ static void *serve(void *arg) {
                 sync_file_range(fd, written, (off_t)frag_len, SYNC_FILE_RANGE_WRITE);
                 written += (off_t)frag_len;
                 if (mch & 2) {
-                    if (fdatasync(fd) || fsync(dir_fd)) { perror("flush"); goto done; }
-                    int answered = respond(s, cmd, cmd_len, pc);
-                    int closed = release(fd);
+                    if (fdatasync(fd) || close(fd) || fsync(dir_fd)) { perror("flush"); fd = -1; goto done; }
                     fd = -1;
-                    if (answered || closed) goto done;
+                    if (respond(s, cmd, cmd_len, pc)) goto done;
                     cmd_len = 0; cmd_done = 0;
                 }
             }

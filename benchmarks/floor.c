@@ -2,12 +2,11 @@
  *
  * One thread per connection; per request: read the header block, read Content-Length body
  * bytes, write them to a new file, fdatasync it, fsync its directory (so the name is durable
- * too), answer 200 with an empty JSON object (then, with "drop", let the file's pages go). No
- * parsing of the body, no index, no batching.
+ * too), answer 200 with an empty JSON object. No parsing of the body, no index, no batching.
  * The benchmark runner compiles it, points the same STOW-RS clients at it and reports what it
  * reaches as a limit of the machine (benchmarks/machine.py stow_floor).
  *
- * usage: floor DIRECTORY [keep|drop]   (listens on 127.0.0.1, ephemeral port; prints "port N")
+ * usage: floor DIRECTORY   (listens on 127.0.0.1, ephemeral port; prints "port N")
  */
 #include "floor_server.h"
 
@@ -44,13 +43,11 @@ static void *serve(void *arg) {
         char name[64];
         snprintf(name, sizeof name, "%ld.dcm", atomic_fetch_add(&counter, 1));
         int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL, 0600);
-        if (fd < 0 || write_all(fd, buf + head, length) || fdatasync(fd) || fsync(dir_fd)) {
+        if (fd < 0 || write_all(fd, buf + head, length) || fdatasync(fd) || close(fd) || fsync(dir_fd)) {
             perror("store");
-            if (fd >= 0) close(fd);
             goto done;
         }
-        if (write_all(s, RESPONSE, sizeof RESPONSE - 1)) { close(fd); goto done; }
-        if (release(fd)) { perror("close"); goto done; }
+        if (write_all(s, RESPONSE, sizeof RESPONSE - 1)) goto done;
         memmove(buf, buf + head + length, have - head - length);
         have -= head + length;
     }

@@ -22,7 +22,6 @@
 
 static int dir_fd;            /* the directory the stored files go to */
 static atomic_long counter;   /* names them: 0.dcm, 1.dcm, ... */
-static int drop_pages;        /* argv[2] "drop": durable files leave the page cache */
 
 static int write_all(int fd, const void *buf, size_t n) {
     const char *p = buf;
@@ -34,21 +33,10 @@ static int write_all(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-/* Close a stored file once it is durable and answered; with "drop", its pages leave the page
- * cache first, as dicomaccel's --page-cache drop does (the runner passes the same choice). */
-static int release(int fd) {
-    if (drop_pages) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    return close(fd);
-}
-
 /* Open DIRECTORY (argv[1]), listen on 127.0.0.1 (ephemeral port, printed as "port N"), and
  * run serve(socket) on a thread of its own for every connection, TCP_NODELAY on. */
 static int serve_forever(int argc, char **argv, const char *name, void *(*serve)(void *)) {
-    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "drop") && strcmp(argv[2], "keep"))) {
-        fprintf(stderr, "usage: %s DIRECTORY [keep|drop]\n", name);
-        return 2;
-    }
-    drop_pages = argc == 3 && !strcmp(argv[2], "drop");
+    if (argc != 2) { fprintf(stderr, "usage: %s DIRECTORY\n", name); return 2; }
     dir_fd = open(argv[1], O_RDONLY | O_DIRECTORY);
     if (dir_fd < 0) { perror(argv[1]); return 1; }
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;

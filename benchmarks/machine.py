@@ -31,40 +31,36 @@ import pydicom
 import pynetdicom
 
 from benchmarks.orthanc import version as orthanc_version
-from benchmarks.peers import REPO, build_c, dcmtk_program, floor_page_cache
+from benchmarks.peers import REPO, build_c, dcmtk_program
 
-def _write_file(path: Path, data: bytes, chunk: int, directory: int | None = None, drop: bool = False) -> None:
+def _write_file(path: Path, data: bytes, chunk: int, directory: int | None = None) -> None:
     """Write ``data`` to a new file in ``chunk``-byte writes, fdatasync and close it; then fsync
-    ``directory`` (an open descriptor) if given, as a store that makes the new name durable does.
-    ``drop``: its pages leave the page cache once flushed, as the floors' do (floor_page_cache)."""
+    ``directory`` (an open descriptor) if given, as a store that makes the new name durable does."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         for i in range(0, len(view), chunk):
             os.write(fd, view[i:i + chunk])
         os.fdatasync(fd)
-        if drop:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
     if directory is not None:
         os.fsync(directory)
 
 
-def seq_write_mbps(where: Path, total: int = 256 << 20, chunk: int = 8 << 20, reps: int = 3,
-                   drop: bool = False) -> list[float]:
+def seq_write_mbps(where: Path, total: int = 256 << 20, chunk: int = 8 << 20, reps: int = 3) -> list[float]:
     """MB/s of writing ``total`` bytes to one file in ``chunk``-byte writes plus one fdatasync."""
     data, out = os.urandom(chunk) * (total // chunk), []
     for _ in range(reps):
         t = time.perf_counter()
-        _write_file(where / "seq.bin", data, chunk, drop=drop)
+        _write_file(where / "seq.bin", data, chunk)
         out.append(total / (time.perf_counter() - t) / 1e6)
         os.unlink(where / "seq.bin")
     return out
 
 
 def files_per_s(where: Path, size: int, threads: int, dir_sync: bool, seconds: float = 2.0,
-                most: int = 1000, drop: bool = False) -> float:
+                most: int = 1000) -> float:
     """Files/s of ``threads`` threads each writing ``size``-byte files (write, fdatasync, close,
     and with ``dir_sync`` an fsync of the directory) for ``seconds`` or ``most`` files each."""
     directory = where / f"files-{threads}-{int(dir_sync)}"
@@ -76,7 +72,7 @@ def files_per_s(where: Path, size: int, threads: int, dir_sync: bool, seconds: f
     def writer(k: int) -> None:
         deadline = time.perf_counter() + seconds
         while counts[k] < most and time.perf_counter() < deadline:
-            _write_file(directory / f"{k}-{counts[k]}", data, size, dfd if dir_sync else None, drop)
+            _write_file(directory / f"{k}-{counts[k]}", data, size, dfd if dir_sync else None)
             counts[k] += 1
 
     t = time.perf_counter()
@@ -183,16 +179,14 @@ def send_cpu_ms(files: list[Path], pdu: int, rounds: int = 400) -> dict:
 def limits(where: Path, file_size: int, instances: list[Path] | None = None, pdu: int = 16384) -> dict:
     """Disk and loopback limits of this machine in ``where``'s file system (see the report)."""
     print(f"measuring disk and loopback limits in {where} ...", flush=True)
-    # The files' pages go or stay as dicomaccel's and the floors' do here.
-    drop = floor_page_cache() == "drop"
-    seq = seq_write_mbps(where, drop=drop)
+    seq = seq_write_mbps(where)
     # The fastest repetition: a slower one met pages the guest had handed back to its host
     # (see PAGE_REPORTING), which lowers a run but never raises it.
     out = {"filesystem": str(where), "seq_write_mbps": max(seq), "seq_write_runs": seq,
            "file_bytes": file_size,
-           "files_per_s": {str(n): {"write + fdatasync + close": files_per_s(where, file_size, n, False, drop=drop),
+           "files_per_s": {str(n): {"write + fdatasync + close": files_per_s(where, file_size, n, False),
                                     "write + fdatasync + close + directory fsync":
-                                        files_per_s(where, file_size, n, True, drop=drop)}
+                                        files_per_s(where, file_size, n, True)}
                            for n in (1, 4)},
            "tcp_mbps": tcp_mbps()}
     if instances:
@@ -224,8 +218,7 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
         for attempt in range(runs + 1):
             files = where / f"floor-{n}-{attempt}"
             files.mkdir()
-            proc = subprocess.Popen([str(binary), str(files), floor_page_cache()], stdout=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen([str(binary), str(files)], stdout=subprocess.PIPE, text=True)
             try:
                 port = int(proc.stdout.readline().split()[1])
                 cpu = process_cpu_s(proc.pid)

@@ -477,16 +477,6 @@ def build_c(source: str, where: Path) -> Path | None:
     return binary
 
 
-def floor_page_cache() -> str:
-    """What the floors (``floor.c``, ``cstore_floor.c``) do with a stored file's pages once it is
-    durable: what ``dicomaccel serve`` does here by default (``--page-cache auto``), so that a
-    floor stays the least a durable server can do on this machine."""
-    from dicomaccel.archive.store import drops_stored_pages
-    from dicomaccel.config import DEFAULTS
-
-    return "drop" if drops_stored_pages(DEFAULTS.page_cache) else "keep"
-
-
 class StorescpIgnorePeer(Peer):
     """DCMTK's ``storescp --ignore`` on a free port: it receives each data set whole, discards it
     and answers Success, writing nothing. It is the C-STORE receiver that does the least, so
@@ -531,8 +521,8 @@ class StorescpIgnorePeer(Peer):
 class CStoreFloorPeer(Peer):
     """``benchmarks/cstore_floor.c`` on an ephemeral 127.0.0.1 port: per C-STORE it writes the data
     set to a new file as the PDVs arrive (starting their writeback at once), fdatasyncs it and
-    fsyncs the directory, then answers Success (and lets the file's pages go where dicomaccel
-    does, :func:`floor_page_cache`); nothing is parsed or indexed. ``storescu`` into it is the least time a C-STORE SCP
+    fsyncs the directory, then answers
+    Success; nothing is parsed or indexed. ``storescu`` into it is the least time a C-STORE SCP
     that acknowledges only durable instances can take here, as ``floor.c`` is for STOW-RS."""
 
     name = "cstore-floor"
@@ -548,7 +538,7 @@ class CStoreFloorPeer(Peer):
         binary = build_c("cstore_floor.c", self.workdir)
         self.files = self.workdir / "files"
         self.files.mkdir(exist_ok=True)
-        self.proc = spawn([str(binary), str(self.files), floor_page_cache()], log=self.log, cwd=self.workdir)
+        self.proc = spawn([str(binary), str(self.files)], log=self.log, cwd=self.workdir)
         line = self.proc.stdout.readline()
         if not line.startswith("port "):
             self.stop()

@@ -465,19 +465,6 @@ def _page_reporting(data: dict) -> list[str]:
             f"(development VM: 3.6 us per 4 KiB page){during} |"]
 
 
-def _page_cache(data: dict) -> list[str]:
-    """The machine table's row on what dicomaccel (``--page-cache auto``) and the durable floors
-    did with a stored file's pages (runs before this row existed say nothing)."""
-    mode = data.get("page_cache")
-    if mode is None:
-        return []
-    did = ("dropped once durable and answered: this VM hands free memory back to its host, and a "
-           "page the page cache takes from it is faulted in again on its first write" if mode == "drop"
-           else "kept")
-    return [f"| stored pages (dicomaccel `--page-cache auto`, floor.c, cstore_floor.c) | {did}; the "
-            f"peers keep theirs |"]
-
-
 def _limits(data: dict) -> list[str]:
     """The disk and loopback limits measured before the workloads, and the multi-frame STOW-RS
     rate of dicomaccel as a share of the sequential write bandwidth; the C-STORE rates of
@@ -554,7 +541,6 @@ def markdown(data: dict, charts: list[Path]) -> str:
         *_page_reporting(data),
         f"| dicomaccel for ingest | `dicomaccel serve --workers {data.get('dicomaccel_workers', 1)} "
         f"--fsync {data.get('dicomaccel_fsync', 'always')}` |",
-        *_page_cache(data),
         "",
         "The machine is shared: other work ran on it during the measurement, which the load averages "
         "above show. Every figure is the median of "

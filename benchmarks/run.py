@@ -171,7 +171,6 @@ from benchmarks.peers import (
     RssSampler,
     StorescpIgnorePeer,
     dcmtk_program,
-    floor_page_cache,
     install_signal_handlers,
     stow,
 )
@@ -884,8 +883,7 @@ def run_harness(args, argv: list[str]) -> int:
                   "machine": machine(), "versions": versions(), "netns": os.environ.get(NETNS_MARK) == "1",
                   "load_before": Path("/proc/loadavg").read_text().split()[:3], "skipped": {}, "rows": [],
                   "frame_probe": {}, "runs": args.runs, "max_pdu": args.max_pdu,
-                  "dicomaccel_workers": args.dicomaccel_workers, "dicomaccel_fsync": args.dicomaccel_fsync,
-                  "page_cache": floor_page_cache()}
+                  "dicomaccel_workers": args.dicomaccel_workers, "dicomaccel_fsync": args.dicomaccel_fsync}
     IngestDicomaccel.workers, IngestDicomaccel.fsync = args.dicomaccel_workers, args.dicomaccel_fsync
     available = available_peers(args.peers, data)
     if not available:

@@ -15,8 +15,7 @@ import pytest
 from benchmarks import report, run
 from benchmarks.clients import DCMTK_LOG_CONFIG, storescu
 from benchmarks.corpus import Corpus
-from benchmarks.peers import CStoreFloorPeer, PeerUnavailable, StorescpIgnorePeer, dcmtk_program, floor_page_cache
-from dicomaccel.testing import resident_pages
+from benchmarks.peers import CStoreFloorPeer, PeerUnavailable, StorescpIgnorePeer, dcmtk_program
 
 ONE = "C-STORE storescu, 1 association"
 FOUR = "C-STORE storescu, 4 associations at once"
@@ -184,26 +183,3 @@ def _data_set(path: Path) -> pydicom.Dataset:
     """A file of the floor's: an Explicit VR Little Endian data set, no File Meta Information."""
     with open(path, "rb") as f:
         return pydicom.filereader.read_dataset(f, is_implicit_VR=False, is_little_endian=True)
-
-
-@pytest.mark.skipif(dcmtk_program("storescu") is None or CStoreFloorPeer.unavailable() is not None,
-                    reason="DCMTK storescu or a C compiler is missing")
-@pytest.mark.parametrize("mode", ["keep", "drop"])
-def test_the_durable_floor_does_with_stored_pages_what_dicomaccel_does(tmp_path, monkeypatch, mode):
-    monkeypatch.setattr("benchmarks.peers.floor_page_cache", lambda: mode)
-    files = [Path(pydicom.data.get_testdata_file("CT_small.dcm"))]
-    log_config = tmp_path / "dcmtk-log.cfg"
-    log_config.write_text(DCMTK_LOG_CONFIG)
-    with CStoreFloorPeer(tmp_path) as peer:
-        peer.start([])
-        storescu(peer, Corpus("ct", "CT", files), log_config)
-        [stored] = peer.files.iterdir()
-        cached, pages = resident_pages(stored)
-        assert pages >= 5 and cached == (0 if mode == "drop" else pages)
-
-
-def test_the_report_says_what_became_of_stored_pages():
-    assert report._page_cache({}) == []  # a run from before
-    assert "dropped once durable" in report._page_cache({"page_cache": "drop"})[0]
-    assert "| kept; the peers keep theirs |" in report._page_cache({"page_cache": "keep"})[0]
-    assert floor_page_cache() in ("keep", "drop")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULTS, LOG_LEVELS, PAGE_CACHE_MODES, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
+from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
 from .config import check_index_url, check_node_id, parse_move_destination
 from .access import credentials
 from .logs import configure
@@ -123,10 +123,6 @@ def _parser() -> argparse.ArgumentParser:
                             f"every sub-operation (default: {d.pending_interval:g})")
     serve.add_argument("--fsync", choices=("always", "never"),
                        help="make each instance durable before acknowledging it (default: always)")
-    serve.add_argument("--page-cache", choices=PAGE_CACHE_MODES,
-                       help="once an instance is durable, keep its pages in the page cache or drop them; "
-                            "auto drops them on a virtual machine whose free memory goes back to the "
-                            f"host (virtio-balloon free page reporting) (default: {d.page_cache})")
     serve.add_argument("--max-concurrent-stores", metavar="N", type=_positive,
                        help="STOW-RS requests storing at once per worker; more wait in a FIFO queue "
                             "(default: 2 x CPUs)")

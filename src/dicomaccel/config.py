@@ -43,7 +43,7 @@ from .syntaxes import is_valid_uid
 from .urls import check_public_url
 
 __all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
-           "VALIDATION_MODES", "PAGE_CACHE_MODES", "as_toml", "QIDO_MAX_RESULTS", "check_index_url", "check_node_id",
+           "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS", "check_index_url", "check_node_id",
            "without_password", "MoveDestination", "parse_move_destination"]
 
 
@@ -85,9 +85,6 @@ class ServeConfig:
     # C.4.3.3 make them optional); 0: one after every sub-operation.
     pending_interval: float = 0.1
     fsync: bool = True
-    # What a stored instance's pages do in the page cache once durable (PAGE_CACHE_MODES,
-    # archive.store.drops_stored_pages): "auto" drops them on a VM that hands free memory back.
-    page_cache: str = "auto"
     # STOW-RS requests storing at once per worker; None: twice the CPU count.
     max_concurrent_stores: int | None = None
     store_queue_limit: int = 64
@@ -150,7 +147,6 @@ QIDO_MAX_RESULTS = 1000
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
-PAGE_CACHE_MODES = ("auto", "keep", "drop")
 DIMSE_PERMISSIONS = ("get", "find", "store", "move", "commit")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
@@ -167,7 +163,6 @@ _KEYS = {
     "idle-timeout": ("idle_timeout", "seconds"),
     "pending-interval": ("pending_interval", "interval"),
     "fsync": ("fsync", "fsync"),
-    "page-cache": ("page_cache", "page_cache"),
     "max-concurrent-stores": ("max_concurrent_stores", "positive"),
     "store-queue-limit": ("store_queue_limit", "positive"),
     "store-queue-wait": ("store_queue_wait", "seconds"),
@@ -264,9 +259,8 @@ def _convert(path, key: str, value, kind: str):
         if value not in ("always", "never"):
             raise wrong('"always" or "never"')
         return value == "always"
-    if kind in ("level", "validation", "log_format", "page_cache"):
-        choices = {"level": LOG_LEVELS, "validation": VALIDATION_MODES, "log_format": ("text", "json"),
-                   "page_cache": PAGE_CACHE_MODES}[kind]
+    if kind in ("level", "validation", "log_format"):
+        choices = {"level": LOG_LEVELS, "validation": VALIDATION_MODES, "log_format": ("text", "json")}[kind]
         if value not in choices:
             raise wrong(" or ".join(f'"{v}"' for v in choices))
         return value

@@ -30,7 +30,6 @@ import uvloop
 from . import memory
 from .accept import Account, LoadBoard, Seat
 from .archive import Archive
-from .archive.store import drops_stored_pages
 from .config import ServeConfig, without_password
 from .dimse import start_dimse_server
 from .dimse.messages import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ
@@ -88,10 +87,6 @@ def _announce(config: ServeConfig, http: tuple, dimse_port: int, tls_port: int |
         print(f"dicomaccel: index in {without_password(config.index)} (node {config.node_id})", flush=True)
     if config.workers > 1:
         print(f"dicomaccel: {config.workers} worker processes, each serving DICOMweb and DIMSE", flush=True)
-    cache = "leave the page cache once durable" if config.fsync and drops_stored_pages(config.page_cache) \
-        else "stay in the page cache"
-    print(f"dicomaccel: fsync {'always' if config.fsync else 'never'}; stored instances {cache} "
-          f"(--page-cache {config.page_cache})", flush=True)
     print("dicomaccel: ready", flush=True)
 
 
@@ -223,7 +218,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
     supervisor shares between its workers.
     """
     archive = Archive(config.data, index=config.index, node_id=config.node_id, fsync=config.fsync,
-                      page_cache=config.page_cache, min_free_bytes=config.min_free_bytes,
+                      min_free_bytes=config.min_free_bytes,
                       policy=StorePolicy.from_config(config),
                       recover=recover)
     app = create_app(

@@ -25,8 +25,7 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    processes on this data directory whose writes came before it began
    (:class:`.store._SharedFlush`).
 4. Only then is any store of the batch answered (the committer thread resolves the
-   caller's future); markers are dropped afterwards, and, where ``page_cache`` says so, the
-   stored file's pages leave the page cache (:meth:`.store.FileStore.durable`).
+   caller's future); markers are dropped afterwards.
 
 A crash before step 3's flush returns may leave any subset of that batch on disk. Start-up
 (:meth:`Archive.__init__`) therefore checks every unconfirmed row's file (size and CRC-32)
@@ -252,22 +251,11 @@ class IncomingInstance:
 
         def committed(item: PreparedInstance) -> None:
             memory.close_map(item.buffer)
-            result = item.result
-            answer = self._failure(result) if isinstance(result, BaseException) else result
-            if item.published is None:
-                self.abort()
-                finished(answer)
-                return
-            # Renamed by the publish: nothing left to remove. The file is this thread's alone
-            # now; the answer goes first, the page cache hint after it.
-            fd, self._fd, self._path = self._fd, -1, None
+            if item.published is not None:
+                self._path = None  # renamed by the publish: nothing left to remove
             self.abort()
-            finished(answer)
-            try:
-                if not isinstance(result, BaseException):
-                    self._archive.files.durable(fd)
-            finally:
-                os.close(fd)
+            result = item.result
+            finished(self._failure(result) if isinstance(result, BaseException) else result)
 
         item.on_done = committed
         try:
@@ -434,12 +422,6 @@ class Archive:
     overwrite : bool
         Replace an instance when the same SOP Instance UID arrives with different bytes
         (default: refuse with 0111 Duplicate SOP Instance).
-    page_cache : str
-        ``"keep"`` leaves a stored instance's pages in the page cache, ``"drop"`` lets them go
-        once it is durable (with ``fsync`` only), ``"auto"`` (default) drops on a virtual
-        machine that gives its free memory back to the host, where writing into fresh
-        pages costs the most (:func:`.store.hypervisor_reclaims_free_pages`), and keeps
-        elsewhere.
     min_free_bytes : int
         Refuse (A710) to start or continue receiving when free space is below this.
     policy : StorePolicy
@@ -453,7 +435,6 @@ class Archive:
 
     def __init__(self, path, *, index: str | None = DEFAULTS.index, node_id: str = DEFAULTS.node_id,
                  fsync: bool = True, overwrite: bool = False,
-                 page_cache: str = DEFAULTS.page_cache,
                  min_free_bytes: int = DEFAULTS.min_free_bytes,
                  policy: StorePolicy = StorePolicy(),
                  recover: bool = True) -> None:
@@ -463,8 +444,7 @@ class Archive:
         os.makedirs(self.root, exist_ok=True)
         # With a shared index other nodes write into this directory too: name our temp files.
         self.files: FileStore = LocalFileStore(self.root, fsync=fsync,
-                                               node=None if index is None else node_id,
-                                               page_cache=page_cache)
+                                               node=None if index is None else node_id)
         self.index: Index = _open_index(index, self.root, fsync)
         if recover:
             self._recover()

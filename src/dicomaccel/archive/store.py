@@ -48,10 +48,7 @@ from collections.abc import Callable
 
 from zlib_ng.zlib_ng import crc32 as _crc32
 
-from ..config import PAGE_CACHE_MODES
-
-__all__ = ["FileStore", "LocalFileStore", "Published", "crc32_of", "drops_stored_pages",
-           "hypervisor_reclaims_free_pages"]
+__all__ = ["FileStore", "LocalFileStore", "Published", "crc32_of"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 # syncfs(2) and sync_file_range(2) are Linux calls; elsewhere flush() falls back to sync(2)
@@ -62,47 +59,10 @@ if _sync_file_range is not None:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait (sync_file_range(2))
 
-# Virtio 1.1 §5.5.3: feature bit 5, VIRTIO_BALLOON_F_PAGE_REPORTING (the balloon device is told
-# of free guest pages and may take their backing away). Linux shows a virtio device's feature
-# bits as a string of 0 and 1, bit 0 first.
-_VIRTIO_BALLOONS = "/sys/bus/virtio/drivers/virtio_balloon"
-_BALLOON_F_PAGE_REPORTING = 5
-
 _NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MARKER_RE = re.compile(
     r"[^!]+\.(pending|obsolete)!(instances(?:![0-9.]{1,64}){3}\.[0-9a-f]{16}\.dcm)\Z"
 )
-
-
-def hypervisor_reclaims_free_pages(balloons: str = _VIRTIO_BALLOONS) -> bool:
-    """True on a virtual machine whose virtio balloon reports free pages to the host.
-
-    There, a page that stayed free for a while has lost its backing, and the first write to
-    it faults it back in through the hypervisor. On the development machine, writing and
-    flushing a 0.5 MB file took 1.45 ms of CPU on such pages and 0.15 ms on pages freed a
-    moment before (docs/architecture.md)."""
-    try:
-        devices = [name for name in os.listdir(balloons) if name.startswith("virtio")]
-    except OSError:
-        return False
-    for name in devices:
-        try:
-            with open(os.path.join(balloons, name, "features")) as f:
-                bits = f.read().strip()
-        except OSError:
-            continue
-        if len(bits) > _BALLOON_F_PAGE_REPORTING and bits[_BALLOON_F_PAGE_REPORTING] == "1":
-            return True
-    return False
-
-
-def drops_stored_pages(page_cache: str) -> bool:
-    """Whether the ``--page-cache`` mode ``page_cache`` drops a durable instance's pages here:
-    "keep" leaves them to the kernel, "drop" lets them go at once, "auto" drops on a machine
-    whose hypervisor takes its free memory back and keeps elsewhere."""
-    if page_cache not in PAGE_CACHE_MODES:
-        raise ValueError(f"page cache mode is one of {', '.join(PAGE_CACHE_MODES)}, not {page_cache!r}")
-    return page_cache == "drop" or (page_cache == "auto" and hypervisor_reclaims_free_pages())
 
 
 class Published:
@@ -140,11 +100,6 @@ class FileStore(abc.ABC):
     def flush(self) -> None:
         """Make every file, link, directory and marker made so far durable, in one flush
         (no-op when durability is off)."""
-
-    @abc.abstractmethod
-    def durable(self, fd: int) -> None:
-        """The file open on ``fd`` is stored and flushed, and its store answered: what the
-        store still holds of it in memory may go (a hint)."""
 
     @abc.abstractmethod
     def verify(self, path: str, size: int, crc32: int) -> bool:
@@ -191,19 +146,11 @@ class LocalFileStore(FileStore):
     fsync : bool
         Flush file contents and directory entries to stable storage before an instance is
         reported stored (the durability option; ``False`` trades crash-durability for speed).
-    node : str, optional
-        This node's ID among several sharing ``root`` (names its temp files and markers).
-    page_cache : str
-        One of :data:`dicomaccel.config.PAGE_CACHE_MODES` (:func:`drops_stored_pages`):
-        whether a stored instance's pages leave the page cache once it is durable (with
-        ``fsync`` only: before the flush they are dirty, and the kernel cannot drop them).
     """
 
-    def __init__(self, root: str, *, fsync: bool = True, node: str | None = None,
-                 page_cache: str = "auto") -> None:
+    def __init__(self, root: str, *, fsync: bool = True, node: str | None = None) -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
-        self.drops_pages = fsync and drops_stored_pages(page_cache)
         self.tmp_dir = os.path.join(self.root, "tmp")
         self.instances_dir = os.path.join(self.root, "instances")
         os.makedirs(self.tmp_dir, exist_ok=True)
@@ -225,11 +172,6 @@ class LocalFileStore(FileStore):
     def start_writeback(self, fd: int, offset: int, length: int) -> None:
         if self.fsync and _sync_file_range is not None:
             _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-    def durable(self, fd: int) -> None:
-        if self.drops_pages:
-            # Clean pages only (the flush wrote them), and none mapped by a reader.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def flush(self) -> None:
         if self._shared is not None:

@@ -9,8 +9,7 @@ Imported from here (standard library only):
 - :func:`multipart`, :func:`post`, :func:`run_asgi`: STOW-RS request bodies and two ways to send them;
   :func:`warnings_only`: whether a STOW-RS answer stored everything;
 - :func:`dcmtk_program`, :func:`wait_until`; :func:`worker_pids`, :func:`connections_held` and
-  :func:`at_once`: which worker of ``serve --workers N`` takes connections opened together;
-  :func:`memory_kib` and :func:`resident_pages`: what a process holds, what of a file is cached.
+  :func:`at_once`: which worker of ``serve --workers N`` takes connections opened together.
 
 Submodules that need the declared dependencies: :mod:`dicomaccel.testing.files` (pydicom, NumPy:
 data sets and PS3.10 files), :mod:`dicomaccel.testing.pdu` (pydicom: hand-built PS3.8 bytes),
@@ -21,8 +20,8 @@ synthetic index of many studies, for search latency).
 from __future__ import annotations
 
 from .kernels import implementations
-from .server import (RunningServer, SmallFilesystem, at_once, connections_held, dcmtk_program, memory_kib,
-                     resident_pages, start_server, wait_until, worker_pids)
+from .server import (RunningServer, SmallFilesystem, at_once, connections_held, dcmtk_program, memory_kib, start_server,
+                     wait_until, worker_pids)
 from .stow import BOUNDARY, CONTENT_TYPE, multipart, post, run_asgi, warnings_only
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "connections_held",
     "dcmtk_program",
     "memory_kib",
-    "resident_pages",
     "implementations",
     "multipart",
     "post",

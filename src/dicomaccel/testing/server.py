@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import re
 import shutil
@@ -17,13 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _LISTEN = re.compile(r"dicomaccel: (STOW-RS|C-GET SCP|DICOM TLS) on (\S+)")
-# mincore(2) on a mapping of our own, for resident_pages().
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.mmap.restype = ctypes.c_void_p
-_LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-_LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 @dataclass
@@ -35,7 +26,6 @@ class RunningServer:
     dimse_port: int | None = None
     dimse_tls_port: int | None = None
     index: str | None = None  # the --index URL; None: SQLite in ``data`` (open it with Archive(data, index=...))
-    announced: str = ""  # what it printed on its standard output up to "dicomaccel: ready"
 
     @property
     def stow_url(self) -> str:
@@ -81,7 +71,6 @@ def start_server(data: Path, *args: str, timeout: float = 30,
         line = proc.stdout.readline()
         if not line or line.startswith("dicomaccel: ready"):
             break
-        server.announced += line
         m = _LISTEN.search(line)
         if m:
             port = int(m.group(2).rsplit(":", 1)[1].split()[0]) if m.group(1) != "STOW-RS" else None
@@ -227,23 +216,3 @@ def dcmtk_program(name: str) -> str | None:
             if "$dcmtk:" in out.stdout + out.stderr:
                 return candidate
     return None
-
-
-def resident_pages(path: Path) -> tuple[int, int]:
-    """(pages of ``path`` in the page cache, pages of the file); mapping faults nothing in."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if address == _MAP_FAILED:
-            raise OSError(ctypes.get_errno(), "mmap")
-        try:
-            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-            vec = ctypes.create_string_buffer(pages)
-            if _LIBC.mincore(address, size, vec) != 0:
-                raise OSError(ctypes.get_errno(), "mincore")
-            return sum(b & 1 for b in vec.raw), pages
-        finally:
-            _LIBC.munmap(address, size)
-    finally:
-        os.close(fd)
