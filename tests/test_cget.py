@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (
 
 from dicomaccel.archive.index import RecordList
 from dicomaccel.testing import files as dicomgen
-from dicomaccel.testing import multipart, post, warnings_only
+from dicomaccel.testing import multipart, post, wait_until, warnings_only
 from dicomaccel.testing.files import dataset_part, retag, sop_of
 from dicomaccel.testing.scu import assert_counts, c_get, failed_list, identifier
 
@@ -485,6 +485,10 @@ def test_cancel_in_the_middle_of_200(shared_server, corpus):
     assert result.uids() == uids[:after]
     assert result.identifier is not None and failed_list(result) == []
     assert len(result.pending) == after - 1
+    # Nothing of the archive stays mapped: not the file staged for the sub-operation the
+    # cancel stopped (mapped while the one before it was stored).
+    maps = Path(f"/proc/{shared_server.process.pid}/maps")
+    assert wait_until(lambda: str(shared_server.data / "instances") not in maps.read_text()), maps.read_text()
 
 
 def test_stalled_association_does_not_block_others(shared_server, corpus):

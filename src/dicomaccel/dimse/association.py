@@ -223,6 +223,7 @@ class Association:
         message_id: int | None = None,
         move_originator: tuple[str, int] | None = None,
         on_sent: Callable[[int], None] | None = None,
+        while_waiting: Callable[[], None] | None = None,
     ) -> dict:
         """Send a C-STORE-RQ and wait for its C-STORE-RSP (PS3.7 §9.1.1, §9.3.1).
 
@@ -246,6 +247,11 @@ class Association:
         on_sent : callable, optional
             Called with the number of data set bytes handed to the transport so far, after
             each batch of PDUs (a sender of a mapped file releases the pages behind it).
+        while_waiting : callable, optional
+            Called once the whole message is handed to the transport, before waiting for
+            the response: work that would otherwise stand between this response and the
+            next request (a retrieve maps its next instance while the peer stores this one).
+            It must not raise.
 
         Returns
         -------
@@ -265,7 +271,7 @@ class Association:
             message_id = self.next_message_id()
         command = messages.encode_c_store_rq(sop_class_uid, message_id, priority, sop_instance_uid,
                                              move_originator)
-        return await self._exchange(context, message_id, command, dataset, on_sent)
+        return await self._exchange(context, message_id, command, dataset, on_sent, while_waiting)
 
     async def send_request(self, context: PresentationContext, command: dict, dataset: Any = None) -> dict:
         """Send any request (an N-EVENT-REPORT-RQ, PS3.7 §10.3.1) on ``context`` and wait for
@@ -295,13 +301,16 @@ class Association:
         return await self._exchange(context, message_id, messages.encode_command(command), dataset)
 
     async def _exchange(self, context: PresentationContext, message_id: int, command: bytes,
-                        dataset: Any, on_sent: Callable[[int], None] | None = None) -> dict:
+                        dataset: Any, on_sent: Callable[[int], None] | None = None,
+                        while_waiting: Callable[[], None] | None = None) -> dict:
         """Send a request's encoded ``command`` (and ``dataset``) and wait for the response
         to ``message_id`` (PS3.7 §9.3.1: it carries Message ID Being Responded To)."""
         future = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
         try:
             await self._protocol.send_message(context.id, command, dataset, on_sent)
+            if while_waiting is not None:
+                while_waiting()
             response = await future
         finally:
             if self._pending.get(message_id) is future:

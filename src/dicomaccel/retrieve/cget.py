@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -243,41 +245,58 @@ class CGetSCP:
         interval = self.pending_interval
         last_pending = loop.time()
         paged = isinstance(records, RecordList)
-        for i in range(len(records)):
-            # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
-            # flight has finished by the time we get here.
-            if request.cancelled.is_set():
-                break
-            if paged and not records.loaded(i):
-                try:  # the next page of records, off the event loop (a database server's round trip)
-                    await loop.run_in_executor(None, records.load, i)
-                except Exception as exc:
-                    log.error("cannot read the index during a retrieve: %s", exc)
+        # The next sub-operation's file, mapped while the SCU stores the current one: between
+        # a C-STORE-RSP and the next C-STORE-RQ only the request's own bytes remain to write.
+        staged: _Staged | None = None
+
+        def stage(i: int) -> None:
+            nonlocal staged
+            if i < len(records) and (not paged or records.loaded(i)):
+                record = records[i]
+                if not isinstance(record, Vanished):
+                    staged = _stage(target, record, without_bulk)
+
+        try:
+            for i in range(len(records)):
+                # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
+                # flight has finished by the time we get here.
+                if request.cancelled.is_set():
+                    break
+                if paged and not records.loaded(i):
+                    try:  # the next page of records, off the event loop (a database server's round trip)
+                        await loop.run_in_executor(None, records.load, i)
+                    except Exception as exc:
+                        log.error("cannot read the index during a retrieve: %s", exc)
+                        for uid in _uids(records, i):
+                            counters.record("failure", uid)
+                        break
+                record = records[i]
+                current, staged = staged, None
+                if isinstance(record, Vanished):  # deleted or replaced since the match
+                    counters.record("failure", record.sop_instance_uid)
+                    continue
+                try:
+                    category = await self.store(target, record, priority, without_bulk, move_originator,
+                                                staged=current, while_waiting=functools.partial(stage, i + 1))
+                except AssociationClosedError:
+                    if target is assoc:
+                        raise
+                    # PS3.4 C.4.2.3.1: the destination is gone; what was not stored failed.
+                    log.warning("move destination %s ended the association", target.called_ae)
                     for uid in _uids(records, i):
                         counters.record("failure", uid)
                     break
-            record = records[i]
-            if isinstance(record, Vanished):  # deleted or replaced since the match
-                counters.record("failure", record.sop_instance_uid)
-                continue
-            try:
-                category = await self.store(target, record, priority, without_bulk, move_originator)
-            except AssociationClosedError:
-                if target is assoc:
-                    raise
-                # PS3.4 C.4.2.3.1: the destination is gone; what was not stored failed.
-                log.warning("move destination %s ended the association", target.called_ae)
-                for uid in _uids(records, i):
-                    counters.record("failure", uid)
-                break
-            counters.record(category, record.sop_instance_uid)
-            metrics.child(metrics.CGET_SUBOPERATIONS, category).inc()
-            if category != "failure":
-                metrics.child(metrics.BYTES_OUT).inc(record.size - record.dataset_offset)
-            if counters.remaining and not request.cancelled.is_set() and \
-                    loop.time() - last_pending >= interval:
-                await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
-                last_pending = loop.time()
+                counters.record(category, record.sop_instance_uid)
+                metrics.child(metrics.CGET_SUBOPERATIONS, category).inc()
+                if category != "failure":
+                    metrics.child(metrics.BYTES_OUT).inc(record.size - record.dataset_offset)
+                if counters.remaining and not request.cancelled.is_set() and \
+                        loop.time() - last_pending >= interval:
+                    await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
+                    last_pending = loop.time()
+        finally:
+            if staged is not None:  # cancelled, or the association ended
+                close_map(staged.mm)
         await self._final(assoc, request, counters)
 
     async def _final(self, assoc: Association, request: Request, counters: SubOperations) -> None:
@@ -392,7 +411,9 @@ class CGetSCP:
                             ErrorComment=comment, **counters.fields(with_remaining=False))
 
     async def store(self, assoc: Association, record: InstanceRecord, priority: int,
-                    without_bulk: bool = False, move_originator: tuple[str, int] | None = None) -> str:
+                    without_bulk: bool = False, move_originator: tuple[str, int] | None = None,
+                    staged: _Staged | None = None,
+                    while_waiting: Callable[[], None] | None = None) -> str:
         """One C-STORE sub-operation of ``record``.
 
         Parameters
@@ -408,6 +429,11 @@ class CGetSCP:
         move_originator : (str, int), optional
             For a C-MOVE sub-operation: the C-MOVE's requester AE title and Message ID
             (PS3.7 §9.3.1.1).
+        staged : _Staged, optional
+            ``record``'s context and mapped file, prepared by :func:`_stage` (then owned here).
+        while_waiting : callable, optional
+            Called once the C-STORE-RQ is sent, while the SCU stores it
+            (:meth:`~dicomaccel.dimse.Association.send_c_store`).
 
         Returns
         -------
@@ -421,25 +447,31 @@ class CGetSCP:
         AssociationClosedError
             The association ended; the C-GET cannot be answered any more.
         """
-        contexts = assoc.storage_contexts(record.sop_class_uid)
-        if not contexts:
-            # PS3.4 C.4.3.3.1: no suitable presentation context -> this sub-operation fails.
-            log.info("no accepted Storage SCP context for %s (%s)", record.sop_instance_uid, record.sop_class_uid)
-            return "failure"
-        context = pick_context(contexts, record.transfer_syntax_uid, without_bulk)
-        if context is None:
-            log.info("SCU accepted no transfer syntax we can produce for %s", record.sop_instance_uid)
-            return "failure"
+        if staged is not None:
+            context = staged.context
+        else:
+            contexts = assoc.storage_contexts(record.sop_class_uid)
+            if not contexts:
+                # PS3.4 C.4.3.3.1: no suitable presentation context -> this sub-operation fails.
+                log.info("no accepted Storage SCP context for %s (%s)", record.sop_instance_uid,
+                         record.sop_class_uid)
+                return "failure"
+            context = pick_context(contexts, record.transfer_syntax_uid, without_bulk)
+            if context is None:
+                log.info("SCU accepted no transfer syntax we can produce for %s", record.sop_instance_uid)
+                return "failure"
         try:
             if context.transfer_syntax == record.transfer_syntax_uid and not without_bulk:
-                rsp = await self._send_stored(assoc, context, record, priority, move_originator)
+                rsp = await self._send_stored(assoc, context, record, priority, move_originator,
+                                              None if staged is None else staged.mm, while_waiting)
             else:
                 data = await asyncio.get_running_loop().run_in_executor(
                     self.executor, _prepare, record, context.transfer_syntax, without_bulk
                 )
                 rsp = await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                                sop_instance_uid=record.sop_instance_uid, dataset=data,
-                                               priority=priority, move_originator=move_originator)
+                                               priority=priority, move_originator=move_originator,
+                                               while_waiting=while_waiting)
         except TranscodeError as exc:
             log.warning("cannot send %s in %s: %s", record.sop_instance_uid, context.transfer_syntax, exc)
             return "failure"
@@ -451,8 +483,12 @@ class CGetSCP:
         return status_category(rsp.get("Status", 0xC000))
 
     async def _send_stored(self, assoc: Association, context: PresentationContext, record: InstanceRecord,
-                           priority: int, move_originator: tuple[str, int] | None = None) -> dict:
-        if record.size <= _INLINE_MAP:
+                           priority: int, move_originator: tuple[str, int] | None = None,
+                           mapped: mmap.mmap | None = None,
+                           while_waiting: Callable[[], None] | None = None) -> dict:
+        if mapped is not None:  # staged (inline size): no window to keep
+            mm, on_sent = mapped, None
+        elif record.size <= _INLINE_MAP:
             mm, on_sent = _map_for_sending(record)
         else:
             mm, on_sent = await asyncio.get_running_loop().run_in_executor(None, _map_for_sending, record)
@@ -461,7 +497,7 @@ class CGetSCP:
             return await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                             sop_instance_uid=record.sop_instance_uid, dataset=view,
                                             priority=priority, on_sent=on_sent,
-                                            move_originator=move_originator)
+                                            move_originator=move_originator, while_waiting=while_waiting)
         finally:
             view.release()
             close_map(mm)  # the transport may still hold a slice: then with the last one
@@ -480,6 +516,35 @@ def _map_for_sending(record: InstanceRecord) -> tuple[mmap.mmap, _WindowedMap | 
         mm.madvise(mmap.MADV_WILLNEED)
         return mm, None
     return mm, _WindowedMap(mm, [(0, record.dataset_offset, len(mm) - record.dataset_offset)])
+
+
+class _Staged:
+    """A sub-operation prepared while the previous one is stored: the context it goes on and
+    its file, mapped (:func:`_stage`)."""
+
+    __slots__ = ("record", "context", "mm")
+
+    def __init__(self, record: InstanceRecord, context: PresentationContext, mm: mmap.mmap) -> None:
+        self.record = record
+        self.context = context
+        self.mm = mm
+
+
+def _stage(assoc: Association, record: InstanceRecord, without_bulk: bool) -> _Staged | None:
+    """``record``'s sub-operation prepared ahead when it goes as stored and its file is mapped
+    on the event loop (:data:`_INLINE_MAP`); None otherwise, or when the file cannot be read
+    now: the sub-operation itself then finds out and reports it."""
+    if without_bulk or record.size > _INLINE_MAP:
+        return None
+    contexts = assoc.storage_contexts(record.sop_class_uid)
+    context = pick_context(contexts, record.transfer_syntax_uid, False) if contexts else None
+    if context is None or context.transfer_syntax != record.transfer_syntax_uid:
+        return None
+    try:
+        mm, _ = _map_for_sending(record)
+    except (OSError, ValueError):
+        return None
+    return _Staged(record, context, mm)
 
 
 class _WindowedMap:
