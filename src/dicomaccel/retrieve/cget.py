@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
 import logging
 import mmap
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -245,17 +243,7 @@ class CGetSCP:
         interval = self.pending_interval
         last_pending = loop.time()
         paged = isinstance(records, RecordList)
-        # The next sub-operation's file, mapped while the SCU stores the current one: between
-        # a C-STORE-RSP and the next C-STORE-RQ only the request's own bytes remain to write.
-        staged: _Staged | None = None
-
-        def stage(i: int) -> None:
-            nonlocal staged
-            if i < len(records) and (not paged or records.loaded(i)):
-                record = records[i]
-                if not isinstance(record, Vanished):
-                    staged = _stage(target, record, without_bulk)
-
+        ahead = _Ahead(target, records, without_bulk)
         try:
             for i in range(len(records)):
                 # PS3.4 C.4.3.3.1: after a C-CANCEL-RQ no new sub-operation starts; the one in
@@ -271,13 +259,12 @@ class CGetSCP:
                             counters.record("failure", uid)
                         break
                 record = records[i]
-                current, staged = staged, None
+                ahead.at(i)
                 if isinstance(record, Vanished):  # deleted or replaced since the match
                     counters.record("failure", record.sop_instance_uid)
                     continue
                 try:
-                    category = await self.store(target, record, priority, without_bulk, move_originator,
-                                                staged=current, while_waiting=functools.partial(stage, i + 1))
+                    category = await self.store(target, record, priority, without_bulk, move_originator, ahead)
                 except AssociationClosedError:
                     if target is assoc:
                         raise
@@ -295,8 +282,7 @@ class CGetSCP:
                     await assoc.respond(request, Status.PENDING, **counters.fields(with_remaining=True))
                     last_pending = loop.time()
         finally:
-            if staged is not None:  # cancelled, or the association ended
-                close_map(staged.mm)
+            ahead.close()
         await self._final(assoc, request, counters)
 
     async def _final(self, assoc: Association, request: Request, counters: SubOperations) -> None:
@@ -412,8 +398,7 @@ class CGetSCP:
 
     async def store(self, assoc: Association, record: InstanceRecord, priority: int,
                     without_bulk: bool = False, move_originator: tuple[str, int] | None = None,
-                    staged: _Staged | None = None,
-                    while_waiting: Callable[[], None] | None = None) -> str:
+                    ahead: _Ahead | None = None) -> str:
         """One C-STORE sub-operation of ``record``.
 
         Parameters
@@ -429,11 +414,9 @@ class CGetSCP:
         move_originator : (str, int), optional
             For a C-MOVE sub-operation: the C-MOVE's requester AE title and Message ID
             (PS3.7 §9.3.1.1).
-        staged : _Staged, optional
-            ``record``'s context and mapped file, prepared by :func:`_stage` (then owned here).
-        while_waiting : callable, optional
-            Called once the C-STORE-RQ is sent, while the SCU stores it
-            (:meth:`~dicomaccel.dimse.Association.send_c_store`).
+        ahead : _Ahead, optional
+            The run of sub-operations this one belongs to: what it prepared for ``record``,
+            and what it does while the SCU stores it.
 
         Returns
         -------
@@ -447,6 +430,7 @@ class CGetSCP:
         AssociationClosedError
             The association ended; the C-GET cannot be answered any more.
         """
+        staged = None if ahead is None else ahead.take(record)
         if staged is not None:
             context = staged.context
         else:
@@ -463,7 +447,7 @@ class CGetSCP:
         try:
             if context.transfer_syntax == record.transfer_syntax_uid and not without_bulk:
                 rsp = await self._send_stored(assoc, context, record, priority, move_originator,
-                                              None if staged is None else staged.mm, while_waiting)
+                                              None if staged is None else staged.mm, ahead)
             else:
                 data = await asyncio.get_running_loop().run_in_executor(
                     self.executor, _prepare, record, context.transfer_syntax, without_bulk
@@ -471,7 +455,7 @@ class CGetSCP:
                 rsp = await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                                sop_instance_uid=record.sop_instance_uid, dataset=data,
                                                priority=priority, move_originator=move_originator,
-                                               while_waiting=while_waiting)
+                                               while_waiting=ahead)
         except TranscodeError as exc:
             log.warning("cannot send %s in %s: %s", record.sop_instance_uid, context.transfer_syntax, exc)
             return "failure"
@@ -484,8 +468,7 @@ class CGetSCP:
 
     async def _send_stored(self, assoc: Association, context: PresentationContext, record: InstanceRecord,
                            priority: int, move_originator: tuple[str, int] | None = None,
-                           mapped: mmap.mmap | None = None,
-                           while_waiting: Callable[[], None] | None = None) -> dict:
+                           mapped: mmap.mmap | None = None, ahead: _Ahead | None = None) -> dict:
         if mapped is not None:  # staged (inline size): no window to keep
             mm, on_sent = mapped, None
         elif record.size <= _INLINE_MAP:
@@ -497,7 +480,7 @@ class CGetSCP:
             return await assoc.send_c_store(context, sop_class_uid=record.sop_class_uid,
                                             sop_instance_uid=record.sop_instance_uid, dataset=view,
                                             priority=priority, on_sent=on_sent,
-                                            move_originator=move_originator, while_waiting=while_waiting)
+                                            move_originator=move_originator, while_waiting=ahead)
         finally:
             view.release()
             close_map(mm)  # the transport may still hold a slice: then with the last one
@@ -520,7 +503,7 @@ def _map_for_sending(record: InstanceRecord) -> tuple[mmap.mmap, _WindowedMap | 
 
 class _Staged:
     """A sub-operation prepared while the previous one is stored: the context it goes on and
-    its file, mapped (:func:`_stage`)."""
+    its file, mapped (:meth:`_Ahead.__call__`)."""
 
     __slots__ = ("record", "context", "mm")
 
@@ -530,21 +513,62 @@ class _Staged:
         self.mm = mm
 
 
-def _stage(assoc: Association, record: InstanceRecord, without_bulk: bool) -> _Staged | None:
-    """``record``'s sub-operation prepared ahead when it goes as stored and its file is mapped
-    on the event loop (:data:`_INLINE_MAP`); None otherwise, or when the file cannot be read
-    now: the sub-operation itself then finds out and reports it."""
-    if without_bulk or record.size > _INLINE_MAP:
-        return None
-    contexts = assoc.storage_contexts(record.sop_class_uid)
-    context = pick_context(contexts, record.transfer_syntax_uid, False) if contexts else None
-    if context is None or context.transfer_syntax != record.transfer_syntax_uid:
-        return None
-    try:
-        mm, _ = _map_for_sending(record)
-    except (OSError, ValueError):
-        return None
-    return _Staged(record, context, mm)
+class _Ahead:
+    """What a run of sub-operations does while the SCU stores an instance (PS3.4 C.4.3: one
+    C-STORE at a time, so the SCP waits for each C-STORE-RSP): map the next one and pick its
+    context, when it goes as stored and is small enough to map on the event loop
+    (:data:`_INLINE_MAP`). Between a C-STORE-RSP and the next C-STORE-RQ only the request's
+    own bytes remain to write. (Unmapping the instance just stored there too measured
+    nothing: 2689-2834 against 2572-2833 instances/s.)
+
+    It is the ``while_waiting`` of each C-STORE-RQ sent
+    (:meth:`~dicomaccel.dimse.Association.send_c_store`).
+    """
+
+    __slots__ = ("assoc", "records", "without_bulk", "next", "staged")
+
+    def __init__(self, assoc: Association, records: list[InstanceRecord] | RecordList, without_bulk: bool) -> None:
+        self.assoc = assoc
+        self.records = records
+        self.without_bulk = without_bulk
+        self.next = 0  # the sub-operation to prepare while the current one is stored
+        self.staged: _Staged | None = None
+
+    def at(self, i: int) -> None:
+        """Sub-operation ``i`` is the current one."""
+        self.next = i + 1
+
+    def take(self, record: InstanceRecord) -> _Staged | None:
+        """What was prepared for ``record`` (then the caller's), if anything."""
+        staged, self.staged = self.staged, None
+        if staged is not None and staged.record is not record:
+            close_map(staged.mm)
+            return None
+        return staged
+
+    def __call__(self) -> None:
+        self.close()  # what a sub-operation that failed before sending did not take
+        i, records = self.next, self.records
+        if i >= len(records) or (isinstance(records, RecordList) and not records.loaded(i)):
+            return
+        record = records[i]
+        if isinstance(record, Vanished) or self.without_bulk or record.size > _INLINE_MAP:
+            return
+        contexts = self.assoc.storage_contexts(record.sop_class_uid)
+        context = pick_context(contexts, record.transfer_syntax_uid, False) if contexts else None
+        if context is None or context.transfer_syntax != record.transfer_syntax_uid:
+            return
+        try:
+            mm, _ = _map_for_sending(record)
+        except (OSError, ValueError):
+            return  # the sub-operation itself finds out and reports it
+        self.staged = _Staged(record, context, mm)
+
+    def close(self) -> None:
+        """The run ended (completed, cancelled, or the association went): unmap what was staged."""
+        if self.staged is not None:
+            close_map(self.staged.mm)
+            self.staged = None
 
 
 class _WindowedMap:
