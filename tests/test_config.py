@@ -19,13 +19,14 @@ def _serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
 def test_file_then_flags(tmp_path):
     path = tmp_path / "d.toml"
     path.write_text('data = "/srv/x"\nhttp-port = 9000\nworkers = 2\nfsync = "never"\n'
-                    'calling-ae = ["A", "B"]\nmax-instance-size = "2G"\nbody-timeout = 5\n')
+                    'calling-ae = ["A", "B"]\nmax-instance-size = "2G"\nbody-timeout = 5\n'
+                    'worker-cpu-affinity = "off"\n')
     values = load_toml(path)
     config = merged(values, {"http_port": 9001})
     assert str(config.data) == "/srv/x" and config.workers == 2 and not config.fsync
     assert config.http_port == 9001  # the flag wins
     assert config.calling_ae_allow == ("A", "B") and config.max_instance_bytes == 2 << 30
-    assert config.body_timeout == 5.0
+    assert config.body_timeout == 5.0 and config.worker_cpu_affinity == "off"
     assert config.dimse_port == DEFAULTS.dimse_port  # untouched options keep their default
 
 
@@ -33,6 +34,7 @@ def test_file_then_flags(tmp_path):
     ("http-prot = 1\n", "unknown key 'http-prot'"),
     ("workers = 0\n", "workers must be an integer of at least 1"),
     ("fsync = true\n", 'fsync must be "always" or "never"'),
+    ("worker-cpu-affinity = \"all\"\n", 'worker-cpu-affinity must be "auto" or "off"'),
     ("body-timeout = -1\n", "body-timeout must be a positive number of seconds"),
     ("pending-interval = -0.5\n", "pending-interval must be a number of seconds (0 or more)"),
     ("max-request-size = \"lots\"\n", "max-request-size: not a size"),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, ConfigError, as_toml, load_toml, merged, parse_size
+from .config import DEFAULTS, LOG_LEVELS, VALIDATION_MODES, WORKER_CPU_AFFINITY, ConfigError, as_toml, load_toml, merged, parse_size
 from .config import check_index_url, check_node_id, parse_move_destination
 from .access import credentials
 from .logs import configure
@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", metavar="N", type=_positive,
                        help="processes each serving DICOMweb and DIMSE on the shared ports; "
                             f"store limits apply per worker (default: {d.workers})")
+    serve.add_argument("--worker-cpu-affinity", choices=WORKER_CPU_AFFINITY,
+                       help="auto: each worker process runs, with all its threads, on one CPU of those "
+                            "the server may use (worker k on the k-th, round robin), so its threads hand "
+                            "work to each other without waking another CPU; off: the scheduler places "
+                            f"them (default: {d.worker_cpu_affinity})")
     serve.add_argument("--tls-cert", metavar="FILE", type=Path,
                        help="PEM certificate (chain): serve HTTPS on the HTTP port (default: plain HTTP)")
     serve.add_argument("--tls-key", metavar="FILE", type=Path, help="PEM private key of --tls-cert")

@@ -43,7 +43,7 @@ from .syntaxes import is_valid_uid
 from .urls import check_public_url
 
 __all__ = ["ServeConfig", "DEFAULTS", "ConfigError", "parse_size", "load_toml", "merged", "LOG_LEVELS",
-           "VALIDATION_MODES", "as_toml", "QIDO_MAX_RESULTS", "check_index_url", "check_node_id",
+           "VALIDATION_MODES", "WORKER_CPU_AFFINITY", "as_toml", "QIDO_MAX_RESULTS", "check_index_url", "check_node_id",
            "without_password", "MoveDestination", "parse_move_destination"]
 
 
@@ -102,6 +102,9 @@ class ServeConfig:
     log_level: str = "info"
     log_format: str = "text"
     workers: int = 1
+    # WORKER_CPU_AFFINITY: "auto" runs each worker process, all its threads, on one CPU of those
+    # the server may use (worker k on the k-th, round robin); "off" leaves it to the scheduler.
+    worker_cpu_affinity: str = "auto"
     # TLS (dicomaccel.tls): HTTPS on the HTTP port, DICOM TLS on dimse_tls_port.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -147,6 +150,7 @@ QIDO_MAX_RESULTS = 1000
 # Configuration file key (the long option name) -> field, and how its value is read.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VALIDATION_MODES = ("off", "warn", "reject")
+WORKER_CPU_AFFINITY = ("auto", "off")
 DIMSE_PERMISSIONS = ("get", "find", "store", "move", "commit")  # the DIMSE services an [ae-permissions] entry can grant
 _KEYS = {
     "data": ("data", "path"),
@@ -178,6 +182,7 @@ _KEYS = {
     "log-level": ("log_level", "level"),
     "log-format": ("log_format", "log_format"),
     "workers": ("workers", "positive"),
+    "worker-cpu-affinity": ("worker_cpu_affinity", "affinity"),
     "tls-cert": ("tls_cert", "path"),
     "tls-key": ("tls_key", "path"),
     "tls-ca": ("tls_ca", "path"),
@@ -259,8 +264,9 @@ def _convert(path, key: str, value, kind: str):
         if value not in ("always", "never"):
             raise wrong('"always" or "never"')
         return value == "always"
-    if kind in ("level", "validation", "log_format"):
-        choices = {"level": LOG_LEVELS, "validation": VALIDATION_MODES, "log_format": ("text", "json")}[kind]
+    if kind in ("level", "validation", "log_format", "affinity"):
+        choices = {"level": LOG_LEVELS, "validation": VALIDATION_MODES, "log_format": ("text", "json"),
+                   "affinity": WORKER_CPU_AFFINITY}[kind]
         if value not in choices:
             raise wrong(" or ".join(f'"{v}"' for v in choices))
         return value

@@ -26,6 +26,7 @@ class RunningServer:
     dimse_port: int | None = None
     dimse_tls_port: int | None = None
     index: str | None = None  # the --index URL; None: SQLite in ``data`` (open it with Archive(data, index=...))
+    announced: str = ""  # what it printed on its standard output up to "dicomaccel: ready"
 
     @property
     def stow_url(self) -> str:
@@ -71,6 +72,7 @@ def start_server(data: Path, *args: str, timeout: float = 30,
         line = proc.stdout.readline()
         if not line or line.startswith("dicomaccel: ready"):
             break
+        server.announced += line
         m = _LISTEN.search(line)
         if m:
             port = int(m.group(2).rsplit(":", 1)[1].split()[0]) if m.group(1) != "STOW-RS" else None
