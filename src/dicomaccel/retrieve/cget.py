@@ -518,8 +518,7 @@ class _Ahead:
     C-STORE at a time, so the SCP waits for each C-STORE-RSP): map the next one and pick its
     context, when it goes as stored and is small enough to map on the event loop
     (:data:`_INLINE_MAP`). Between a C-STORE-RSP and the next C-STORE-RQ only the request's
-    own bytes remain to write. (Unmapping the instance just stored there too measured
-    nothing: 2689-2834 against 2572-2833 instances/s.)
+    own bytes remain to write.
 
     It is the ``while_waiting`` of each C-STORE-RQ sent
     (:meth:`~dicomaccel.dimse.Association.send_c_store`).
