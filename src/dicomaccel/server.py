@@ -201,10 +201,14 @@ def _pin(config: ServeConfig, number: int) -> None:
     if cpus is None:
         return
     cpu = {cpus[number]}
-    for task in os.listdir("/proc/self/task"):
+    try:
+        tasks = [int(task) for task in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: this thread, and the threads it starts from now on
+        tasks = [0]
+    for task in tasks:
         try:
-            os.sched_setaffinity(int(task), cpu)
-        except (ProcessLookupError, OSError):
+            os.sched_setaffinity(task, cpu)
+        except OSError:
             pass  # a thread that ended meanwhile
 
 
