@@ -514,8 +514,9 @@ class _Staged:
 
 
 class _Ahead:
-    """What a run of sub-operations does while the SCU stores an instance (PS3.4 C.4.3: one
-    C-STORE at a time, so the SCP waits for each C-STORE-RSP): map the next one and pick its
+    """What a run of sub-operations does while the SCU stores an instance (without an
+    Asynchronous Operations Window, PS3.7 D.3.3.3, one operation is outstanding at a time, so
+    the SCP waits for each C-STORE-RSP): map the next one and pick its
     context, when it goes as stored and is small enough to map on the event loop
     (:data:`_INLINE_MAP`). Between a C-STORE-RSP and the next C-STORE-RQ only the request's
     own bytes remain to write.
