@@ -491,6 +491,29 @@ def test_cancel_in_the_middle_of_200(shared_server, corpus):
     assert wait_until(lambda: str(shared_server.data / "instances") not in maps.read_text()), maps.read_text()
 
 
+def test_the_next_instance_is_mapped_while_the_scu_stores_the_current_one(shared_server, corpus):
+    """While the SCU holds the first C-STORE-RQ unanswered, the server already maps the second
+    instance's file (besides the first, still being answered): the next sub-operation's
+    preparation is off the path between a C-STORE-RSP and the next C-STORE-RQ."""
+    study = corpus.keys["S5"]
+    maps = Path(f"/proc/{shared_server.process.pid}/maps")
+    seen: list[int] = []
+
+    def mapped_of_study() -> int:
+        return len({line.split()[-1] for line in maps.read_text().splitlines() if f"/{study}/" in line})
+
+    def first_held(event, received):
+        if len(received) == 1:
+            wait_until(lambda: mapped_of_study() >= 2, timeout=5)
+            seen.append(mapped_of_study())
+        return 0x0000
+
+    result = c_get(shared_server.dimse_port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=study),
+                   on_store=first_held)
+    assert result.final.Status == 0x0000
+    assert seen == [2]
+
+
 def test_stalled_association_does_not_block_others(shared_server, corpus):
     release = threading.Event()
     first_store = threading.Event()

@@ -548,21 +548,24 @@ class _Ahead:
 
     def __call__(self) -> None:
         self.close()  # what a sub-operation that failed before sending did not take
+        try:
+            self.staged = self._prepare()
+        except Exception:  # a hint only: the sub-operation itself finds out and reports it
+            log.debug("could not prepare the next sub-operation", exc_info=True)
+
+    def _prepare(self) -> _Staged | None:
         i, records = self.next, self.records
         if i >= len(records) or (isinstance(records, RecordList) and not records.loaded(i)):
-            return
+            return None
         record = records[i]
         if isinstance(record, Vanished) or self.without_bulk or record.size > _INLINE_MAP:
-            return
+            return None
         contexts = self.assoc.storage_contexts(record.sop_class_uid)
         context = pick_context(contexts, record.transfer_syntax_uid, False) if contexts else None
         if context is None or context.transfer_syntax != record.transfer_syntax_uid:
-            return
-        try:
-            mm, _ = _map_for_sending(record)
-        except (OSError, ValueError):
-            return  # the sub-operation itself finds out and reports it
-        self.staged = _Staged(record, context, mm)
+            return None
+        mm, _ = _map_for_sending(record)
+        return _Staged(record, context, mm)
 
     def close(self) -> None:
         """The run ended (completed, cancelled, or the association went): unmap what was staged."""
