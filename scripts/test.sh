@@ -36,12 +36,14 @@ DICOMACCEL_REQUIRE_EXTENSIONS=1 python3 -m pytest -p no:cacheprovider tests benc
 # The pure-Python twins do not touch the index: this run leaves out the tests' PostgreSQL
 # twins (tests/conftest.py), which the first run made, and the modules whose code never
 # reaches a kernel (configuration, TLS, operations, the PostgreSQL index, Storage Commitment,
-# the benchmark runner, the oldest-pynetdicom and 1 GiB memory checks): ~2 minutes less.
+# the benchmark runner, the oldest-pynetdicom and 1 GiB memory checks, worker CPU placement):
+# ~2 minutes less.
 DICOMACCEL_NO_EXTENSIONS=1 DICOMACCEL_TEST_INDEXES=sqlite python3 -m pytest -p no:cacheprovider tests \
     --ignore=tests/test_config.py --ignore=tests/test_cli.py --ignore=tests/test_tls.py \
     --ignore=tests/test_access_and_ops.py --ignore=tests/test_postgres_index.py \
     --ignore=tests/test_storage_commitment.py --ignore=tests/test_benchmark_runner.py \
-    --ignore=tests/test_integrations_pynetdicom_oldest.py --ignore=tests/test_integrations_pynetdicom_rss.py "$@"
+    --ignore=tests/test_integrations_pynetdicom_oldest.py --ignore=tests/test_integrations_pynetdicom_rss.py \
+    --ignore=tests/test_cpu_affinity.py "$@"
 # Every fuzz harness (fuzz/, differential against the twins) for 20 s: 0 crashes; then what
 # each kept, replayed through an AddressSanitizer + UBSan build of the kernels.
 bash scripts/fuzz.sh 20 --sanitize
