@@ -1131,3 +1131,39 @@ def test_every_byte_of_a_durable_store_has_its_writeback_started_before_the_flus
     covered = sorted(started)
     assert covered[0][0] == 0 and sum(length for _, length in covered) == len(data)
     assert all(a + n == b for (a, n), (b, _) in zip(covered, covered[1:]))
+
+
+class _CountingMmap:
+    """dicomaccel.archive's ``mmap`` module, counting the files it maps."""
+
+    def __init__(self):
+        import mmap as real
+
+        self.real, self.maps = real, 0
+        self.ACCESS_READ = real.ACCESS_READ
+
+    def mmap(self, *args, **kw):
+        self.maps += 1
+        return self.real.mmap(*args, **kw)
+
+
+def test_only_what_needs_more_than_the_header_is_mapped(tmp_path, monkeypatch):
+    """A native instance whose header lies in its first bytes is scanned from them (the file
+    is never mapped); encapsulated Pixel Data (its fragments) and a large header are mapped."""
+    import dicomaccel.archive as archive_module
+    from dicomaccel.archive import HEAD_BYTES
+
+    spy = _CountingMmap()
+    monkeypatch.setattr(archive_module, "mmap", spy)
+    with Archive(tmp_path / "data") as a:
+        ct = ct_file(rows=256, columns=256)  # 128 KiB: more than the head
+        native = a.store_bytes(ct)
+        assert spy.maps == 0 and native.record.frame_index.frame_ranges(0)
+        encapsulated = a.store_bytes(compressed_file(RLELossless, frames=2))
+        assert spy.maps == 1 and len(encapsulated.record.frame_index.frame_fragments) == 3
+        big = image_dataset(rows=8, columns=8)
+        big.add_new(0x0040A160, "UT", "x" * HEAD_BYTES)  # Text Value: the header ends past the head
+        assert a.store_bytes(to_bytes(big)).record.pixel_value_offset > HEAD_BYTES
+        assert spy.maps == 2
+        # The same bytes again: compared with the stored file, both read from their files.
+        assert a.store_bytes(ct).already_stored and spy.maps == 2

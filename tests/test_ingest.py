@@ -31,6 +31,7 @@ from dicomaccel.archive.ingest import (
     build_frame_index,
     is_valid_uid,
     scan,
+    scan_head,
 )
 from dicomaccel.status import FailureReason
 from dicomaccel.walk import MAX_SEQUENCE_DEPTH
@@ -85,6 +86,49 @@ def test_pydicom_broken_files_are_cannot_understand(name):
         build_frame_index(data, scan(data))
     assert err.value.status == FailureReason.CANNOT_UNDERSTAND
     assert REJECTED[name] in err.value.comment
+
+
+def _scanned(data: bytes):
+    """scan() of the whole file: its Header, or the (status, comment) it fails with."""
+    try:
+        return scan(data, validate=True)
+    except StoreFailure as err:
+        return err.status, err.comment
+
+
+@pytest.mark.parametrize("name", ACCEPTED + sorted(REJECTED))
+def test_scan_head_is_the_whole_file_scan_or_none(name):
+    """From any prefix of a file, scan_head() gives what scan() of the whole file gives, or
+    None (the prefix does not hold the header); never another answer."""
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not available from pydicom-data")
+    with open(path, "rb") as f:
+        data = f.read()
+    whole = _scanned(data)
+    cuts = sorted({*range(0, min(len(data), 2048), 7), *range(2048, len(data), 997), len(data)})
+    answered = 0
+    for cut in cuts:
+        try:
+            got = scan_head(data[:cut], len(data), validate=True)
+        except StoreFailure as err:
+            got = err.status, err.comment
+        if got is not None:
+            answered += 1
+            assert got == whole, cut
+    assert answered  # the whole file at least
+
+
+def test_scan_head_needs_only_the_header():
+    data = ct_file(rows=64, columns=64)
+    h = scan(data)
+    assert scan_head(data[:h.pixel_value_offset], len(data)) == h
+    assert scan_head(data[:h.pixel_offset + 4], len(data)) is None  # inside the Pixel Data header
+    # A file shorter than its Pixel Data value is refused by both, not read past its end.
+    short = len(data) - 1
+    assert scan_head(data[:h.pixel_value_offset], short) is None
+    with pytest.raises(StoreFailure, match="truncated: Pixel Data value"):
+        scan(data[:short])
 
 
 # --- generated instances ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from libc.string cimport memcpy, memset
 
 import operator
 
-from dicomaccel._frames_py import _layout, frame_bits
+from dicomaccel._frames_py import _layout, check_frames_fit, frame_bits
 
 cdef extern from "Python.h":
     # Declared here because cpython.number types `exc` as object; with exc == NULL an int too
@@ -21,7 +21,7 @@ cdef extern from "Python.h":
     # through to the IndexError the twin raises.
     Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
 
-__all__ = ["frame_bits", "NativeFrames"]
+__all__ = ["frame_bits", "check_frames_fit", "NativeFrames"]
 
 # Below this many bytes, dropping and re-taking the GIL costs more than the copy it frees.
 cdef Py_ssize_t NOGIL_MIN = 1 << 16

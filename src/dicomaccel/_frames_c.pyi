@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from mmap import mmap
 from typing import Any, TypeAlias, final
 
-__all__ = ["frame_bits", "NativeFrames"]
+__all__ = ["frame_bits", "check_frames_fit", "NativeFrames"]
 
 # collections.abc.Buffer is 3.12+; these are the contiguous buffers callers pass on 3.10+.
 _Buffer: TypeAlias = bytes | bytearray | memoryview | mmap | array[Any]
@@ -21,6 +21,8 @@ def frame_bits(
     bits_allocated: int,
     photometric_interpretation: str = "",
 ) -> int: ...
+
+def check_frames_fit(bits: int, number_of_frames: int, length: int, offset: int) -> None: ...
 
 # Not subclassable in the compiled module (the twin allows it; do not rely on that).
 @final

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from .errors import ParseError
 
-__all__ = ["frame_bits", "NativeFrames"]
+__all__ = ["frame_bits", "check_frames_fit", "NativeFrames"]
 
 
 def frame_bits(
@@ -134,7 +134,16 @@ def _layout(
             f"buffer ({size - offset} bytes available)",
             offset,
         )
-    # PS3.5 §8.1.1: frames are concatenated bit by bit, so only the last byte is partial.
+    check_frames_fit(bits, number_of_frames, length, offset)
+    return view, bits, number_of_frames, offset, length
+
+
+def check_frames_fit(bits: int, number_of_frames: int, length: int, offset: int) -> None:
+    """Raise :class:`~dicomaccel.errors.ParseError` (at ``offset``) unless a native Pixel
+    Data value of ``length`` bytes holds ``number_of_frames`` frames of ``bits`` bits each.
+
+    PS3.5 §8.1.1: frames are concatenated bit by bit, so only the last byte is partial.
+    """
     needed = (bits * number_of_frames + 7) // 8
     if needed > length:
         raise ParseError(
@@ -142,7 +151,6 @@ def _layout(
             f"need {needed} bytes, the value has {length}",
             offset,
         )
-    return view, bits, number_of_frames, offset, length
 
 
 class NativeFrames:

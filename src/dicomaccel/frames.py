@@ -10,6 +10,7 @@ _impl = load_kernel("frames")
 
 IMPLEMENTATION = _impl.__name__
 frame_bits = _impl.frame_bits
+check_frames_fit = _impl.check_frames_fit
 NativeFrames = _impl.NativeFrames
 
-__all__ = ["frame_bits", "NativeFrames"]
+__all__ = ["frame_bits", "check_frames_fit", "NativeFrames"]

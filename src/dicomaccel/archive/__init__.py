@@ -66,7 +66,8 @@ from ..policy.store import StorePolicy
 from ..status import FailureReason
 from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, RecordList, SQLiteIndex
-from .ingest import FrameIndex, Header, StoreFailure, build_frame_index, identify, is_valid_uid, scan
+from .ingest import (FrameIndex, Header, StoreFailure, build_frame_index, identify, is_valid_uid, scan,
+                     scan_head)
 from .rewrite import rewrite
 from .store import FileStore, LocalFileStore, crc32_of
 
@@ -250,7 +251,6 @@ class IncomingInstance:
             return
 
         def committed(item: PreparedInstance) -> None:
-            memory.close_map(item.buffer)
             if item.published is not None:
                 self._path = None  # renamed by the publish: nothing left to remove
             self.abort()
@@ -261,7 +261,6 @@ class IncomingInstance:
         try:
             self._archive._committer.enqueue(item)
         except BaseException as exc:  # the archive is closing
-            memory.close_map(item.buffer)
             self.abort()
             finished(self._failure(exc))
 
@@ -539,35 +538,45 @@ class Archive:
     def _prepare(self, incoming: IncomingInstance,
                  expected_study_uid: str | None) -> PreparedInstance:
         """Scan, rewrite if the policy says so, validate and index the frames of a complete
-        temp file (a writer thread); the instance is ready for the group commit."""
+        temp file (a writer thread); the instance is ready for the group commit.
+
+        The scan reads the instance's first bytes, kept in memory as they arrived, when its
+        header ends inside them and nothing past it is needed (no rewrite, native Pixel Data
+        or none): the file is then not mapped at all. Otherwise it is mapped for the scan,
+        the rewrite and the fragments of encapsulated Pixel Data, and unmapped here."""
         size = incoming._in_file
         if size == 0:
             raise StoreFailure(FailureReason.CANNOT_UNDERSTAND, "empty instance")
-        mm = mmap.mmap(incoming._fd, size, access=mmap.ACCESS_READ)
         changes, received_crc = [], None
-        try:
-            header = scan(mm, size, validate=self.policy.validates)
-            if self.policy.rewrites:
-                new = rewrite(self.files, incoming._fd, mm, size, header,
-                              self.policy.coerce, self.policy.discard)
-                if new is not None:
-                    # The rewritten file replaces the received one: scan and check it instead.
-                    received_crc = incoming._crc
-                    mm.close()
-                    incoming.replace_file(new.fd, new.path, new.size, new.crc32)
-                    size, changes = new.size, new.changes
-                    mm = mmap.mmap(new.fd, size, access=mmap.ACCESS_READ)
-                    header = scan(mm, size, validate=self.policy.validates)
+        header = None if self.policy.rewrites else \
+            scan_head(incoming._head, size, validate=self.policy.validates)
+        if header is not None and header.pixel_length != -1:
             self._validate(header, expected_study_uid)
-            frame_index = build_frame_index(mm, header)
-            # Walking an encapsulated Pixel Data's items faults in (and around) a page per
-            # fragment: drop them now rather than hold them while the batch flushes.
-            mm.madvise(mmap.MADV_DONTNEED)
-        except BaseException:
-            memory.close_map(mm)
-            raise
+            frame_index = build_frame_index(None, header)
+        else:
+            mm = mmap.mmap(incoming._fd, size, access=mmap.ACCESS_READ)
+            try:
+                if header is None:
+                    header = scan(mm, size, validate=self.policy.validates)
+                if self.policy.rewrites:
+                    new = rewrite(self.files, incoming._fd, mm, size, header,
+                                  self.policy.coerce, self.policy.discard)
+                    if new is not None:
+                        # The rewritten file replaces the received one: scan and check it instead.
+                        received_crc = incoming._crc
+                        memory.close_map(mm)
+                        incoming.replace_file(new.fd, new.path, new.size, new.crc32)
+                        size, changes = new.size, new.changes
+                        mm = mmap.mmap(new.fd, size, access=mmap.ACCESS_READ)
+                        header = scan(mm, size, validate=self.policy.validates)
+                self._validate(header, expected_study_uid)
+                frame_index = build_frame_index(mm, header)
+            finally:
+                # Walking an encapsulated Pixel Data's items faulted in (and around) a page per
+                # fragment: nothing of the map is kept while the batch flushes.
+                memory.close_map(mm)
         return PreparedInstance(
-            incoming._path, size, incoming._crc, header, frame_index, mm,
+            incoming._path, size, incoming._crc, header, frame_index,
             self.policy.warning(header.problems, changes), changes, received_crc)
 
     def _validate(self, h: Header, expected_study_uid: str | None) -> None:

@@ -82,12 +82,12 @@ class StoreOutcome:
 class PreparedInstance:
     """A complete, validated temp file waiting for the group commit."""
 
-    __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "buffer", "warning",
+    __slots__ = ("temp_path", "size", "crc32", "header", "frame_index", "warning",
                  "changes", "received_crc32", "published", "retired", "replaces", "refused", "result",
                  "on_done")
 
     def __init__(self, temp_path: str, size: int, crc32: int, header: Header,
-                 frame_index: FrameIndex | None, buffer, warning: int | None = None,
+                 frame_index: FrameIndex | None, warning: int | None = None,
                  changes=(), received_crc32: int | None = None,
                  on_done: Callable[["PreparedInstance"], None] | None = None) -> None:
         self.temp_path = temp_path
@@ -98,7 +98,6 @@ class PreparedInstance:
         self.crc32 = crc32
         self.header = header
         self.frame_index = frame_index
-        self.buffer = buffer  # the temp file's bytes (an mmap), for the same-bytes rule
         self.published: Published | None = None
         self.retired: tuple[str, str] | None = None  # (old path, obsolete marker)
         self.replaces = False
@@ -276,7 +275,7 @@ class GroupCommit:
             # The same instance again: the same bytes, or, when the policy rewrote it (the
             # rewrite stamps the time), the same received bytes.
             same = (size == item.size and crc in (None, item.crc32)
-                    and self.files.same_bytes(path, item.buffer, item.size)) or \
+                    and self.files.same_bytes(path, item.temp_path, item.size)) or \
                 (item.received_crc32 is not None and received_crc == item.received_crc32)
             if same:
                 item.result = item.outcome(self.index.get(h.sop_instance_uid), True)

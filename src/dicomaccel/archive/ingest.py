@@ -28,6 +28,7 @@ from ..elements import (
     TruncatedElement,
     read_header,
 )
+from .. import frames
 from ..errors import ParseError
 from ..policy import iod
 from ..status import FailureReason
@@ -51,6 +52,7 @@ __all__ = [
     "FrameIndex",
     "Header",
     "scan",
+    "scan_head",
     "build_frame_index",
     "is_valid_uid",
     "identify",
@@ -245,10 +247,9 @@ class FrameIndex:
         ------
         ValueError
             If the geometry is invalid (see :func:`dicomaccel.frames.frame_bits`). Whether
-            the value holds the frames is checked by :meth:`native_frames` on the buffer.
+            the value holds the frames is checked apart: :meth:`native_frames` on the buffer,
+            or :func:`dicomaccel.frames.check_frames_fit`.
         """
-        from .. import frames
-
         return cls(
             encapsulated=False,
             number_of_frames=number_of_frames,
@@ -271,8 +272,6 @@ class FrameIndex:
         """
         if self.encapsulated:
             raise TypeError("encapsulated Pixel Data has no native frame geometry")
-        from .. import frames
-
         return frames.NativeFrames(
             buffer,
             rows=self.rows,
@@ -414,11 +413,13 @@ class Header(QueryKeyValues):
 class _Scan:
     """One scan's state: the buffer, its end and the UIDs seen so far (for failure reports)."""
 
-    __slots__ = ("buf", "end", "media_class", "media_instance", "sop_class", "sop_instance")
+    __slots__ = ("buf", "end", "partial", "media_class", "media_instance", "sop_class",
+                 "sop_instance")
 
-    def __init__(self, buf, end: int) -> None:
+    def __init__(self, buf, end: int, partial: bool = False) -> None:
         self.buf = buf
         self.end = end
+        self.partial = partial  # buf holds the file's first `end` bytes, not all of it
         self.media_class = self.media_instance = self.sop_class = self.sop_instance = None
 
     def failure(self, status: int, comment: str, cls=StoreFailure) -> StoreFailure:
@@ -470,6 +471,8 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
     """File Meta Information: always Explicit VR Little Endian (PS3.10 §7.1)."""
     buf, end = s.buf, s.end
     if end < 132:
+        if s.partial:
+            raise s.truncated("PS3.10 preamble and prefix", 0)
         raise s.failure(
             FailureReason.CANNOT_UNDERSTAND,
             f"not a PS3.10 file: {end} bytes is shorter than preamble and prefix (132)",
@@ -491,6 +494,9 @@ def _scan_meta(s: _Scan) -> tuple[dict, int]:
         if tag in (0x00020002, 0x00020003, 0x00020010):
             meta[tag] = _uid(buf[vpos:vpos + ln])
         pos = vpos + ln
+    if s.partial and end - pos < 4:
+        # The group may go on past what we have.
+        raise s.truncated("File Meta Information", pos)
     if pos == 132:
         raise s.failure(
             FailureReason.CANNOT_UNDERSTAND,
@@ -558,7 +564,32 @@ def scan(buffer, size: int | None = None, *, validate: bool = False) -> Header:
         C122 if the Transfer Syntax UID is not one we support.
     """
     end = len(buffer) if size is None else size
-    s = _Scan(buffer, end)
+    return _scan(buffer, end, end, validate)
+
+
+def scan_head(head, size: int, *, validate: bool = False) -> Header | None:
+    """:func:`scan` of a file of ``size`` bytes from its first bytes ``head``, when they suffice.
+
+    The scan reads nothing past the Pixel Data header, so a file's first bytes serve when that
+    header (without Pixel Data: the whole data set) lies inside them; the file is then neither
+    mapped nor read again. Returns None when they do not suffice: an element runs past
+    ``head``, the data set goes on past it without Pixel Data, or the data set is deflated (its
+    header is inflated from the whole file). Any other failure is the one :func:`scan` of the
+    whole file raises, from the same bytes.
+    """
+    available = min(len(head), size)
+    if available == size:
+        return scan(head, size, validate=validate)
+    try:
+        return _scan(head, available, size, validate)
+    except _Truncated:
+        return None
+
+
+def _scan(buffer, available: int, end: int, validate: bool) -> Header | None:
+    """Scan ``buffer[:available]``, the first bytes of a file of ``end`` bytes; None if the
+    scan needs more of it (only when ``available < end``)."""
+    s = _Scan(buffer, available, available < end)
     meta, ds_pos = _scan_meta(s)
     ts = meta[0x00020010]
     if ts not in _KNOWN_SYNTAXES:
@@ -567,11 +598,13 @@ def scan(buffer, size: int | None = None, *, validate: bool = False) -> Header:
             f"transfer syntax {ts[:64]!r} is not supported",
         )
     if ts in DEFLATED:
-        return _scan_deflated(s, meta, ds_pos, validate)
+        return _scan_deflated(s, meta, ds_pos, validate) if available == end else None
     explicit = ts != IMPLICIT_VR_LE
     little = ts != EXPLICIT_VR_BE
     found, pixel = _scan_dataset(s, ds_pos, explicit, little)
     tag, ppos, vpos, plen = pixel
+    if not tag and available < end:
+        return None  # the data set goes on past what we have
     if tag:
         if plen == -1:
             if ts not in ENCAPSULATED or not explicit:
@@ -783,7 +816,8 @@ def _query_keys(buf, found: dict, charsets: list[str] | None) -> dict:
 
 
 def build_frame_index(buffer, header: Header) -> FrameIndex | None:
-    """Compute the frame index of a scanned file with the kernels.
+    """Compute the frame index of a scanned file with the kernels. ``buffer`` (the whole
+    file) is read only for encapsulated Pixel Data; native frames follow from the header.
 
     Returns None when there is no Pixel Data, when the data set is deflated (the file's
     bytes are compressed, so no frame lies at a fixed file offset) or when the transfer
@@ -799,16 +833,14 @@ def build_frame_index(buffer, header: Header) -> FrameIndex | None:
     if not header.pixel_tag or header.transfer_syntax_uid in DEFLATED:
         return None
     nframes = header.number_of_frames
-    uids = (header.sop_class_uid, header.sop_instance_uid)
-    uids = tuple(u if is_valid_uid(u) else None for u in uids)
     if nframes < 1:
         raise StoreFailure(
             FailureReason.CANNOT_UNDERSTAND,
-            f"Number of Frames is {nframes}; Pixel Data needs at least one frame", *uids,
+            f"Number of Frames is {nframes}; Pixel Data needs at least one frame", *_uids(header),
         )
     try:
         if header.pixel_length != -1:
-            return _native_index(buffer, header, uids)
+            return _native_index(header)
         return _encapsulated_index(buffer, header)
     except ValueError as exc:  # ParseError, or geometry the kernels reject (PS3.5 §8.1.1)
         problem = str(exc)
@@ -816,8 +848,13 @@ def build_frame_index(buffer, header: Header) -> FrameIndex | None:
     # possibly an mmap the caller wants to close) is already gone.
     raise StoreFailure(
         FailureReason.CANNOT_UNDERSTAND, f"Pixel Data at byte {header.pixel_offset}: {problem}",
-        *uids,
+        *_uids(header),
     )
+
+
+def _uids(header: Header) -> tuple[str | None, str | None]:
+    """The instance's UIDs for a failure report: the valid ones only."""
+    return tuple(u if is_valid_uid(u) else None for u in (header.sop_class_uid, header.sop_instance_uid))
 
 
 def _encapsulated_index(buffer, header: Header) -> FrameIndex | None:
@@ -859,7 +896,7 @@ def _encapsulated_index(buffer, header: Header) -> FrameIndex | None:
     )
 
 
-def _native_index(buffer, header: Header, uids) -> FrameIndex:
+def _native_index(header: Header) -> FrameIndex:
     rows, cols, ba = header.rows, header.columns, header.bits_allocated
     if header.pixel_tag == FLOAT_PIXEL_DATA:
         ba = ba or 32  # Float Pixel Data is always 32-bit (PS3.3 C.7.6.24)
@@ -869,7 +906,7 @@ def _native_index(buffer, header: Header, uids) -> FrameIndex:
         raise StoreFailure(
             FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "Pixel Data present but Rows, Columns or Bits Allocated is missing or zero "
-            "(Image Pixel Module, PS3.3 C.7.6.3)", *uids,
+            "(Image Pixel Module, PS3.3 C.7.6.3)", *_uids(header),
         )
     index = FrameIndex.native(
         rows=rows,
@@ -881,5 +918,7 @@ def _native_index(buffer, header: Header, uids) -> FrameIndex:
         pixel_value_offset=header.pixel_value_offset,
         pixel_length=header.pixel_length,
     )
-    index.native_frames(buffer)  # checks that the value holds the frames; the view is dropped
+    # The scan checked that the value lies inside the file; this, that it holds the frames.
+    frames.check_frames_fit(index.frame_bits, index.number_of_frames, index.pixel_length,
+                            index.pixel_value_offset)
     return index

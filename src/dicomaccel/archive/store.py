@@ -123,8 +123,9 @@ class FileStore(abc.ABC):
         """Remove a file (missing is fine)."""
 
     @abc.abstractmethod
-    def same_bytes(self, path: str, buffer, size: int) -> bool:
-        """True if the stored file at ``path`` holds exactly ``buffer[:size]``."""
+    def same_bytes(self, path: str, other: str, size: int) -> bool:
+        """True if the files at ``path`` and ``other`` both hold exactly the same ``size``
+        bytes (a stored instance and a received temp file)."""
 
     @abc.abstractmethod
     def unpublish(self, published: Published) -> str:
@@ -242,20 +243,14 @@ class LocalFileStore(FileStore):
         except (FileNotFoundError, NotADirectoryError):
             pass
 
-    def same_bytes(self, path: str, buffer, size: int) -> bool:
-        with _mapped(path, size) as stored:
-            if stored is None:
+    def same_bytes(self, path: str, other: str, size: int) -> bool:
+        with _mapped(path, size) as stored, _mapped(other, size) as received:
+            if stored is None or received is None:
                 return False
             step = 1 << 22
-            mv = memoryview(buffer).cast("B")
-            try:
-                # bytes == bytes is a memcmp; comparing memoryviews goes element by element.
-                for pos in range(0, size, step):
-                    if stored[pos:pos + step] != mv[pos:pos + step].tobytes():
-                        return False
-            finally:
-                mv.release()
-            return True
+            # Slices of two maps are bytes: == is a memcmp, a step at a time.
+            return all(stored[pos:pos + step] == received[pos:pos + step]
+                       for pos in range(0, size, step))
 
     def verify(self, path: str, size: int, crc32: int) -> bool:
         with _mapped(path, size) as stored:
