@@ -182,15 +182,12 @@ class LocalFileStore(FileStore):
         # One syncfs(2) covers file data, new directory entries and renames of the whole
         # batch: a new name is durable only once its directory is flushed (POSIX fsync(2)),
         # and flushing each directory and file alone would cost one disk flush per file.
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if _syncfs is None:
-                os.sync()
-            elif _syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-        finally:
-            os.close(fd)
+        # It names the file system by a descriptor of a file in the root: the flush counter's.
+        if _syncfs is None:
+            os.sync()
+        elif _syncfs(self._shared.fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def _make_dirs(self, path: str) -> None:
         if not os.path.isdir(path):
