@@ -725,54 +725,6 @@ def test_start_up_keeps_intact_rows_of_an_unconfirmed_batch(tmp_path):
         assert a.get(sop).crc32 is not None and os.path.exists(path)
 
 
-def test_one_flush_serves_the_processes_that_asked_before_it_began(tmp_path):
-    """Worker processes share a data directory: a process whose ticket was taken before a
-    running flush began returns when that flush ends, without flushing again; a process that
-    asks after it began flushes itself."""
-    import multiprocessing
-
-    path = str(tmp_path / "flush.seq")
-    ctx = multiprocessing.get_context("fork")
-    holding, go = ctx.Event(), ctx.Event()
-    calls = ctx.Queue()
-
-    def leader():
-        shared = store_module._SharedFlush(path)
-        with shared._locked(shared._FLUSH):  # a flush in progress
-            holding.set()
-            deadline = time.monotonic() + 10
-            while shared._get(shared._TICKETS) < 1 and time.monotonic() < deadline:
-                time.sleep(0.001)  # until the follower holds its ticket
-            covered = shared._get(shared._TICKETS)  # this flush begins after that ticket
-            calls.put("leader")
-            shared._set(shared._FLUSH, covered)
-        go.wait(10)
-
-    def follower():
-        shared = store_module._SharedFlush(path)
-        holding.wait(10)
-        shared.flush(lambda: calls.put("follower"))  # takes its ticket, waits for the lock
-        calls.put("follower done")
-        go.set()
-
-    procs = [ctx.Process(target=leader), ctx.Process(target=follower)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-    seen = []
-    while not calls.empty():
-        seen.append(calls.get())
-    assert seen == ["leader", "follower done"]
-
-    # Asking after a flush completed: a flush of its own.
-    shared = store_module._SharedFlush(path)
-    mine = []
-    shared.flush(lambda: mine.append(1))
-    shared.flush(lambda: mine.append(2))
-    assert mine == [1, 2]
-
-
 def _unconfirmed(root) -> set[str]:
     with sqlite3.connect(os.path.join(root, "index.sqlite3")) as db:
         return {r[0] for r in db.execute("SELECT sop_instance_uid FROM unconfirmed")}
@@ -851,19 +803,22 @@ def test_one_failing_store_in_a_batch_leaves_the_others_stored(archive):
         mm.close()
 
 
-def test_start_up_resets_a_damaged_flush_counter_file(tmp_path):
-    """flush.seq claiming a flush far in the future would make every flush look done; start-up
-    recovery (no writer running) starts the counters afresh, so the next store flushes."""
+def test_each_store_flushes_and_old_flush_counters_go(tmp_path):
+    """A store is answered after a flush of its own batch (no process waits on another's);
+    the flush counters an earlier version kept beside the index are removed at start-up."""
     root = tmp_path / "data"
-    Archive(root).close()
-    with open(root / "flush.seq", "r+b") as f:
-        f.write((0).to_bytes(8, "little") + (2**63).to_bytes(8, "little"))
+    root.mkdir()
+    (root / "flush.seq").write_bytes(bytes(16))
     with Archive(root) as a:
+        assert not (root / "flush.seq").exists()
         calls = []
         real = a.files._syncfs
         a.files._syncfs = lambda: (calls.append(1), real())
         a.store_bytes(ct_file(rows=4, columns=4, seed=77))
         assert calls == [1]
+    with Archive(root, fsync=False) as a:
+        a.files._syncfs = lambda: pytest.fail("flushed with fsync off")
+        a.store_bytes(ct_file(rows=4, columns=4, seed=78))
 
 
 def _rules(coerce=(), discard=()) -> StorePolicy:

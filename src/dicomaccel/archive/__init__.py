@@ -14,16 +14,15 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    The writer appends to a temp file in ``tmp/``, folds the bytes into a CRC-32 and starts
    their writeback (``sync_file_range``), so the disk works while the rest arrives.
 2. :meth:`IncomingInstance.commit_async` (or the blocking :meth:`IncomingInstance.commit`)
-   has a writer thread write what is left (and start its writeback), map the file, scan the
-   header, validate it and build the frame index: still nothing is visible. The instance is
+   has a writer thread write what is left (and start its writeback), scan the header (from
+   the instance's first bytes, kept as they arrived, or from a map of the file when those
+   do not suffice), validate it and build the frame index: still nothing is visible. The instance is
    then queued for the group commit; no thread waits for it.
 3. The group commit (:mod:`.commit`) takes every instance ready at that moment: duplicate
    rule, rename to a *pending* marker, link into ``instances/``, one index transaction for
    the batch, which also lists the batch's rows as *unconfirmed*, then **one** ``syncfs``
    of the archive's file system, which makes the files, their directory entries, the
-   markers and the SQLite WAL durable together. That ``syncfs`` also serves the other
-   processes on this data directory whose writes came before it began
-   (:class:`.store._SharedFlush`).
+   markers and the SQLite WAL durable together.
 4. Only then is any store of the batch answered (the committer thread resolves the
    caller's future); markers are dropped afterwards.
 
@@ -502,6 +501,7 @@ class Archive:
             self.index.confirm()  # if the last batch's flush succeeded
             self._committer = None
         self.index.close()
+        self.files.close()
 
     def __enter__(self) -> "Archive":
         return self

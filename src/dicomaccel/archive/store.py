@@ -26,8 +26,12 @@ are not ours to delete.
 
 When several nodes share the data directory (a shared index, e.g. PostgreSQL), each names its
 temp files and markers with its node ID and recovers only those: another node's files may be
-in flight. Each node also keeps its own flush counters (``flush.<node>.seq``): a flush on one
-host does not write another host's dirty pages, so a node can never count another's flush.
+in flight.
+
+Worker processes (and nodes) flush independently, each its own batches, although one
+``syncfs`` writes every process's dirty pages: measured, two flushes under way at once end
+sooner than the same two one after the other. (An earlier protocol let one flush serve
+several processes, with counters in ``flush.seq`` and record locks; it mostly queued them.)
 """
 
 from __future__ import annotations
@@ -37,13 +41,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import mmap
 import os
 import re
 import secrets
 import tempfile
-import threading
 from collections.abc import Callable
 
 from zlib_ng.zlib_ng import crc32 as _crc32
@@ -135,6 +137,10 @@ class FileStore(abc.ABC):
     def recover(self, is_indexed: Callable[[str], bool]) -> None:
         """Start-up cleanup after a crash (see module docstring)."""
 
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the store holds open (idempotent)."""
+
 
 class LocalFileStore(FileStore):
     """Instance files on a local file system under ``root``.
@@ -160,8 +166,10 @@ class LocalFileStore(FileStore):
             raise ValueError(f"a node ID is 1-64 letters, digits, '.', '_' or '-', not {node!r}")
         # The prefix of this node's names in tmp/ ("" when the archive is this node's alone).
         self._prefix = "" if node is None else f"{node}~"
-        seq = "flush.seq" if node is None else f"flush.{node}.seq"
-        self._shared = _SharedFlush(os.path.join(self.root, seq)) if fsync else None
+        # The flush counters of earlier versions, removed at start-up (recover()).
+        self._stale = os.path.join(self.root, "flush.seq" if node is None else f"flush.{node}.seq")
+        # syncfs(2) names the file system by an open descriptor: the root's, kept open.
+        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY) if fsync else -1
 
     def create_temp(self) -> tuple[int, str]:
         return tempfile.mkstemp(prefix=self._prefix, suffix=".part", dir=self.tmp_dir)
@@ -175,19 +183,23 @@ class LocalFileStore(FileStore):
             _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
     def flush(self) -> None:
-        if self._shared is not None:
-            self._shared.flush(self._syncfs)
+        if self.fsync:
+            self._syncfs()
 
     def _syncfs(self) -> None:
         # One syncfs(2) covers file data, new directory entries and renames of the whole
         # batch: a new name is durable only once its directory is flushed (POSIX fsync(2)),
         # and flushing each directory and file alone would cost one disk flush per file.
-        # It names the file system by a descriptor of a file in the root: the flush counter's.
         if _syncfs is None:
             os.sync()
-        elif _syncfs(self._shared.fd) != 0:
+        elif _syncfs(self._root_fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
+
+    def close(self) -> None:
+        fd, self._root_fd = self._root_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _make_dirs(self, path: str) -> None:
         if not os.path.isdir(path):
@@ -254,10 +266,8 @@ class LocalFileStore(FileStore):
             return stored is not None and crc32_of(stored) == crc32
 
     def recover(self, is_indexed: Callable[[str], bool]) -> None:
-        if self._shared is not None:
-            # No writer runs during recovery: start the flush counters afresh, so a stale or
-            # damaged flush.seq can never make a flush look done.
-            self._shared.reset()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._stale)
         for name in os.listdir(self.tmp_dir):
             if self._prefix and not name.startswith(self._prefix):
                 continue  # another node's, perhaps in flight
@@ -274,64 +284,6 @@ class LocalFileStore(FileStore):
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
-
-
-class _SharedFlush:
-    """Group commit of flushes across the processes that share a data directory.
-
-    ``syncfs`` flushes the whole file system, so when worker processes each flush their own
-    batch, each flush also writes the others' data and they queue behind one another. Here a
-    process takes a ticket (a shared counter, bumped after its writes), then the flush lock;
-    if a flush that *began* after its ticket has completed meanwhile, its writes are durable
-    and it returns without flushing. Otherwise it notes the highest ticket taken so far,
-    flushes once for all of them and records that. Counters live in a 16-byte file beside the
-    index, mapped shared; POSIX record locks (``lockf``) on two bytes of it serialise ticket
-    updates and flushes between processes; record locks do not exclude threads of one
-    process, so a thread lock does that.
-    """
-
-    _TICKETS = 0  # byte offsets: the lock ranges and the two unsigned 64-bit counters
-    _FLUSH = 8
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(self.fd).st_size < 16:
-            with self._locked(self._TICKETS):
-                if os.fstat(self.fd).st_size < 16:
-                    os.pwrite(self.fd, bytes(16), 0)
-        self.counters = mmap.mmap(self.fd, 16)
-        self._threads = threading.Lock()
-
-    @contextlib.contextmanager
-    def _locked(self, byte: int):
-        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, byte)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, byte)
-
-    def reset(self) -> None:
-        """Zero both counters (only while no other process uses this file)."""
-        with self._threads, self._locked(self._TICKETS), self._locked(self._FLUSH):
-            self.counters[:] = bytes(16)
-
-    def _get(self, offset: int) -> int:
-        return int.from_bytes(self.counters[offset:offset + 8], "little")
-
-    def _set(self, offset: int, value: int) -> None:
-        self.counters[offset:offset + 8] = value.to_bytes(8, "little")
-
-    def flush(self, sync: Callable[[], None]) -> None:
-        with self._threads, self._locked(self._TICKETS):
-            ticket = self._get(self._TICKETS) + 1
-            self._set(self._TICKETS, ticket)
-        with self._threads, self._locked(self._FLUSH):
-            if self._get(self._FLUSH) >= ticket:
-                return  # a flush that began after our writes has completed
-            with self._locked(self._TICKETS):
-                covered = self._get(self._TICKETS)
-            sync()
-            self._set(self._FLUSH, covered)
 
 
 @contextlib.contextmanager
