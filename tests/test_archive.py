@@ -1122,3 +1122,6 @@ def test_only_what_needs_more_than_the_header_is_mapped(tmp_path, monkeypatch):
         assert spy.maps == 2
         # The same bytes again: compared with the stored file, both read from their files.
         assert a.store_bytes(ct).already_stored and spy.maps == 2
+        # No Pixel Data, the whole data set in the first bytes: not mapped either.
+        assert a.store_bytes(to_bytes(base_dataset())).record.pixel_tag == 0
+        assert spy.maps == 2

@@ -550,7 +550,8 @@ class Archive:
         changes, received_crc = [], None
         header = None if self.policy.rewrites else \
             scan_head(incoming._head, size, validate=self.policy.validates)
-        if header is not None and header.pixel_length != -1:
+        encapsulated = header is not None and header.pixel_tag and header.pixel_length == -1
+        if header is not None and not encapsulated:
             self._validate(header, expected_study_uid)
             frame_index = build_frame_index(None, header)
         else:
