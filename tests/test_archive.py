@@ -1088,6 +1088,31 @@ def test_every_byte_of_a_durable_store_has_its_writeback_started_before_the_flus
     assert all(a + n == b for (a, n), (b, _) in zip(covered, covered[1:]))
 
 
+def test_an_instance_refused_by_its_header_is_never_written(archive, monkeypatch):
+    """Received on the event loop and refused by the header scan (here: an unknown transfer
+    syntax, C122), an instance that fitted in one hand-off to the writer never reaches the
+    disk: no temp file is made. One that passes is written as before."""
+    import asyncio
+
+    made = []
+    real = archive.files.create_temp
+    monkeypatch.setattr(archive.files, "create_temp", lambda: made.append(1) or real())
+    good = ct_file(rows=64, columns=64, seed=78)
+    bad = good.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.9.9.9\x00", 1)
+    assert bad != good
+
+    async def store(data):
+        incoming = archive.begin()
+        await incoming.feed(data)
+        return await incoming.commit_async()
+
+    with pytest.raises(StoreFailure) as refused:
+        asyncio.run(store(bad))
+    assert refused.value.status == FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED and made == []
+    assert not asyncio.run(store(good)).already_stored and made == [1]
+    assert tmp_files(archive.files.root) == []
+
+
 class _CountingMmap:
     """dicomaccel.archive's ``mmap`` module, counting the files it maps."""
 
