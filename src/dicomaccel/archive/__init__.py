@@ -448,7 +448,11 @@ class Archive:
         # With a shared index other nodes write into this directory too: name our temp files.
         self.files: FileStore = LocalFileStore(self.root, fsync=fsync,
                                                node=None if index is None else node_id)
-        self.index: Index = _open_index(index, self.root, fsync)
+        try:
+            self.index: Index = _open_index(index, self.root, fsync)
+        except BaseException:
+            self.files.close()
+            raise
         if recover:
             self._recover()
         self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="archive-write")
