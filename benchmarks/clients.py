@@ -340,6 +340,19 @@ def cstore_run(peer: Peer, corpus: Corpus, log_config: Path, associations: int =
     return {"seconds": seconds, "first": first, "accepted": peer.instance_count()}
 
 
+def run_dcmtk(cmd: list[str]) -> tuple[int, str]:
+    """Run a DCMTK client to its end: ``(exit status, its log)``.
+
+    The log goes to a file, read once the client has ended, as storescu's do: through a pipe,
+    this process would wake at every line the client logs (one or more per request or
+    instance) while the run is timed."""
+    with tempfile.TemporaryFile("w+") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=dcmtk_env(),
+                              timeout=RUN_TIMEOUT)
+        log.seek(0)
+        return done.returncode, log.read()
+
+
 def getscu_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int, log_config: Path) -> dict:
     """One C-GET by DCMTK ``getscu --ignore`` (timed from its log)."""
     keys = ["-k", f"QueryRetrieveLevel={level}", "-k", f"StudyInstanceUID={corpus.study_uid}"]
@@ -349,12 +362,11 @@ def getscu_run(peer: Peer, corpus: Corpus, level: str, max_pdu: int, log_config:
     syntax = ["+xv"] if corpus.transfer_syntax == JPEG2000Lossless else []
     cmd = [dcmtk_program("getscu"), "--log-config", str(log_config), "-S", "-aet", GETSCU_TITLE,
            "-aec", peer.ae_title, "-pdu", str(max_pdu), "--ignore", *syntax, *keys, "127.0.0.1", str(peer.port)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
-    log = done.stdout + done.stderr
+    status, log = run_dcmtk(cmd)
     failed = [line.split(": ", 1)[-1] for line in log.splitlines()
               if "ERROR:" in line or "(Failed" in line or "(Refused" in line]
-    if done.returncode != 0 or failed:
-        raise RuntimeError(f"getscu: {' / '.join(dict.fromkeys(failed)) or f'exit status {done.returncode}'}")
+    if status != 0 or failed:
+        raise RuntimeError(f"getscu: {' / '.join(dict.fromkeys(failed)) or f'exit status {status}'}")
     seconds, first, stored, completed = parse_getscu_log(log)
     if stored != len(corpus.files) or completed != len(corpus.files):
         raise RuntimeError(f"getscu received {stored}, final response reports {completed} completed, "
@@ -748,11 +760,10 @@ def findscu_run(peer: Peer, keys: list[str], repeat: int, log_config: Path) -> d
     cmd = [dcmtk_program("findscu"), "--log-config", str(log_config), "-S", "-aet", FINDSCU_TITLE,
            "-aec", peer.ae_title, "--repeat", str(repeat), *(a for k in keys for a in ("-k", k)),
            "127.0.0.1", str(peer.port)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
-    log = done.stdout + done.stderr
+    status, log = run_dcmtk(cmd)
     failed = [line.split(": ", 1)[-1] for line in log.splitlines() if " E: " in line or "ERROR:" in line]
-    if done.returncode != 0 or failed:
-        raise RuntimeError(f"findscu: {' / '.join(dict.fromkeys(failed))[:300] or f'exit status {done.returncode}'}")
+    if status != 0 or failed:
+        raise RuntimeError(f"findscu: {' / '.join(dict.fromkeys(failed))[:300] or f'exit status {status}'}")
     parsed = parse_findscu_log(log)
     if parsed["success"] != repeat:
         raise RuntimeError(f"findscu: {parsed['success']} of {repeat} C-FINDs ended in Success")

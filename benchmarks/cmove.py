@@ -12,12 +12,11 @@ instance a completed sub-operation.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from benchmarks.clients import DCMTK_LOG_CONFIG, RUN_TIMEOUT, dcmtk_log
+from benchmarks.clients import DCMTK_LOG_CONFIG, dcmtk_log, run_dcmtk
 from benchmarks.corpus import Corpus
-from benchmarks.peers import Peer, StorescpIgnorePeer, dcmtk_env, dcmtk_program
+from benchmarks.peers import Peer, StorescpIgnorePeer, dcmtk_program
 
 DESTINATION_TITLE = "MOVEDEST"
 MOVESCU_TITLE = "MOVESCU"
@@ -71,10 +70,9 @@ def movescu_run(peer: Peer, corpus: Corpus, log_config: Path) -> dict:
     cmd = [dcmtk_program("movescu"), "--log-config", str(log_config), "-S", "-aet", MOVESCU_TITLE,
            "-aec", peer.ae_title, "-aem", DESTINATION_TITLE, "-k", "QueryRetrieveLevel=STUDY",
            "-k", f"StudyInstanceUID={corpus.study_uid}", "127.0.0.1", str(peer.port)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=RUN_TIMEOUT)
-    log = done.stdout + done.stderr
+    exit_status, log = run_dcmtk(cmd)
     seconds, completed, failed, status = parse_movescu_log(log)
-    if done.returncode != 0 or not status.startswith("0x0000") or completed != len(corpus.files):
+    if exit_status != 0 or not status.startswith("0x0000") or completed != len(corpus.files):
         raise RuntimeError(f"movescu: final status {status or '?'}, {completed} completed and {failed} failed "
-                           f"of {len(corpus.files)} (exit status {done.returncode})")
+                           f"of {len(corpus.files)} (exit status {exit_status})")
     return {"seconds": seconds, "first": None, "accepted": completed}

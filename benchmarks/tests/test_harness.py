@@ -5,6 +5,7 @@ The runner as a whole is exercised end to end by tests/test_benchmark_runner.py,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,32 @@ def test_issue9_targets_read_cpu_disk_first_and_mbps():
     assert "| 2.5 ms | yes |" in lines["first instance of a C-GET: <= 3 ms"]
     assert "| 2000 MB/s (runs 2000-2000) | yes |" in lines["C-GET multi-frame to a raw draining SCU: >= 2 GB/s"]
     assert "STOW-RS CT, 4 clients: >= 3x Orthanc" not in lines  # not measured: no row
+
+
+def test_descendants_follow_new_and_ended_processes():
+    """The process table read once per sample finds a child and grandchild started after it
+    was first read, and forgets them once they end (RssSampler relies on both)."""
+    import subprocess
+    import sys
+
+    from benchmarks.peers import descendants
+
+    me = os.getpid()
+    before = descendants(me)  # reads the table: what follows starts after that
+    # The child starts a grandchild, prints its PID, and both wait for stdin to close.
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys; g = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'],"
+         " stdin=subprocess.PIPE); print(g.pid, flush=True); sys.stdin.read(); g.stdin.close(); g.wait()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(child.stdout.readline())
+        found = descendants(me)
+        assert child.pid in found and grandchild in found
+        assert descendants(child.pid) == [grandchild]
+    finally:
+        child.stdin.close()
+        child.wait()
+    after = descendants(me)
+    assert child.pid not in after and grandchild not in after
+    assert set(after) <= set(before)
