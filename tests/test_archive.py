@@ -237,6 +237,26 @@ def test_find(archive):
 
 
 # --- failure reasons ---------------------------------------------------------------------------
+def test_read_quickly_answers_a_short_read_and_gives_up_a_long_one(archive):
+    """Index.read_quickly, what the event loop tries before a worker thread (C-FIND's first
+    page, QIDO-RS): an embedded index answers a short read and abandons one of more than
+    QUICK_READ_STEPS steps, leaving its connection without a limit; a database server is
+    never read that way."""
+    archive.store_bytes(to_bytes(image_dataset(rows=2, columns=2)))
+    index = archive.index
+    count = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
+    short = lambda: index.read("SELECT count(*) FROM instances")  # noqa: E731
+    if index.remote:
+        assert index.read_quickly(short) is None
+        return
+    assert index.read_quickly(short) == [(1,)]
+    assert index.read_quickly(lambda: index.read(count.format(n=10_000_000))) is None
+    # The same (this thread's) connection reads on past the budget outside read_quickly.
+    assert index.read(count.format(n=30_000)) == [(30_000,)]
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        index.read_quickly(lambda: index.read("SELECT * FROM no_such_table"))
+
+
 def test_cannot_understand(archive):
     err = expect_failure(archive, b"\0" * 200, FailureReason.CANNOT_UNDERSTAND)
     assert "DICM" in err.comment
