@@ -22,7 +22,7 @@ import logging
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from dicomaccel._compat import WRITELINES_SAFE
 from dicomaccel.errors import ParseError
@@ -1043,16 +1043,35 @@ class DIMSEProtocol(asyncio.BufferedProtocol):
 
     async def send_message(self, pcid: int, command: bytes, dataset: Any,
                            on_sent: Callable[[int], None] | None = None) -> None:
-        """Send one DIMSE message as P-DATA-TF PDUs, one PDV each (PS3.8 Annex E)."""
+        """Send one DIMSE message as P-DATA-TF PDUs, one PDV each (PS3.8 Annex E).
+
+        The command's PDUs go out in the same write as the first of the data set's: one
+        system call, and one segment for a small message such as a C-FIND-RSP with its
+        Identifier, where two writes were two."""
         assoc = self.assoc
         async with assoc._send_lock:
-            await self._send_fragments(pcid, (command,), 0x01)
+            first = [part for parts, _ in self._fragments(pcid, (command,), 0x01) for part in parts]
             if dataset is not None:
                 buffers = (dataset,) if isinstance(dataset, (bytes, bytearray, memoryview)) else dataset
-                await self._send_fragments(pcid, buffers, 0x00, on_sent)
+                handed = 0
+                for parts, full in self._fragments(pcid, buffers, 0x00):
+                    self._event("Evt9", first + parts if first else parts)
+                    first = None
+                    if full:
+                        handed += full
+                        if on_sent is not None:
+                            on_sent(handed)
+                    if self._write_paused:
+                        await self._drain()
+            else:
+                self._event("Evt9", first)
+                if self._write_paused:
+                    await self._drain()
 
-    async def _send_fragments(self, pcid: int, buffers: Iterable[Any], control: int,
-                              on_sent: Callable[[int], None] | None = None) -> None:
+    def _fragments(self, pcid: int, buffers: Iterable[Any], control: int) -> Iterator[tuple[list, int]]:
+        """The P-DATA-TF PDUs of a command or data set made of ``buffers``, as lists of buffers
+        to write of about :data:`_WRITE_BATCH` bytes each: ``(parts, n)``, ``n`` the fragment
+        bytes of a full batch, 0 for the last one."""
         # PS3.8 D.1: a PDU may not exceed the peer's Maximum Length; one PDV per PDU leaves
         # max - 6 bytes of fragment, kept even (PS3.8 Annex E.2 wants even fragments).
         max_fragment = max(2, (self._send_cap - 6) & ~1)
@@ -1061,7 +1080,6 @@ class DIMSEProtocol(asyncio.BufferedProtocol):
         pack = pdu.PDATA_ONE_PDV_HEADER.pack
         parts: list = []
         batched = 0
-        handed = 0
         index = 0
         pos = 0
         if not remaining:
@@ -1094,19 +1112,12 @@ class DIMSEProtocol(asyncio.BufferedProtocol):
                         pos = 0
             batched += n
             if batched >= _WRITE_BATCH:
-                self._event("Evt9", parts)
+                yield parts, batched
                 parts = []
                 append = parts.append
-                handed += batched
                 batched = 0
-                if on_sent is not None:
-                    on_sent(handed)
-                if self._write_paused:
-                    await self._drain()
         if parts:
-            self._event("Evt9", parts)
-            if self._write_paused:
-                await self._drain()
+            yield parts, 0
 
     async def _drain(self) -> None:
         if self._transport is None or self._transport.is_closing():

@@ -86,6 +86,10 @@ _PAGE = 500
 # dcmqrscp: 1806 -> 1997 requests/s, 0.4 -> 0.35 ms of server CPU each). Its size bounds the
 # encoding done on the loop.
 _FIRST_PAGE = 32
+# The loop reads what the peer sent (a C-CANCEL-RQ) after this many Pending responses, not
+# after every one (three studies, 200 C-FINDs on one association, 5 runs beside dcmqrscp:
+# 2072 -> 2152 requests/s).
+_YIELD_EVERY = 8
 # Identifiers up to this size are walked on the event loop (a few elements: microseconds);
 # larger ones (the DIMSE layer allows 1 MiB) in a worker thread.
 _INLINE_IDENTIFIER = 16 << 10
@@ -557,12 +561,13 @@ class CFindSCP:
                 page, more = quick or await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
                 cork.hold()
                 offset += len(page)
-                for identifier in page:
+                for n, identifier in enumerate(page, 1):
                     if request.cancelled.is_set():
                         await assoc.respond(request, Status.CANCEL)
                         return
                     await assoc.respond(request, Status.PENDING, identifier)
-                    await asyncio.sleep(0)  # lets a C-CANCEL-RQ in (PS3.7 §9.3.2.3)
+                    if n % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # lets a C-CANCEL-RQ in (PS3.7 §9.3.2.3)
                 if not more:
                     break
             await assoc.respond(request, Status.SUCCESS)
