@@ -35,8 +35,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..status import FailureReason
 from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, scan
