@@ -22,7 +22,7 @@ import logging
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from dicomaccel._compat import WRITELINES_SAFE
 from dicomaccel.errors import ParseError
@@ -345,6 +345,23 @@ class Association:
         Message ID Being Responded To from the request, and the Affected SOP Class UID of the
         context it came on (the peer's own value may be anything, even non-ASCII).
         """
+        await self.send_response(request.context, self._response(request, status, fields), dataset)
+
+    def pending_response(self, request: Request, **fields: Any) -> Callable[[Any], Awaitable[None]]:
+        """A sender of Pending (FF00) responses to ``request``, each with a data set: the
+        command set is encoded once, for an SCP that sends many (C-FIND, one per match)."""
+        command = self._response(request, Status.PENDING, fields)
+        command["CommandDataSetType"] = messages.DATASET_PRESENT
+        encoded = messages.encode_command(command)
+        pcid = request.context.id
+
+        async def send(dataset: Any) -> None:
+            await self._protocol.send_message(pcid, encoded, dataset)
+
+        return send
+
+    @staticmethod
+    def _response(request: Request, status: int, fields: dict) -> dict:
         command = {
             "AffectedSOPClassUID": request.context.abstract_syntax,
             "CommandField": request.command_field | 0x8000,
@@ -354,7 +371,7 @@ class Association:
         command.update(fields)
         if "ErrorComment" in command and command["ErrorComment"] is not None:
             command["ErrorComment"] = command["ErrorComment"][: messages.ERROR_COMMENT_MAX]
-        await self.send_response(request.context, command, dataset)
+        return command
 
     async def release(self, timeout: float | None = None) -> None:
         """Release the association (PS3.8 AR-1) and wait for the peer's A-RELEASE-RP.

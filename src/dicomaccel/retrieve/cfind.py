@@ -548,6 +548,7 @@ class CFindSCP:
             await assoc.respond(request, err.status, **fields)
             return
         plan = ResponsePlan(returns, query.level, syntax)
+        pending = assoc.pending_response(request)  # one command set for every match
         cork = _Cork(assoc)
         try:
             offset = 0
@@ -565,7 +566,7 @@ class CFindSCP:
                     if request.cancelled.is_set():
                         await assoc.respond(request, Status.CANCEL)
                         return
-                    await assoc.respond(request, Status.PENDING, identifier)
+                    await pending(identifier)
                     if n % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # lets a C-CANCEL-RQ in (PS3.7 §9.3.2.3)
                 if not more:
