@@ -236,7 +236,6 @@ def test_find(archive):
     assert uids(archive.find(sop_instance_uids=many)) == [recs[0].sop_instance_uid]
 
 
-# --- failure reasons ---------------------------------------------------------------------------
 def test_read_quickly_answers_a_short_read_and_gives_up_a_long_one(archive):
     """Index.read_quickly, what the event loop tries before a worker thread (C-FIND's first
     page, QIDO-RS): an embedded index answers a short read and abandons one of more than
@@ -257,6 +256,7 @@ def test_read_quickly_answers_a_short_read_and_gives_up_a_long_one(archive):
         index.read_quickly(lambda: index.read("SELECT * FROM no_such_table"))
 
 
+# --- failure reasons ---------------------------------------------------------------------------
 def test_cannot_understand(archive):
     err = expect_failure(archive, b"\0" * 200, FailureReason.CANNOT_UNDERSTAND)
     assert "DICM" in err.comment

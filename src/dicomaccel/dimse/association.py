@@ -347,10 +347,10 @@ class Association:
         """
         await self.send_response(request.context, self._response(request, status, fields), dataset)
 
-    def pending_response(self, request: Request, **fields: Any) -> Callable[[Any], Awaitable[None]]:
+    def pending_response(self, request: Request) -> Callable[[Any], Awaitable[None]]:
         """A sender of Pending (FF00) responses to ``request``, each with a data set: the
         command set is encoded once, for an SCP that sends many (C-FIND, one per match)."""
-        command = self._response(request, Status.PENDING, fields)
+        command = self._response(request, Status.PENDING, {})
         command["CommandDataSetType"] = messages.DATASET_PRESENT
         encoded = messages.encode_command(command)
         pcid = request.context.id
@@ -1088,7 +1088,7 @@ class DIMSEProtocol(asyncio.BufferedProtocol):
     def _fragments(self, pcid: int, buffers: Iterable[Any], control: int) -> Iterator[tuple[list, int]]:
         """The P-DATA-TF PDUs of a command or data set made of ``buffers``, as lists of buffers
         to write of about :data:`_WRITE_BATCH` bytes each: ``(parts, n)``, ``n`` the fragment
-        bytes of a full batch, 0 for the last one."""
+        bytes of a full batch, 0 for a last one that is not full."""
         # PS3.8 D.1: a PDU may not exceed the peer's Maximum Length; one PDV per PDU leaves
         # max - 6 bytes of fragment, kept even (PS3.8 Annex E.2 wants even fragments).
         max_fragment = max(2, (self._send_cap - 6) & ~1)
