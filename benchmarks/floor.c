@@ -10,48 +10,24 @@
  */
 #include "floor_server.h"
 
-#include <strings.h>
-
 static const char RESPONSE[] =
     "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\n\r\n{}";
 
 static void *serve(void *arg) {
     int s = (int)(long)arg;
-    size_t cap = 1 << 20, have = 0;
+    size_t cap = 1 << 20, have = 0, body, length;
     char *buf = malloc(cap);
-    for (;;) {
-        /* Header block. */
-        char *end;
-        while (!(end = memmem(buf, have, "\r\n\r\n", 4))) {
-            if (have == cap) goto done;
-            ssize_t k = read(s, buf + have, cap - have);
-            if (k <= 0) goto done;
-            have += (size_t)k;
-        }
-        size_t head = (size_t)(end - buf) + 4, length = 0;
-        for (char *line = buf; line < end; line = strstr(line, "\r\n") + 2)
-            if (!strncasecmp(line, "content-length:", 15)) length = strtoul(line + 15, NULL, 10);
-        if (head + length > cap) {
-            cap = head + length;
-            buf = realloc(buf, cap);
-        }
-        while (have < head + length) {
-            ssize_t k = read(s, buf + have, cap - have);
-            if (k <= 0) goto done;
-            have += (size_t)k;
-        }
+    while (!read_request(s, &buf, &cap, &have, &body, &length)) {
         char name[64];
         snprintf(name, sizeof name, "%ld.dcm", atomic_fetch_add(&counter, 1));
         int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL, 0600);
-        if (fd < 0 || write_all(fd, buf + head, length) || fdatasync(fd) || close(fd) || fsync(dir_fd)) {
+        if (fd < 0 || write_all(fd, buf + body, length) || fdatasync(fd) || close(fd) || fsync(dir_fd)) {
             perror("store");
-            goto done;
+            break;
         }
-        if (write_all(s, RESPONSE, sizeof RESPONSE - 1)) goto done;
-        memmove(buf, buf + head + length, have - head - length);
-        have -= head + length;
+        if (write_all(s, RESPONSE, sizeof RESPONSE - 1)) break;
+        next_request(buf, &have, body, length);
     }
-done:
     free(buf);
     close(s);
     return NULL;

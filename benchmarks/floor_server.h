@@ -1,6 +1,6 @@
-/* What the two floor servers (floor.c for STOW-RS, cstore_floor.c for C-STORE) share: the
- * data directory, writing all of a buffer, and a thread per connection on an ephemeral
- * 127.0.0.1 port. Included first by each; the benchmark runner compiles each as one file. */
+/* What the floor servers (floor.c and design_floor.c for STOW-RS, cstore_floor.c for C-STORE)
+ * share: the data directory, writing all of a buffer, reading an HTTP request, and a thread per
+ * connection on an ephemeral 127.0.0.1 port. Included first by each; the benchmark runner compiles each as one file. */
 #ifndef FLOOR_SERVER_H
 #define FLOOR_SERVER_H
 #ifndef _GNU_SOURCE
@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,6 +32,39 @@ static int write_all(int fd, const void *buf, size_t n) {
         p += k; n -= (size_t)k;
     }
     return 0;
+}
+
+/* One HTTP/1.1 request with a Content-Length body from socket s into *buf (*cap bytes, *have
+ * of them read, possibly past this request: the caller moves those down once done). Sets
+ * *body and *length; returns 0, or -1 once the peer closed or the header block overflowed. */
+static inline int read_request(int s, char **buf, size_t *cap, size_t *have, size_t *body, size_t *length) {
+    char *end;
+    while (!(end = memmem(*buf, *have, "\r\n\r\n", 4))) {
+        if (*have == *cap) return -1;
+        ssize_t k = read(s, *buf + *have, *cap - *have);
+        if (k <= 0) return -1;
+        *have += (size_t)k;
+    }
+    *body = (size_t)(end - *buf) + 4;
+    *length = 0;
+    for (char *line = *buf; line < end; line = strstr(line, "\r\n") + 2)
+        if (!strncasecmp(line, "content-length:", 15)) *length = strtoul(line + 15, NULL, 10);
+    if (*body + *length > *cap) {
+        *cap = *body + *length;
+        *buf = realloc(*buf, *cap);
+    }
+    while (*have < *body + *length) {
+        ssize_t k = read(s, *buf + *have, *cap - *have);
+        if (k <= 0) return -1;
+        *have += (size_t)k;
+    }
+    return 0;
+}
+
+/* Drop the request read_request() returned from the front of buf. */
+static inline void next_request(char *buf, size_t *have, size_t body, size_t length) {
+    memmove(buf, buf + body + length, *have - body - length);
+    *have -= body + length;
 }
 
 /* Open DIRECTORY (argv[1]), listen on 127.0.0.1 (ephemeral port, printed as "port N"), and

@@ -6,6 +6,8 @@
   PDUs and whole);
 - :func:`stow_floor`: the STOW-RS floor, a minimal C server (``floor.c``) that only reads each
   request and makes its body a durable file, driven by the same clients as the servers;
+- :func:`design_floor`: dicomaccel's own per-request work in C (``design_floor.c``), the same
+  way: how far the design goes on this machine without the interpreter;
 - :func:`core_times` / :func:`core_busy`: the share of each core busy over a run;
 - :func:`harness_cpu_s`: CPU of this process and the clients it ran;
 - :func:`machine` and :func:`versions`: what the report names.
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -203,12 +206,81 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
                runs: int = 3) -> dict:
     """Requests/s and server CPU ms per request of ``floor.c`` for ``bodies`` (one instance
     each), per client count: the median of ``runs`` (see the report). Empty if gcc is missing."""
-    from benchmarks.clients import stow_run  # clients imports this module's neighbours only
-    from benchmarks.peers import process_cpu_s
-
     binary = build_c("floor.c", where)
     if binary is None:
         return {}
+    out = _floor_runs(binary, lambda run: run.mkdir(), where / "floor", bodies, clients, runs)
+    print("STOW-RS floor: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s" for n, v in out.items()), flush=True)
+    return out
+
+
+def design_floor(where: Path, files: list[Path], bodies: list[tuple[bytes, int]],
+                 clients: tuple[int, ...] = (1, 4), runs: int = 3) -> dict:
+    """As :func:`stow_floor`, for ``design_floor.c``: dicomaccel's per-request work (temp file,
+    early writeback, publication by rename and link, the index transaction's own SQLite
+    statements, syncfs) in C, into an archive :func:`design_template` made of ``files``. Each
+    run checks that the index holds a row for every request. Empty without gcc or SQLite's
+    header (Debian package libsqlite3-dev)."""
+    import sqlite3
+
+    try:
+        binary = build_c("design_floor.c", where, libs=("-lsqlite3",))
+    except subprocess.CalledProcessError:
+        print("design floor: not measured: design_floor.c did not build (libsqlite3-dev missing?)", flush=True)
+        return {}
+    if binary is None:
+        return {}
+    template = design_template(where / "design-template", files)
+
+    def check(run: Path, requests: int) -> None:
+        with contextlib.closing(sqlite3.connect(run / "index.sqlite3")) as conn:
+            rows = conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+        if rows != 2 + requests:
+            raise RuntimeError(f"design_floor indexed {rows - 2} of {requests} requests")
+
+    out = _floor_runs(binary, lambda run: shutil.copytree(template, run), where / "design", bodies, clients,
+                      runs, check)
+    print("design floor: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s" for n, v in out.items()), flush=True)
+    return out
+
+
+def design_template(root: Path, files: list[Path]) -> Path:
+    """An archive made by dicomaccel's own :class:`~dicomaccel.archive.Archive` (its defaults:
+    SQLite index, fsync) holding ``files[0]`` and ``files[1]`` (instances of one series), with
+    ``design.sql`` for ``design_floor.c``: the series directory, then the statements the index
+    ran to commit the second instance, its SOP Instance UID and path made parameters ?1 and ?2.
+    So the design floor runs the schema and statements of the code under test, whatever they
+    are at the time."""
+    from dicomaccel.archive import Archive
+
+    archive = Archive(str(root))
+    statements: list[str] = []
+    try:
+        for i, path in enumerate(files[:2]):
+            incoming = archive.begin()
+            incoming.write(path.read_bytes())
+            # The writer connection is the index's own: what it runs for one commit is traced.
+            archive.index._writer.set_trace_callback(statements.append if i else None)
+            record = incoming.commit().record
+        archive.index._writer.set_trace_callback(None)
+    finally:
+        archive.close()
+    rel = os.path.relpath(record.path, root).replace(os.sep, "/")
+    body = [s.replace(f"'{record.sop_instance_uid}'", "?1").replace(f"'{rel}'", "?2").replace("\n", " ")
+            for s in statements if s not in ("BEGIN IMMEDIATE", "COMMIT")]
+    if not any("?1" in s and "?2" in s for s in body):
+        raise RuntimeError(f"no statement of the traced commit names the instance: {body}")
+    (root / "design.sql").write_text("\n".join([rel.rpartition("/")[0], *body]) + "\n")
+    return root
+
+
+def _floor_runs(binary: Path, prepare, where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, ...],
+                runs: int, check=None) -> dict:
+    """``binary DIRECTORY`` (prepared by ``prepare(DIRECTORY)``) driven by the STOW-RS clients
+    with ``bodies``, for each client count; ``check(DIRECTORY, requests)`` after each run."""
+    from benchmarks.clients import stow_run  # clients imports this module's neighbours only
+    from benchmarks.peers import process_cpu_s
+
     out = {}
     for n in clients:
         rates, cpus = [], []
@@ -216,9 +288,9 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
         # ~1 ms per 0.5 MB, so a cold first run measures the hypervisor, not the floor (the
         # servers' runs reuse pages the earlier runs freed).
         for attempt in range(runs + 1):
-            files = where / f"floor-{n}-{attempt}"
-            files.mkdir()
-            proc = subprocess.Popen([str(binary), str(files)], stdout=subprocess.PIPE, text=True)
+            run = where.with_name(f"{where.name}-{n}-{attempt}")
+            prepare(run)
+            proc = subprocess.Popen([str(binary), str(run)], stdout=subprocess.PIPE, text=True)
             try:
                 port = int(proc.stdout.readline().split()[1])
                 cpu = process_cpu_s(proc.pid)
@@ -229,10 +301,12 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
             finally:
                 proc.kill()
                 proc.wait()
-            for f in files.iterdir():  # emptied, not deleted: see run.release_files
-                os.truncate(f, 0)
+            if check is not None:
+                check(run, len(bodies))
+            for f in run.rglob("*"):  # emptied, not deleted: see run.release_files
+                if f.is_file():
+                    os.truncate(f, 0)
         out[str(n)] = {"per_s": statistics.median(rates), "runs": rates, "cpu_ms": statistics.median(cpus)}
-    print("STOW-RS floor: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s" for n, v in out.items()), flush=True)
     return out
 
 

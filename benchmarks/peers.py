@@ -507,13 +507,15 @@ log4cplus.appender.stderr.layout.ConversionPattern = %p: %m%n
 """
 
 
-def build_c(source: str, where: Path) -> Path | None:
-    """``benchmarks/<source>`` compiled (gcc -O2 -pthread) into ``where``; None without a C compiler."""
+def build_c(source: str, where: Path, libs: tuple[str, ...] = ()) -> Path | None:
+    """``benchmarks/<source>`` compiled (gcc -O2 -pthread, linked with ``libs``) into ``where``;
+    None without a C compiler."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         return None
     binary = where / Path(source).stem
-    subprocess.run([gcc, "-O2", "-pthread", "-o", str(binary), str(Path(__file__).with_name(source))], check=True)
+    subprocess.run([gcc, "-O2", "-pthread", "-o", str(binary), str(Path(__file__).with_name(source)), *libs],
+                   check=True)
     return binary
 
 

@@ -491,6 +491,12 @@ def _limits(data: dict) -> list[str]:
              f"no index), {n} client{'s' if n != '1' else ''}, CT 1/request (median of {len(v['runs'])}; "
              f"{', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} requests/s, server CPU "
              f"{fig(v['cpu_ms'])} ms/request |" for n, v in lim.get("stow_floor", {}).items()],
+           *[f"| STOW-RS design floor (benchmarks/design_floor.c: dicomaccel's per-request work in C — temp "
+             f"file, early writeback, rename to a marker and link, its index transaction's own SQLite "
+             f"statements, syncfs; no parsing, no Python), {n} client{'s' if n != '1' else ''}, CT 1/request "
+             f"(median of {len(v['runs'])}; {', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} "
+             f"requests/s, server CPU {fig(v['cpu_ms'])} ms/request |"
+             for n, v in lim.get("design_floor", {}).items()],
            *([f"| sender CPU per CT instance ({lim['file_bytes']} B; the corpus in turn, each opened "
               f"per send) over loopback TCP as {lim['send_pdu']} B P-DATA-TF PDUs (12-byte headers around "
               f"slices of the file mapped for the send, 32 buffers per sendmsg; the least a C-GET "
@@ -499,13 +505,16 @@ def _limits(data: dict) -> list[str]:
               f"| the same instance unframed, one sendfile (no DIMSE sender can) | "
               f"{fig(lim['send_cpu_ms']['whole'])} ms |"] if "send_cpu_ms" in lim else []),
            ""]
-    floor = lim.get("stow_floor", {})
+    floor, design = lim.get("stow_floor", {}), lim.get("design_floor", {})
     for row in data["rows"]:
         s = summary(row)
         m = re.fullmatch(r"STOW-RS 1/request, (\d+) clients?", row["method"])
         if s and row["corpus"] == "ct" and m and m.group(1) in floor:
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
                        f"{s['rate'] / floor[m.group(1)]['per_s']:.0%} of the STOW-RS floor.")
+        if s and row["corpus"] == "ct" and m and m.group(1) in design and row["peer"] == "dicomaccel":
+            out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
+                       f"{s['rate'] / design[m.group(1)]['per_s']:.0%} of its own design in C (design floor).")
         if s and row["section"] == "requests" and row["method"].startswith("WADO-RS frame"):
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['tcp_mbps']:.1%} of loopback TCP.")

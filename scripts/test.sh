@@ -10,13 +10,14 @@ cd "$(dirname "$0")/.."
 # dicom3tools' dciodvfy is the outside validator the IOD checks are compared with.
 # PostgreSQL's initdb and pg_ctl start the throwaway cluster of the PostgreSQL index tests.
 # gcc (with its ASan/UBSan runtimes) and the Python headers build the kernels, the sanitized
-# kernels of the fuzz replay and the benchmark floor server.
-packages="dcmtk dicom3tools postgresql gcc libc6-dev"
+# kernels of the fuzz replay and the benchmark floor servers; SQLite's header the design floor.
+packages="dcmtk dicom3tools postgresql gcc libc6-dev libsqlite3-dev"
 python_h="$(python3 -c 'import os, sysconfig; print(os.path.join(sysconfig.get_paths()["include"], "Python.h"))')"
 [ -f "$python_h" ] || packages="$packages python3-dev"
 if [ ! -x /usr/bin/getscu ] || [ ! -x /usr/bin/echoscu ] || [ ! -x /usr/bin/dciodvfy ] \
         || ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v gcc >/dev/null \
-        || [ ! -f "$(gcc -print-file-name=libasan.so 2>/dev/null)" ] || [ ! -f "$python_h" ]; then
+        || [ ! -f "$(gcc -print-file-name=libasan.so 2>/dev/null)" ] || [ ! -f "$python_h" ] \
+        || [ ! -f /usr/include/sqlite3.h ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         # shellcheck disable=SC2086

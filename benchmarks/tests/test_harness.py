@@ -90,14 +90,15 @@ def test_identifiers_per_level():
     assert list(frames[1].SimpleFrameList) == [2, 3]
 
 
-def test_stow_rows_are_a_share_of_the_floor_measured_beside_them():
+def test_stow_rows_are_a_share_of_the_floors_measured_beside_them():
     def row(peer, method, seconds):
         return {"section": "ingest", "corpus": "ct", "label": "CT", "method": method, "peer": peer,
                 "instances": 100, "bytes": 1, "runs": [{"seconds": s, "bytes": 1, "peak_mib": 50, "accepted": 100}
                                                        for s in seconds]}
     lim = {"filesystem": "/x", "seq_write_mbps": 1000.0, "seq_write_runs": [1000.0], "file_bytes": 1,
            "files_per_s": {"1": {"write + fdatasync + close": 900.0}}, "tcp_mbps": 3000.0,
-           "stow_floor": {"1": {"per_s": 800.0, "runs": [790.0, 800.0, 810.0], "cpu_ms": 0.4}}}
+           "stow_floor": {"1": {"per_s": 800.0, "runs": [790.0, 800.0, 810.0], "cpu_ms": 0.4}},
+           "design_floor": {"1": {"per_s": 1000.0, "runs": [1000.0], "cpu_ms": 0.45}}}
     data = {"limits": lim, "rows": [row("dicomaccel", "STOW-RS 1/request, 1 client", [0.25, 0.2, 0.3]),
                                     row("orthanc", "STOW-RS 1/request, 1 client", [0.5]),
                                     row("dicomaccel", "STOW-RS 1/request, 4 clients", [0.1])]}
@@ -105,6 +106,10 @@ def test_stow_rows_are_a_share_of_the_floor_measured_beside_them():
     assert "| 800 requests/s, server CPU 0.4 ms/request |" in text
     assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 400 inst/s = 50% of the STOW-RS floor." in text
     assert "orthanc 200 inst/s = 25% of the STOW-RS floor." in text
+    assert "| 1000 requests/s, server CPU 0.45 ms/request |" in text
+    # The design floor is dicomaccel's own design: only its rows are a share of it.
+    assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 400 inst/s = 40% of its own design in C (design floor)." in text
+    assert "orthanc 200 inst/s = 20%" not in text
     assert "4 clients" not in text  # no floor measured for 4 clients
 
 
