@@ -30,8 +30,6 @@
 
 #include <sqlite3.h>
 
-static const char RESPONSE[] =
-    "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\n\r\n{}";
 #define CHECKPOINT_EVERY 160
 #define MAX_STATEMENTS 32
 
@@ -97,36 +95,31 @@ static int index_instance(const char *uid, const char *path) {
     return rc;
 }
 
-static void *serve(void *arg) {
-    int s = (int)(long)arg;
-    size_t cap = 1 << 20, have = 0, body, length;
-    char *buf = malloc(cap);
-    while (!read_request(s, &buf, &cap, &have, &body, &length)) {
-        long n = atomic_fetch_add(&counter, 1);
-        char uid[65], path[700], temp[64], marker[800];
-        snprintf(uid, sizeof uid, "2.25.%d%09ld", (int)getpid(), n);
-        snprintf(path, sizeof path, "%s/%s.%016lx.dcm", series_dir, uid, (unsigned long)random());
-        snprintf(temp, sizeof temp, "%d-%ld.part", (int)getpid(), n);
-        int at = snprintf(marker, sizeof marker, "%d-%ld.pending!%s", (int)getpid(), n, path);
-        for (char *p = marker + at - strlen(path); *p; p++)
-            if (*p == '/') *p = '!';
-        int fd = openat(tmp_fd, temp, O_WRONLY | O_CREAT | O_EXCL, 0600);
-        if (fd < 0 || write_all(fd, buf + body, length)) { perror("design_floor: write"); break; }
-        sync_file_range(fd, 0, (off64_t)length, SYNC_FILE_RANGE_WRITE);
-        if (renameat(tmp_fd, temp, tmp_fd, marker) || linkat(tmp_fd, marker, dir_fd, path, 0)) {
-            perror("design_floor: publish");
-            break;
-        }
-        if (index_instance(uid, path)) break;
-        if (syncfs(dir_fd)) { perror("design_floor: syncfs"); break; }
-        close(fd);
-        unlinkat(tmp_fd, marker, 0);
-        if (write_all(s, RESPONSE, sizeof RESPONSE - 1)) break;
-        next_request(buf, &have, body, length);
+static int store(const char *body, size_t length) {
+    long n = atomic_fetch_add(&counter, 1);
+    char uid[65], path[700], temp[64], marker[800];
+    snprintf(uid, sizeof uid, "2.25.%d%09ld", (int)getpid(), n);
+    snprintf(path, sizeof path, "%s/%s.%016lx.dcm", series_dir, uid, (unsigned long)random());
+    snprintf(temp, sizeof temp, "%d-%ld.part", (int)getpid(), n);
+    int at = snprintf(marker, sizeof marker, "%d-%ld.pending!%s", (int)getpid(), n, path);
+    for (char *p = marker + at - strlen(path); *p; p++)
+        if (*p == '/') *p = '!';
+    int fd = openat(tmp_fd, temp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || write_all(fd, body, length)) { perror("design_floor: write"); return -1; }
+    sync_file_range(fd, 0, (off64_t)length, SYNC_FILE_RANGE_WRITE);
+    if (renameat(tmp_fd, temp, tmp_fd, marker) || linkat(tmp_fd, marker, dir_fd, path, 0)) {
+        perror("design_floor: publish");
+        return -1;
     }
-    free(buf);
-    close(s);
-    return NULL;
+    if (index_instance(uid, path)) return -1;
+    if (syncfs(dir_fd)) { perror("design_floor: syncfs"); return -1; }
+    close(fd);
+    unlinkat(tmp_fd, marker, 0);
+    return 0;
+}
+
+static void *serve(void *arg) {
+    return serve_http((int)(long)arg, store);
 }
 
 int main(int argc, char **argv) {

@@ -10,27 +10,19 @@
  */
 #include "floor_server.h"
 
-static const char RESPONSE[] =
-    "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\n\r\n{}";
+static int store(const char *body, size_t length) {
+    char name[64];
+    snprintf(name, sizeof name, "%ld.dcm", atomic_fetch_add(&counter, 1));
+    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || write_all(fd, body, length) || fdatasync(fd) || close(fd) || fsync(dir_fd)) {
+        perror("store");
+        return -1;
+    }
+    return 0;
+}
 
 static void *serve(void *arg) {
-    int s = (int)(long)arg;
-    size_t cap = 1 << 20, have = 0, body, length;
-    char *buf = malloc(cap);
-    while (!read_request(s, &buf, &cap, &have, &body, &length)) {
-        char name[64];
-        snprintf(name, sizeof name, "%ld.dcm", atomic_fetch_add(&counter, 1));
-        int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL, 0600);
-        if (fd < 0 || write_all(fd, buf + body, length) || fdatasync(fd) || close(fd) || fsync(dir_fd)) {
-            perror("store");
-            break;
-        }
-        if (write_all(s, RESPONSE, sizeof RESPONSE - 1)) break;
-        next_request(buf, &have, body, length);
-    }
-    free(buf);
-    close(s);
-    return NULL;
+    return serve_http((int)(long)arg, store);
 }
 
 int main(int argc, char **argv) {

@@ -1,5 +1,5 @@
 /* What the floor servers (floor.c and design_floor.c for STOW-RS, cstore_floor.c for C-STORE)
- * share: the data directory, writing all of a buffer, reading an HTTP request, and a thread per
+ * share: the data directory, writing all of a buffer, reading HTTP requests, and a thread per
  * connection on an ephemeral 127.0.0.1 port. Included first by each; the benchmark runner compiles each as one file. */
 #ifndef FLOOR_SERVER_H
 #define FLOOR_SERVER_H
@@ -61,10 +61,21 @@ static inline int read_request(int s, char **buf, size_t *cap, size_t *have, siz
     return 0;
 }
 
-/* Drop the request read_request() returned from the front of buf. */
-static inline void next_request(char *buf, size_t *have, size_t body, size_t length) {
-    memmove(buf, buf + body + length, *have - body - length);
-    *have -= body + length;
+/* A STOW-RS floor's connection: each request's body goes to store(body, length), then 200 with
+ * an empty JSON object; the connection ends when store() fails or the peer closes. */
+static inline void *serve_http(int s, int (*store)(const char *body, size_t length)) {
+    static const char response[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\n\r\n{}";
+    size_t cap = 1 << 20, have = 0, body, length;
+    char *buf = malloc(cap);
+    while (!read_request(s, &buf, &cap, &have, &body, &length)) {
+        if (store(buf + body, length) || write_all(s, response, sizeof response - 1)) break;
+        memmove(buf, buf + body + length, have - body - length);
+        have -= body + length;
+    }
+    free(buf);
+    close(s);
+    return NULL;
 }
 
 /* Open DIRECTORY (argv[1]), listen on 127.0.0.1 (ephemeral port, printed as "port N"), and
