@@ -465,6 +465,17 @@ def _page_reporting(data: dict) -> list[str]:
             f"(development VM: 3.6 us per 4 KiB page){during} |"]
 
 
+# The C servers every stow run measures beside the servers (benchmarks.machine), as the limits
+# table names them.
+_STOW_FLOORS = {
+    "stow_floor": "STOW-RS floor (benchmarks/floor.c: read, write, fdatasync, directory fsync; no parsing, "
+                  "no index)",
+    "design_floor": "STOW-RS design floor (benchmarks/design_floor.c: dicomaccel's per-request work in C — "
+                    "temp file, early writeback, rename to a marker and link, its index transaction's own "
+                    "SQLite statements, syncfs; no parsing, no Python)",
+}
+
+
 def _limits(data: dict) -> list[str]:
     """The disk and loopback limits measured before the workloads, and the multi-frame STOW-RS
     rate of dicomaccel as a share of the sequential write bandwidth; the C-STORE rates of
@@ -487,16 +498,10 @@ def _limits(data: dict) -> list[str]:
            *[f"| {lim['file_bytes']} B files, {kind}, {n} thread{'s' if n != '1' else ''} | "
              f"{fig(files[n][kind])} files/s |" for kind in next(iter(files.values())) for n in files],
            f"| loopback TCP, one sender and one receiver process, 1 GiB in 1 MiB sends | {fig(lim['tcp_mbps'])} MB/s |",
-           *[f"| STOW-RS floor (benchmarks/floor.c: read, write, fdatasync, directory fsync; no parsing, "
-             f"no index), {n} client{'s' if n != '1' else ''}, CT 1/request (median of {len(v['runs'])}; "
+           *[f"| {what}, {n} client{'s' if n != '1' else ''}, CT 1/request (median of {len(v['runs'])}; "
              f"{', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} requests/s, server CPU "
-             f"{fig(v['cpu_ms'])} ms/request |" for n, v in lim.get("stow_floor", {}).items()],
-           *[f"| STOW-RS design floor (benchmarks/design_floor.c: dicomaccel's per-request work in C — temp "
-             f"file, early writeback, rename to a marker and link, its index transaction's own SQLite "
-             f"statements, syncfs; no parsing, no Python), {n} client{'s' if n != '1' else ''}, CT 1/request "
-             f"(median of {len(v['runs'])}; {', '.join(fig(r) for r in v['runs'])}) | {fig(v['per_s'])} "
-             f"requests/s, server CPU {fig(v['cpu_ms'])} ms/request |"
-             for n, v in lim.get("design_floor", {}).items()],
+             f"{fig(v['cpu_ms'])} ms/request |"
+             for key, what in _STOW_FLOORS.items() for n, v in lim.get(key, {}).items()],
            *([f"| sender CPU per CT instance ({lim['file_bytes']} B; the corpus in turn, each opened "
               f"per send) over loopback TCP as {lim['send_pdu']} B P-DATA-TF PDUs (12-byte headers around "
               f"slices of the file mapped for the send, 32 buffers per sendmsg; the least a C-GET "
