@@ -250,6 +250,13 @@ def test_read_quickly_answers_a_short_read_and_gives_up_a_long_one(archive):
         return
     assert index.read_quickly(short) == [(1,)]
     assert index.read_quickly(lambda: index.read(count.format(n=10_000_000))) is None
+
+    def swallowing():  # a reader that catches the interruption answers nothing either
+        try:
+            return index.read(count.format(n=10_000_000))
+        except sqlite3.OperationalError:
+            return []
+    assert index.read_quickly(swallowing) is None
     # The same (this thread's) connection reads on past the budget outside read_quickly.
     assert index.read(count.format(n=30_000)) == [(30_000,)]
     with pytest.raises(sqlite3.OperationalError, match="no such table"):

@@ -94,8 +94,9 @@ def create_qido_app(archive, base_path: str = "/dicomweb", fallback=None):
             query, warnings, accept = _parse(level, uids, params, headers.get("accept", ""))
             media = _media_type(accept)
             # On the loop when the index answers quickly (Index.read_quickly), else in a worker thread.
-            result = archive.index.read_quickly(search, archive.index, query) or \
-                await asyncio.get_running_loop().run_in_executor(None, search, archive.index, query)
+            result = archive.index.read_quickly(search, archive.index, query)
+            if result is None:
+                result = await asyncio.get_running_loop().run_in_executor(None, search, archive.index, query)
         except _BadRequest as bad:
             await _plain(send, bad.status, bad.text)
             return

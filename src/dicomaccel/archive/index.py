@@ -558,7 +558,9 @@ class SQLiteIndex(Index):
 
         conn.set_progress_handler(stop, QUICK_READ_STEPS)
         try:
-            return fn(*args)
+            result = fn(*args)
+            # A statement stopped is never an answer, even if fn caught its error.
+            return None if stopped else result
         except sqlite3.OperationalError:
             if stopped:
                 return None

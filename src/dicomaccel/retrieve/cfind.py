@@ -559,7 +559,9 @@ class CFindSCP:
                 cork.release()  # what is written goes out while the next page is read
                 quick = None if offset else self.archive.index.read_quickly(
                     self._page, query, plan, 0, _FIRST_PAGE)
-                page, more = quick or await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
+                if quick is None:
+                    quick = await loop.run_in_executor(None, self._page, query, plan, offset, _PAGE)
+                page, more = quick
                 cork.hold()
                 offset += len(page)
                 for n, identifier in enumerate(page, 1):
