@@ -786,6 +786,79 @@ def test_a_failed_flush_acknowledges_nothing_and_confirms_nothing(archive):
     assert archive.store_bytes(first).already_stored  # the client sends again
 
 
+@pytest.mark.indexes("sqlite")
+def test_a_flush_confirms_only_the_batches_committed_before_it_started(archive, monkeypatch):
+    """With several committer threads, a batch can commit while another batch's flush runs:
+    that flush says nothing of it, so it stays unconfirmed until a flush that started after
+    its commit completes."""
+    index = archive.index
+    report = index.flushed
+    monkeypatch.setattr(index, "flushed", lambda mark: None)  # the flushes are reported below
+    sops = [archive.store_bytes(ct_file(rows=8, columns=8, seed=40 + n)).record.sop_instance_uid
+            for n in range(2)]
+    mark = index.committed()  # a flush starts here ...
+    late = archive.store_bytes(ct_file(rows=8, columns=8, seed=42)).record.sop_instance_uid
+    report(mark)  # ... and completes: the late batch may not be in it
+    report(mark - 1)  # an older flush completing afterwards takes nothing back
+    last = archive.store_bytes(ct_file(rows=8, columns=8, seed=43)).record.sop_instance_uid
+    assert _unconfirmed(archive.root) == {late, last}  # the last transaction confirmed the rest
+    report(index.committed())
+    index.confirm()
+    assert _unconfirmed(archive.root) == set()
+
+
+def test_a_batch_does_not_wait_for_the_flush_of_another(archive, monkeypatch):
+    """Two committer threads: while the first store's flush hangs, a second store is
+    published, indexed, flushed and answered; the first is answered once its own flush
+    returns."""
+    from dicomaccel.archive import commit
+
+    assert commit.COMMIT_THREADS >= 2
+    first_flush, release = threading.Event(), threading.Event()
+    real_flush = archive.files.flush
+    calls = []
+
+    def flush():
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            first_flush.set()
+            assert release.wait(30)
+        real_flush()
+
+    monkeypatch.setattr(archive.files, "flush", flush)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(archive.store_bytes, ct_file(rows=8, columns=8, seed=50))
+        assert first_flush.wait(30)
+        quick = archive.store_bytes(ct_file(rows=8, columns=8, seed=51))
+        assert not slow.done()
+        release.set()
+        assert slow.result(30).record.sop_instance_uid != quick.record.sop_instance_uid
+    assert len(calls) == 2 and len(archive.find()) == 2
+
+
+@pytest.mark.indexes("sqlite")  # the flush comes after the commit
+def test_already_stored_is_answered_after_a_flush(archive, monkeypatch):
+    """The same bytes again are answered "already stored" only after a flush that started once
+    the stored row was found (it may belong to another worker's batch still flushing); when
+    that flush fails, the store fails."""
+    data = ct_file(rows=8, columns=8, seed=60)
+    first = archive.store_bytes(data)
+    flushes = []
+    real_flush = archive.files.flush
+    monkeypatch.setattr(archive.files, "flush", lambda: (flushes.append(1), real_flush()))
+    again = archive.store_bytes(data)
+    assert again.already_stored and again.record == first.record and flushes == [1]
+
+    def failing_flush():
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(archive.files, "flush", failing_flush)
+    with pytest.raises(StoreFailure) as err:
+        archive.store_bytes(data)
+    assert err.value.status == FailureReason.PROCESSING_FAILURE
+    assert err.value.sop_instance_uid == first.record.sop_instance_uid
+
+
 def test_one_failing_store_in_a_batch_leaves_the_others_stored(archive):
     """An unexpected error deciding one store of a batch fails that store alone: the others
     are indexed and nothing of the failed one is left published."""

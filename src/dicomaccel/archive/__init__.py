@@ -23,17 +23,19 @@ Write path, and the exact order that makes "acknowledged" mean "durable" (``fsyn
    rule, rename to a *pending* marker, link into ``instances/``, one index transaction for
    the batch, which also lists the batch's rows as *unconfirmed*, then **one** ``syncfs``
    of the archive's file system, which makes the files, their directory entries, the
-   markers and the SQLite WAL durable together.
+   markers and the SQLite WAL durable together. Two committer threads overlap one batch's
+   flush with the next batch's steps (transactions one at a time).
 4. Only then is any store of the batch answered (the committer thread resolves the
    caller's future); markers are dropped afterwards.
 
 A crash before step 3's flush returns may leave any subset of that batch on disk. Start-up
 (:meth:`Archive.__init__`) therefore checks every unconfirmed row's file (size and CRC-32)
 and deletes the rows whose file did not survive, then removes ``*.part`` files and files
-whose marker has no row (:mod:`.store`). A row from an earlier batch is never unconfirmed:
-each batch's transaction confirms the previous batch of its writer, whose flush completed
-before it began (after a failed flush, whose stores were answered with a failure, nothing is
-confirmed until a flush succeeds). So the index never names a missing or partial file, and nothing a client
+whose marker has no row (:mod:`.store`). A row leaves the unconfirmed list only once a flush
+that started after its batch committed has completed: each batch's transaction confirms the
+batches such a flush covered (:meth:`Index.committed` is read before each flush; after a
+failed flush, whose stores were answered with a failure, nothing it would have covered is
+confirmed until a later flush succeeds). So the index never names a missing or partial file, and nothing a client
 was told is stored can be lost. With ``fsync=False`` step 3 skips the flush and the
 unconfirmed list: a process crash loses nothing (the kernel holds the data), a power
 failure may lose the last stores.

@@ -168,10 +168,17 @@ class Index(abc.ABC):
         the others. With ``durable_on_commit`` False the rows stay *unconfirmed* until a
         ``put_batch`` or :meth:`confirm` that follows a :meth:`flushed`."""
 
+    def committed(self) -> int:
+        """A mark of the batches committed so far, read just before a flush starts: the
+        flush covers them (their writes are in the page cache when it starts), and only
+        them, so :meth:`flushed` confirms no batch another thread commits meanwhile."""
+        return 0
+
     @abc.abstractmethod
-    def flushed(self) -> None:
-        """The archive's flush after the last batch succeeded: the rows committed so far
-        are durable (the next batch's transaction confirms them, at no extra write)."""
+    def flushed(self, mark: int) -> None:
+        """The archive's flush that started after :meth:`committed` returned ``mark``
+        succeeded: the batches up to that mark are durable (the next batch's transaction
+        confirms them, at no extra write)."""
 
     @abc.abstractmethod
     def confirm(self) -> None:
@@ -405,7 +412,7 @@ class SQLiteIndex(Index):
     """The embedded index: one SQLite file in WAL mode.
 
     Readers use one connection per thread (WAL lets them run beside the writer); writes come
-    from the archive's one group-commit thread, on a single connection. Other processes on
+    from the archive's group-commit threads, one transaction at a time on a single connection. Other processes on
     the same file (``dicomaccel serve --workers``) contend on SQLite's write lock, which
     holds each batch for a fraction of a millisecond.
 
@@ -430,7 +437,13 @@ class SQLiteIndex(Index):
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self._writer_id = f"{os.getpid()}-{os.urandom(6).hex()}"
-        self._flushed = False  # set by flushed(), cleared when a batch confirms
+        # The unconfirmed list tags each row with its batch, "<writer>:<batch number>" (12
+        # digits: tags of one writer sort as their numbers), so that a flush confirms exactly
+        # the batches committed before it started, whichever committer thread flushes.
+        self._batches = 0  # batches committed (under _write_lock)
+        self._durable = 0  # batches a completed flush covered
+        self._confirmed = 0  # batches whose rows left the unconfirmed list
+        self._mark_lock = threading.Lock()
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -440,7 +453,6 @@ class SQLiteIndex(Index):
         self._writer.execute("PRAGMA journal_mode=WAL")
         # The committer never checkpoints: _Checkpointer does, off the stores' path.
         self._writer.execute("PRAGMA wal_autocheckpoint = 0")
-        self._commits = 0
         self._checkpointer = _Checkpointer(self._connect)
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
@@ -644,10 +656,12 @@ class SQLiteIndex(Index):
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            confirming = self.fsync and not probe and self._flushed
+            durable = self._durable
+            confirming = self.fsync and not probe and durable > self._confirmed
             if confirming:
-                # The previous batch of this writer was flushed before this one started.
-                conn.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
+                # Batches a completed flush covered: their rows name durable files.
+                conn.execute("DELETE FROM unconfirmed WHERE writer > ? AND writer <= ?",
+                             (self._tag(self._confirmed), self._tag(durable)))
             gone = []  # (study, series) of the rows this batch replaces
             for row, replace_existing in items:
                 if replace_existing:
@@ -658,14 +672,14 @@ class SQLiteIndex(Index):
             if self.fsync and not probe:
                 conn.executemany(
                     "INSERT OR REPLACE INTO unconfirmed (sop_instance_uid, writer) VALUES (?, ?)",
-                    [(row[0], self._writer_id) for row, _ in items],
+                    [(row[0], self._tag(self._batches + 1)) for row, _ in items],
                 )
             conn.execute("ROLLBACK" if probe else "COMMIT")
             if confirming:
-                self._flushed = False
+                self._confirmed = durable
             if not probe:
-                self._commits += 1
-                if self._commits % CHECKPOINT_EVERY == 0:
+                self._batches += 1
+                if self._batches % CHECKPOINT_EVERY == 0:
                     self._checkpointer.wake()
         except BaseException:
             if conn.in_transaction:
@@ -691,14 +705,25 @@ class SQLiteIndex(Index):
             conn.execute(_UPSERT_SERIES, (uid, *attrs, added[uid], added[uid] - removed[uid]))
         _unlink(conn, gone, written=(series.keys(), studies.keys()))
 
-    def flushed(self) -> None:
-        self._flushed = True
+    def _tag(self, batch: int) -> str:
+        return f"{self._writer_id}:{batch:012d}"
+
+    def committed(self) -> int:
+        return self._batches
+
+    def flushed(self, mark: int) -> None:
+        # Flushes may complete out of order (several committer threads): keep the furthest.
+        with self._mark_lock:
+            self._durable = max(self._durable, mark)
 
     def confirm(self) -> None:
-        if not (self.fsync and self._flushed):
-            return
         with self._write_lock:
-            self._writer.execute("DELETE FROM unconfirmed WHERE writer = ?", (self._writer_id,))
+            durable = self._durable
+            if not self.fsync or durable <= self._confirmed:
+                return
+            self._writer.execute("DELETE FROM unconfirmed WHERE writer > ? AND writer <= ?",
+                                 (self._tag(self._confirmed), self._tag(durable)))
+            self._confirmed = durable
 
     def lookup(self, sop_instance_uid: str):
         row = self._reader().execute(

@@ -473,7 +473,7 @@ class PostgresIndex(Index):
                                         {row[_AT["study_uid"]] for row in new}))
         return taken
 
-    def flushed(self) -> None:
+    def flushed(self, mark: int) -> None:
         """Nothing to note: the files were flushed before the commit (``durable_on_commit``)."""
 
     def confirm(self) -> None:
