@@ -794,8 +794,9 @@ def test_a_flush_confirms_only_the_batches_committed_before_it_started(archive, 
     index = archive.index
     report = index.flushed
     monkeypatch.setattr(index, "flushed", lambda mark: None)  # the flushes are reported below
-    sops = [archive.store_bytes(ct_file(rows=8, columns=8, seed=40 + n)).record.sop_instance_uid
-            for n in range(2)]
+    early = {archive.store_bytes(ct_file(rows=8, columns=8, seed=40 + n)).record.sop_instance_uid
+             for n in range(2)}
+    assert early <= _unconfirmed(archive.root)  # no flush reported yet
     mark = index.committed()  # a flush starts here ...
     late = archive.store_bytes(ct_file(rows=8, columns=8, seed=42)).record.sop_instance_uid
     report(mark)  # ... and completes: the late batch may not be in it
