@@ -117,6 +117,9 @@ def create_app(
 # Seconds of a body's start exempt from the minimum upload rate (connection ramp-up, a
 # client that builds the next part before sending it).
 RATE_GRACE = 10.0
+# Seconds after which the body watchdog looks again when a limit was passed while the
+# request was working (writing or committing a part), not waiting for the client.
+WATCH_RETRY = 0.05
 
 
 class StowApp:
@@ -351,6 +354,10 @@ class _Upload:
         self.part_bytes = 0
         self.last_data = self.loop.time()  # when body bytes last arrived
         self.received = 0  # body bytes
+        self.started = self.last_data
+        self.waiting_since: float | None = None  # set while we wait for the client
+        self.expired: str | None = None  # why the watchdog cut the body off
+        self.watchdog: asyncio.TimerHandle | None = None
 
     async def run(self, receive: Receive, boundary: str, base_url: str) -> StoreResponse:
         """Store the body; the response to send.
@@ -370,72 +377,93 @@ class _Upload:
             if self.incoming is not None:
                 self.incoming.abort()
             # Every started commit finishes either way: an instance whose bytes all arrived is
-            # complete, and abandoning its thread would leave the store half done.
-            if self.commits:
-                await asyncio.wait(self.commits)
+            # complete, and abandoning its thread would leave the store half done. (Awaited one
+            # by one, not by asyncio.wait: a request usually holds one.)
+            for commit in self.commits:
+                try:
+                    await commit
+                except Exception:  # a failed store: _response reports it
+                    pass
         return self._response(base_url, error)
 
     async def _receive(self, receive: Receive, scanner: MultipartScanner) -> tuple[int, str] | None:
         """Feed the body to the scanner and the parts to the archive; ``(status, reason)`` if
         the body went bad, None if it ended well."""
         app = self.app
-        request_bytes = 0
-        # One timer for the whole body, armed while we wait for the client and disarmed while
-        # we work (wait_for() per chunk would create a Task per chunk).
-        stall = asyncio.timeout(None)
-        started = self.loop.time()
-        received = metrics.child(metrics.BYTES_IN)
+        max_bytes = app.max_request_bytes
+        loop = self.loop
+        task = asyncio.current_task()
+        self._watch(task)
         try:
-            async with stall:
-                while True:
-                    stall.reschedule(self._deadline(started, request_bytes))
-                    message = await receive()
-                    stall.reschedule(None)
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        self.last_data = self.loop.time()
-                        received.inc(len(chunk))
-                        self.received += len(chunk)
-                    request_bytes += len(chunk)
-                    if app.max_request_bytes is not None and request_bytes > app.max_request_bytes:
-                        return (413, f"Request body exceeds the limit of {app.max_request_bytes} bytes")
-                    try:
-                        events = scanner.feed(chunk)
-                    except ParseError as exc:
-                        # Parts completed in this chunk before the bad bytes are whole: commit them
-                        # before the error ends the body (PS3.18 §10.5.3: stored instances are reported).
-                        await self._handle(exc.events)
-                        raise
-                    await self._handle(events)
-                    if not message.get("more_body", False):
-                        break
+            while True:
+                # The watchdog may cut the body off only while we wait for the client (not
+                # while a part is written or committed); per chunk, two stamps, no timer.
+                self.waiting_since = loop.time()
+                message = await receive()
+                self.waiting_since = None
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                if chunk:
+                    self.last_data = loop.time()
+                    self.received += len(chunk)
+                    if max_bytes is not None and self.received > max_bytes:
+                        return (413, f"Request body exceeds the limit of {max_bytes} bytes")
+                try:
+                    events = scanner.feed(chunk)
+                except ParseError as exc:
+                    # Parts completed in this chunk before the bad bytes are whole: commit them
+                    # before the error ends the body (PS3.18 §10.5.3: stored instances are reported).
+                    await self._handle(exc.events)
+                    raise
+                await self._handle(events)
+                if not message.get("more_body", False):
+                    break
             scanner.finish()
-        except TimeoutError:
-            if not stall.expired():
+        except asyncio.CancelledError:
+            if self.expired is None:
                 raise
-            if app.body_timeout is not None and self.loop.time() - self.last_data >= app.body_timeout:
-                return (408, f"Request timeout: no body data for {app.body_timeout:g} s")
-            return (408, f"Request timeout: the body arrives at less than {app.min_upload_rate} bytes/s")
+            task.uncancel()
+            return (408, self.expired)
         except LimitExceeded as exc:  # too many parts or a header block too long: 413 (PS3.18 §8.5)
             return (413, f"Multipart body exceeds a limit: {exc}")
         except ParseError as exc:
             return (400, f"Malformed multipart body: {exc}")
         except _InstanceTooLarge as exc:
             return (413, str(exc))
+        finally:
+            self.waiting_since = None
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+            metrics.child(metrics.BYTES_IN).inc(self.received)
         return None
 
-    def _deadline(self, started: float, received: int) -> float | None:
-        """When the next body bytes must have come: within the body timeout, and before the
-        average rate since ``started`` falls below the minimum (after the grace period)."""
+    def _watch(self, task: asyncio.Task) -> None:
+        """One timer for the whole body (a timer moved per chunk cost more than the chunk's
+        own work): when it fires it checks the two limits against the body so far and, while
+        we wait for the client, cancels the request past either; otherwise it sets itself
+        for the earliest moment one could be passed."""
+        self.watchdog = None
         app, now = self.app, self.loop.time()
         deadlines = []
         if app.body_timeout is not None:
-            deadlines.append(now + app.body_timeout)
+            since = self.waiting_since
+            deadline = (now if since is None else since) + app.body_timeout
+            if since is not None and now >= deadline:
+                self.expired = f"Request timeout: no body data for {app.body_timeout:g} s"
+            deadlines.append(deadline)
         if app.min_upload_rate:
-            deadlines.append(started + RATE_GRACE + (received + 1) / app.min_upload_rate)
-        return min(deadlines) if deadlines else None
+            # The average rate since the body's start, after the grace period.
+            deadline = self.started + RATE_GRACE + (self.received + 1) / app.min_upload_rate
+            if now >= deadline:
+                if self.waiting_since is not None and self.expired is None:
+                    self.expired = f"Request timeout: the body arrives at less than {app.min_upload_rate} bytes/s"
+                deadline = now + WATCH_RETRY  # passed while working: check once we wait again
+            deadlines.append(deadline)
+        if self.expired is not None:
+            task.cancel()
+        elif deadlines:
+            self.watchdog = self.loop.call_at(min(deadlines), self._watch, task)
 
     async def _handle(self, events: list) -> None:
         for kind, value in events:
