@@ -91,6 +91,8 @@ MAX_PENDING_HEAD = 1 << 20
 # sending, reads the response instead of a connection reset (RFC 9112 §9.6).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 << 20
+# Seconds a connection's timer may fire before its deadline and still count as on time.
+TIMER_SLACK = 0.005
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # when ``due`` is to be called (see _arm)
+        self.due = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
@@ -255,7 +259,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.resume_writing()  # a sender waiting to write wakes and sees the connection gone
         self.closed = True
         self.server.forget(self)
-        self._disarm()
+        self._stop_timer()
         if self.request is not None and not self.request.complete:
             self.request.disconnected = True
             self.request.event.set()
@@ -536,17 +540,41 @@ class _Connection(asyncio.BufferedProtocol):
         raise _Stop
 
     def _arm(self, delay: float, callback) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(delay, self._fire, callback)
+        """Call ``callback`` in ``delay`` seconds unless re-armed or disarmed first.
 
-    def _fire(self, callback) -> None:
+        One timer per connection, moved only when a deadline comes *earlier* than the one it
+        is set for: a timer that fires early finds the current deadline and sets itself for
+        it. Each request arms twice (header section, then keep-alive) and disarms once; with
+        a uvloop timer made and cancelled each time that was ~4.5 us a step."""
+        self.deadline = self.loop.time() + delay
+        self.due = callback
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= self.deadline:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(self.deadline, self._fire)
+
+    def _fire(self) -> None:
         self.timer = None
+        callback = self.due
+        if callback is None or self.closed:
+            return
+        # (A timer may fire up to a millisecond early: the loop's clock has that resolution.)
+        if self.loop.time() < self.deadline - TIMER_SLACK:
+            self.timer = self.loop.call_at(self.deadline, self._fire)
+            return
+        self.due = None
         try:
             callback()
         except _Stop:
             pass
 
     def _disarm(self) -> None:
+        self.due = None  # the timer, if set, finds nothing due when it fires
+
+    def _stop_timer(self) -> None:
+        self.due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -567,7 +595,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.lingering = 0
         if not self.closed:
             self.closed = True
-            self._disarm()
+            self._stop_timer()
             self.server.forget(self)
             self.transport.close()
 
