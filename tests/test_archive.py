@@ -859,6 +859,14 @@ def test_already_stored_is_answered_after_a_flush(archive, monkeypatch):
     assert err.value.status == FailureReason.PROCESSING_FAILURE
     assert err.value.sop_instance_uid == first.record.sop_instance_uid
 
+    def broken_flush():  # not an I/O error: the committer's own failure path
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(archive.files, "flush", broken_flush)
+    with pytest.raises(StoreFailure) as err:
+        archive.store_bytes(data)
+    assert err.value.status == FailureReason.PROCESSING_FAILURE
+
 
 def test_one_failing_store_in_a_batch_leaves_the_others_stored(archive):
     """An unexpected error deciding one store of a batch fails that store alone: the others

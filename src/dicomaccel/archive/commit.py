@@ -170,7 +170,9 @@ class GroupCommit:
             except BaseException as exc:  # never leave a store waiting forever
                 log.exception("group commit failed")
                 for item in batch:
-                    if item.result is None:  # each its own (the caller names it)
+                    # Each its own failure (the caller names it); "already stored" too, as no
+                    # flush followed its lookup.
+                    if item.result is None or _already_stored(item):
                         item.result = self.index.store_failure(exc) if isinstance(exc, Exception) else exc
             finally:
                 for item in batch:
@@ -302,8 +304,7 @@ class GroupCommit:
         it failed), unless the index names only files already flushed (``durable_on_commit``)."""
         if flushed or self.index.durable_on_commit:
             return
-        already = [item for item in batch
-                   if isinstance(item.result, StoreOutcome) and item.result.already_stored]
+        already = [item for item in batch if _already_stored(item)]
         if not already:
             return
         if error is None:
@@ -366,6 +367,10 @@ class GroupCommit:
         if item.published is None:
             return item.temp_path
         return self.files.unpublish(item.published)
+
+
+def _already_stored(item: PreparedInstance) -> bool:
+    return isinstance(item.result, StoreOutcome) and item.result.already_stored
 
 
 def _answer(item: PreparedInstance) -> None:

@@ -421,7 +421,8 @@ class _Upload:
                     break
             scanner.finish()
         except asyncio.CancelledError:
-            if self.expired is None:
+            # Ours only if no one else asked to cancel the request too (as asyncio.timeout).
+            if self.expired is None or task.cancelling() > 1:
                 raise
             task.uncancel()
             return (408, self.expired)
