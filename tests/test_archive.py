@@ -837,6 +837,28 @@ def test_a_batch_does_not_wait_for_the_flush_of_another(archive, monkeypatch):
     assert len(calls) == 2 and len(archive.find()) == 2
 
 
+def test_flushes_at_once_use_descriptors_of_their_own(tmp_path, monkeypatch):
+    """A write-back error is reported once per open file: two flushes running at once (two
+    committer threads) must not share the descriptor syncfs(2) reports through, or one of
+    them could miss the error. After closing, a flush fails instead of waiting."""
+    files = store_module.LocalFileStore(str(tmp_path), fsync=True)
+    both, seen = threading.Barrier(2), []
+
+    def syncfs(fd):
+        seen.append(fd)
+        both.wait(10)  # both flushes are in syncfs at once
+        return 0
+
+    monkeypatch.setattr(store_module, "_syncfs", syncfs)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: files.flush(), range(2)))
+    assert len(seen) == 2 and len(set(seen)) == 2 and -1 not in seen
+    files.close()
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        files.flush()
+
+
 @pytest.mark.indexes("sqlite")  # the flush comes after the commit
 def test_already_stored_is_answered_after_a_flush(archive, monkeypatch):
     """The same bytes again are answered "already stored" only after a flush that started once

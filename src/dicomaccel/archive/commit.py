@@ -1,4 +1,4 @@
-"""Group commit: one thread publishes, indexes and flushes the instances of many requests at once.
+"""Group commit: committer threads publish, index and flush the instances of many requests at once.
 
 Every store that reaches :meth:`GroupCommit.submit` has its bytes in a complete temp file,
 scanned and validated. The committer takes *all* stores queued at that moment as one batch:
@@ -238,10 +238,10 @@ class GroupCommit:
         if not todo:
             self._flush_already_stored(batch, flushed)
             return
-        records = [self._record(item.header, item.published.path, item.size, item.frame_index,
-                                item.crc32, item.received_crc32) for item in todo]
         durable_first = self.index.durable_on_commit
         try:
+            records = [self._record(item.header, item.published.path, item.size, item.frame_index,
+                                    item.crc32, item.received_crc32) for item in todo]
             if durable_first:
                 self._flush()
             results = self.index.put_batch(records, [item.replaces for item in todo])

@@ -17,8 +17,10 @@ indexes change only when a study or series appears, disappears or changes its at
 
 Rows are written in batches (:meth:`Index.put_batch`, one transaction per batch). The SQLite
 index lives beside the files, so the archive's single flush of a batch (``syncfs``) makes
-its WAL durable together with the files; until that flush returns, the batch's rows are
-listed in ``unconfirmed`` and start-up checks their files (:meth:`Index.unconfirmed`).
+its WAL durable together with the files; the batch's rows are listed in ``unconfirmed``, and
+start-up checks their files (:meth:`Index.unconfirmed`), until a later transaction follows a
+completed flush that started after the batch committed (:meth:`Index.committed`,
+:meth:`Index.flushed`).
 """
 
 from __future__ import annotations

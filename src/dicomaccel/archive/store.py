@@ -43,6 +43,7 @@ import ctypes.util
 import errno
 import mmap
 import os
+import queue
 import re
 import secrets
 import tempfile
@@ -60,6 +61,9 @@ _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait (sync_file_range(2))
+# Descriptors of the archive root for flushes running at once: more than the group commit's
+# threads (archive.commit.COMMIT_THREADS) plus a Storage Commitment check; a further flush waits.
+FLUSH_DESCRIPTORS = 4
 
 _NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MARKER_RE = re.compile(
@@ -168,8 +172,13 @@ class LocalFileStore(FileStore):
         self._prefix = "" if node is None else f"{node}~"
         # The flush counters of earlier versions, removed at start-up (recover()).
         self._stale = os.path.join(self.root, "flush.seq" if node is None else f"flush.{node}.seq")
-        # syncfs(2) names the file system by an open descriptor: the root's, kept open.
-        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY) if fsync else -1
+        # syncfs(2) names the file system by an open descriptor: the root's, kept open. A
+        # write-back error is reported once per open file (Linux), so flushes running at once
+        # (the committer threads, a Storage Commitment check) each take a descriptor of their
+        # own from this pool, all opened before any write: each sees every error since.
+        self._root_fds: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for _ in range(FLUSH_DESCRIPTORS if fsync else 0):
+            self._root_fds.put(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY))
 
     def create_temp(self) -> tuple[int, str]:
         return tempfile.mkstemp(prefix=self._prefix, suffix=".part", dir=self.tmp_dir)
@@ -192,14 +201,26 @@ class LocalFileStore(FileStore):
         # and flushing each directory and file alone would cost one disk flush per file.
         if _syncfs is None:
             os.sync()
-        elif _syncfs(self._root_fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            return
+        fd = self._root_fds.get()  # waits while every descriptor is in a flush
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            self._root_fds.put(fd)
 
     def close(self) -> None:
-        fd, self._root_fd = self._root_fd, -1
-        if fd >= 0:
-            os.close(fd)
+        fds = []
+        while True:
+            try:
+                fds.append(self._root_fds.get_nowait())
+            except queue.Empty:
+                break
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+            self._root_fds.put(-1)  # a flush after closing fails (EBADF) instead of waiting
 
     def _make_dirs(self, path: str) -> None:
         if not os.path.isdir(path):

@@ -118,8 +118,11 @@ def create_app(
 # client that builds the next part before sending it).
 RATE_GRACE = 10.0
 # Seconds after which the body watchdog looks again when a limit was passed while the
-# request was working (writing or committing a part), not waiting for the client.
+# request was working (writing or committing a part), not waiting for the client ...
 WATCH_RETRY = 0.05
+# ... and how early it may fire and still count a limit as passed (the event loop's clock
+# has a resolution of a millisecond; without it the timer could set itself again at once).
+WATCH_SLACK = 0.005
 
 
 class StowApp:
@@ -392,6 +395,7 @@ class _Upload:
         app = self.app
         max_bytes = app.max_request_bytes
         loop = self.loop
+        received = metrics.child(metrics.BYTES_IN)
         task = asyncio.current_task()
         self._watch(task)
         try:
@@ -407,6 +411,7 @@ class _Upload:
                 if chunk:
                     self.last_data = loop.time()
                     self.received += len(chunk)
+                    received.inc(len(chunk))  # per message: a long upload shows its progress
                     if max_bytes is not None and self.received > max_bytes:
                         return (413, f"Request body exceeds the limit of {max_bytes} bytes")
                 try:
@@ -422,9 +427,8 @@ class _Upload:
             scanner.finish()
         except asyncio.CancelledError:
             # Ours only if no one else asked to cancel the request too (as asyncio.timeout).
-            if self.expired is None or task.cancelling() > 1:
+            if self.expired is None or task.uncancel() > 0:
                 raise
-            task.uncancel()
             return (408, self.expired)
         except LimitExceeded as exc:  # too many parts or a header block too long: 413 (PS3.18 §8.5)
             return (413, f"Multipart body exceeds a limit: {exc}")
@@ -436,7 +440,6 @@ class _Upload:
             self.waiting_since = None
             if self.watchdog is not None:
                 self.watchdog.cancel()
-            metrics.child(metrics.BYTES_IN).inc(self.received)
         return None
 
     def _watch(self, task: asyncio.Task) -> None:
@@ -450,19 +453,22 @@ class _Upload:
         if app.body_timeout is not None:
             since = self.waiting_since
             deadline = (now if since is None else since) + app.body_timeout
-            if since is not None and now >= deadline:
+            if since is not None and now >= deadline - WATCH_SLACK:
                 self.expired = f"Request timeout: no body data for {app.body_timeout:g} s"
             deadlines.append(deadline)
         if app.min_upload_rate:
             # The average rate since the body's start, after the grace period.
             deadline = self.started + RATE_GRACE + (self.received + 1) / app.min_upload_rate
-            if now >= deadline:
+            if now >= deadline - WATCH_SLACK:
                 if self.waiting_since is not None and self.expired is None:
                     self.expired = f"Request timeout: the body arrives at less than {app.min_upload_rate} bytes/s"
                 deadline = now + WATCH_RETRY  # passed while working: check once we wait again
             deadlines.append(deadline)
         if self.expired is not None:
-            task.cancel()
+            if task.cancelling():  # someone else is cancelling the request: that wins
+                self.expired = None
+            else:
+                task.cancel()
         elif deadlines:
             self.watchdog = self.loop.call_at(min(deadlines), self._watch, task)
 
