@@ -662,8 +662,7 @@ class SQLiteIndex(Index):
             confirming = self.fsync and not probe and durable > self._confirmed
             if confirming:
                 # Batches a completed flush covered: their rows name durable files.
-                conn.execute("DELETE FROM unconfirmed WHERE writer > ? AND writer <= ?",
-                             (self._tag(self._confirmed), self._tag(durable)))
+                self._unlist(conn, durable)
             gone = []  # (study, series) of the rows this batch replaces
             for row, replace_existing in items:
                 if replace_existing:
@@ -710,6 +709,12 @@ class SQLiteIndex(Index):
     def _tag(self, batch: int) -> str:
         return f"{self._writer_id}:{batch:012d}"
 
+    def _unlist(self, conn: sqlite3.Connection, durable: int) -> None:
+        """Take the rows of the batches after the last confirmed one, up to ``durable``,
+        off the unconfirmed list (the caller holds the write lock)."""
+        conn.execute("DELETE FROM unconfirmed WHERE writer > ? AND writer <= ?",
+                     (self._tag(self._confirmed), self._tag(durable)))
+
     def committed(self) -> int:
         return self._batches
 
@@ -723,8 +728,7 @@ class SQLiteIndex(Index):
             durable = self._durable
             if not self.fsync or durable <= self._confirmed:
                 return
-            self._writer.execute("DELETE FROM unconfirmed WHERE writer > ? AND writer <= ?",
-                                 (self._tag(self._confirmed), self._tag(durable)))
+            self._unlist(self._writer, durable)
             self._confirmed = durable
 
     def lookup(self, sop_instance_uid: str):

@@ -355,9 +355,8 @@ class _Upload:
         self.other: list[FailedInstance] = []  # parts that are not instances
         self.incoming = None
         self.part_bytes = 0
-        self.last_data = self.loop.time()  # when body bytes last arrived
         self.received = 0  # body bytes
-        self.started = self.last_data
+        self.started = self.loop.time()  # the minimum upload rate counts from here
         self.waiting_since: float | None = None  # set while we wait for the client
         self.expired: str | None = None  # why the watchdog cut the body off
         self.watchdog: asyncio.TimerHandle | None = None
@@ -401,7 +400,7 @@ class _Upload:
         try:
             while True:
                 # The watchdog may cut the body off only while we wait for the client (not
-                # while a part is written or committed); per chunk, two stamps, no timer.
+                # while a part is written or committed); per chunk, one stamp, no timer.
                 self.waiting_since = loop.time()
                 message = await receive()
                 self.waiting_since = None
@@ -409,7 +408,6 @@ class _Upload:
                     raise _ClientGone
                 chunk = message.get("body", b"")
                 if chunk:
-                    self.last_data = loop.time()
                     self.received += len(chunk)
                     received.inc(len(chunk))  # per message: a long upload shows its progress
                     if max_bytes is not None and self.received > max_bytes:
