@@ -4,7 +4,8 @@
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
+                                PyByteArray_Resize)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append
 from cpython.unicode cimport PyUnicode_DecodeLatin1
@@ -22,7 +23,8 @@ from dicomaccel._multipart_py import (
 )
 from dicomaccel.errors import LimitExceeded, ParseError
 
-__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type"]
+__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type",
+           "body_buffer"]
 
 cdef extern from *:
     """
@@ -175,6 +177,14 @@ cdef enum:
 
 
 mp_simd_init()
+
+
+def body_buffer(Py_ssize_t size):
+    """See the twin: the same buffer, not zeroed (PyByteArray_FromStringAndSize with no source
+    leaves the allocator's bytes)."""
+    if size < 0:
+        raise ValueError(f"negative buffer size {size}")
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 def _simd_level():

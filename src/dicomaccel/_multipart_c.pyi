@@ -8,7 +8,8 @@ from array import array
 from mmap import mmap
 from typing import Any, Final, Literal, TypeAlias, final
 
-__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type"]
+__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type",
+           "body_buffer"]
 
 # collections.abc.Buffer is 3.12+; these are the contiguous buffers callers pass on 3.10+.
 _Buffer: TypeAlias = bytes | bytearray | memoryview | mmap | array[Any]
@@ -49,3 +50,4 @@ class MultipartScanner:
     def finish(self) -> None: ...
 
 def parse_content_type(value: str | bytes | bytearray) -> tuple[str, dict[str, str]]: ...
+def body_buffer(size: int) -> bytearray: ...

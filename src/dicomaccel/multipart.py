@@ -17,5 +17,7 @@ PART_END = _impl.PART_END
 CLOSE = _impl.CLOSE
 MultipartScanner = _impl.MultipartScanner
 parse_content_type = _impl.parse_content_type
+body_buffer = _impl.body_buffer
 
-__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type", "LimitExceeded"]
+__all__ = ["PART_BEGIN", "PART_DATA", "PART_END", "CLOSE", "MultipartScanner", "parse_content_type", "body_buffer",
+           "LimitExceeded"]

@@ -524,6 +524,21 @@ def test_parse_content_type_errors(multipart_impl, value, message, offset):
     assert (info.value.message, info.value.offset) == (message, offset)
 
 
+@pytest.mark.parametrize("size", [0, 1, 65536, 1 << 20])
+def test_body_buffer(multipart_impl, size):
+    """A writable bytearray of the size asked for (its bytes are unspecified until written)."""
+    buf = multipart_impl.body_buffer(size)
+    assert type(buf) is bytearray and len(buf) == size
+    view = memoryview(buf)
+    view[:] = b"\xa5" * size
+    assert buf == b"\xa5" * size
+
+
+def test_body_buffer_negative(multipart_impl):
+    with pytest.raises(ValueError, match="negative buffer size -1"):
+        multipart_impl.body_buffer(-1)
+
+
 # --- Hypothesis: against the stdlib email parser ---------------------------------------------------
 
 BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? "
