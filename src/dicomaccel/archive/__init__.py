@@ -60,7 +60,7 @@ import mmap
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import memory
 from ..config import DEFAULTS
@@ -72,7 +72,6 @@ from .ingest import (FrameIndex, Header, StoreFailure, build_frame_index, identi
                      scan_head)
 from .rewrite import rewrite
 from .store import FileStore, LocalFileStore, crc32_of
-from .writers import WriterPool
 
 __all__ = [
     "Archive",
@@ -201,8 +200,8 @@ class IncomingInstance:
         box: list = []
         # On a writer thread like commit_async(): scans (a deflated one holds up to 64 MiB)
         # never run on more than WRITER_THREADS threads of a process at once.
-        self._archive._writers.call(self._prepare, expected_study_uid,
-                                    lambda result: (box.append(result), done.set()))
+        self._archive._writers.submit(self._prepare, expected_study_uid,
+                                      lambda result: (box.append(result), done.set()))
         done.wait()
         if isinstance(box[0], BaseException):
             raise box[0]
@@ -231,7 +230,7 @@ class IncomingInstance:
         # Handed over when the loop next goes idle, not now: a writer woken while this task
         # still runs would fight it for the GIL at every system call (measured: ~40 futex
         # calls per instance; with the deferral the writer mostly runs while the loop waits).
-        loop.call_soon(self._archive._writers.call, self._prepare, expected_study_uid, finished)
+        loop.call_soon(self._archive._writers.submit, self._prepare, expected_study_uid, finished)
         return future
 
     def _prepare(self, expected_study_uid: str | None, finished) -> None:
@@ -458,7 +457,7 @@ class Archive:
             raise
         if recover:
             self._recover()
-        self._writers = WriterPool(WRITER_THREADS, "archive-write")
+        self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="archive-write")
         self._committer = GroupCommit(self.files, self.index, overwrite=overwrite, record=_record)
 
     @property
