@@ -12,10 +12,11 @@ it bounds what a hostile or broken client can hold:
 
 A request body of known length (``Content-Length``, RFC 9112 §6.2) is read past the parser
 (httptools, llhttp, whose callbacks copy every body chunk) once its header section is read:
-the connection reads it into buffers of its own, not zeroed first (a ``BufferedProtocol``: the event loop's
+the connection reads it into buffers of its own (a ``BufferedProtocol``: the event loop's
 transport would otherwise copy each read into a new ``bytes``; with the parser's copy, that
-was 16% of the event loop's samples in a multi-frame STOW-RS, all of it ``memmove``), never
-more than the body's remaining length, and a new parser reads from the next request on. Each
+was 16% of the event loop's samples in a multi-frame STOW-RS, all of it ``memmove``), not
+zeroed first, never more than the body's remaining length, and a new parser reads from the
+next request on. Each
 read reaches the application as one ASGI ``http.request`` message: its ``body`` is a
 read-only ``memoryview`` of that buffer if the server was made with ``body_views=True``
 (``dicomaccel serve``'s applications take any bytes-like body; the buffer is never written
