@@ -35,6 +35,7 @@ turn out to be data they are emitted as a small ``bytes`` at the start of the ne
 
 from __future__ import annotations
 
+import re
 from operator import index
 from typing import Dict, List, Tuple, Union
 
@@ -63,7 +64,9 @@ _OWS = b" \t"
 _BARE = ((b"\r", "CR"), (b"\n", "LF"))
 
 _BCHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
-_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# A run of tchars (RFC 9110 §5.6.2), the whole check in one match.
+_TOKEN_RUN = re.compile("[" + re.escape(_TCHARS) + "]*")
 
 Headers = List[Tuple[str, str]]
 
@@ -157,9 +160,9 @@ def _skip_ows(value: str, pos: int) -> int:
 
 
 def _check_token(value: str, start: int, stop: int, what: str) -> None:
-    for i in range(start, stop):
-        if value[i] not in _TCHARS:
-            raise ParseError(f"invalid character {value[i]!r} in {what}", i)
+    i = _TOKEN_RUN.match(value, start, stop).end()  # the first character past the tchars
+    if i < stop:
+        raise ParseError(f"invalid character {value[i]!r} in {what}", i)
 
 
 def parse_content_type(value: Union[str, bytes]) -> Tuple[str, Dict[str, str]]:
@@ -223,6 +226,10 @@ def parse_content_type(value: Union[str, bytes]) -> Tuple[str, Dict[str, str]]:
             quote = pos
             pos += 1
             chars = []
+            close = value.find('"', pos)
+            if close >= 0 and value.find("\\", pos, close) < 0:
+                chars.append(value[pos:close])  # no quoted-pair: the value as written
+                pos = close
             while True:
                 if pos >= n:
                     raise ParseError("unterminated quoted string", quote)

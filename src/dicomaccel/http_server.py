@@ -107,23 +107,33 @@ class HTTPLimits:
     max_connections: int = DEFAULTS.max_connections
 
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return _PHRASES.get(status, "")
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
-    """The body length a request's header section gives (RFC 9112 §6.3): its one Content-Length,
-    else 0 (no body, or a chunked one: the parser reads that)."""
-    lengths = [value for name, value in headers if name == b"content-length"]
-    if len(lengths) != 1 or any(name == b"transfer-encoding" for name, _ in headers):
-        return 0
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int, bool]:
+    """What a request's header section says of its body, in one pass: ``(framed, length,
+    expect_continue)``. ``framed``: Content-Length or Transfer-Encoding is present; ``length``
+    the body length (RFC 9112 §6.3): its one Content-Length, else 0 (no body, or a chunked one:
+    the parser reads that); ``expect_continue``: ``Expect: 100-continue``."""
+    lengths, chunked, expect = [], False, False
+    for name, value in headers:
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            expect = True
+    framed = chunked or bool(lengths)
+    if len(lengths) != 1 or chunked:
+        return framed, 0, expect
     try:
-        return max(0, int(lengths[0]))
+        return framed, max(0, int(lengths[0])), expect
     except ValueError:
-        return 0
+        return framed, 0, expect
 
 
 def _simple_response(status: int, text: str) -> bytes:
@@ -155,6 +165,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.limits = server.limits
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.peer = None  # the client's address, the scope's "client"
         self.parser = httptools.HttpRequestParser(self)
         self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0  # when ``due`` is to be called (see _arm)
@@ -255,9 +266,6 @@ class _Connection(asyncio.BufferedProtocol):
             self.body_left = max(0, request.length - request.received)
             self.body_next = BODY_FIRST_READ
 
-    def _framed(self) -> bool:
-        return any(n in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
-
     def connection_lost(self, exc) -> None:
         self.resume_writing()  # a sender waiting to write wakes and sees the connection gone
         self.closed = True
@@ -296,19 +304,22 @@ class _Connection(asyncio.BufferedProtocol):
         self.in_head = False
         self.pending_head = 0
         self._disarm()
-        if self.parser.get_method() in (b"POST", b"PUT") and not self._framed():
+        method = self.parser.get_method()
+        framed, length, expect = _framing(self.headers)
+        if method in (b"POST", b"PUT") and not framed:
             # RFC 9112 §6.3: a request without Content-Length or chunked coding has no body;
             # what such a client sends after its headers would be read as the next request.
             self._refuse(411, "Length Required: send Content-Length or Transfer-Encoding: chunked")
         parsed = httptools.parse_url(self.url)
-        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
-        self.request = _Request(expect, _content_length(self.headers))
+        self.request = _Request(expect, length)
+        if self.peer is None:  # once per connection: the address does not change
+            self.peer = self.transport.get_extra_info("peername")
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": self.parser.get_http_version(), "method": self.parser.get_method().decode(),
+            "http_version": self.parser.get_http_version(), "method": method.decode(),
             "scheme": self.server.scheme, "path": parsed.path.decode("utf-8", "replace"), "raw_path": parsed.path,
             "query_string": parsed.query or b"", "root_path": "", "headers": self.headers,
-            "server": self.server.address, "client": self.transport.get_extra_info("peername"),
+            "server": self.server.address, "client": self.peer,
             "extensions": {"http.response.zerocopysend": {}},
         }
         self.task = self.loop.create_task(self._run(scope, self.request, self.parser.should_keep_alive()))

@@ -37,6 +37,11 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ACCEPTED_REQUEST_TYPE = 'multipart/related; type="application/dicom"; boundary=...'
+# json.dumps with separators makes an encoder per call; one serves every response.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+# Body bytes go into the metric every this many (and at the body's end): progress of a long
+# upload without a counter update per read.
+BYTES_METRIC_STEP = 1 << 20
 
 
 class _ClientGone(Exception):
@@ -197,15 +202,18 @@ class StowApp:
         try:
             study_uid, media = self._check_request(scope, headers)
             boundary = self._check_body(headers)
-            metrics.child(metrics.QUEUE_DEPTH).set(self.gate.waiting + 1)
-            waiting = time.monotonic()
-            try:
-                await self.gate.acquire()
-            except GateBusy as busy:
-                raise _Refusal(503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())]) from None
-            finally:
-                metrics.child(metrics.QUEUE_DEPTH).set(self.gate.waiting)
-            metrics.child(metrics.QUEUE_WAIT).observe(time.monotonic() - waiting)
+            if not self.gate.try_acquire():
+                metrics.child(metrics.QUEUE_DEPTH).set(self.gate.waiting + 1)
+                waiting = time.monotonic()
+                try:
+                    await self.gate.acquire()
+                except GateBusy as busy:
+                    raise _Refusal(503, f"Busy: {busy}", [(b"retry-after", str(busy.retry_after).encode())]) from None
+                finally:
+                    metrics.child(metrics.QUEUE_DEPTH).set(self.gate.waiting)
+                metrics.child(metrics.QUEUE_WAIT).observe(time.monotonic() - waiting)
+            else:
+                metrics.child(metrics.QUEUE_WAIT).observe(0.0)
             try:
                 if not self.archive.writable():
                     raise _Refusal(503, "The archive cannot accept writes (storage space below the reserve)",
@@ -231,7 +239,7 @@ class StowApp:
         for failed in result.failed:
             metrics.child(metrics.STOW_INSTANCES, "failed", f"{failed.failure_reason:04X}").inc()
         if media == JSON_MEDIA_TYPE:
-            body = json.dumps(result.to_json(), separators=(",", ":")).encode()
+            body = _COMPACT_JSON.encode(result.to_json()).encode()
         else:
             body = result.to_xml().encode()
         # PS3.18 §8.5 / RFC 9110 §10.2.3: a 503 says when to come back.
@@ -296,7 +304,7 @@ async def _refuse(send: Send, refusal: _Refusal, media: str | None) -> None:
         await _plain(send, refusal.status, refusal.text, refusal.headers)
         return
     response = StoreResponse(other_failures=[FailedInstance(refusal.reason, comment=refusal.text)])
-    body = (json.dumps(response.to_json(), separators=(",", ":")) if media == JSON_MEDIA_TYPE
+    body = (_COMPACT_JSON.encode(response.to_json()) if media == JSON_MEDIA_TYPE
             else response.to_xml()).encode()
     warning = "299 dicomaccel " + json.dumps(refusal.text.encode("ascii", "replace").decode())
     await _respond(send, refusal.status, media, body, [*refusal.headers, (b"warning", warning.encode())])
@@ -395,6 +403,7 @@ class _Upload:
         max_bytes = app.max_request_bytes
         loop = self.loop
         received = metrics.child(metrics.BYTES_IN)
+        counted = 0  # body bytes in the metric so far
         task = asyncio.current_task()
         self._watch(task)
         try:
@@ -409,7 +418,9 @@ class _Upload:
                 chunk = message.get("body", b"")
                 if chunk:
                     self.received += len(chunk)
-                    received.inc(len(chunk))  # per message: a long upload shows its progress
+                    if self.received - counted >= BYTES_METRIC_STEP:
+                        received.inc(self.received - counted)
+                        counted = self.received
                     if max_bytes is not None and self.received > max_bytes:
                         return (413, f"Request body exceeds the limit of {max_bytes} bytes")
                 try:
@@ -438,6 +449,8 @@ class _Upload:
             self.waiting_since = None
             if self.watchdog is not None:
                 self.watchdog.cancel()
+            if self.received > counted:
+                received.inc(self.received - counted)
         return None
 
     def _watch(self, task: asyncio.Task) -> None:

@@ -36,9 +36,15 @@ class StoreGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a free slot now if there is one and nobody waits (True), else nothing."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         if len(self._waiters) >= self.queue_limit:
             raise GateBusy(f"{self.queue_limit} requests are already waiting", retry_after=5)
