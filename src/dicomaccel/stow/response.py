@@ -16,6 +16,7 @@ place for them.)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
@@ -168,11 +169,13 @@ def _xml_element(attr: tuple[str, str, str], values: list) -> str:
     return f"<DicomAttribute tag={quoteattr(tag)} vr={quoteattr(vr)} keyword={quoteattr(keyword)}>{inner}</DicomAttribute>"
 
 
+@functools.lru_cache(maxsize=64)
 def choose_media_type(accept: str | None) -> str | None:
     """Pick the response representation from an Accept header (RFC 9110 §12.5.1, q-values).
 
     Returns JSON (the PS3.18 default) when Accept is absent, and ``None`` when Accept names
-    only types we cannot produce (the caller answers 406).
+    only types we cannot produce (the caller answers 406). Cached: a client sends the same
+    Accept with every request.
     """
     if not accept or not accept.strip():
         return JSON_MEDIA_TYPE
