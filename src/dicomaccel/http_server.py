@@ -16,18 +16,19 @@ the connection reads it into buffers of its own (a ``BufferedProtocol``: the eve
 transport would otherwise copy each read into a new ``bytes``; with the parser's copy, that
 was 16% of the event loop's samples in a multi-frame STOW-RS, all of it ``memmove``), not
 zeroed first, never more than the body's remaining length, and a new parser reads from the
-next request on. Each
-read reaches the application as one ASGI ``http.request`` message: its ``body`` is a
-read-only ``memoryview`` of that buffer if the server was made with ``body_views=True``
-(``dicomaccel serve``'s applications take any bytes-like body; the buffer is never written
-again), else ``bytes``, as ASGI says. Header sections, and chunked bodies (RFC 9112 §7.1),
-go through the parser: they are read into a buffer shared by the server's connections
-(:data:`HEAD_READ` bytes at a time for a header section, :data:`PARSED_READ` for a chunked
-body) and copied out. Reading from the socket pauses while
-more than :data:`HIGH_WATER` bytes wait for the application (back-pressure to the sender), and
-a streamed response waits while more than :data:`WRITE_HIGH_WATER` bytes wait for the client.
-``Expect: 100-continue`` is answered when the application first asks for the body. A response
-the application ends before reading the whole body closes the connection.
+next request on. Each read reaches the application as one ASGI ``http.request`` message: its
+``body`` is a read-only ``memoryview`` of that buffer if the server was made with
+``body_views=True`` (``dicomaccel serve``'s applications take any bytes-like body; the
+buffer is never written again, and what no read wrote of it, the tail of a body cut short,
+is never handed on: an application must not reach past its views through ``.obj``), else
+``bytes``, as ASGI says. Header sections, and chunked bodies (RFC 9112 §7.1), go through the
+parser: they are read into a buffer shared by the server's connections (:data:`HEAD_READ`
+bytes at a time for a header section, :data:`PARSED_READ` for a chunked body) and copied
+out. Reading from the socket pauses while more than :data:`HIGH_WATER` bytes wait for the
+application (back-pressure to the sender), and a streamed response waits while more than
+:data:`WRITE_HIGH_WATER` bytes wait for the client. ``Expect: 100-continue`` is answered
+when the application first asks for the body. A response the application ends before reading
+the whole body closes the connection.
 
 Response bodies may also be files: the scope offers the ASGI *Zero Copy Send* extension
 (``scope["extensions"]["http.response.zerocopysend"]``; asgi.readthedocs.io, Extensions), and
@@ -77,10 +78,10 @@ _SENDFILE = hasattr(os, "sendfile")
 HEAD_READ = 16 << 10
 # ... into buffers of the connection's own: the first of BODY_FIRST_READ bytes, the next ones
 # of BODY_READ once a read has filled a buffer (the client sends faster than we read), never
-# more than the body's remaining length. A view handed on keeps its whole buffer (zeroed, so
-# resident): a client that sends a byte at a time pins BODY_FIRST_READ, not BODY_READ (100
-# such uploads: ~6.5 MiB instead of ~68). Doubling from 64 KiB instead cost 0.1-0.2 ms more
-# CPU per CT request (more, smaller reads). A chunked body goes through the parser in reads
+# more than the body's remaining length. A view handed on keeps its whole buffer: a client
+# that sends a byte at a time pins BODY_FIRST_READ, not BODY_READ (100 such uploads: ~6.5 MiB
+# instead of ~68, measured with buffers zeroed, so resident). Doubling from 64 KiB instead
+# cost 0.1-0.2 ms more CPU per CT request (more, smaller reads). A chunked body goes through the parser in reads
 # of at most PARSED_READ bytes.
 BODY_FIRST_READ = 64 << 10
 BODY_READ = 1 << 20
