@@ -81,8 +81,8 @@ HEAD_READ = 16 << 10
 # more than the body's remaining length. A view handed on keeps its whole buffer: a client
 # that sends a byte at a time pins BODY_FIRST_READ, not BODY_READ (100 such uploads: ~6.5 MiB
 # instead of ~68, measured with buffers zeroed, so resident). Doubling from 64 KiB instead
-# cost 0.1-0.2 ms more CPU per CT request (more, smaller reads). A chunked body goes through the parser in reads
-# of at most PARSED_READ bytes.
+# cost 0.1-0.2 ms more CPU per CT request (more, smaller reads). A chunked body goes through
+# the parser in reads of at most PARSED_READ bytes.
 BODY_FIRST_READ = 64 << 10
 BODY_READ = 1 << 20
 PARSED_READ = 256 << 10
