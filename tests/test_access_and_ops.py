@@ -81,6 +81,22 @@ def test_metrics_count_outcomes_and_c_get(server_factory):
     assert samples[("dicomaccel_bytes_received_total", "")] > 0
 
 
+def test_body_bytes_are_counted_exactly_once(server_factory):
+    """Every body byte read goes into dicomaccel_bytes_received: a body of several MiB (counted
+    a MiB at a time while it arrives) and a small one (at its end), summed over the workers."""
+    server = server_factory()
+    large = multipart([ct_instance(generate_uid(), generate_uid(), 1, 1100, 1100)])  # > 2 MiB
+    small = multipart([ct_instance(generate_uid(), generate_uid(), 1, 8, 8)])
+    for body in (large, small):
+        resp = requests.post(f"{server.stow_url}/studies", data=body, headers={"Content-Type": CT_TYPE},
+                             timeout=30)
+        assert resp.status_code == 200
+    text = requests.get(f"{server.http_url}/metrics", timeout=10).text
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("dicomaccel_bytes_received_total{"))
+    assert len(large) > 2 << 20 and counted == len(large) + len(small)
+
+
 def test_a_bad_token_file_stops_the_server_with_a_message(tmp_path):
     bad = tmp_path / "tokens"
     bad.write_text("secret superuser\n")

@@ -96,6 +96,25 @@ def test_release_hands_the_slot_to_the_oldest_waiter_before_a_newcomer():
     run(main())
 
 
+def test_try_acquire_takes_only_a_free_slot_nobody_waits_for():
+    async def main():
+        gate = StoreGate(2)
+        assert gate.try_acquire() and gate.try_acquire()
+        assert not gate.try_acquire() and gate.active == 2  # full: nothing taken
+        gate.release()
+        log: list[str] = []
+        gate2, _ = await busy_gate(1)
+        (a,) = await queue_up(gate2, "a", log)
+        gate2.release()  # handed to a, which has not run yet
+        assert not gate2.try_acquire()  # the freed slot went to the waiter, not to us
+        await a.holds.wait()
+        gate2.release()
+        assert gate2.try_acquire() and (gate2.active, gate2.waiting) == (1, 0)
+        assert gate.try_acquire() and gate.active == 2
+
+    run(main())
+
+
 def test_full_queue_is_refused_at_once_with_retry_after():
     async def main():
         gate, log = await busy_gate(1, queue_limit=2)
