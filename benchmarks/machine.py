@@ -8,6 +8,8 @@
   request and makes its body a durable file, driven by the same clients as the servers;
 - :func:`design_floor`: dicomaccel's own per-request work in C (``design_floor.c``), the same
   way: how far the design goes on this machine without the interpreter;
+- :func:`front_end`: dicomaccel's HTTP server and STOW-RS application alone, over an archive
+  that keeps nothing (:mod:`benchmarks.front_end`), the same way: the event loop's own share;
 - :func:`core_times` / :func:`core_busy`: the share of each core busy over a run;
 - :func:`harness_cpu_s`: CPU of this process and the clients it ran;
 - :func:`machine` and :func:`versions`: what the report names.
@@ -25,6 +27,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -209,7 +212,7 @@ def stow_floor(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int,
     binary = build_c("floor.c", where)
     if binary is None:
         return {}
-    out = _floor_runs(binary, lambda run: run.mkdir(), where / "floor", bodies, clients, runs)
+    out = _floor_runs([str(binary)], lambda run: run.mkdir(), where / "floor", bodies, clients, runs)
     print("STOW-RS floor: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s" for n, v in out.items()), flush=True)
     return out
 
@@ -241,9 +244,25 @@ def design_floor(where: Path, files: list[Path], bodies: list[tuple[bytes, int]]
         if rows != 2 + requests:
             raise RuntimeError(f"design_floor indexed {rows - 2} of {requests} requests")
 
-    out = _floor_runs(binary, lambda run: shutil.copytree(template, run), where / "design", bodies, clients,
-                      runs, check)
+    out = _floor_runs([str(binary)], lambda run: shutil.copytree(template, run), where / "design", bodies,
+                      clients, runs, check)
     print("design floor: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s" for n, v in out.items()), flush=True)
+    return out
+
+
+def front_end(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, ...] = (1, 4),
+              runs: int = 3) -> dict:
+    """As :func:`stow_floor`, for dicomaccel's STOW-RS front end alone (:mod:`benchmarks.front_end`:
+    our HTTP server and STOW-RS application in one process over an archive that keeps nothing):
+    what the event loop's own work per request costs and allows."""
+    from benchmarks import front_end as module
+
+    # The child imports benchmarks from this checkout, and dicomaccel as this process does.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
+    out = _floor_runs([sys.executable, "-m", "benchmarks.front_end"], lambda run: run.mkdir(),
+                      where / "front", bodies, clients, runs, path=module.PATH, env=env)
+    print("STOW-RS front end alone: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s at {v['cpu_ms']:.2f} ms"
+                                                  for n, v in out.items()), flush=True)
     return out
 
 
@@ -277,10 +296,11 @@ def design_template(root: Path, files: list[Path]) -> Path:
     return root
 
 
-def _floor_runs(binary: Path, prepare, where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, ...],
-                runs: int, check=None) -> dict:
-    """``binary DIRECTORY`` (prepared by ``prepare(DIRECTORY)``) driven by the STOW-RS clients
-    with ``bodies``, for each client count; ``check(DIRECTORY, requests)`` after each run."""
+def _floor_runs(command: list[str], prepare, where: Path, bodies: list[tuple[bytes, int]],
+                clients: tuple[int, ...], runs: int, check=None, path: str = "/", env=None) -> dict:
+    """``command DIRECTORY`` (prepared by ``prepare(DIRECTORY)``; it prints "port N") driven by
+    the STOW-RS clients posting ``bodies`` to ``path``, for each client count;
+    ``check(DIRECTORY, requests)`` after each run."""
     from benchmarks.clients import stow_run  # clients imports this module's neighbours only
     from benchmarks.peers import process_cpu_s
 
@@ -293,11 +313,11 @@ def _floor_runs(binary: Path, prepare, where: Path, bodies: list[tuple[bytes, in
         for attempt in range(runs + 1):
             run = where.with_name(f"{where.name}-{n}-{attempt}")
             prepare(run)
-            proc = subprocess.Popen([str(binary), str(run)], stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([*command, str(run)], stdout=subprocess.PIPE, text=True, env=env)
             try:
                 port = int(proc.stdout.readline().split()[1])
                 cpu = process_cpu_s(proc.pid)
-                result = stow_run(port, "/", bodies, n)
+                result = stow_run(port, path, bodies, n)
                 if attempt:
                     cpus.append(1e3 * (process_cpu_s(proc.pid) - cpu) / len(bodies))
                     rates.append(len(bodies) / result["seconds"])

@@ -465,7 +465,7 @@ def _page_reporting(data: dict) -> list[str]:
             f"(development VM: 3.6 us per 4 KiB page){during} |"]
 
 
-# The C servers every stow run measures beside the servers (benchmarks.machine), as the limits
+# The servers every stow run measures beside the peers (benchmarks.machine), as the limits
 # table names them.
 _STOW_FLOORS = {
     "stow_floor": "STOW-RS floor (benchmarks/floor.c: read, write, fdatasync, directory fsync; no parsing, "
@@ -473,6 +473,9 @@ _STOW_FLOORS = {
     "design_floor": "STOW-RS design floor (benchmarks/design_floor.c: dicomaccel's per-request work in C — "
                     "temp file, early writeback, rename to a marker and link, its index transaction's own "
                     "SQLite statements, syncfs; no parsing, no Python)",
+    "front_end": "STOW-RS front end alone, a ceiling (benchmarks/front_end.py: dicomaccel's HTTP server and "
+                 "STOW-RS application in one process over an archive that keeps nothing — the event "
+                 "loop's own work per request; no file, no index, no flush)",
 }
 
 
@@ -510,7 +513,7 @@ def _limits(data: dict) -> list[str]:
               f"| the same instance unframed, one sendfile (no DIMSE sender can) | "
               f"{fig(lim['send_cpu_ms']['whole'])} ms |"] if "send_cpu_ms" in lim else []),
            ""]
-    floor, design = lim.get("stow_floor", {}), lim.get("design_floor", {})
+    floor, design, front = lim.get("stow_floor", {}), lim.get("design_floor", {}), lim.get("front_end", {})
     for row in data["rows"]:
         s = summary(row)
         m = re.fullmatch(r"STOW-RS 1/request, (\d+) clients?", row["method"])
@@ -520,6 +523,13 @@ def _limits(data: dict) -> list[str]:
         if s and row["corpus"] == "ct" and m and m.group(1) in design and row["peer"] == "dicomaccel":
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
                        f"{s['rate'] / design[m.group(1)]['per_s']:.0%} of its own design in C (design floor).")
+        if s and row["corpus"] == "ct" and m and m.group(1) in front and row["peer"] == "dicomaccel":
+            out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
+                       f"{s['rate'] / front[m.group(1)]['per_s']:.0%} of its front end alone, at "
+                       f"{fig(s['server_cpu'])} against {fig(front[m.group(1)]['cpu_ms'])} ms of server CPU "
+                       f"per request." if s.get("server_cpu") else
+                       f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['rate'])} inst/s = "
+                       f"{s['rate'] / front[m.group(1)]['per_s']:.0%} of its front end alone.")
         if s and row["section"] == "requests" and row["method"].startswith("WADO-RS frame"):
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['tcp_mbps']:.1%} of loopback TCP.")

@@ -36,11 +36,12 @@ Workloads (clients in :mod:`benchmarks.clients`):
 - ``stow``: STOW-RS (PS3.18 10.5) with ``--stow-batch`` instances per request and
   ``--stow-clients`` concurrent keep-alive clients (one process each), into a freshly started,
   empty server (dicomaccel with --fsync always, Orthanc with SyncStorageArea: both fsync before
-  answering). Before the servers, the same clients measure two C servers of the CT instances,
+  answering). Before the servers, the same clients measure, with the CT instances,
   limits rather than peers (:mod:`benchmarks.machine`): ``benchmarks/floor.c``, which makes each
   body a durable file and nothing more, and ``benchmarks/design_floor.c``, which does
   dicomaccel's own per-request work (temp file, publication, its index transaction's SQLite
-  statements, one syncfs) without the interpreter;
+  statements, one syncfs) without the interpreter; and, as a ceiling, dicomaccel's HTTP server
+  and STOW-RS application alone over an archive that keeps nothing (``benchmarks/front_end.py``);
 - ``cstore``: DCMTK ``storescu`` into a fresh dicomaccel (--fsync always), Orthanc or dcmqrscp,
   over each of ``--cstore-associations`` (default 1): N splits the corpus in order over N
   ``storescu`` processes started together, timed from the first Store Request to the last
@@ -161,7 +162,7 @@ from benchmarks.corpus import (
 from dicomaccel.testing.postgres import postgres_bin, start_cluster
 from dicomaccel.testing.query_index import FAMILY, GIVEN
 from benchmarks.machine import (core_busy, core_times, harness_cpu_s, limits, loadavg, machine, reported_kib,
-                                design_floor, stow_floor, versions)
+                                design_floor, front_end, stow_floor, versions)
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
     REPO,
@@ -910,6 +911,7 @@ def run_harness(args, argv: list[str]) -> int:
             bodies = [(stow_body([f]), 0) for f in ct.files]
             data["limits"]["stow_floor"] = stow_floor(work, bodies, tuple(args.stow_clients))
             data["limits"]["design_floor"] = design_floor(work, ct.files, bodies, tuple(args.stow_clients))
+            data["limits"]["front_end"] = front_end(work, bodies, tuple(args.stow_clients))
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(DCMTK_LOG_CONFIG)
         ingest, retrieve = plan(args, corpora, available, log_config, ceilings)

@@ -98,7 +98,8 @@ def test_stow_rows_are_a_share_of_the_floors_measured_beside_them():
     lim = {"filesystem": "/x", "seq_write_mbps": 1000.0, "seq_write_runs": [1000.0], "file_bytes": 1,
            "files_per_s": {"1": {"write + fdatasync + close": 900.0}}, "tcp_mbps": 3000.0,
            "stow_floor": {"1": {"per_s": 800.0, "runs": [790.0, 800.0, 810.0], "cpu_ms": 0.4}},
-           "design_floor": {"1": {"per_s": 1000.0, "runs": [1000.0], "cpu_ms": 0.45}}}
+           "design_floor": {"1": {"per_s": 1000.0, "runs": [1000.0], "cpu_ms": 0.45}},
+           "front_end": {"1": {"per_s": 2000.0, "runs": [2000.0], "cpu_ms": 0.3}}}
     data = {"limits": lim, "rows": [row("dicomaccel", "STOW-RS 1/request, 1 client", [0.25, 0.2, 0.3]),
                                     row("orthanc", "STOW-RS 1/request, 1 client", [0.5]),
                                     row("dicomaccel", "STOW-RS 1/request, 4 clients", [0.1])]}
@@ -110,6 +111,10 @@ def test_stow_rows_are_a_share_of_the_floors_measured_beside_them():
     # The design floor is dicomaccel's own design: only its rows are a share of it.
     assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 400 inst/s = 40% of its own design in C (design floor)." in text
     assert "orthanc 200 inst/s = 20%" not in text
+    # The front end alone is dicomaccel's too: a ceiling, with its CPU beside ours.
+    assert "| 2000 requests/s, server CPU 0.3 ms/request |" in text and "front end alone, a ceiling" in text
+    assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 400 inst/s = 20% of its front end alone." in text
+    assert "orthanc 200 inst/s = 10%" not in text
     assert "4 clients" not in text  # no floor measured for 4 clients
 
 
