@@ -1,12 +1,15 @@
-"""The STOW-RS front end alone: dicomaccel's HTTP server and STOW-RS application over an
-archive that keeps nothing, for the limits table (:func:`benchmarks.machine.front_end`).
+"""The STOW-RS front end alone: what ``dicomaccel serve`` answers HTTP with
+(:func:`dicomaccel.server.http_front`, its default configuration) over an archive that keeps
+nothing, in one process, for the limits table (:func:`benchmarks.machine.front_end`).
 
-What the event loop's own work per request costs and allows once the archive's writer and
-committer threads are taken away: the request head, the body's reads and ASGI messages, the
-multipart scanner, the store slot, the Store Instances Response, metrics and the access log.
-Each part is answered as stored (the response names one fixed instance), nothing is written.
-Like ``storescp --ignore`` for C-STORE, it is a ceiling, not a server: no peer is compared
-with it.
+What the event loop's own work per request costs once the archive is taken away: the request
+head, the body's reads and ASGI messages, the routes in front of STOW-RS (operations, WADO-RS,
+QIDO-RS), the multipart scanner, the store slot, the Store Instances Response and metrics (the
+access log is off, as in the benchmark's servers at ``--log-level warning``). Each part is
+answered as stored (the response names one fixed instance); nothing is written, and neither
+the archive's work on the event loop (free-space checks, hand-offs to its threads) nor its
+threads' are done. Like ``storescp --ignore`` for C-STORE, it is a ceiling, not a server: no
+peer is compared with it.
 
 usage: python -m benchmarks.front_end DIRECTORY   (DIRECTORY unused; listens on 127.0.0.1,
 an ephemeral port, and prints "port N" as the C floors do)
@@ -23,8 +26,8 @@ import uvloop
 from dicomaccel import memory
 from dicomaccel.archive.commit import StoreOutcome
 from dicomaccel.archive.index import InstanceRecord
-from dicomaccel.http_server import HTTPServer
-from dicomaccel.stow import create_app
+from dicomaccel.config import ServeConfig
+from dicomaccel.server import http_front
 
 __all__ = ["NullArchive", "PATH"]
 
@@ -52,7 +55,8 @@ class _NullInstance:
 
 
 class NullArchive:
-    """What the STOW-RS application asks of an archive, answering every part as stored."""
+    """What a STOW-RS request asks of an archive, answering every part as stored (the other
+    services' routes ask for more, and are not requested here)."""
 
     def writable(self) -> bool:
         return True
@@ -63,7 +67,7 @@ class NullArchive:
 
 async def _serve() -> None:
     sock = socket.create_server(("127.0.0.1", 0))
-    server = HTTPServer(create_app(NullArchive()), body_views=True)  # as dicomaccel serve does
+    server = http_front(NullArchive(), ServeConfig())
     await server.start(sock)
     print(f"port {sock.getsockname()[1]}", flush=True)
     await asyncio.Event().wait()  # until killed

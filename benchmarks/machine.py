@@ -253,14 +253,15 @@ def design_floor(where: Path, files: list[Path], bodies: list[tuple[bytes, int]]
 def front_end(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, ...] = (1, 4),
               runs: int = 3) -> dict:
     """As :func:`stow_floor`, for dicomaccel's STOW-RS front end alone (:mod:`benchmarks.front_end`:
-    our HTTP server and STOW-RS application in one process over an archive that keeps nothing):
-    what the event loop's own work per request costs and allows."""
+    what ``dicomaccel serve`` answers HTTP with, in one process, over an archive that keeps
+    nothing): the event loop's own work per request. Its rate is one process's, where the
+    servers run ``--workers``; its CPU per request is what compares."""
     from benchmarks import front_end as module
 
     # The child imports benchmarks from this checkout, and dicomaccel as this process does.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
     out = _floor_runs([sys.executable, "-m", "benchmarks.front_end"], lambda run: run.mkdir(),
-                      where / "front", bodies, clients, runs, path=module.PATH, env=env)
+                      where / "front", bodies, clients, runs, path=module.PATH, env=env, answers_stored=True)
     print("STOW-RS front end alone: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s at {v['cpu_ms']:.2f} ms"
                                                   for n, v in out.items()), flush=True)
     return out
@@ -297,10 +298,12 @@ def design_template(root: Path, files: list[Path]) -> Path:
 
 
 def _floor_runs(command: list[str], prepare, where: Path, bodies: list[tuple[bytes, int]],
-                clients: tuple[int, ...], runs: int, check=None, path: str = "/", env=None) -> dict:
+                clients: tuple[int, ...], runs: int, check=None, path: str = "/", env=None,
+                answers_stored: bool = False) -> dict:
     """``command DIRECTORY`` (prepared by ``prepare(DIRECTORY)``; it prints "port N") driven by
     the STOW-RS clients posting ``bodies`` to ``path``, for each client count;
-    ``check(DIRECTORY, requests)`` after each run."""
+    ``check(DIRECTORY, requests)`` after each run. ``answers_stored``: the server answers Store
+    Instances Responses, each of which must report its instance stored."""
     from benchmarks.clients import stow_run  # clients imports this module's neighbours only
     from benchmarks.peers import process_cpu_s
 
@@ -318,6 +321,8 @@ def _floor_runs(command: list[str], prepare, where: Path, bodies: list[tuple[byt
                 port = int(proc.stdout.readline().split()[1])
                 cpu = process_cpu_s(proc.pid)
                 result = stow_run(port, path, bodies, n)
+                if answers_stored and result["accepted"] != len(bodies):
+                    raise RuntimeError(f"{command[-1]} stored {result['accepted']} of {len(bodies)} instances")
                 if attempt:
                     cpus.append(1e3 * (process_cpu_s(proc.pid) - cpu) / len(bodies))
                     rates.append(len(bodies) / result["seconds"])

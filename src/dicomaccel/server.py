@@ -235,6 +235,35 @@ def _run_worker(config: ServeConfig, listeners, *, recover: bool, announce: bool
     return 0
 
 
+def http_front(archive: Archive, config: ServeConfig) -> HTTPServer:
+    """The HTTP server ``serve`` answers with over ``archive``: STOW-RS, with QIDO-RS, WADO-RS
+    and the operations routes in front of it, then authentication and CORS (benchmarks/
+    front_end.py serves the same over an archive that keeps nothing)."""
+    app = create_app(
+        archive,
+        max_concurrent_stores=config.max_concurrent_stores,
+        queue_limit=config.store_queue_limit,
+        queue_wait=config.store_queue_wait,
+        max_request_bytes=config.max_request_bytes,
+        max_instance_bytes=config.max_instance_bytes,
+        body_timeout=config.body_timeout,
+        min_upload_rate=config.min_upload_rate,
+        public_url=config.public_url,
+    )
+    # QIDO-RS builds its Retrieve URLs from the request: it sees requests as addressed to
+    # the public URL (dicomaccel.urls.presented_at).
+    qido = presented_at(create_qido_app(archive, fallback=app), config.public_url)
+    # QIDO-RS and WADO-RS reads that meet a lost index database: 503 (dicomaccel.unavailable).
+    front = with_ops(http_refusal(create_wado_app(archive, fallback=qido, public_url=config.public_url)), archive)
+    checkers = credentials(config)
+    if checkers is not None:
+        front = require(front, checkers, scope_needed)
+    front = with_cors(front, config.cors_origins)  # outermost: a preflight carries no credentials
+    return HTTPServer(front, HTTPLimits(config.header_timeout, config.max_header_bytes,
+                                        config.keepalive_timeout, config.max_connections),
+                      body_views=True)  # our applications take any bytes-like body
+
+
 def _destinations(config: ServeConfig) -> dict:
     """Move destination AE title -> :class:`~.dimse.requestor.RemoteAE`. Destinations marked
     ``tls`` share one requestor context (PS3.15 B.9, BCP 195): their certificates verified
@@ -260,29 +289,7 @@ async def serve(config: ServeConfig, *, listeners=None, recover: bool = True,
                       min_free_bytes=config.min_free_bytes,
                       policy=StorePolicy.from_config(config),
                       recover=recover)
-    app = create_app(
-        archive,
-        max_concurrent_stores=config.max_concurrent_stores,
-        queue_limit=config.store_queue_limit,
-        queue_wait=config.store_queue_wait,
-        max_request_bytes=config.max_request_bytes,
-        max_instance_bytes=config.max_instance_bytes,
-        body_timeout=config.body_timeout,
-        min_upload_rate=config.min_upload_rate,
-        public_url=config.public_url,
-    )
-    # QIDO-RS builds its Retrieve URLs from the request: it sees requests as addressed to
-    # the public URL (dicomaccel.urls.presented_at).
-    qido = presented_at(create_qido_app(archive, fallback=app), config.public_url)
-    # QIDO-RS and WADO-RS reads that meet a lost index database: 503 (dicomaccel.unavailable).
-    front = with_ops(http_refusal(create_wado_app(archive, fallback=qido, public_url=config.public_url)), archive)
-    checkers = credentials(config)
-    if checkers is not None:
-        front = require(front, checkers, scope_needed)
-    front = with_cors(front, config.cors_origins)  # outermost: a preflight carries no credentials
-    http = HTTPServer(front, HTTPLimits(config.header_timeout, config.max_header_bytes,
-                                        config.keepalive_timeout, config.max_connections),
-                      body_views=True)  # our applications take any bytes-like body
+    http = http_front(archive, config)
     dimse = None
     try:
         try:
