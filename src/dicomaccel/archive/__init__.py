@@ -35,10 +35,10 @@ whose marker has no row (:mod:`.store`). A row leaves the unconfirmed list only 
 that started after its batch committed has completed: each batch's transaction confirms the
 batches such a flush covered (:meth:`Index.committed` is read before each flush; after a
 failed flush, whose stores were answered with a failure, nothing it would have covered is
-confirmed until a later flush succeeds). So the index never names a missing or partial file, and nothing a client
-was told is stored can be lost. With ``fsync=False`` step 3 skips the flush and the
-unconfirmed list: a process crash loses nothing (the kernel holds the data), a power
-failure may lose the last stores.
+confirmed until a later flush succeeds). So the index never names a missing or partial file,
+and nothing a client was told is stored can be lost. With ``fsync=False`` step 3 skips the
+flush and the unconfirmed list: a process crash loses nothing (the kernel holds the data), a
+power failure may lose the last stores.
 
 Shared index (``index="postgresql://..."``, :mod:`.postgres_index`): several nodes use one
 database and one data directory. The index commit is durable on its own, so step 3 flushes

@@ -414,9 +414,9 @@ class SQLiteIndex(Index):
     """The embedded index: one SQLite file in WAL mode.
 
     Readers use one connection per thread (WAL lets them run beside the writer); writes come
-    from the archive's group-commit threads, one transaction at a time on a single connection. Other processes on
-    the same file (``dicomaccel serve --workers``) contend on SQLite's write lock, which
-    holds each batch for a fraction of a millisecond.
+    from the archive's group-commit threads, one transaction at a time on a single connection.
+    Other processes on the same file (``dicomaccel serve --workers``) contend on SQLite's write
+    lock, which holds each batch for a fraction of a millisecond.
 
     Parameters
     ----------
