@@ -859,6 +859,33 @@ def test_flushes_at_once_use_descriptors_of_their_own(tmp_path, monkeypatch):
         files.flush()
 
 
+def test_a_flush_running_when_the_store_closes_closes_its_descriptor(tmp_path, monkeypatch):
+    """Closing the store while a flush runs (a Storage Commitment check at shutdown): the
+    descriptor that flush holds is closed when it returns, not put back into a closed pool."""
+    files = store_module.LocalFileStore(str(tmp_path), fsync=True)
+    inside, release, held = threading.Event(), threading.Event(), []
+
+    def syncfs(fd):
+        held.append(fd)
+        inside.set()
+        release.wait(10)
+        return 0
+
+    monkeypatch.setattr(store_module, "_syncfs", syncfs)
+    with ThreadPoolExecutor(1) as pool:
+        flush = pool.submit(files.flush)
+        assert inside.wait(10)
+        files.close()
+        os.fstat(held[0])  # still open: the flush is using it
+        release.set()
+        flush.result(10)
+    with pytest.raises(OSError):
+        os.fstat(held[0])
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        files.flush()
+
+
 @pytest.mark.indexes("sqlite")  # the flush comes after the commit
 def test_already_stored_is_answered_after_a_flush(archive, monkeypatch):
     """The same bytes again are answered "already stored" only after a flush that started once

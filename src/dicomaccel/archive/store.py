@@ -47,6 +47,7 @@ import queue
 import re
 import secrets
 import tempfile
+import threading
 from collections.abc import Callable
 
 from zlib_ng.zlib_ng import crc32 as _crc32
@@ -177,6 +178,8 @@ class LocalFileStore(FileStore):
         # (the committer threads, a Storage Commitment check) each take a descriptor of their
         # own from this pool, all opened before any write: each sees every error since.
         self._root_fds: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._fds_lock = threading.Lock()  # a flush's descriptor comes back to a pool not yet closed
+        self._closed = False
         for _ in range(FLUSH_DESCRIPTORS if fsync else 0):
             self._root_fds.put(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY))
 
@@ -208,19 +211,25 @@ class LocalFileStore(FileStore):
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
         finally:
-            self._root_fds.put(fd)
+            with self._fds_lock:
+                if self._closed and fd >= 0:  # closed while this flush ran: its descriptor too
+                    os.close(fd)
+                    fd = -1
+                self._root_fds.put(fd)
 
     def close(self) -> None:
-        fds = []
-        while True:
-            try:
-                fds.append(self._root_fds.get_nowait())
-            except queue.Empty:
-                break
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-            self._root_fds.put(-1)  # a flush after closing fails (EBADF) instead of waiting
+        with self._fds_lock:
+            self._closed = True
+            fds = []
+            while True:
+                try:
+                    fds.append(self._root_fds.get_nowait())
+                except queue.Empty:
+                    break
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+                self._root_fds.put(-1)  # a flush after closing fails (EBADF) instead of waiting
 
     def _make_dirs(self, path: str) -> None:
         if not os.path.isdir(path):
