@@ -10,6 +10,8 @@
   way: how far the design goes on this machine without the interpreter;
 - :func:`front_end`: dicomaccel's HTTP server and STOW-RS application alone, over an archive
   that keeps nothing (:mod:`benchmarks.front_end`), the same way: the event loop's own share;
+- :func:`archive_alone`: dicomaccel's archive alone, storing the same instances through its
+  blocking API (:mod:`benchmarks.archive_alone`): the share behind the event loop;
 - :func:`core_times` / :func:`core_busy`: the share of each core busy over a run;
 - :func:`harness_cpu_s`: CPU of this process and the clients it ran;
 - :func:`machine` and :func:`versions`: what the report names.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import multiprocessing
 import os
@@ -264,6 +267,36 @@ def front_end(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, 
                       where / "front", bodies, clients, runs, path=module.PATH, env=env, answers_stored=True)
     print("STOW-RS front end alone: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s at {v['cpu_ms']:.2f} ms"
                                                   for n, v in out.items()), flush=True)
+    return out
+
+
+def archive_alone(where: Path, files: list[Path], clients: tuple[int, ...] = (1, 4),
+                  runs: int = 3) -> dict:
+    """Instances/s and CPU ms per instance of dicomaccel's archive alone
+    (:mod:`benchmarks.archive_alone`: ``files`` stored through the blocking API from as many
+    threads as there are clients, in one process, no HTTP), per client count: the median of
+    ``runs``, after one untimed run as for the floors. Its CPU per instance is what compares
+    with a server row's; with :func:`front_end` it splits where that CPU goes."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
+    out = {}
+    for n in clients:
+        rates, cpus = [], []
+        for attempt in range(runs + 1):
+            run = where / f"archive-{n}-{attempt}"
+            done = subprocess.run([sys.executable, "-m", "benchmarks.archive_alone", str(run), str(n),
+                                   *map(str, files)], env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                raise RuntimeError(f"archive alone failed: {done.stderr.strip()[-500:]}")
+            result = json.loads(done.stdout)
+            if attempt:
+                rates.append(result["stored"] / result["seconds"])
+                cpus.append(1e3 * result["cpu_s"] / result["stored"])
+            for f in run.rglob("*"):  # emptied, not deleted: see run.release_files
+                if f.is_file():
+                    os.truncate(f, 0)
+        out[str(n)] = {"per_s": statistics.median(rates), "runs": rates, "cpu_ms": statistics.median(cpus)}
+    print("STOW-RS archive alone: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s at {v['cpu_ms']:.2f} ms"
+                                                for n, v in out.items()), flush=True)
     return out
 
 

@@ -476,6 +476,9 @@ _STOW_FLOORS = {
     "front_end": "STOW-RS front end alone, a ceiling (benchmarks/front_end.py: what dicomaccel serve answers "
                  "HTTP with, one process, over an archive that keeps nothing — the event loop's own work "
                  "per request; no file, no index, no flush, no hand-off)",
+    "archive_alone": "STOW-RS archive alone, a ceiling (benchmarks/archive_alone.py: dicomaccel's archive "
+                     "storing the same instances through its blocking API, one process, serve's defaults, "
+                     "as many threads as clients — its work behind the event loop; no HTTP)",
 }
 
 
@@ -514,6 +517,7 @@ def _limits(data: dict) -> list[str]:
               f"{fig(lim['send_cpu_ms']['whole'])} ms |"] if "send_cpu_ms" in lim else []),
            ""]
     floor, design, front = lim.get("stow_floor", {}), lim.get("design_floor", {}), lim.get("front_end", {})
+    alone = lim.get("archive_alone", {})
     for row in data["rows"]:
         s = summary(row)
         m = re.fullmatch(r"STOW-RS 1/request, (\d+) clients?", row["method"])
@@ -526,9 +530,14 @@ def _limits(data: dict) -> list[str]:
         if s and row["corpus"] == "ct" and m and m.group(1) in front and row["peer"] == "dicomaccel" \
                 and s.get("server_cpu"):
             # CPU, not rate: the front end runs in one process, the server in --workers.
+            parts = [("its front end alone", front[m.group(1)]["cpu_ms"])]
+            if m.group(1) in alone:
+                parts.append(("its archive alone", alone[m.group(1)]["cpu_ms"]))
+            together = sum(ms for _, ms in parts) / s["server_cpu"]
             out.append(f"- {row['label']}, {row['method']}: dicomaccel {fig(s['server_cpu'])} ms of server CPU "
-                       f"per instance, of which its front end alone takes {fig(front[m.group(1)]['cpu_ms'])} "
-                       f"({front[m.group(1)]['cpu_ms'] / s['server_cpu']:.0%}).")
+                       f"per instance, of which " + " and ".join(
+                           f"{what} takes {fig(ms)} ({ms / s['server_cpu']:.0%})" for what, ms in parts)
+                       + (f", together {together:.0%}" if len(parts) > 1 else "") + ".")
         if s and row["section"] == "requests" and row["method"].startswith("WADO-RS frame"):
             out.append(f"- {row['label']}, {row['method']}: {row['peer']} {fig(s['mbps'])} MB/s = "
                        f"{s['mbps'] / lim['tcp_mbps']:.1%} of loopback TCP.")

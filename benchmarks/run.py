@@ -40,8 +40,9 @@ Workloads (clients in :mod:`benchmarks.clients`):
   limits rather than peers (:mod:`benchmarks.machine`): ``benchmarks/floor.c``, which makes each
   body a durable file and nothing more, and ``benchmarks/design_floor.c``, which does
   dicomaccel's own per-request work (temp file, publication, its index transaction's SQLite
-  statements, one syncfs) without the interpreter; and, as a ceiling, dicomaccel's HTTP server
-  and STOW-RS application alone over an archive that keeps nothing (``benchmarks/front_end.py``);
+  statements, one syncfs) without the interpreter; and, as ceilings, dicomaccel's HTTP server
+  and STOW-RS application alone over an archive that keeps nothing (``benchmarks/front_end.py``)
+  and its archive alone, storing the same instances without HTTP (``benchmarks/archive_alone.py``);
 - ``cstore``: DCMTK ``storescu`` into a fresh dicomaccel (--fsync always), Orthanc or dcmqrscp,
   over each of ``--cstore-associations`` (default 1): N splits the corpus in order over N
   ``storescu`` processes started together, timed from the first Store Request to the last
@@ -162,7 +163,7 @@ from benchmarks.corpus import (
 from dicomaccel.testing.postgres import postgres_bin, start_cluster
 from dicomaccel.testing.query_index import FAMILY, GIVEN
 from benchmarks.machine import (core_busy, core_times, harness_cpu_s, limits, loadavg, machine, reported_kib,
-                                design_floor, front_end, stow_floor, versions)
+                                archive_alone, design_floor, front_end, stow_floor, versions)
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
     REPO,
@@ -912,6 +913,7 @@ def run_harness(args, argv: list[str]) -> int:
             data["limits"]["stow_floor"] = stow_floor(work, bodies, tuple(args.stow_clients))
             data["limits"]["design_floor"] = design_floor(work, ct.files, bodies, tuple(args.stow_clients))
             data["limits"]["front_end"] = front_end(work, bodies, tuple(args.stow_clients))
+            data["limits"]["archive_alone"] = archive_alone(work, ct.files, tuple(args.stow_clients))
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(DCMTK_LOG_CONFIG)
         ingest, retrieve = plan(args, corpora, available, log_config, ceilings)
