@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from pydicom.uid import (
 
 from dicomaccel.archive.ingest import (
     FrameIndex,
+    Header,
     StoreFailure,
     build_frame_index,
     is_valid_uid,
@@ -117,6 +119,19 @@ def test_scan_head_is_the_whole_file_scan_or_none(name):
             answered += 1
             assert got == whole, cut
     assert answered  # the whole file at least
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_headers_hold_every_field(name):
+    """The scan builds its Header past the dataclass's __init__ (ingest.filled): every field
+    must be the header's own, the query keys a file lacks included (with their defaults)."""
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not available from pydicom-data")
+    with open(path, "rb") as f:
+        header = scan(f.read(), validate=True)
+    assert set(vars(header)) == {f.name for f in fields(Header)}
+    assert header == Header(**vars(header))
 
 
 def test_scan_head_needs_only_the_header():

@@ -68,8 +68,8 @@ from ..policy.store import StorePolicy
 from ..status import FailureReason
 from .commit import GroupCommit, PreparedInstance, StoreOutcome
 from .index import Index, InstanceRecord, RecordList, SQLiteIndex
-from .ingest import (FrameIndex, Header, StoreFailure, build_frame_index, identify, is_valid_uid, scan,
-                     scan_head)
+from .ingest import (FrameIndex, Header, StoreFailure, build_frame_index, filled, identify, is_valid_uid,
+                     scan, scan_head)
 from .rewrite import rewrite
 from .store import FileStore, LocalFileStore, crc32_of
 
@@ -657,7 +657,7 @@ def _open_index(url: str | None, root: str, fsync: bool) -> Index:
 
 def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,
             crc32: int, received_crc32: int | None) -> InstanceRecord:
-    return InstanceRecord(
+    return filled(InstanceRecord, dict(
         stored_at=time.time(),  # made by the committer just before its index commit
         patient_id=h.patient_id,
         patient_name=h.patient_name,
@@ -700,4 +700,4 @@ def _record(h: Header, path: str, size: int, frame_index: FrameIndex | None,
         series_number=h.series_number,
         performed_procedure_step_start_date=h.performed_procedure_step_start_date,
         performed_procedure_step_start_time=h.performed_procedure_step_start_time,
-    )
+    ))

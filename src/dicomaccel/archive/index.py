@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..status import FailureReason
-from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, scan
+from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, filled, scan
 
 __all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "IndexUnavailable", "CommitInDoubt", "RecordList", "Vanished", "QUERY_FIELDS",
            "fold_case", "SCHEMA_VERSION", "STUDY_FIELDS", "SERIES_FIELDS"]
@@ -283,13 +283,8 @@ def record_of(row: Sequence, root: str) -> InstanceRecord:
     if blob is not None:
         d["frame_index"] = FrameIndex.from_blob(blob)
     d["has_alternates"] = bool(d["has_alternates"])
-    # Every field at once, past the frozen dataclass's __init__ (one object.__setattr__ per
-    # field, 41 of them: half of the 15 us a record took; a C-GET builds one per
-    # sub-operation, a search one per match). The fields are exactly the columns (a test
-    # holds them equal) and the class has no __post_init__.
-    record = object.__new__(InstanceRecord)
-    record.__dict__.update(d)
-    return record
+    # The fields are exactly the columns (a test holds them equal).
+    return filled(InstanceRecord, d)
 
 
 def _text(name: str) -> str:
