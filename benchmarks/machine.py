@@ -271,30 +271,61 @@ def front_end(where: Path, bodies: list[tuple[bytes, int]], clients: tuple[int, 
 
 
 def archive_alone(where: Path, files: list[Path], clients: tuple[int, ...] = (1, 4),
-                  runs: int = 3) -> dict:
+                  runs: int = 3, workers: int = 2) -> dict:
     """Instances/s and CPU ms per instance of dicomaccel's archive alone
-    (:mod:`benchmarks.archive_alone`: ``files`` stored through the blocking API from as many
-    threads as there are clients, in one process, no HTTP), per client count: the median of
-    ``runs``, after one untimed run as for the floors. Its CPU per instance is what compares
-    with a server row's; with :func:`front_end` it splits where that CPU goes."""
+    (:mod:`benchmarks.archive_alone`: ``files`` stored through the blocking API, no HTTP),
+    per client count, the median of ``runs`` after one untimed run, as for the floors. Like
+    ``serve --workers``, up to ``workers`` processes share one archive, each storing its share
+    of the corpus from its share of the clients' threads; all start storing together. Its CPU
+    per instance is what compares with a server row's; with :func:`front_end` it splits
+    where that CPU goes."""
+    import sqlite3
+
+    from dicomaccel.archive import Archive
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
     out = {}
     for n in clients:
+        procs = max(1, min(n, workers))
+        threads = [n // procs + (i < n % procs) for i in range(procs)]
         rates, cpus = [], []
         for attempt in range(runs + 1):
             run = where / f"archive-{n}-{attempt}"
-            done = subprocess.run([sys.executable, "-m", "benchmarks.archive_alone", str(run), str(n),
-                                   *map(str, files)], env=env, capture_output=True, text=True, timeout=600)
-            if done.returncode:
-                raise RuntimeError(f"archive alone failed: {done.stderr.strip()[-500:]}")
-            result = json.loads(done.stdout)
+            Archive(run).close()  # made, and recovered, once: its processes share it
+            children = [subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.archive_alone", str(run), str(t), *map(str, files[i::procs])],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i, t in enumerate(threads)]
+            try:
+                for child in children:
+                    if child.stdout.readline().strip() != "ready":
+                        raise RuntimeError(f"archive alone did not start: {child.communicate()[1].strip()[-500:]}")
+                for child in children:  # all store at once
+                    child.stdin.write("go\n")
+                    child.stdin.flush()
+                results = []
+                for child in children:
+                    stdout, stderr = child.communicate(timeout=600)
+                    if child.returncode:
+                        raise RuntimeError(f"archive alone failed: {stderr.strip()[-500:]}")
+                    results.append(json.loads(stdout))
+                with contextlib.closing(sqlite3.connect(run / "index.sqlite3")) as conn:
+                    rows = conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+                if rows != len(files) or sum(r["stored"] for r in results) != len(files):
+                    raise RuntimeError(f"archive alone stored {rows} of {len(files)} instances")
+            finally:
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+                        child.wait()
+                for f in run.rglob("*"):  # emptied, not deleted: see run.release_files
+                    if f.is_file():
+                        os.truncate(f, 0)
             if attempt:
-                rates.append(result["stored"] / result["seconds"])
-                cpus.append(1e3 * result["cpu_s"] / result["stored"])
-            for f in run.rglob("*"):  # emptied, not deleted: see run.release_files
-                if f.is_file():
-                    os.truncate(f, 0)
-        out[str(n)] = {"per_s": statistics.median(rates), "runs": rates, "cpu_ms": statistics.median(cpus)}
+                rates.append(len(files) / max(r["seconds"] for r in results))
+                cpus.append(1e3 * sum(r["cpu_s"] for r in results) / len(files))
+        out[str(n)] = {"per_s": statistics.median(rates), "runs": rates, "cpu_ms": statistics.median(cpus),
+                       "processes": procs}
     print("STOW-RS archive alone: " + ", ".join(f"{n} client(s) {v['per_s']:.0f}/s at {v['cpu_ms']:.2f} ms"
                                                 for n, v in out.items()), flush=True)
     return out

@@ -913,7 +913,8 @@ def run_harness(args, argv: list[str]) -> int:
             data["limits"]["stow_floor"] = stow_floor(work, bodies, tuple(args.stow_clients))
             data["limits"]["design_floor"] = design_floor(work, ct.files, bodies, tuple(args.stow_clients))
             data["limits"]["front_end"] = front_end(work, bodies, tuple(args.stow_clients))
-            data["limits"]["archive_alone"] = archive_alone(work, ct.files, tuple(args.stow_clients))
+            data["limits"]["archive_alone"] = archive_alone(work, ct.files, tuple(args.stow_clients),
+                                                           workers=args.dicomaccel_workers)
         log_config = work / "dcmtk-log.cfg"
         log_config.write_text(DCMTK_LOG_CONFIG)
         ingest, retrieve = plan(args, corpora, available, log_config, ceilings)

@@ -27,10 +27,13 @@ from pydicom.uid import (
 )
 
 from dicomaccel.archive.ingest import (
+    QUERY_KEYS,
     FrameIndex,
     Header,
     StoreFailure,
     build_frame_index,
+    fillable,
+    filled,
     is_valid_uid,
     scan,
     scan_head,
@@ -131,7 +134,39 @@ def test_headers_hold_every_field(name):
     with open(path, "rb") as f:
         header = scan(f.read(), validate=True)
     assert set(vars(header)) == {f.name for f in fields(Header)}
-    assert header == Header(**vars(header))
+    # A query key the data set lacks holds its default, as __init__ would have set it.
+    ds = dcmread(path, stop_before_pixels=True)
+    defaults = {f.name: f.default for f in fields(Header)}
+    for name, tag, _ in QUERY_KEYS:
+        if tag not in ds:
+            assert getattr(header, name) == defaults[name], name
+
+
+def test_only_plain_frozen_dataclasses_are_fillable():
+    """filled() skips __init__: a class whose __init__ would do more is refused up front."""
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Hooked:
+        a: int
+
+        def __post_init__(self):
+            pass
+
+    @dataclass(frozen=True)
+    class Factory:
+        a: list = field(default_factory=list)
+
+    for cls in (Hooked, Factory):
+        with pytest.raises(TypeError, match="filled"):
+            fillable(cls)
+
+    @fillable
+    @dataclass(frozen=True)
+    class Plain:
+        a: int
+
+    assert filled(Plain, {"a": 1}) == Plain(1)
 
 
 def test_scan_head_needs_only_the_header():

@@ -118,9 +118,10 @@ def test_stow_rows_are_a_share_of_the_floors_measured_beside_them():
     assert text.count("front end alone takes") == 1  # not the orthanc row
     assert "4 clients" not in text  # no floor measured for 4 clients
     # With the archive alone measured too (runs before it have none), the line splits the CPU.
-    lim["archive_alone"] = {"1": {"per_s": 900.0, "runs": [900.0], "cpu_ms": 0.9}}
+    lim["archive_alone"] = {"1": {"per_s": 900.0, "runs": [900.0], "cpu_ms": 0.9, "processes": 1}}
     text = "\n".join(report._limits(data))
-    assert "| 900 requests/s, server CPU 0.9 ms/request |" in text and "archive alone, a ceiling" in text
+    assert "1 client as threads of 1 process, CT (median of 1; 900) | 900 instances/s, process CPU 0.9 " \
+           "ms/instance |" in text and "archive alone, a ceiling" in text
     assert "- CT, STOW-RS 1/request, 1 client: dicomaccel 1.5 ms of server CPU per instance, of which its " \
            "front end alone takes 0.3 (20%) and its archive alone takes 0.9 (60%), together 80%." in text
 

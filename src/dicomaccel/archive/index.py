@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..status import FailureReason
-from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, filled, scan
+from .ingest import QUERY_KEYS, FrameIndex, QueryKeyValues, StoreFailure, filled, fillable, scan
 
 __all__ = ["InstanceRecord", "Index", "SQLiteIndex", "DuplicateRow", "IndexUnavailable", "CommitInDoubt", "RecordList", "Vanished", "QUERY_FIELDS",
            "fold_case", "SCHEMA_VERSION", "STUDY_FIELDS", "SERIES_FIELDS"]
@@ -70,6 +70,7 @@ def fold_case(value: str | None) -> str:
     return (value or "").casefold()
 
 
+@fillable
 @dataclass(frozen=True)
 class InstanceRecord(QueryKeyValues):
     """One stored instance, as the index knows it.

@@ -18,7 +18,7 @@ import re
 import struct
 import zlib
 from array import array
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from ..elements import (
     U16BE,
@@ -58,6 +58,7 @@ __all__ = [
     "identify",
     "QUERY_KEYS",
     "filled",
+    "fillable",
 ]
 
 
@@ -380,16 +381,26 @@ _QUERY_DEFAULTS = {f.name: f.default for f in fields(QueryKeyValues)}
 
 def filled(cls, values: dict):
     """An instance of the frozen dataclass ``cls`` holding ``values``, which name every one of
-    its fields, made past the generated ``__init__``: its ``object.__setattr__`` per field is
-    most of what a 45-field :class:`Header` or ``InstanceRecord`` costs to build (5 us against
-    0.3 on the development machine; a store builds one of each, a C-GET sub-operation or a
-    search match one record). The classes have no ``__post_init__``; tests hold the fields of
-    what each caller makes complete."""
+    its fields, made past the generated ``__init__``, whose ``object.__setattr__`` per field is
+    most of what building a 40-field :class:`Header` or ``InstanceRecord`` costs when timed
+    alone (5 us against 0.3 on the development machine; in a store's pipeline the difference
+    was below the noise). ``cls`` must pass :func:`fillable`; tests hold the fields of what
+    each caller makes complete."""
     made = object.__new__(cls)
     made.__dict__.update(values)
     return made
 
 
+def fillable(cls):
+    """Class decorator for what :func:`filled` makes: a frozen dataclass whose ``__init__`` does
+    nothing but set its fields (no ``__post_init__``, no ``default_factory``: a made object
+    would miss what they do)."""
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not MISSING for f in fields(cls)):
+        raise TypeError(f"{cls.__name__}: filled() would skip its __post_init__ or default factories")
+    return cls
+
+
+@fillable
 @dataclass(frozen=True)
 class Header(QueryKeyValues):
     """What the scan of one PS3.10 file found. Offsets are absolute in the scanned buffer.
