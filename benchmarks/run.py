@@ -163,7 +163,7 @@ from benchmarks.corpus import (
 from dicomaccel.testing.postgres import postgres_bin, start_cluster
 from dicomaccel.testing.query_index import FAMILY, GIVEN
 from benchmarks.machine import (core_busy, core_times, harness_cpu_s, limits, loadavg, machine, reported_kib,
-                                archive_alone, design_floor, front_end, stow_floor, versions)
+                                archive_alone, design_floor, front_end, release_files, stow_floor, versions)
 from benchmarks.orthanc import OrthancPeer
 from benchmarks.peers import (
     REPO,
@@ -356,23 +356,6 @@ def progress_detail(row: dict, result: dict) -> str:
     return (f"{report.fig(n / result['seconds'])} {unit}/s {report.fig(result['bytes'] / result['seconds'] / 1e6)} "
             f"MB/s {latency}peak RSS {result['peak_mib']:.0f} MiB accepted {result['accepted']} CPU ms/{unit} "
             f"server {report.fig(1e3 * result['server_cpu_s'] / n)} client {report.fig(1e3 * result['client_cpu_s'] / n)}")
-
-
-def release_files(directory: Path) -> None:
-    """Empty every file of a finished run and keep the inodes until the harness ends.
-
-    Both ways of cleaning up between runs bias the next run on a VM whose root file system is
-    ext4 without a journal: deleting files makes every file creation of the next run scan past
-    the recently deleted inodes (a third of a server's CPU in a measured case), and keeping the
-    data makes the next run fill never-touched guest pages (new page-cache pages cost about
-    1 ms per 0.5 MB cold, 0.16 ms recycled). Truncating frees the pages for reuse and deletes
-    no inode."""
-    for root, _, names in os.walk(directory):
-        for name in names:
-            try:
-                os.truncate(os.path.join(root, name), 0)
-            except OSError:
-                pass
 
 
 _SERVER_ERROR = re.compile(r"^(E\d{4} [\d:.]+ \S+\] |.*\bERROR\b:? ?)(.*)$")
